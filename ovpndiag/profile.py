@@ -1,0 +1,134 @@
+"""Read what ovpndiag needs from a client's .ovpn profile.
+
+Takes ``remote``, ``port``, ``proto``, ``auth``, ``key-direction`` and the
+control-channel keys, given as files (``tls-auth ta.key 1``) or inline blocks
+(``<tls-auth>...</tls-auth>``). Relative key paths are looked up beside the
+profile first, then in the current directory, as users run OpenVPN from either.
+Everything else in the profile is ignored.
+"""
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from .keys import (KeyFileError, StaticKey, TLSCryptV2ClientKey, parse_key, read_key)
+
+_INLINE_KEYS = ("tls-auth", "tls-crypt", "tls-crypt-v2")
+
+
+class ProfileError(KeyFileError):
+    """A profile that cannot be used; the message names the file and line."""
+
+
+@dataclass
+class Remote:
+    host: str
+    port: Optional[int] = None
+    proto: Optional[str] = None
+
+
+@dataclass
+class Profile:
+    source: str
+    remotes: List[Remote] = field(default_factory=list)
+    port: Optional[int] = None
+    proto: Optional[str] = None
+    auth: Optional[str] = None
+    key_direction: Optional[int] = None  # from key-direction, or tls-auth's second argument
+    tls_auth: Optional[StaticKey] = None
+    tls_crypt: Optional[StaticKey] = None
+    tls_crypt_v2: Optional[TLSCryptV2ClientKey] = None
+
+
+def read_profile(path) -> Profile:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise ProfileError(f"{source}: no such file") from None
+    except OSError as error:
+        raise ProfileError(f"{source}: cannot read: {error.strerror or error}") from None
+    return parse_profile(text, source, base_dir=Path(path).parent)
+
+
+def parse_profile(text: str, source: str = "profile", base_dir: Optional[Path] = None) -> Profile:
+    profile = Profile(source)
+    lines = text.replace("\r\n", "\n").split("\n")
+    index = 0
+    while index < len(lines):
+        number, line = index + 1, lines[index].strip()
+        index += 1
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("<") and line.endswith(">") and not line.startswith("</"):
+            tag = line[1:-1]
+            body, index = _inline_block(lines, index, tag, f"{source}:{number}")
+            if tag in _INLINE_KEYS:
+                _set_key(profile, tag, parse_key(body, f"{source}: <{tag}>"), f"{source}:{number}")
+            continue
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as error:
+            raise ProfileError(f"{source}:{number}: {error}") from None
+        if words:
+            _apply_option(profile, words, f"{source}:{number}", base_dir)
+    return profile
+
+
+def _inline_block(lines, index, tag, where) -> Tuple[str, int]:
+    body = []
+    while index < len(lines):
+        if lines[index].strip() == f"</{tag}>":
+            return "\n".join(body), index + 1
+        body.append(lines[index])
+        index += 1
+    raise ProfileError(f"{where}: <{tag}> is never closed with </{tag}>")
+
+
+def _apply_option(profile, words, where, base_dir):
+    option, args = words[0].lstrip("-"), words[1:]
+    if option == "remote" and args:
+        profile.remotes.append(Remote(args[0], _port(args[1], where) if len(args) > 1 else None,
+                                      args[2] if len(args) > 2 else None))
+    elif option in ("port", "rport") and args:
+        profile.port = _port(args[0], where)
+    elif option == "proto" and args:
+        profile.proto = args[0]
+    elif option == "auth" and args:
+        profile.auth = args[0]
+    elif option == "key-direction" and args:
+        profile.key_direction = _direction(args[0], where)
+    elif option in _INLINE_KEYS and args:
+        if len(args) > 1 and option == "tls-auth":
+            profile.key_direction = _direction(args[1], where)
+        if args[0] != "[inline]":  # "[inline]": the key is in a block of the same name
+            _set_key(profile, option, read_key(_find(args[0], base_dir)), where)
+
+
+def _set_key(profile, option, key, where):
+    expected = TLSCryptV2ClientKey if option == "tls-crypt-v2" else StaticKey
+    if not isinstance(key, expected):
+        raise ProfileError(f"{key.source}: {option} needs "
+                           f"{'a tls-crypt-v2 client key' if option == 'tls-crypt-v2' else 'a static key'}"
+                           f" (given at {where})")
+    setattr(profile, option.replace("-", "_"), key)
+
+
+def _find(name, base_dir):
+    path = Path(name)
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+        return base_dir / path
+    return path
+
+
+def _port(text, where):
+    if text.isdigit() and 0 < int(text) < 65536:
+        return int(text)
+    raise ProfileError(f"{where}: '{text}' is not a port number")
+
+
+def _direction(text, where):
+    if text in ("0", "1"):
+        return int(text)
+    raise ProfileError(f"{where}: key direction must be 0 or 1, not '{text}'")

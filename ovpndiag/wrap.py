@@ -1,0 +1,278 @@
+"""Control-channel wrapping: tls-auth HMACs, tls-crypt, tls-crypt-v2.
+
+Every wrapper works on bytes and is seen from one peer: ``wrap`` protects a
+packet that peer sends, ``unwrap`` checks and opens a packet it receives from
+the other side, and ``peer()`` is the same key seen from the other side (so a
+capture reader checks client packets with ``client_wrapper.peer()``).
+
+A "plain" packet is the unwrapped layout: ``op | session id | ACKs | [remote
+session id] | [message packet-id] | payload``. ``unwrap`` raises ``WrapError``
+(and nothing else) on any input it cannot open; ``verify`` only answers.
+"""
+
+import hashlib
+import hmac
+import struct
+from typing import NamedTuple, Optional
+
+from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey
+from .layers import CARRIES_WKC, HMAC_SIZES, TLS_CRYPT_TAG_SIZE, Wrapping
+
+HEADER_SIZE = 9  # op/key_id + session id
+REPLAY_SIZE = 8  # replay packet-id + net_time
+CLIENT, SERVER = "client", "server"
+
+_DIGESTS = {name: name.lower() for name in HMAC_SIZES}
+
+
+class WrapError(ValueError):
+    """A packet that cannot be opened: too short, bad HMAC or tag, bad WKc."""
+
+
+class Unwrapped(NamedTuple):
+    plain: bytes  # the packet as it would be without wrapping (and without a WKc)
+    replay_packet_id: Optional[int] = None
+    net_time: Optional[int] = None
+    decrypted: Optional[bytes] = None  # tls-crypt: the wire bytes, plaintext in place of ciphertext
+    wkc: bytes = b""
+
+
+class NoWrapping:
+    """The identity wrapper, so callers need not special-case plain sessions."""
+
+    wrapping = Wrapping()
+
+    def wrap(self, plain, replay_packet_id=None, net_time=None):
+        return bytes(plain)
+
+    def unwrap(self, wrapped):
+        return Unwrapped(bytes(wrapped))
+
+    def verify(self, wrapped):
+        return True
+
+    def peer(self):
+        return self
+
+    def __repr__(self):
+        return "NoWrapping()"
+
+
+class TLSAuth:
+    """tls-auth as the peer using ``direction`` (0, 1 or None: bidirectional).
+
+    Direction 0 sends with the HMAC key of key 0 (bytes 64..) and checks with
+    key 1 (bytes 192..); direction 1 the other way round; None uses key 0 both ways.
+    """
+
+    def __init__(self, key: StaticKey, direction: Optional[int] = None, digest: str = "SHA1"):
+        digest = digest.upper().replace("-", "")
+        if digest not in _DIGESTS:
+            raise ValueError(f"unsupported tls-auth digest {digest!r} (use one of {', '.join(HMAC_SIZES)})")
+        if direction not in (0, 1, None):
+            raise ValueError(f"key direction must be 0, 1 or None, not {direction!r}")
+        self.key, self.direction, self.digest = key, direction, digest
+        self.hmac_size = HMAC_SIZES[digest]
+        send, receive = {None: (0, 0), 0: (0, 1), 1: (1, 0)}[direction]
+        self._send_key = key.hmac(send)[:self.hmac_size]
+        self._receive_key = key.hmac(receive)[:self.hmac_size]
+        self.wrapping = Wrapping.tls_auth(self.hmac_size)
+
+    def peer(self):
+        return TLSAuth(self.key, None if self.direction is None else 1 - self.direction, self.digest)
+
+    def _hmac(self, key, replay, plain):
+        # covered: replay packet-id | net_time | op | session id | rest of the plain packet
+        return hmac.new(key, replay + plain, _DIGESTS[self.digest]).digest()
+
+    def wrap(self, plain, replay_packet_id, net_time):
+        plain = bytes(plain)
+        if len(plain) < HEADER_SIZE:
+            raise WrapError(f"{len(plain)} bytes is too short to be a control packet")
+        replay = struct.pack("!II", replay_packet_id, net_time)
+        mac = self._hmac(self._send_key, replay, plain)
+        return plain[:HEADER_SIZE] + mac + replay + plain[HEADER_SIZE:]
+
+    def unwrap(self, wrapped):
+        wrapped = bytes(wrapped)
+        end = HEADER_SIZE + self.hmac_size + REPLAY_SIZE
+        if len(wrapped) < end:
+            raise WrapError(f"{len(wrapped)} bytes is too short for a {self.digest} tls-auth packet "
+                            f"(at least {end})")
+        mac = wrapped[HEADER_SIZE:HEADER_SIZE + self.hmac_size]
+        replay = wrapped[end - REPLAY_SIZE:end]
+        plain = wrapped[:HEADER_SIZE] + wrapped[end:]
+        if not hmac.compare_digest(mac, self._hmac(self._receive_key, replay, plain)):
+            raise WrapError("HMAC does not match")
+        replay_packet_id, net_time = struct.unpack("!II", replay)
+        return Unwrapped(plain, replay_packet_id, net_time)
+
+    def verify(self, wrapped):
+        try:
+            self.unwrap(wrapped)
+            return True
+        except WrapError:
+            return False
+
+    def __repr__(self):
+        direction = "bidirectional" if self.direction is None else f"key-direction {self.direction}"
+        return f"TLSAuth({self.key.source}, {direction}, {self.digest})"
+
+
+def _aes256_ctr(key, iv, data):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    cipher = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return cipher.update(data) + cipher.finalize()
+
+
+class TLSCrypt:
+    """tls-crypt as ``role`` ("client" or "server"); no key direction is involved.
+
+    The client sends with key 1 (cipher bytes 128..159, HMAC bytes 192..223), the
+    server with key 0 (bytes 0..31, 64..95). Tag = HMAC-SHA256 over the 17-byte
+    header and the plaintext; AES-256-CTR with the tag's first 16 bytes as counter.
+    """
+
+    def __init__(self, key: StaticKey, role: str = CLIENT):
+        if role not in (CLIENT, SERVER):
+            raise ValueError(f"role must be 'client' or 'server', not {role!r}")
+        self.key, self.role = key, role
+        send, receive = (1, 0) if role == CLIENT else (0, 1)
+        self._send = (key.cipher(send)[:32], key.hmac(send)[:32])
+        self._receive = (key.cipher(receive)[:32], key.hmac(receive)[:32])
+        self.wrapping = Wrapping("tls-crypt")
+
+    def peer(self):
+        return TLSCrypt(self.key, SERVER if self.role == CLIENT else CLIENT)
+
+    def wrap(self, plain, replay_packet_id, net_time, wkc=b""):
+        plain = bytes(plain)
+        if len(plain) < HEADER_SIZE:
+            raise WrapError(f"{len(plain)} bytes is too short to be a control packet")
+        encrypt_key, auth_key = self._send
+        header = plain[:HEADER_SIZE] + struct.pack("!II", replay_packet_id, net_time)
+        tag = hmac.new(auth_key, header + plain[HEADER_SIZE:], hashlib.sha256).digest()
+        return header + tag + _aes256_ctr(encrypt_key, tag[:16], plain[HEADER_SIZE:]) + wkc
+
+    def unwrap(self, wrapped, wkc_size=None):
+        """Open a packet from the peer; ``wkc_size`` bytes at the end are its WKc
+        (by default read from the last two bytes of opcodes 10 and 11)."""
+        wrapped = bytes(wrapped)
+        start = HEADER_SIZE + REPLAY_SIZE + TLS_CRYPT_TAG_SIZE
+        if len(wrapped) < start:
+            raise WrapError(f"{len(wrapped)} bytes is too short for a tls-crypt packet (at least {start})")
+        if wkc_size is None:
+            wkc_size = _wkc_size(wrapped, start)
+        body_end = len(wrapped) - wkc_size
+        encrypt_key, auth_key = self._receive
+        header, tag = wrapped[:HEADER_SIZE + REPLAY_SIZE], wrapped[HEADER_SIZE + REPLAY_SIZE:start]
+        plaintext = _aes256_ctr(encrypt_key, tag[:16], wrapped[start:body_end])
+        expected = hmac.new(auth_key, header + plaintext, hashlib.sha256).digest()
+        if not hmac.compare_digest(tag, expected):
+            raise WrapError("tls-crypt tag does not match (wrong key, or packet altered)")
+        replay_packet_id, net_time = struct.unpack("!II", header[HEADER_SIZE:])
+        return Unwrapped(plain=wrapped[:HEADER_SIZE] + plaintext, replay_packet_id=replay_packet_id,
+                         net_time=net_time, decrypted=wrapped[:start] + plaintext + wrapped[body_end:],
+                         wkc=wrapped[body_end:])
+
+    def verify(self, wrapped):
+        try:
+            self.unwrap(wrapped)
+            return True
+        except WrapError:
+            return False
+
+    def __repr__(self):
+        return f"TLSCrypt({self.key.source}, {self.role})"
+
+
+def _wkc_size(wrapped, start):
+    if wrapped[0] >> 3 not in CARRIES_WKC:
+        return 0
+    size = struct.unpack("!H", wrapped[-2:])[0]
+    if not 2 <= size <= len(wrapped) - start:
+        raise WrapError(f"WKc length {size} in the last two bytes does not fit the packet")
+    return size
+
+
+class TLSCryptV2Client(TLSCrypt):
+    """tls-crypt-v2 as a client: tls-crypt with Kc, the WKc appended to opcodes 10 and 11."""
+
+    def __init__(self, client_key: TLSCryptV2ClientKey):
+        super().__init__(client_key.kc, CLIENT)
+        self.client_key = client_key
+        self.wrapping = Wrapping("tls-crypt-v2")
+
+    def wrap(self, plain, replay_packet_id, net_time, wkc=None):
+        if wkc is None:
+            wkc = self.client_key.wkc if plain[:1] and plain[0] >> 3 in CARRIES_WKC else b""
+        return super().wrap(plain, replay_packet_id, net_time, wkc)
+
+    def peer(self):
+        return TLSCrypt(self.key, SERVER)
+
+    def __repr__(self):
+        return f"TLSCryptV2Client({self.client_key.source})"
+
+
+class ClientKeyInfo(NamedTuple):
+    """What a server learns from a WKc."""
+
+    kc: StaticKey
+    metadata_type: Optional[int]  # 0 user-defined, 1 timestamp
+    metadata: bytes  # after the type byte
+    timestamp: Optional[int]  # creation time (Unix seconds) for type 1
+
+
+class TLSCryptV2Server:
+    """tls-crypt-v2 as the server: unwraps WKcs, then opens the client's packets."""
+
+    def __init__(self, server_key: TLSCryptV2ServerKey):
+        self.server_key = server_key
+        self.wrapping = Wrapping("tls-crypt-v2")
+
+    def unwrap_client_key(self, wkc) -> ClientKeyInfo:
+        """Check and decrypt a WKc: ``tag(32) | AES-256-CTR(Kc | metadata) | length(2)``."""
+        wkc = bytes(wkc)
+        if len(wkc) < 32 + 256 + 2:
+            raise WrapError(f"WKc of {len(wkc)} bytes is too short to hold a client key")
+        if struct.unpack("!H", wkc[-2:])[0] != len(wkc):
+            raise WrapError("WKc length field does not match its size")
+        tag, ciphertext = wkc[:32], wkc[32:-2]
+        content = _aes256_ctr(self.server_key.encrypt_key, tag[:16], ciphertext)
+        expected = hmac.new(self.server_key.auth_key, wkc[-2:] + content, hashlib.sha256).digest()
+        if not hmac.compare_digest(tag, expected):
+            raise WrapError("WKc tag does not match (wrong tls-crypt-v2 server key?)")
+        metadata = content[256:]
+        metadata_type = metadata[0] if metadata else None
+        timestamp = None
+        if metadata_type == 1 and len(metadata) >= 9:
+            timestamp = struct.unpack("!Q", metadata[1:9])[0]
+        return ClientKeyInfo(StaticKey(content[:256], f"WKc unwrapped with {self.server_key.source}"),
+                             metadata_type, metadata[1:], timestamp)
+
+    def wrap_client_key(self, kc: StaticKey, metadata: bytes) -> bytes:
+        """Make a WKc, as ``openvpn --genkey tls-crypt-v2-client`` does (metadata
+        includes its type byte)."""
+        length = struct.pack("!H", 32 + 256 + len(metadata) + 2)
+        content = kc.cipher(0) + kc.hmac(0) + kc.cipher(1) + kc.hmac(1) + metadata
+        tag = hmac.new(self.server_key.auth_key, length + content, hashlib.sha256).digest()
+        return tag + _aes256_ctr(self.server_key.encrypt_key, tag[:16], content) + length
+
+    def for_client(self, wkc) -> TLSCrypt:
+        """The server's side of one client's session, keyed by its WKc."""
+        return TLSCrypt(self.unwrap_client_key(wkc).kc, SERVER)
+
+    def unwrap(self, wrapped):
+        """Open a client packet that carries its WKc (opcodes 10 and 11)."""
+        wrapped = bytes(wrapped)
+        if not wrapped or wrapped[0] >> 3 not in CARRIES_WKC:
+            raise WrapError("only P_CONTROL_HARD_RESET_CLIENT_V3 and P_CONTROL_WKC_V1 carry the "
+                            "client key; other packets need the session's key (for_client)")
+        wkc_size = _wkc_size(wrapped, HEADER_SIZE + REPLAY_SIZE + TLS_CRYPT_TAG_SIZE) \
+            if len(wrapped) >= 2 else 0
+        return self.for_client(wrapped[len(wrapped) - wkc_size:]).unwrap(wrapped, wkc_size)
+
+    def __repr__(self):
+        return f"TLSCryptV2Server({self.server_key.source})"
