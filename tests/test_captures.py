@@ -1,0 +1,153 @@
+"""Every packet of every real capture dissects with the layers and rebuilds to
+the same bytes; the captures show what the manifest says they show."""
+
+from collections import Counter
+
+import pytest
+from scapy.config import conf
+
+from captures import CAPTURES, MANIFEST, openvpn_packets, tcp_segments, wrapping_of
+from ovpndiag.layers import OPCODES, OpenVPN, OpenVPNTCP, dissect
+
+NAMES = [capture["file"] for capture in MANIFEST]
+BY_NAME = {capture["file"]: capture for capture in MANIFEST}
+
+
+def test_manifest_lists_every_capture_and_the_folder_stays_small():
+    on_disk = sorted(path.name for path in CAPTURES.glob("*.pcap"))
+    assert on_disk == sorted(NAMES)
+    readme = (CAPTURES / "README.md").read_text()
+    assert all(name in readme for name in NAMES)
+    assert sum(path.stat().st_size for path in CAPTURES.rglob("*") if path.is_file()) < 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_packet_dissects_and_rebuilds_byte_for_byte(name):
+    capture = BY_NAME[name]
+    packets = list(openvpn_packets(capture))
+    assert packets
+    for packet in packets:
+        pkt, problem = dissect(packet.data, wrapping_of(capture, packet))
+        assert problem is None, f"frame {packet.frame}: {problem}"
+        assert bytes(pkt) == packet.data, f"frame {packet.frame} rebuilds differently"
+        assert type(pkt).__name__ != "OpenVPNHeader"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_handshake_starts_with_the_client_reset(name):
+    capture = BY_NAME[name]
+    first = next(iter(openvpn_packets(capture)))
+    pkt = OpenVPN(first.data, wrapping=wrapping_of(capture, first))
+    assert first.sender == "client"
+    assert pkt.opcode_name == ("P_CONTROL_HARD_RESET_CLIENT_V3" if capture["client"]["key"] and
+                               "tcv2" in capture["client"]["key"] else "P_CONTROL_HARD_RESET_CLIENT_V2")
+    assert pkt.key_id == 0 and pkt.session_id != 0
+
+
+def _opcodes(capture):
+    return Counter((OPCODES[p.data[0] >> 3], p.data[0] & 7) for p in openvpn_packets(capture))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if BY_NAME[n]["outcome"] == "connected"])
+def test_connected_sessions_reach_the_data_channel(name):
+    seen = _opcodes(BY_NAME[name])
+    assert seen[("P_CONTROL_HARD_RESET_SERVER_V2", 0)] >= 1
+    assert seen[("P_CONTROL_V1", 0)] >= 4 and seen[("P_ACK_V1", 0)] >= 1
+    assert seen[("P_DATA_V2", 0)] >= 1
+
+
+def test_the_server_reset_echoes_the_client_session_and_acks_packet_id_0():
+    for capture in MANIFEST:
+        packets = list(openvpn_packets(capture))
+        client = OpenVPN(packets[0].data, wrapping=wrapping_of(capture, packets[0]))
+        for packet in packets:
+            if packet.data[0] >> 3 == 8 and capture["wrapping"] in ("none", "tls-auth"):
+                reply = OpenVPN(packet.data, wrapping=wrapping_of(capture, packet))
+                assert reply.acks == [0] and reply.message_packet_id == 0
+                if reply.remote_session_id == client.session_id:
+                    assert reply.answers(client)
+                break
+
+
+def test_renegotiation_capture_has_a_soft_reset_with_key_id_1():
+    seen = _opcodes(BY_NAME["udp-reneg.pcap"])
+    assert seen[("P_CONTROL_SOFT_RESET_V1", 1)] >= 1
+    assert seen[("P_CONTROL_V1", 1)] >= 1 and seen[("P_DATA_V2", 1)] >= 1
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("fail-tls")])
+def test_rejected_keys_get_no_answer_at_all(name):
+    seen = _opcodes(BY_NAME[name])
+    assert set(seen) == {("P_CONTROL_HARD_RESET_CLIENT_V2", 0)} and seen[("P_CONTROL_HARD_RESET_CLIENT_V2", 0)] >= 2
+
+
+def test_untrusted_certificate_gets_into_tls_then_stops_short_of_data():
+    seen = _opcodes(BY_NAME["fail-untrusted-cert.pcap"])
+    assert seen[("P_CONTROL_V1", 0)] >= 2 and not seen[("P_DATA_V2", 0)]
+
+
+def test_ipv6_capture_is_over_ipv6():
+    from scapy.layers.inet6 import IPv6
+    from scapy.utils import rdpcap
+
+    assert all(IPv6 in pkt for pkt in rdpcap(str(CAPTURES / "udp6-tls-auth.pcap")))
+
+
+# One wrapping for a whole capture cannot follow a renegotiation's switch to dynamic
+# tls-crypt; that is the capture reader's job, so udp-reneg is left out here.
+@pytest.mark.parametrize("name", [n for n in NAMES if not BY_NAME[n]["renegotiation"]])
+def test_scapy_dissects_the_capture_through_the_port_binding(name):
+    """What a user of Scapy's shell gets from rdpcap() after importing the bindings."""
+    from scapy.layers.inet import TCP, UDP
+    from scapy.sessions import TCPSession
+    from scapy.sendrecv import sniff
+
+    from ovpndiag.bindings import bind_port
+
+    capture = BY_NAME[name]
+    bind_port(capture["port"])
+    expected = [p.data for p in openvpn_packets(capture)]
+    plain_wrapping = {p.data: wrapping_of(capture, p) for p in openvpn_packets(capture)}
+    conf.contribs["openvpn"] = {"wrapping": plain_wrapping[expected[0]]}
+    try:
+        if capture["transport"] == "udp":
+            packets = sniff(offline=str(CAPTURES / name))
+            seen = [bytes(p[UDP].payload) for p in packets if UDP in p and OpenVPN in p]
+            assert all(isinstance(p[UDP].payload, OpenVPN) for p in packets if UDP in p)
+        else:
+            packets = sniff(offline=str(CAPTURES / name), session=TCPSession)
+            seen = []
+            for p in packets:
+                frame = p[TCP].payload if TCP in p else None
+                while isinstance(frame, OpenVPNTCP):
+                    seen.append(bytes(frame.packet))
+                    frame = frame.payload
+        assert seen == expected
+    finally:
+        conf.contribs.pop("openvpn", None)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if BY_NAME[n]["transport"] == "tcp"])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100, 5000])
+def test_tcp_reassembly_handles_packets_split_or_bundled_across_segments(name, chunk):
+    """Re-cut each direction's real byte stream into segments of ``chunk`` bytes:
+    small chunks split packets across segments, large ones put several in one."""
+    from scapy.sessions import TCPSession
+
+    capture = BY_NAME[name]
+    for sender in ("client", "server"):
+        stream = b"".join(payload for who, payload in tcp_segments(capture) if who == sender)
+        expected = [p.data for p in openvpn_packets(capture) if p.sender == sender]
+        session = TCPSession(app=True)
+        session.session["openvpn_wrapping"] = wrapping_of(capture, next(openvpn_packets(capture)))
+        seen, most_in_one_segment = [], 0
+        for offset in range(0, len(stream), chunk):
+            frame = session.process(stream[offset:offset + chunk], cls=OpenVPNTCP)
+            before = len(seen)
+            while isinstance(frame, OpenVPNTCP):
+                seen.append(bytes(frame.packet))
+                frame = frame.payload
+            most_in_one_segment = max(most_in_one_segment, len(seen) - before)
+        assert seen == expected
+        if chunk == 5000:
+            assert most_in_one_segment >= 2
