@@ -154,6 +154,7 @@ class OpenVPN(_WithWrapping):
     """The opcode/key-id byte; dissecting through this class picks the layout."""
 
     name = "OpenVPN"
+    match_subclass = True  # pkt[OpenVPN] finds any OpenVPN message
     fields_desc = [
         BitEnumField("opcode", 0, 5, OPCODES),
         BitField("key_id", 0, 3),

@@ -30,6 +30,9 @@ class WrapError(ValueError):
 
 
 class Unwrapped(NamedTuple):
+    """An opened packet. Opcodes 10 and 11 exist only wrapped, so dissect those
+    from ``decrypted`` (with ``Wrapping(kind, decrypted=True)``), not ``plain``."""
+
     plain: bytes  # the packet as it would be without wrapping (and without a WKc)
     replay_packet_id: Optional[int] = None
     net_time: Optional[int] = None
@@ -37,7 +40,17 @@ class Unwrapped(NamedTuple):
     wkc: bytes = b""
 
 
-class NoWrapping:
+class _Wrapper:
+    def verify(self, wrapped) -> bool:
+        """Whether ``unwrap`` would accept the packet; never raises."""
+        try:
+            self.unwrap(wrapped)
+            return True
+        except WrapError:
+            return False
+
+
+class NoWrapping(_Wrapper):
     """The identity wrapper, so callers need not special-case plain sessions."""
 
     wrapping = Wrapping()
@@ -48,9 +61,6 @@ class NoWrapping:
     def unwrap(self, wrapped):
         return Unwrapped(bytes(wrapped))
 
-    def verify(self, wrapped):
-        return True
-
     def peer(self):
         return self
 
@@ -58,7 +68,7 @@ class NoWrapping:
         return "NoWrapping()"
 
 
-class TLSAuth:
+class TLSAuth(_Wrapper):
     """tls-auth as the peer using ``direction`` (0, 1 or None: bidirectional).
 
     Direction 0 sends with the HMAC key of key 0 (bytes 64..) and checks with
@@ -107,13 +117,6 @@ class TLSAuth:
         replay_packet_id, net_time = struct.unpack("!II", replay)
         return Unwrapped(plain, replay_packet_id, net_time)
 
-    def verify(self, wrapped):
-        try:
-            self.unwrap(wrapped)
-            return True
-        except WrapError:
-            return False
-
     def __repr__(self):
         direction = "bidirectional" if self.direction is None else f"key-direction {self.direction}"
         return f"TLSAuth({self.key.source}, {direction}, {self.digest})"
@@ -126,7 +129,7 @@ def _aes256_ctr(key, iv, data):
     return cipher.update(data) + cipher.finalize()
 
 
-class TLSCrypt:
+class TLSCrypt(_Wrapper):
     """tls-crypt as ``role`` ("client" or "server"); no key direction is involved.
 
     The client sends with key 1 (cipher bytes 128..159, HMAC bytes 192..223), the
@@ -176,13 +179,6 @@ class TLSCrypt:
                          net_time=net_time, decrypted=wrapped[:start] + plaintext + wrapped[body_end:],
                          wkc=wrapped[body_end:])
 
-    def verify(self, wrapped):
-        try:
-            self.unwrap(wrapped)
-            return True
-        except WrapError:
-            return False
-
     def __repr__(self):
         return f"TLSCrypt({self.key.source}, {self.role})"
 
@@ -225,7 +221,7 @@ class ClientKeyInfo(NamedTuple):
     timestamp: Optional[int]  # creation time (Unix seconds) for type 1
 
 
-class TLSCryptV2Server:
+class TLSCryptV2Server(_Wrapper):
     """tls-crypt-v2 as the server: unwraps WKcs, then opens the client's packets."""
 
     def __init__(self, server_key: TLSCryptV2ServerKey):
