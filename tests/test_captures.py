@@ -151,3 +151,18 @@ def test_tcp_reassembly_handles_packets_split_or_bundled_across_segments(name, c
         assert seen == expected
         if chunk == 5000:
             assert most_in_one_segment >= 2
+
+
+def test_packets_built_from_scratch_equal_the_real_ones():
+    """The golden layouts of test_layers.py, checked against what OpenVPN sent."""
+    from ovpndiag.layers import OpenVPNAck, OpenVPNReset
+
+    packets = list(openvpn_packets(BY_NAME["udp-plain.pcap"]))
+    client, server = OpenVPN(packets[0].data), OpenVPN(packets[1].data)
+    assert bytes(OpenVPNReset(session_id=client.session_id)) == packets[0].data
+    assert bytes(OpenVPNReset(opcode=8, session_id=server.session_id, acks=[0],
+                              remote_session_id=client.session_id)) == packets[1].data
+    ack = next(OpenVPN(p.data) for p in packets if p.data[0] >> 3 == 5)
+    assert bytes(OpenVPNAck(session_id=ack.session_id, acks=list(ack.acks),
+                            remote_session_id=ack.remote_session_id)) == bytes(ack)
+    assert len(packets[0].data) == 14 and len(packets[1].data) == 26
