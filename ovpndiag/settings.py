@@ -1,0 +1,148 @@
+"""What to probe and how: command-line options merged over a .ovpn profile.
+
+``probe_settings()`` is the one place that turns the user's words (host, port,
+proto, key files, key-direction, digest, profile) into ``ProbeSettings``; the
+CLI, the check and the check_openvpn compatibility script all go through it.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .keys import KeyFileError, StaticKey, TLSCryptV2ClientKey, read_key
+from .layers import HMAC_SIZES
+from .profile import read_profile
+
+DEFAULT_PORT = 1194
+
+
+class SettingsError(ValueError):
+    """Options that cannot work together; the message says which and why."""
+
+
+@dataclass
+class ProbeSettings:
+    host: str
+    port: int = DEFAULT_PORT
+    proto: str = "udp"
+    family: Optional[int] = None  # 4 or 6; None: every resolved address in order
+    timeout: float = 10.0  # the whole budget, seconds
+    retries: int = 2  # extra UDP attempts
+    retry_interval: float = 2.0
+    wrapper: object = field(default=None)  # a wrap.* wrapper, seen from the client
+    validate: bool = True
+    max_skew: float = 300.0  # seconds the server's net time may differ from ours
+
+    def __post_init__(self):
+        if self.wrapper is None:
+            from .wrap import NoWrapping
+
+            self.wrapper = NoWrapping()
+
+    @property
+    def wrapping_name(self):
+        return describe_wrapper(self.wrapper)
+
+
+def describe_wrapper(wrapper) -> str:
+    """e.g. "tls-auth SHA256, key-direction 1" - what the user configured."""
+    kind = wrapper.wrapping.kind
+    if kind == "tls-auth":
+        direction = "bidirectional" if wrapper.direction is None else f"key-direction {wrapper.direction}"
+        return f"tls-auth {wrapper.digest}, {direction}"
+    return kind if kind != "none" else "no tls-auth/tls-crypt"
+
+
+_PROFILE_PROTOS = {
+    "udp": ("udp", None), "udp4": ("udp", 4), "udp6": ("udp", 6),
+    "tcp": ("tcp", None), "tcp4": ("tcp", 4), "tcp6": ("tcp", 6),
+    "tcp-client": ("tcp", None), "tcp4-client": ("tcp", 4), "tcp6-client": ("tcp", 6),
+}
+
+
+def probe_settings(host=None, port=None, proto=None, family=None, timeout=10.0, retries=2,
+                   retry_interval=2.0, tls_auth=None, key_direction="1", auth=None, tls_crypt=None,
+                   tls_crypt_v2=None, config=None, validate=True) -> ProbeSettings:
+    """Options given on the command line win over the profile's.
+
+    ``key_direction`` is "0", "1", "none" or None (not given: the profile's, else 1).
+    Raises SettingsError or KeyFileError with a one-line message."""
+    profile = read_profile(config) if config else None
+    if profile:
+        remote = profile.remotes[0] if profile.remotes else None
+        if host is None and remote is not None:
+            host = remote.host
+            port = port or remote.port
+            proto = proto or remote.proto
+        port = port or profile.port
+        proto = proto or profile.proto
+        auth = auth or profile.auth
+        if key_direction is None and profile.key_direction is not None:
+            key_direction = str(profile.key_direction)
+    if not host:
+        raise SettingsError("no host given (and no 'remote' in a --config profile)")
+
+    proto_family = None
+    if proto is not None:
+        if proto.lower() not in _PROFILE_PROTOS:
+            raise SettingsError(f"unknown proto '{proto}' (use udp or tcp)")
+        proto, proto_family = _PROFILE_PROTOS[proto.lower()]
+    family = family or proto_family
+
+    wrapper = _wrapper(tls_auth, key_direction, auth, tls_crypt, tls_crypt_v2, profile)
+    if timeout <= 0:
+        raise SettingsError("--timeout must be more than 0 seconds")
+    if retries < 0 or retry_interval <= 0:
+        raise SettingsError("--retries must be 0 or more and --retry-interval more than 0")
+    if not 0 < (port or DEFAULT_PORT) < 65536:
+        raise SettingsError(f"port {port} is out of range")
+    return ProbeSettings(host=host, port=port or DEFAULT_PORT, proto=proto or "udp", family=family,
+                         timeout=timeout, retries=retries, retry_interval=retry_interval,
+                         wrapper=wrapper, validate=validate)
+
+
+def _wrapper(tls_auth, key_direction, auth, tls_crypt, tls_crypt_v2, profile):
+    from .wrap import NoWrapping, TLSAuth, TLSCrypt, TLSCryptV2Client
+
+    given = [name for name, value in (("--tls-auth", tls_auth), ("--tls-crypt", tls_crypt),
+                                      ("--tls-crypt-v2", tls_crypt_v2)) if value]
+    if len(given) > 1:
+        raise SettingsError(f"{' and '.join(given)} exclude each other: a server uses one of them")
+    if tls_auth:
+        key = read_key(tls_auth, StaticKey)
+    elif tls_crypt:
+        return TLSCrypt(read_key(tls_crypt, StaticKey), "client")
+    elif tls_crypt_v2:
+        return TLSCryptV2Client(_client_key(tls_crypt_v2))
+    elif profile and profile.tls_crypt_v2:
+        return TLSCryptV2Client(profile.tls_crypt_v2)
+    elif profile and profile.tls_crypt:
+        return TLSCrypt(profile.tls_crypt, "client")
+    elif profile and profile.tls_auth:
+        key = profile.tls_auth
+    else:
+        return NoWrapping()
+    digest = (auth or "SHA1").upper().replace("-", "")
+    if digest not in HMAC_SIZES:
+        raise SettingsError(f"unknown --auth digest '{auth}' (use one of {', '.join(HMAC_SIZES)})")
+    return TLSAuth(key, parse_key_direction(key_direction), digest)
+
+
+def parse_key_direction(text) -> Optional[int]:
+    if text is None:
+        return 1  # what clients almost always use
+    value = str(text).lower()
+    if value in ("0", "1"):
+        return int(value)
+    if value in ("none", "bidirectional"):
+        return None
+    raise SettingsError(f"--key-direction must be 0, 1 or none, not '{text}'")
+
+
+def _client_key(path):
+    from .keys import TLSCryptV2ServerKey
+
+    key = read_key(path, (TLSCryptV2ClientKey, TLSCryptV2ServerKey))
+    if isinstance(key, TLSCryptV2ServerKey):
+        raise KeyFileError(f"{path}: is the server's tls-crypt-v2 key; a probe needs a client key "
+                           f"(openvpn --genkey tls-crypt-v2-client CLIENT.key --tls-crypt-v2 {path})")
+    return key
