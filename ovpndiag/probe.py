@@ -100,8 +100,9 @@ def probe(settings: ProbeSettings) -> ProbeResult:
     deadline = started + settings.timeout
     result = ProbeResult(settings.host, settings.port, settings.proto, settings.wrapping_name)
     try:
-        addresses = transport.resolve(settings.host, settings.port, settings.proto, settings.family)
-    except (socket.gaierror, UnicodeError) as error:
+        addresses = transport.resolve_within(settings.host, settings.port, settings.proto, settings.family,
+                                             deadline - time.monotonic())
+    except (OSError, UnicodeError, transport.Timeout) as error:
         family = f" IPv{settings.family}" if settings.family else ""
         result.verdict = UNRESOLVABLE
         result.message = f"cannot resolve {settings.host}{family}: {getattr(error, 'strerror', None) or error}"
@@ -243,7 +244,7 @@ def validate_reply(reply: bytes, session_id: int, settings: ProbeSettings, resul
         checks.append(Check("replay packet-id", 0 < replay < 0x1000, f"{replay}", "warning"))
         skew = packet.net_time - time.time()
         checks.append(Check("server clock", abs(skew) <= settings.max_skew,
-                            f"net time {skew:+.0f} s from ours", "warning"))
+                            f"net time {int(round(skew)):+d} s from ours", "warning"))
     if wrapper.wrapping.kind == "tls-crypt-v2":
         flags = [t for t in packet.tlvs if getattr(t, "type", None) == 1]
         checks.append(Check("early negotiation (asks for the WKc again)",

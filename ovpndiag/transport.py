@@ -10,6 +10,7 @@ userspace client later share it.
 import errno
 import socket
 import struct
+import threading
 import time
 from typing import List, NamedTuple, Optional
 
@@ -77,6 +78,27 @@ def resolve(host: str, port: int, proto: str, family: Optional[int] = None) -> L
             seen.add(address)
             addresses.append(address)
     return addresses
+
+
+def resolve_within(host: str, port: int, proto: str, family: Optional[int], timeout: float) -> List[Address]:
+    """``resolve`` that gives up after ``timeout`` seconds: getaddrinfo itself
+    cannot be interrupted, so it runs in a thread left behind if DNS hangs."""
+    outcome = {}
+
+    def work():
+        try:
+            outcome["addresses"] = resolve(host, port, proto, family)
+        except Exception as error:  # handed to the caller below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(max(timeout, 0))
+    if worker.is_alive():
+        raise Timeout(f"{host} did not resolve within {timeout:.1f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["addresses"]
 
 
 def _os_error(error: OSError, what: str) -> TransportError:
