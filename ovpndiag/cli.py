@@ -71,6 +71,12 @@ def _settings(options):
         tls_crypt=options["tls_crypt"], tls_crypt_v2=options["tls_crypt_v2"], config=options["config"])
 
 
+class UserError(click.ClickException):
+    """Bad options or key files: exit status 2, like click's own usage errors."""
+
+    exit_code = 2
+
+
 def _user_errors():
     from .keys import KeyFileError
     from .monitoring import RangeError
@@ -101,7 +107,7 @@ def probe(as_json, try_keys, write_path, **options):
 
                 write_exchange(write_path, result.exchange)
     except _user_errors() as error:
-        raise click.ClickException(str(error)) from None
+        raise UserError(str(error)) from None
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif try_keys:

@@ -226,7 +226,8 @@ def validate_reply(reply: bytes, session_id: int, settings: ProbeSettings, resul
     wrapping = wrapper.wrapping._replace(decrypted=wrapper.wrapping.is_tls_crypt)
     packet, problem = dissect(wire, wrapping)
     if problem or packet.opcode not in SERVER_RESETS:
-        checks.append(Check("reply is OpenVPN", False, problem or f"starts with {_preview(reply)}"))
+        reason = problem or f"a {packet.opcode_name}, not a server reset"
+        checks.append(Check("reply is OpenVPN", False, f"starts with {_preview(reply)}: {reason}"))
         result.verdict = NOT_OPENVPN
         return
     result.reply = reply_fields(packet, len(reply))
@@ -266,19 +267,22 @@ def _auth_name(wrapper):
 
 
 def _alternative(reply, wrapper):
-    """When the HMAC fails, find the settings it does verify with, if any."""
+    """When the HMAC fails, name the settings it verifies with, if any. The server
+    accepted our reset, so settings that send as we did are the answer; others
+    are only a hint."""
     if wrapper.wrapping.kind != "tls-auth":
         return ""
     from .layers import HMAC_SIZES
     from .wrap import TLSAuth
 
-    for digest in [wrapper.digest] + [d for d in HMAC_SIZES if d != wrapper.digest]:
-        for direction in (1, 0, None):
-            if (digest, direction) == (wrapper.digest, wrapper.direction):
-                continue
-            candidate = TLSAuth(wrapper.key, direction, digest)
-            if candidate.verify(reply):
-                return f"; it verifies as {describe_wrapper(candidate)}"
+    found = [TLSAuth(wrapper.key, direction, digest) for digest in HMAC_SIZES for direction in (1, 0, None)
+             if (digest, direction) != (wrapper.digest, wrapper.direction)]
+    found = [candidate for candidate in found if candidate.verify(reply)]
+    consistent = [c for c in found if c.digest == wrapper.digest and c.send_index == wrapper.send_index]
+    if consistent:
+        return f"; it verifies as {describe_wrapper(consistent[0])}"
+    if found:
+        return f"; the reply alone verifies as {describe_wrapper(found[0])}"
     return ""
 
 

@@ -84,6 +84,7 @@ class TLSAuth(_Wrapper):
         self.key, self.direction, self.digest = key, direction, digest
         self.hmac_size = HMAC_SIZES[digest]
         send, receive = {None: (0, 0), 0: (0, 1), 1: (1, 0)}[direction]
+        self.send_index, self.receive_index = send, receive  # which of the two keys' HMAC slots
         self._send_key = key.hmac(send)[:self.hmac_size]
         self._receive_key = key.hmac(receive)[:self.hmac_size]
         self.wrapping = Wrapping.tls_auth(self.hmac_size)

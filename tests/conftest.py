@@ -7,3 +7,15 @@ from scapy.config import conf
 conf.debug_dissector = True
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def servers():
+    """Real OpenVPN 2.6 servers on loopback, one per configuration, started on first use."""
+    from servers import ServerPool
+
+    pool = ServerPool()
+    yield pool
+    pool.stop_all()

@@ -154,3 +154,54 @@ class HTTPService:
 
     def close(self):
         self.sock.close()
+
+
+class ReplayUDPService:
+    """Answers every datagram with one fixed datagram: e.g. a real server reset
+    captured earlier, which echoes somebody else's session id."""
+
+    def __init__(self, answer: bytes):
+        self.inner = GarbageUDPService(answer)
+        self.port = self.inner.port
+
+    def close(self):
+        self.inner.close()
+
+
+class DropFirstRelay:
+    """A UDP relay to a real server that loses the first datagram it is sent,
+    like a lossy link: the probe gets its answer only after a retry."""
+
+    def __init__(self, target_host, target_port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.upstream.connect((target_host, target_port))
+        self.client = None
+        self.dropped = 0
+        threading.Thread(target=self._forward, daemon=True).start()
+        threading.Thread(target=self._backward, daemon=True).start()
+
+    def _forward(self):
+        while True:
+            try:
+                data, self.client = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            if self.dropped == 0:
+                self.dropped += 1
+                continue
+            self.upstream.send(data)
+
+    def _backward(self):
+        while True:
+            try:
+                data = self.upstream.recv(4096)
+                self.sock.sendto(data, self.client)
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        self.upstream.close()
