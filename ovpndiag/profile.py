@@ -103,7 +103,11 @@ def _apply_option(profile, words, where, base_dir):
         if len(args) > 1 and option == "tls-auth":
             profile.key_direction = _direction(args[1], where)
         if args[0] != "[inline]":  # "[inline]": the key is in a block of the same name
-            _set_key(profile, option, read_key(_find(args[0], base_dir)), where)
+            try:
+                key = read_key(_find(args[0], base_dir))
+            except KeyFileError as error:
+                raise ProfileError(f"{where}: {option} {error}") from None
+            _set_key(profile, option, key, where)
 
 
 def _set_key(profile, option, key, where):

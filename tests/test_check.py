@@ -211,3 +211,15 @@ def test_perfdata_format():
     assert perfdata("time", 0.0032, "s", Range.parse("1"), Range.parse("2"), 0.0, 10.0) == "time=0.0032s;1;2;0;10"
     assert perfdata("attempts", 3, "", None, None, 0, 3) == "attempts=3;;;0;3"
     assert perfdata("time", None, "s") == "time=U"
+
+
+def test_check_imports_neither_scapy_all_nor_tls_nor_ip_layers(servers):
+    """A check runs every minute on many hosts: it must load only Scapy's core."""
+    server = servers.get(proto="udp")
+    code = ("import sys\nfrom ovpndiag.cli import main\n"
+            f"sys.argv = ['ovpndiag', 'check', '127.0.0.1', '-p', '{server.port}']\n"
+            "try:\n    main()\nexcept SystemExit as done:\n    status = done.code\n"
+            "heavy = [m for m in sys.modules if m == 'scapy.all' or m.startswith(('scapy.layers', 'scapy.contrib'))]\n"
+            "print('RESULT', status, heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "RESULT 0 []" in result.stdout, result.stdout + result.stderr
