@@ -205,3 +205,30 @@ class DropFirstRelay:
     def close(self):
         self.sock.close()
         self.upstream.close()
+
+
+class ForeignPortReplier:
+    """Receives on one port and answers from another, as a spoofer or a
+    misrouted NAT would: a probe must not take that for the server's answer."""
+
+    def __init__(self, answer: bytes):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.other.bind(("127.0.0.1", 0))
+        self.answer, self.answered = answer, 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                _, peer = self.sock.recvfrom(4096)
+                self.other.sendto(self.answer, peer)
+                self.answered += 1
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        self.other.close()

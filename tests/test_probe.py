@@ -10,7 +10,8 @@ from captures import entry, key_path, openvpn_packets
 from ovpndiag import probe as verdicts
 from ovpndiag.probe import probe
 from ovpndiag.settings import probe_settings
-from servers import DropFirstRelay, GarbageUDPService, HTTPService, ReplayUDPService, free_port
+from servers import (DropFirstRelay, ForeignPortReplier, GarbageUDPService, HTTPService, ReplayUDPService,
+                     free_port)
 
 TA, TC = str(key_path("keys/ta.key")), str(key_path("keys/tc.key"))
 TA_WRONG, TC_WRONG = str(key_path("keys/ta-wrong.key")), str(key_path("keys/tc-wrong.key"))
@@ -151,6 +152,17 @@ def test_a_real_reset_for_another_session_is_a_wrong_reply():
         result = probe(probe_settings(host="127.0.0.1", port=service.port, **FAST))
         assert result.verdict == verdicts.WRONG_REPLY
         assert failed_checks(result) == ["echoes our session id"]
+    finally:
+        service.close()
+
+
+def test_replies_from_another_port_are_ignored():
+    capture = entry("udp-plain")
+    server_reset = [p.data for p in openvpn_packets(capture) if p.data[0] >> 3 == 8][0]
+    service = ForeignPortReplier(server_reset)
+    try:
+        result = probe(probe_settings(host="127.0.0.1", port=service.port, timeout=2, retries=1, retry_interval=0.5))
+        assert service.answered == 2 and result.verdict == verdicts.NO_REPLY
     finally:
         service.close()
 
