@@ -108,3 +108,26 @@ def test_mangled_key_files_raise_only_key_file_errors():
             parse_key("".join(text), "mangled")
         except KeyFileError:
             pass
+
+
+def test_probe_validation_survives_any_reply():
+    """What a server (or anything on its port) sends back never crashes the probe."""
+    from ovpndiag.check import evaluate
+    from ovpndiag.probe import ProbeResult, explain, validate_reply
+    from ovpndiag.render.nagios import plugin_output
+    from ovpndiag.render.report import probe_report
+    from ovpndiag.settings import probe_settings
+
+    settings_list = [probe_settings(host="x"), probe_settings(host="x", tls_auth=key_path("keys/ta.key")),
+                     probe_settings(host="x", tls_auth=key_path("keys/ta.key"), auth="SHA512", key_direction="none"),
+                     probe_settings(host="x", tls_crypt=key_path("keys/tc.key")),
+                     probe_settings(host="x", tls_crypt_v2=key_path("keys/tcv2-client.key"))]
+    replies = list(mangled(11, 1500)) + [b"", b"\x40", b"\x40" * 26, b"HTTP/1.1 200 OK\r\n\r\n"]
+    for data in replies:
+        for settings in settings_list:
+            result = ProbeResult("x", 1194, "udp", settings.wrapping_name, address="127.0.0.1:1194")
+            validate_reply(data, 0x1122334455667788, settings, result)
+            result.rtt = 0.001
+            result.message, result.causes = explain(result)
+            assert result.verdict and result.checks and result.message
+            assert probe_report(result, settings) and plugin_output(evaluate(result), verbose=True)
