@@ -522,7 +522,7 @@ def _check_consumed(pkt):
     if isinstance(pkt, OpenVPNAck) and _visible(pkt) and pkt.payload:
         raise MalformedPacket(f"{len(pkt.payload)} bytes after the ACKs of a P_ACK_V1")
     for tlv in getattr(pkt, "tlvs", None) or ():
-        if not isinstance(tlv, EarlyNegotiationTLV):
-            raise MalformedPacket("reset payload is not a list of TLVs")
+        if not isinstance(tlv, EarlyNegotiationTLV):  # Scapy gave up on a short tail
+            raise MalformedPacket(f"{len(tlv)} bytes left where a TLV header (4 bytes) belongs")
         if not isinstance(tlv, EarlyNegotiationFlags) and tlv.length != len(tlv.value):
             raise MalformedPacket(f"TLV length {tlv.length} runs past the end of the packet")
