@@ -194,6 +194,13 @@ SCENARIOS: list[Scenario] = [
         "one TCP connection per second, each with resets, a TLS handshake and a server FIN",
         client_cert="rogue-client",
         server_log_expect=r"certificate verify failed|VERIFY ERROR"),
+    Scenario(
+        "udp-tls12", "udp", 4, 1194, "none", Side(), Side(), "connected",
+        "UDP session like udp-plain, but the client allows at most TLS 1.2 (--tls-version-max 1.2), "
+        "so the certificates cross the wire in clear.",
+        "a TLS 1.2 handshake: Server Hello, Certificate, Server Key Exchange, Certificate Request, "
+        "Server Hello Done, the client's Certificate, then encrypted Finished messages",
+        client_extra=["--tls-version-max", "1.2"]),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}
