@@ -1,0 +1,91 @@
+"""Which wrapping a flow's control packets have, inferred from the packets.
+
+Nothing on the wire says it, so every candidate layout - none, tls-auth with
+each HMAC size, tls-crypt - is tried on each control packet, and the ones that
+read as sense survive: replay packet-ids small and net time near the capture's
+clock, resets with the ACKs, message packet-id and empty payload they must
+have, ACKs that name the other side's session id. Decided per flow (a capture
+may mix SHA1 and SHA512 servers) as soon as one candidate is left, or after a
+few packets by preference. A key, when given, settles it by verifying.
+"""
+
+from typing import Optional
+
+from ..layers import EARLY_NEG_START, HMAC_SIZES, PLAIN, Wrapping
+from .decode import decode
+
+TLS_CRYPT = Wrapping("tls-crypt")
+TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
+# Most likely first: ties are broken in this order.
+CANDIDATES = [Wrapping.tls_auth(size) for size in (20, 32, 64, 16, 28, 48)] + [TLS_CRYPT, PLAIN]
+DIGEST_BY_SIZE = {size: digest for digest, size in HMAC_SIZES.items()}
+
+MAX_SKEW = 5 * 365 * 86400  # a peer's clock this far off is not a clock: the bytes are something else
+REPLAY_LIMIT = 1 << 20  # replay packet-ids count packets of one key; they do not get this high
+DECIDE_AFTER = 6  # control packets looked at before ties are broken by preference
+
+
+def plausible(fields: dict, peer_session_id: Optional[int], now: float) -> bool:
+    """Do these fields, read under one wrapping, make sense for a real packet?"""
+    if "malformed" in fields:
+        return False
+    replay = fields.get("replay_packet_id")
+    if replay is not None:
+        if not (0 < replay < REPLAY_LIMIT or EARLY_NEG_START < replay < EARLY_NEG_START + REPLAY_LIMIT):
+            return False
+        if now and abs(fields["net_time"] - now) > MAX_SKEW:
+            return False
+    acks = fields.get("acks")
+    if acks is None:
+        return True  # encrypted: nothing more to check
+    opcode = fields["opcode_value"]
+    if opcode in (7, 10, 1) and (acks or fields["message_packet_id"] or fields["payload_len"]):
+        return False  # a client reset acknowledges nothing and carries nothing
+    if opcode in (8, 2) and (fields["message_packet_id"] != 0 or acks != [0]):
+        return False  # a server reset is packet 0 and acknowledges the client's packet 0
+    if acks and peer_session_id is not None and fields["remote_session_id"] != peer_session_id:
+        return False
+    if fields.get("message_packet_id", 0) >= REPLAY_LIMIT:
+        return False
+    return True
+
+
+class WrappingInference:
+    """Per flow: feed key-id-0 control packets until ``decided`` is set."""
+
+    def __init__(self, forced: Optional[Wrapping] = None):
+        self.decided = forced
+        self.candidates = list(CANDIDATES)
+        self.seen = 0
+
+    def observe(self, data: bytes, peer_session_id: Optional[int], now: float) -> Optional[Wrapping]:
+        if self.decided is not None:
+            return self.decided
+        opcode = data[0] >> 3 if data else 0
+        if opcode in (10, 11):  # only tls-crypt-v2 has these
+            self.decided = TLS_CRYPT_V2
+            return self.decided
+        survivors = [w for w in self.candidates if plausible(decode(data, w), peer_session_id, now)]
+        self.seen += 1
+        if survivors:
+            self.candidates = survivors
+        if len(self.candidates) == 1 or self.seen >= DECIDE_AFTER:
+            self.decided = self.candidates[0]
+        return self.decided
+
+    def settle(self, wrapping: Wrapping):
+        """A key verified the flow's packets under this wrapping."""
+        self.decided = wrapping
+
+    def best_guess(self) -> Wrapping:
+        """At the end of a flow that never decided: the most likely survivor."""
+        if self.decided is None:
+            self.decided = self.candidates[0]
+        return self.decided
+
+
+def session_id_of(data: bytes) -> Optional[int]:
+    """Bytes 1..8 of a control packet are its sender's session id in every wrapping."""
+    if len(data) >= 9 and data[0] >> 3 not in (6, 9):
+        return int.from_bytes(data[1:9], "big")
+    return None

@@ -1,0 +1,409 @@
+"""From transport payloads to OpenVPN packet records, flow by flow.
+
+``Reader.feed(datagram)`` takes what ``ovpndiag.capture`` delivers (UDP
+payloads, in-order TCP stream bytes) and yields one record per OpenVPN packet,
+in capture order. On the way it:
+
+- decides which flows are OpenVPN: UDP/TCP port 1194 and the ports given are;
+  a flow on any other port is held back until its own packets show it (a client
+  reset answered by a server reset, stable session ids each way) or show it is
+  not (an impossible first byte, a TCP length prefix that cannot be OpenVPN);
+- cuts TCP streams at OpenVPN's 2-byte lengths;
+- infers each flow's wrapping (``infer``), follows a 2.6 renegotiation into
+  dynamic tls-crypt, applies the user's keys (``keyring``);
+- follows the TLS inside each session's control channel (``tls``);
+- keeps one summary per session for ``--sessions``.
+
+Records are plain dicts whose keys are the JSON keys (see README); keys that
+start with ``_`` are for renderers only (raw bytes, the Wrapping used). Packets
+of flows not yet decided wait in a bounded queue, so output stays in frame order.
+"""
+
+import collections
+import struct
+from typing import Dict, Iterator, List, Optional
+
+from ..layers import OPCODES, Wrapping
+from .decode import decode
+from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
+from .keyring import KeyRing, NOT_CHECKED
+
+OPENVPN_PORT = 1194
+CONTROL_OPCODES = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
+CLIENT_RESET_OPCODES = (7, 10, 1)
+MAX_QUEUE = 20000  # packets held for undecided flows before guessing
+MAX_TCP_FRAME = 2048  # bigger first frames on an unknown port are not OpenVPN
+RECOGNITION_LIMIT = 12  # packets an unknown flow gets to show it is OpenVPN
+
+UNKNOWN, OPENVPN, OTHER = "unknown", "openvpn", "other"
+
+
+class Options:
+    def __init__(self, ports=(), wrapping: Optional[Wrapping] = None, keys: Optional[KeyRing] = None):
+        self.ports = {OPENVPN_PORT, *ports}
+        self.wrapping = wrapping  # forced for every flow, or None: infer
+        self.keys = keys or KeyRing()
+
+
+class Session:
+    """What --sessions reports for one OpenVPN session (one client session id)."""
+
+    def __init__(self, flow, client_session_id):
+        self.flow = flow
+        self.client_session_id = client_session_id
+        self.server_session_id = None
+        self.packets = collections.Counter()
+        self.bytes = collections.Counter()
+        self.key_ids = set()
+        self.first = self.last = None
+        self.hmac = collections.Counter()  # True / False / None verdicts
+        self.key_directions = {}
+        self.tls = collections.Counter()
+        self.malformed = 0
+
+    def count(self, record):
+        opcode = record.get("opcode", "malformed")
+        self.packets[opcode] += 1
+        self.bytes[opcode] += record["length"]
+        if "key_id" in record:
+            self.key_ids.add(record["key_id"])
+        self.first = record["time"] if self.first is None else self.first
+        self.last = record["time"]
+        if "hmac_valid" in record:
+            self.hmac[record["hmac_valid"]] += 1
+        if "key_direction" in record:
+            self.key_directions[record["_sender"]] = record["key_direction"]
+        for name in record.get("tls", ()):
+            self.tls[name] += 1
+        self.malformed += "malformed" in record
+
+    @property
+    def data_channel(self):
+        return bool(self.packets["P_DATA_V2"] or self.packets["P_DATA_V1"])
+
+
+class Flow:
+    def __init__(self, transport, client, server, state):
+        self.transport = transport
+        self.client, self.server = client, server  # (address, port)
+        self.state = state
+        self.inference = None
+        self.session_ids = {}  # sender -> its latest session id
+        self.streams = {"client": b"", "server": b""}  # TCP bytes not yet a whole frame
+        self.keys = None
+        self.tls = {}
+        self.renegotiation = {}  # key_id -> Wrapping its control packets have
+        self.sessions: Dict[int, Session] = {}
+        self.current = None  # the session data packets belong to
+        self.seen = 0
+        self.client_reset = None  # (sender, session id) of a client reset seen while unknown
+        self.stable = collections.Counter()  # sender -> control packets with its first session id
+        self.first_ids = {}
+
+    def sender_of(self, address):
+        return "client" if address == self.client else "server"
+
+
+class Reader:
+    def __init__(self, options: Optional[Options] = None):
+        self.options = options or Options()
+        self.flows: Dict[tuple, Flow] = {}
+        self.queue = collections.deque()  # (flow, frame, time, sender, data)
+        self.first_time = None
+        self.not_openvpn = 0  # transport payloads of flows found not to be OpenVPN
+
+    # --- input ---------------------------------------------------------------
+
+    def feed(self, datagram) -> Iterator[dict]:
+        if self.first_time is None:
+            self.first_time = datagram.time
+        flow, sender = self._flow(datagram)
+        if flow.state == OTHER:
+            self.not_openvpn += 1
+            return iter(())
+        if datagram.transport == "udp":
+            if datagram.payload:
+                self._packet(flow, datagram.frame, datagram.time, sender, datagram.payload)
+        else:
+            self._tcp(flow, datagram, sender)
+        return self._drain()
+
+    def finish(self) -> Iterator[dict]:
+        """End of input: decide what is still undecided and emit everything."""
+        for flow in self.flows.values():
+            if flow.state == UNKNOWN:
+                flow.state = OTHER
+            if flow.inference is not None:
+                flow.inference.best_guess()
+        return self._drain()
+
+    def sessions(self) -> List[Session]:
+        return [s for flow in self.flows.values() for s in flow.sessions.values()]
+
+    def _flow(self, datagram):
+        a, b = (datagram.src, datagram.sport), (datagram.dst, datagram.dport)
+        key = (datagram.transport, a, b) if a <= b else (datagram.transport, b, a)
+        flow = self.flows.get(key)
+        if flow is None:
+            ports = self.options.ports
+            if datagram.dport in ports or datagram.sport in ports:
+                server = b if datagram.dport in ports else a
+                client = a if server == b else b
+                flow = Flow(datagram.transport, client, server, OPENVPN)
+            else:
+                flow = Flow(datagram.transport, a, b, UNKNOWN)  # roles fixed once recognised
+            self.flows[key] = flow
+        return flow, flow.sender_of(a)
+
+    def _tcp(self, flow, datagram, sender):
+        buffered = b"" if datagram.gap else flow.streams[sender]  # after a gap, frames restart unknown
+        buffered += datagram.payload
+        if datagram.gap:
+            buffered = buffered[_resync(buffered):]
+        offset = 0
+        while len(buffered) - offset >= 2:
+            length = struct.unpack_from("!H", buffered, offset)[0]
+            if flow.state == UNKNOWN and not 9 <= length <= MAX_TCP_FRAME:
+                flow.state = OTHER
+                self.not_openvpn += 1
+                return
+            if len(buffered) - offset - 2 < length:
+                break
+            self._packet(flow, datagram.frame, datagram.time, sender, buffered[offset + 2:offset + 2 + length])
+            offset += 2 + length
+            if flow.state == OTHER:
+                return
+        flow.streams[sender] = buffered[offset:]
+
+    def _packet(self, flow, frame, time, sender, data):
+        if flow.state == UNKNOWN:
+            sender = self._recognise(flow, sender, data, time)
+            if flow.state == OTHER:
+                self.not_openvpn += 1
+                return
+        self.queue.append((flow, frame, time, sender, data))
+        if flow.state == OPENVPN:
+            self._learn(flow, sender, data, time)
+
+    def _learn(self, flow, sender, data, time):
+        """What the wrapping inference and the session ids take from a packet on arrival."""
+        if data[0] >> 3 not in CONTROL_OPCODES:
+            return
+        if data[0] & 7 == 0:
+            if flow.inference is None:
+                flow.inference = WrappingInference(self.options.wrapping)
+            peer = flow.session_ids.get("server" if sender == "client" else "client")
+            flow.inference.observe(data, peer, time)
+        session_id = session_id_of(data)
+        if session_id is not None:
+            flow.session_ids[sender] = session_id
+
+    # --- which flows on other ports are OpenVPN ----------------------------------
+
+    def _recognise(self, flow, sender, data, time):
+        """Look at one more packet of a flow on an unknown port; returns the
+        packet's sender, relabelled if recognition found the roles reversed."""
+        flow.seen += 1
+        opcode = data[0] >> 3
+        if opcode not in OPCODES or flow.seen > RECOGNITION_LIMIT:
+            flow.state = OTHER
+            return sender
+        session_id = session_id_of(data)
+        if session_id is None:
+            return sender
+        flow.first_ids.setdefault(sender, session_id)
+        if flow.first_ids[sender] == session_id:
+            flow.stable[sender] += 1
+        client = None
+        if opcode in CLIENT_RESET_OPCODES and data[0] & 7 == 0 and _fits_some_wrapping(data, None, time):
+            flow.client_reset = (sender, session_id)
+        elif opcode == 8 and flow.client_reset and flow.client_reset[0] != sender \
+                and _fits_some_wrapping(data, flow.client_reset[1], time):
+            client = flow.client_reset[0]
+        elif flow.stable["client"] >= 2 and flow.stable["server"] >= 2:
+            client = "client"  # mid-session: keep the first packet's sender as the client
+        if client is None:
+            return sender
+        self._recognised(flow, swap=client == "server")
+        return ("server" if sender == "client" else "client") if client == "server" else sender
+
+    def _recognised(self, flow, swap):
+        """Mark a flow OpenVPN; relabel what is queued if the first packet came
+        from the server; let the wrapping inference see the queued packets."""
+        flow.state = OPENVPN
+        flip = {"client": "server", "server": "client"}
+        if swap:
+            flow.client, flow.server = flow.server, flow.client
+            self.queue = collections.deque((f, fr, t, flip[s] if f is flow else s, d)
+                                           for f, fr, t, s, d in self.queue)
+        for queued_flow, _frame, time, sender, data in list(self.queue):
+            if queued_flow is flow:
+                self._learn(flow, sender, data, time)
+
+    # --- output, in frame order --------------------------------------------------
+
+    def _drain(self):
+        queue = self.queue
+        while queue:
+            flow = queue[0][0]
+            if flow.state == OTHER:
+                queue.popleft()
+                continue
+            if flow.state == UNKNOWN or not self._ready(flow, queue[0][4]):
+                if len(queue) < MAX_QUEUE:
+                    return
+                if flow.state == UNKNOWN:
+                    flow.state = OTHER
+                    continue
+                flow.inference.best_guess()
+            item = queue.popleft()
+            yield self._record(*item)
+
+    @staticmethod
+    def _ready(flow, data):
+        if data[0] >> 3 not in CONTROL_OPCODES:
+            return True
+        return flow.inference is not None and flow.inference.decided is not None
+
+    def _record(self, flow, frame, time, sender, data):
+        src, dst = (flow.client, flow.server) if sender == "client" else (flow.server, flow.client)
+        record = {"frame": frame, "time": time, "src": src[0], "dst": dst[0], "sport": src[1],
+                  "dport": dst[1], "transport": flow.transport, "length": len(data),
+                  "_sender": sender, "_data": data, "_relative": time - self.first_time}
+        opcode = data[0] >> 3
+        if opcode in CONTROL_OPCODES:
+            fields = self._control(flow, sender, data, record)
+        else:
+            fields = decode(data)
+        _copy_fields(fields, record)
+        self._follow(flow, sender, fields, record, data)
+        return record
+
+    def _control(self, flow, sender, data, record):
+        wrapping = flow.inference.decided if flow.inference and flow.inference.decided else PLAIN
+        key_id = data[0] & 7
+        if key_id and wrapping.kind in ("none", "tls-auth"):
+            layout = flow.renegotiation.get(key_id)
+            if layout is None:
+                peer = flow.session_ids.get("server" if sender == "client" else "client")
+                fits = plausible(decode(data, wrapping), peer, record["time"])
+                layout = wrapping if fits or not plausible(decode(data, TLS_CRYPT), None, record["time"]) \
+                    else TLS_CRYPT
+                flow.renegotiation[key_id] = layout
+            if layout is TLS_CRYPT:
+                wrapping = TLS_CRYPT
+                record["dynamic"] = True
+        elif data[0] >> 3 in (10, 11) and wrapping.kind != "tls-crypt-v2":
+            wrapping = TLS_CRYPT_V2
+        record["_wrapping"] = wrapping
+        opened = NOT_CHECKED
+        keys = self.options.keys
+        if not keys.empty and not record.get("dynamic"):
+            if flow.keys is None:
+                flow.keys = keys.for_flow()
+            client_id = flow.session_ids.get("client") if sender == "server" else session_id_of(data)
+            opened = flow.keys.open(data, sender, wrapping, client_id)
+            if opened.valid is False and key_id and wrapping.is_tls_crypt:
+                record["dynamic"] = True  # the static key no longer applies: a 2.6 renegotiation
+                opened = NOT_CHECKED
+        if wrapping.kind != "none":
+            record["hmac_valid"] = opened.valid
+        if opened.key_direction is not None:
+            record["key_direction"] = opened.key_direction
+        if opened.decrypted is not None:
+            record["_wire"] = opened.decrypted
+            record["_wrapping"] = wrapping._replace(decrypted=True)
+            return decode(opened.decrypted, record["_wrapping"])
+        return decode(data, wrapping)
+
+    def _follow(self, flow, sender, fields, record, data):
+        """Sessions and TLS: what a packet adds to what came before it."""
+        session_id = fields.get("session_id")
+        client_id = session_id if sender == "client" else fields.get("remote_session_id")
+        if sender == "client" and session_id is not None:
+            session = flow.sessions.get(session_id)
+            if session is None:
+                session = flow.sessions[session_id] = Session(flow, session_id)
+            flow.current = session
+        elif client_id is not None and client_id in flow.sessions:
+            flow.current = flow.sessions[client_id]
+        session = flow.current
+        if session is None:
+            session = flow.current = flow.sessions[None] = flow.sessions.get(None) or Session(flow, None)
+        if sender == "server" and session_id is not None:
+            session.server_session_id = session_id
+        if fields.get("payload_len") and fields.get("opcode_value") in (4, 11) and "message_packet_id" in fields:
+            wire = record.get("_wire", data)
+            payload = wire[fields["payload_offset"]:fields["payload_offset"] + fields["payload_len"]]
+            key = (sender, record["key_id"], session.client_session_id)
+            if key not in flow.tls:
+                flow.tls[key] = _tls_stream()
+            stream = flow.tls[key]
+            names = stream.add(fields["message_packet_id"], payload, record["frame"]) if stream else []
+            if names:
+                record["tls"] = names
+        session.count(record)
+
+
+def _copy_fields(fields, record):
+    """decode()'s dict into the record's JSON keys."""
+    if "opcode_value" in fields:
+        opcode = fields["opcode_value"]
+        record["opcode"] = OPCODES.get(opcode, f"opcode {opcode}")
+        record["opcode_value"] = opcode
+        record["key_id"] = fields["key_id"]
+    if "session_id" in fields:
+        record["session_id"] = f"{fields['session_id']:016x}"
+    if "remote_session_id" in fields:
+        record["remote_session_id"] = f"{fields['remote_session_id']:016x}"
+    wrapping = fields.get("wrapping")
+    if wrapping is not None:
+        record["wrapping"] = wrapping.kind
+        if wrapping.kind == "tls-auth":
+            record["hmac_size"] = wrapping.hmac_size
+    for name in ("replay_packet_id", "net_time", "acks", "message_packet_id", "peer_id", "payload_len",
+                 "wkc_len", "malformed"):
+        if name in fields:
+            record[name] = fields[name]
+    if "tlvs" in fields and fields["tlvs"]:
+        record["tlvs"] = [_tlv_name(t) for t in fields["tlvs"]]
+
+
+def _tlv_name(tlv):
+    optional, kind, value = tlv
+    if kind == 1 and len(value) == 2:
+        flags = int.from_bytes(value, "big")
+        return "EARLY_NEG_FLAGS" + (" RESEND_WKC" if flags & 1 else "") + (f" 0x{flags:04x}" if flags & ~1 else "")
+    return f"TLV type {kind}" + (" (optional)" if optional else "") + f", {len(value)} bytes"
+
+
+def _fits_some_wrapping(data, peer_session_id, time):
+    from .infer import CANDIDATES
+
+    candidates = [TLS_CRYPT_V2] if data[0] >> 3 in (10, 11) else CANDIDATES
+    return any(plausible(decode(data, w), peer_session_id, time) for w in candidates)
+
+
+def _resync(buffered):
+    """After a gap in a TCP stream: the first offset where two whole frames chain."""
+    for offset in range(min(len(buffered), 4096)):
+        position, frames = offset, 0
+        while position + 3 <= len(buffered):
+            length = struct.unpack_from("!H", buffered, position)[0]
+            if not 9 <= length <= MAX_TCP_FRAME or buffered[position + 2] >> 3 not in OPCODES:
+                break
+            position += 2 + length
+            frames += 1
+            if frames == 2 or position == len(buffered):
+                return offset
+        else:
+            continue
+    return len(buffered)
+
+
+def _tls_stream():
+    try:
+        from .tls import TLSStream
+    except ImportError:  # the TLS view is optional to the rest of the reader
+        return None
+    return TLSStream()
