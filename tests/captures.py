@@ -35,21 +35,34 @@ class CapturedPacket(NamedTuple):
 def transport_payloads(capture):
     """(frame, sender, "udp"/"tcp", tcp_seq, tcp_flags, payload) for each packet on
     the capture's port. Parsed with struct, not with ovpndiag or Scapy layers, so
-    the tests' oracle does not share code with what it checks. The captures are
-    Ethernet frames (tcpdump -i lo) with IPv4 or IPv6."""
-    from scapy.utils import RawPcapReader
+    the tests' oracle does not share code with what it checks. Link types: Ethernet
+    (with VLAN tags), Linux cooked v1/v2, raw IP, BSD loopback; IPv4 and IPv6, with
+    IP fragments put back together naively (a datagram counts in the frame of its
+    last missing fragment)."""
+    from scapy.utils import RawPcapReader  # reads pcapng too
 
     port = capture["port"]
-    for frame, (data, _meta) in enumerate(RawPcapReader(str(CAPTURES / capture["file"])), start=1):
-        ethertype = struct.unpack("!H", data[12:14])[0]
-        if ethertype == 0x0800:
-            header_len, protocol = (data[14] & 0x0F) * 4, data[23]
-            total = struct.unpack("!H", data[16:18])[0]
-            segment = data[14 + header_len:14 + total]
-        elif ethertype == 0x86DD:
-            protocol = data[20]
-            segment = data[54:54 + struct.unpack("!H", data[18:20])[0]]
+    fragments = {}  # (src, dst, id) -> {offset: (more, bytes)}
+    reader = RawPcapReader(str(CAPTURES / capture["file"]))
+    for frame, (data, meta) in enumerate(reader, start=1):
+        linktype = getattr(meta, "linktype", None)
+        ip = _ip_packet(reader.linktype if linktype is None else linktype, data)
+        if ip is None:
+            continue
+        if ip[0] >> 4 == 4:
+            header_len, protocol = (ip[0] & 0x0F) * 4, ip[9]
+            total, ident, flags_offset = struct.unpack("!HHH", ip[2:8])
+            segment = ip[header_len:total]
+            if flags_offset & 0x3FFF:
+                segment = _defragment(fragments, (ip[12:20], ident), (flags_offset & 0x1FFF) * 8,
+                                      flags_offset & 0x2000, segment)
         else:
+            protocol, segment = ip[6], ip[40:40 + struct.unpack("!H", ip[4:6])[0]]
+            if protocol == 44:  # fragment header
+                protocol, offset_flags, ident = struct.unpack("!BxHI", segment[:8])
+                segment = _defragment(fragments, (ip[8:40], ident), offset_flags & 0xFFF8,
+                                      offset_flags & 1, segment[8:])
+        if segment is None:
             continue
         sport, dport = struct.unpack("!HH", segment[:4])
         if port not in (sport, dport):
@@ -60,6 +73,41 @@ def transport_payloads(capture):
         elif protocol == 6:
             seq, offset_flags = struct.unpack("!I4xH", segment[4:14])
             yield frame, sender, "tcp", seq, offset_flags & 0x3F, segment[(offset_flags >> 12) * 4:]
+
+
+def _ip_packet(linktype, data):
+    """The IP packet in a frame, or None for other protocols."""
+    if linktype == 1:  # Ethernet, possibly with 802.1Q / 802.1ad tags
+        offset = 12
+        while data[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8"):
+            offset += 4
+        ethertype, data = data[offset:offset + 2], data[offset + 2:]
+        return data if ethertype in (b"\x08\x00", b"\x86\xdd") else None
+    if linktype in (113, 276):  # Linux cooked capture v1 (SLL) / v2 (SLL2)
+        ethertype, data = (data[14:16], data[16:]) if linktype == 113 else (data[0:2], data[20:])
+        return data if ethertype in (b"\x08\x00", b"\x86\xdd") else None
+    if linktype == 101:  # raw IP
+        return data
+    if linktype in (0, 108):  # BSD loopback: 4-byte address family
+        family = struct.unpack("!I" if linktype == 108 else "<I", data[:4])[0]
+        return data[4:] if family in (2, 10, 24, 28, 30) else None
+    raise ValueError(f"link type {linktype} not handled by the test oracle")
+
+
+def _defragment(fragments, key, offset, more, piece):
+    """The datagram's payload once every piece is in, else None."""
+    pieces = fragments.setdefault(key, {})
+    pieces[offset] = (more, piece)
+    payload = b""
+    for offset in sorted(pieces):
+        more, piece = pieces[offset]
+        if offset != len(payload):
+            return None
+        payload += piece
+        if not more:
+            del fragments[key]
+            return payload
+    return None
 
 
 def openvpn_packets(capture):

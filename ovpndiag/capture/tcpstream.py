@@ -1,0 +1,248 @@
+"""TCP stream reassembly: segments -> the in-order bytes of each connection direction.
+
+``StreamReassembler.segment()`` takes one captured segment and returns what it
+makes readable - new in-order bytes, never the same byte twice - as deliveries
+
+    (key, stream, payload, gap, end)
+
+``key`` is the direction ``(src, sport, dst, dport)``; ``stream`` a number given to
+each connection direction (a new connection on the same ports gets a new one);
+``gap`` counts bytes of this stream that were never captured before ``payload``
+(lost, or cut by the snap length), so a reader of framed data must resynchronise;
+``end`` marks the last delivery of a stream (FIN reached, RST, evicted, or
+``flush()``), after which its state is gone (``payload`` may then be empty).
+
+Sequence numbers are turned into unbounded stream positions by their signed
+32-bit distance from the next expected byte, so wraparound needs no special case.
+A stream whose SYN was not captured starts at the first segment with data.
+Segments ahead of a gap wait (bounded) for the retransmission that fills it.
+Memory is bounded: pending bytes per stream and in total, the number of streams,
+an idle timeout in capture time, and a bounded memory of closed streams (so that
+late retransmissions after a FIN do not start a phantom stream).
+"""
+
+import heapq
+from collections import OrderedDict
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+FIN, SYN, RST = 0x01, 0x02, 0x04
+
+
+class _Stream:
+    __slots__ = ("id", "pos", "isn", "heap", "pending", "gap", "fin", "last_seen")
+
+    def __init__(self, ident, pos, isn, now):
+        self.id = ident
+        self.pos = pos              # stream position (unbounded) of the next byte expected
+        self.isn = isn              # sequence number of the SYN, None if not captured
+        self.heap = []              # out-of-order segments: (position, arrival, data, cut)
+        self.pending = 0            # bytes in heap
+        self.gap = 0                # bytes known missing before the next delivery
+        self.fin = None             # stream position of the FIN, once seen
+        self.last_seen = now
+
+
+class StreamReassembler:
+    """Per-direction TCP reassembly; see the module docstring."""
+
+    def __init__(self, max_streams: int = 65536, max_pending: int = 1 << 20,
+                 max_pending_total: int = 32 << 20, idle_timeout: float = 600.0,
+                 max_closed: int = 65536):
+        self.max_streams = max_streams
+        self.max_pending = max_pending
+        self.max_pending_total = max_pending_total
+        self.idle_timeout = idle_timeout
+        self.max_closed = max_closed
+        self._streams = OrderedDict()       # key -> _Stream, least recently active first
+        self._closed = OrderedDict()        # key -> sequence number where a closed stream ended
+        self._ids = 0
+        self._arrivals = 0
+        self._pending_total = 0
+        self._now = float("-inf")
+        # Counters for a summary.
+        self.retransmitted = 0      # segments whose bytes had all been delivered already
+        self.out_of_order = 0       # segments that arrived ahead of a gap and were held
+        self.gaps = 0               # holes skipped (bytes never captured)
+        self.evicted = 0            # streams ended for being idle or over the stream limit
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_total
+
+    # ------------------------------------------------------------------ one segment
+
+    def segment(self, key, seq, flags, payload, cut, now):
+        """Feed one segment (``cut``: bytes of it the capture lacks); returns deliveries."""
+        if now > self._now:
+            self._now = now
+        streams = self._streams
+        st = streams.get(key)
+        length = len(payload) + cut
+        # The common case, kept short: the next bytes of a known stream, nothing pending.
+        if (st is not None and not flags & 7 and not cut and not st.heap and not st.gap
+                and seq == st.pos & MASK):
+            st.last_seen = self._now
+            streams.move_to_end(key)
+            if not payload:
+                return []
+            st.pos += length
+            out = [(key, st.id, payload, 0, False)]
+            if streams and next(iter(streams.values())).last_seen + self.idle_timeout < self._now:
+                self._expire(out)
+            return out
+
+        out = []
+        if flags & RST:
+            # A reset ends the connection in both directions.
+            for k in (key, (key[2], key[3], key[0], key[1])):
+                s = streams.pop(k, None)
+                if s is not None:
+                    self._finish(k, s, out)
+            return out
+        if flags & SYN:
+            start = (seq + 1) & MASK
+            if st is not None and st.isn != seq:
+                self._finish(key, streams.pop(key), out)    # the same ports, a new connection
+                st = None
+            if st is None:
+                st = self._open(key, start, seq, out)
+            seq = start                                     # data on a SYN follows it
+        elif st is None:
+            if not length:
+                return out                                  # ACKs and FINs of nothing we know
+            end = self._closed.get(key)
+            if end is not None:
+                behind = (seq - end) & MASK
+                if behind >= HALF and behind - (1 << 32) + length <= 0:
+                    self.retransmitted += 1                 # late copy of a closed stream's bytes
+                    return out
+            st = self._open(key, seq, None, out)
+        st.last_seen = self._now
+        streams.move_to_end(key)
+
+        delta = (seq - st.pos) & MASK
+        if delta >= HALF:
+            delta -= 1 << 32
+        start = st.pos + delta
+        if flags & FIN and st.fin is None:
+            st.fin = start + length
+        if length:
+            if delta > 0:
+                # Ahead of a gap: hold it until the gap is filled (or given up on).
+                self._arrivals += 1
+                heapq.heappush(st.heap, (start, self._arrivals, payload, cut))
+                st.pending += len(payload)
+                self._pending_total += len(payload)
+                self.out_of_order += 1
+                if st.pending > self.max_pending:
+                    self._skip_gap(key, st, out)
+                if self._pending_total > self.max_pending_total:
+                    self._shed(key, st, out)
+            elif delta + length <= 0:
+                self.retransmitted += 1
+            else:
+                self._take(key, st, start, payload, cut, out)
+                if st.heap:
+                    self._drain(key, st, out)
+        if st.fin is not None and st.pos >= st.fin and not st.heap:
+            del streams[key]
+            self._finish(key, st, out)
+        self._expire(out)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _open(self, key, pos, isn, out):
+        while len(self._streams) >= self.max_streams:
+            old_key, old = self._streams.popitem(last=False)
+            self.evicted += 1
+            self._finish(old_key, old, out)
+        self._closed.pop(key, None)
+        self._ids += 1
+        st = self._streams[key] = _Stream(self._ids, pos, isn, self._now)
+        return st
+
+    def _take(self, key, st, start, payload, cut, out):
+        """Deliver the part of a segment at or after ``st.pos`` (it starts at or before it)."""
+        skip = st.pos - start
+        data = payload[skip:] if skip else payload
+        st.pos = start + len(payload) + cut
+        if data:
+            # Merge with a delivery made for this stream earlier in the same call.
+            if out and out[-1][1] == st.id and not st.gap and not out[-1][4]:
+                prev = out[-1]
+                out[-1] = (key, st.id, prev[2] + data, prev[3], False)
+            else:
+                out.append((key, st.id, data, st.gap, False))
+                st.gap = 0
+        if cut:
+            st.gap += min(cut, st.pos - max(start + len(payload), start + skip))
+
+    def _drain(self, key, st, out):
+        heap = st.heap
+        while heap and heap[0][0] <= st.pos:
+            start, _n, payload, cut = heapq.heappop(heap)
+            st.pending -= len(payload)
+            self._pending_total -= len(payload)
+            if start + len(payload) + cut > st.pos:
+                self._take(key, st, start, payload, cut, out)
+            else:
+                self.retransmitted += 1
+
+    def _skip_gap(self, key, st, out):
+        """Give up waiting for the bytes before the earliest held segment."""
+        start = st.heap[0][0]
+        if start > st.pos:
+            st.gap += start - st.pos
+            st.pos = start
+            self.gaps += 1
+        self._drain(key, st, out)
+
+    def _shed(self, key, st, out):
+        """Over the total pending limit: give up gaps, this stream first, then the oldest."""
+        if st.heap:
+            self._skip_gap(key, st, out)
+        for k, s in list(self._streams.items()):
+            if self._pending_total <= self.max_pending_total:
+                break
+            while s.heap:
+                self._skip_gap(k, s, out)
+
+    def _finish(self, key, st, out):
+        """End a stream (already removed from the table): deliver what it holds, then end."""
+        while st.heap:
+            self._skip_gap(key, st, out)
+        if out and out[-1][1] == st.id and not st.gap:
+            last = out[-1]
+            out[-1] = (last[0], last[1], last[2], last[3], True)
+        else:
+            out.append((key, st.id, b"", st.gap, True))
+        closed = self._closed
+        closed[key] = st.pos & MASK
+        closed.move_to_end(key)
+        while len(closed) > self.max_closed:
+            closed.popitem(last=False)
+
+    def _expire(self, out):
+        streams = self._streams
+        horizon = self._now - self.idle_timeout
+        while streams:
+            key, st = next(iter(streams.items()))
+            if st.last_seen >= horizon:
+                break
+            del streams[key]
+            self.evicted += 1
+            self._finish(key, st, out)
+
+    def flush(self):
+        """End every stream (at the end of a capture): held bytes after their gaps, then ends."""
+        out = []
+        while self._streams:
+            key, st = self._streams.popitem(last=False)
+            self._finish(key, st, out)
+        return out
