@@ -190,3 +190,241 @@ def check(warning, critical, warn_on_retry, verbose, **options):
                        1 + settings.retries if settings.proto == "udp" else 1, warn_on_retry)
     click.echo(plugin_output(outcome, verbose))
     sys.exit(outcome.state)
+
+
+# --- dissect and sniff ------------------------------------------------------------
+
+def dissect_options(command):
+    """Options shared by dissect and sniff."""
+    options = [
+        click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+                     help="Also read this port as OpenVPN (1194 always is; other ports are recognised "
+                          "from their packets). Repeatable."),
+        click.option("--wrapping", type=click.Choice(["none", "tls-auth", "tls-crypt", "tls-crypt-v2"]),
+                     help="Override the wrapping inferred per flow."),
+        click.option("--auth", metavar="DIGEST", help="tls-auth digest (fixes the HMAC size)."),
+        click.option("--tls-auth", "tls_auth", metavar="FILE", help="Verify tls-auth HMACs with this key."),
+        click.option("--key-direction", type=click.Choice(["0", "1", "none"]),
+                     help="The client's tls-auth key direction (default: worked out per direction)."),
+        click.option("--tls-crypt", "tls_crypt", metavar="FILE", help="Decrypt tls-crypt with this key."),
+        click.option("--tls-crypt-v2", "tls_crypt_v2", metavar="FILE",
+                     help="tls-crypt-v2 server key (opens every client's WKc) or client key."),
+        click.option("--config", metavar="PROFILE.ovpn", help="Take keys, key-direction and auth from a profile."),
+        click.option("-V", "--verbose", is_flag=True, help="A field tree per packet, like tshark -V."),
+        click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per packet (or session)."),
+        click.option("--sessions", is_flag=True, help="One summary per OpenVPN session instead of packets."),
+        click.option("-c", "--count", type=click.IntRange(1), help="Stop after this many OpenVPN packets."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _reader_options(options):
+    from .dissect.infer import candidates_for
+    from .dissect.keyring import KeyRing
+    from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey, read_key
+    from .layers import HMAC_SIZES
+    from .dissect.reader import Options
+    from .profile import read_profile
+    from .settings import SettingsError
+
+    profile = read_profile(options["config"]) if options["config"] else None
+    auth = options["auth"] or (profile.auth if profile else None)
+    if auth and auth.upper().replace("-", "") not in HMAC_SIZES:
+        raise SettingsError(f"unknown --auth digest '{auth}' (use one of {', '.join(HMAC_SIZES)})")
+    digest = auth.upper().replace("-", "") if auth and options["wrapping"] in (None, "tls-auth") else None
+    direction = options["key_direction"] or (str(profile.key_direction) if profile and
+                                            profile.key_direction is not None else None)
+    v2 = options["tls_crypt_v2"]
+    keys = KeyRing(
+        tls_auth=read_key(options["tls_auth"], StaticKey) if options["tls_auth"] else (profile and profile.tls_auth),
+        tls_crypt=read_key(options["tls_crypt"], StaticKey) if options["tls_crypt"] else (profile and profile.tls_crypt),
+        tls_crypt_v2=read_key(v2, (TLSCryptV2ClientKey, TLSCryptV2ServerKey)) if v2 else (profile and profile.tls_crypt_v2),
+        client_key_direction=direction)
+    wrapping = options["wrapping"]
+    candidates = candidates_for(wrapping, digest) if (wrapping or digest) else None
+    return Options(ports=options["ports"], candidates=candidates, keys=keys)
+
+
+class _Output:
+    """Renders records in the mode asked for; counts them for -c."""
+
+    def __init__(self, options, many_files):
+        from .render import jsonl, line, sessions as session_render, tree
+
+        self.count, self.limit = 0, options["count"]
+        self.sessions = options["sessions"]
+        self.as_json = options["as_json"]
+        self.file = None
+        self.many = many_files
+        colour = sys.stdout.isatty() and not self.as_json
+        if self.as_json:
+            self.render = lambda record: jsonl.packet_json(record, self.file if self.many else None)
+        elif options["verbose"]:
+            self.render = lambda record: tree.packet_tree(record) + "\n"
+        else:
+            self.render = lambda record: line.packet_line(record, colour)
+        self.jsonl, self.session_render = jsonl, session_render
+        self.write = sys.stdout.write
+
+    @property
+    def full(self):
+        return self.limit is not None and self.count >= self.limit
+
+    def packets(self, records):
+        for record in records:
+            if self.full:
+                return
+            self.count += 1
+            if not self.sessions:
+                self.write(self.render(record) + "\n")
+
+    def summaries(self, reader):
+        if not self.sessions:
+            return
+        for number, session in enumerate(reader.sessions(), start=1):
+            summary = session.to_dict()
+            if self.as_json:
+                if self.many:
+                    summary["file"] = self.file
+                self.write(self.jsonl.session_json(summary) + "\n")
+            else:
+                self.write(self.session_render.session_text(number, summary) + "\n\n")
+
+
+def _progress(frames, packets):
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{frames:,} frames, {packets:,} OpenVPN packets ")
+        sys.stderr.flush()
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@dissect_options
+@click.option("--write-decrypted", "write_decrypted", metavar="OUT.pcap",
+              help="Write the OpenVPN packets with tls-crypt removed, for Wireshark (never overwrites).")
+def dissect(files, write_decrypted, **options):
+    """Print the OpenVPN traffic in pcap/pcapng captures, Wireshark-style.
+
+    \b
+    Exit status: 0 read, 1 a capture could not be read to its end (what was
+    readable is printed first), 2 bad options or key files."""
+    from .capture.pcapfile import CaptureError
+    from .capture.transport import Transport, read_transport
+    from .dissect.reader import Reader
+
+    try:
+        reader_options = _reader_options(options)
+        writer = None
+        if write_decrypted:
+            from .pcapout import PcapWriter
+
+            writer = PcapWriter(write_decrypted)
+    except _user_errors() as error:
+        raise UserError(str(error)) from None
+    output, failed = _Output(options, len(files) > 1), False
+    try:
+        for path in files:
+            output.file = path
+            if output.many and not options["as_json"] and not options["sessions"]:
+                output.write(f"==> {path} <==\n")
+            reader, transport = Reader(reader_options), Transport()
+            try:
+                for number, datagram in enumerate(read_transport(path, transport), start=1):
+                    records = reader.feed(datagram)
+                    if writer is not None:
+                        records = _write_decrypted(records, writer)
+                    output.packets(records)
+                    if output.full:
+                        break
+                    if number % 200000 == 0:
+                        _progress(transport.counts.frames, output.count)
+                else:
+                    output.packets(_write_decrypted(reader.finish(), writer) if writer else reader.finish())
+            except CaptureError as error:
+                output.packets(reader.finish())
+                click.echo(f"ovpndiag: error: {error}", err=True)
+                failed = True
+            except BrokenPipeError:
+                raise
+            except OSError as error:
+                click.echo(f"ovpndiag: error: {path}: {error.strerror or error}", err=True)
+                failed = True
+            output.summaries(reader)
+            if output.full:
+                break
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    finally:
+        if writer is not None:
+            writer.close()
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+    sys.exit(1 if failed else 0)
+
+
+def _write_decrypted(records, writer):
+    """Pass records through, writing each packet with tls-crypt removed."""
+    for record in records:
+        data = record["_data"]
+        wire = record.get("_wire")
+        if wire is not None:  # decrypted layout: header | replay id | time | tag | plaintext | [WKc]
+            data = wire[:9] + wire[49:len(wire) - record.get("wkc_len", 0)]
+        writer.write_openvpn(record["time"], record["src"], record["sport"], record["dst"], record["dport"],
+                             record["transport"], data)
+        yield record
+
+
+@main.command()
+@click.option("-i", "--interface", required=True, help="Interface to listen on (needs root).")
+@dissect_options
+@click.option("--duration", type=float, help="Stop after this many seconds.")
+@click.option("--write", "write_path", metavar="FILE.pcap", help="Also save what was captured (never overwrites).")
+def sniff(interface, duration, write_path, **options):
+    """Dissect OpenVPN traffic live on an interface; Ctrl-C stops with a summary.
+
+    \b
+    Exit status: 0 stopped (Ctrl-C, -c or --duration), 1 the interface could not
+    be read, 2 bad options or key files."""
+    from .capture.live import LiveError, frames, open_interface
+    from .capture.transport import Transport
+    from .dissect.reader import Reader
+
+    try:
+        reader_options = _reader_options(options)
+        sock = open_interface(interface)
+        writer = None
+        if write_path:
+            from .pcapout import PcapWriter
+
+            writer = PcapWriter(write_path)
+    except LiveError as error:
+        click.echo(f"ovpndiag: error: {error}", err=True)
+        sys.exit(1)
+    except _user_errors() as error:
+        raise UserError(str(error)) from None
+    output, reader, transport = _Output(options, False), Reader(reader_options), Transport()
+    interrupted = False
+    try:
+        for number, stamp, linktype, packet in frames(sock, duration, lambda: output.full):
+            if writer is not None:
+                writer.write_ip(stamp, packet)
+            for datagram in transport.feed(number, stamp, linktype, packet):
+                output.packets(reader.feed(datagram))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        sock.close()
+        if writer is not None:
+            writer.close()
+    output.packets(reader.finish())
+    output.summaries(reader)
+    sessions = reader.sessions()
+    click.echo(f"{'interrupted: ' if interrupted else ''}{transport.counts.frames} frames, {output.count} OpenVPN "
+               f"packets in {len(sessions)} session{'s' if len(sessions) != 1 else ''}"
+               + (f", {reader.not_openvpn} other payloads skipped" if reader.not_openvpn else ""), err=True)

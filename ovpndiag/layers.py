@@ -345,6 +345,9 @@ class EarlyNegotiationTLV(Packet):
             raise MalformedPacket(f"{len(s)} bytes left where a TLV header (4 bytes) belongs")
         return super().do_dissect(s)
 
+    def mysummary(self):
+        return f"TLV type {self.type}{' (optional)' if self.optional else ''}, {len(self.value)} bytes"
+
     def extract_padding(self, s):
         return b"", s
 
@@ -357,6 +360,9 @@ class EarlyNegotiationFlags(EarlyNegotiationTLV):
         ShortField("length", 2),
         FlagsField("flags", 0, 16, {0x0001: "RESEND_WKC"}),
     ]
+
+    def mysummary(self):
+        return f"EARLY_NEG_FLAGS {self.flags}"
 
 
 class OpenVPNReset(_ControlBase):

@@ -1,9 +1,11 @@
-"""Write a probe's exchange as a capture file, for Wireshark or ovpndiag dissect.
+"""Write OpenVPN packets as a capture file (classic pcap, raw-IP link type).
 
-The probe used ordinary sockets, so the kernel's IP/UDP/TCP headers were never
-seen: they are rebuilt here around the exact OpenVPN bytes sent and received
-(raw-IP link type, so no made-up Ethernet addresses; TCP with consistent
-sequence numbers and OpenVPN's 2-byte framing, without the handshake).
+Used where ovpndiag has the OpenVPN bytes but not the frames they came in: the
+probe's exchange (sent from an ordinary socket), a capture with tls-crypt
+removed (``dissect --write-decrypted``), packets sniffed from a cooked socket.
+IPv4/IPv6 and UDP/TCP headers are rebuilt around the bytes, with correct
+lengths and checksums; TCP gets consistent sequence numbers and OpenVPN's 2-byte
+framing (the handshake itself is not invented). Never overwrites a file.
 """
 
 import ipaddress
@@ -11,36 +13,94 @@ import struct
 from pathlib import Path
 
 LINKTYPE_RAW = 101
+_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW)
 
 
 class WriteError(OSError):
     pass
 
 
-def write_exchange(path, exchange):
-    """``exchange``: (time, (src ip, port), (dst ip, port), proto, packet bytes, sent)."""
-    from scapy.layers.inet import IP, TCP, UDP
-    from scapy.layers.inet6 import IPv6
-    from scapy.utils import PcapWriter
+class PcapWriter:
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.file = open(self.path, "xb")
+        except FileExistsError:
+            raise WriteError(f"{self.path}: already exists; remove it or choose another name") from None
+        except OSError as error:
+            raise WriteError(f"{self.path}: cannot write: {error.strerror or error}") from None
+        self.file.write(_HEADER)
+        self.sequence = {}  # TCP: (address, port) -> next sequence number
 
-    path = Path(path)
-    if path.exists():
-        raise WriteError(f"{path}: already exists; remove it or choose another name")
-    sequence = {}
-    try:
-        writer = PcapWriter(str(path), linktype=LINKTYPE_RAW, sync=True)
-    except OSError as error:
-        raise WriteError(f"{path}: cannot write: {error.strerror or error}") from None
-    with writer:
+    def write_ip(self, time: float, packet: bytes):
+        seconds = int(time)
+        self.file.write(struct.pack("<IIII", seconds, int((time - seconds) * 1e6), len(packet), len(packet)))
+        self.file.write(packet)
+
+    def write_openvpn(self, time, src, sport, dst, dport, transport, data):
+        """One OpenVPN packet, wrapped in the IP and UDP or TCP headers of its flow."""
+        if transport == "udp":
+            segment = _udp(src, dst, sport, dport, data)
+            protocol = 17
+        else:
+            payload = struct.pack("!H", len(data)) + data
+            seq = self.sequence.get((src, sport), 1)
+            ack = self.sequence.get((dst, dport), 1)
+            self.sequence[(src, sport)] = (seq + len(payload)) & 0xFFFFFFFF
+            segment = _tcp(src, dst, sport, dport, seq, ack, payload)
+            protocol = 6
+        self.write_ip(time, _ip(src, dst, protocol, segment))
+
+    def close(self):
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_exchange(path, exchange):
+    """The probe's exchange: (time, (src, port), (dst, port), proto, bytes, sent)."""
+    with PcapWriter(path) as writer:
         for stamp, (src, sport), (dst, dport), proto, data, _sent in exchange:
-            ip = IPv6(src=src, dst=dst) if ipaddress.ip_address(src).version == 6 else IP(src=src, dst=dst)
-            if proto == "udp":
-                frame = ip / UDP(sport=sport, dport=dport) / data
-            else:
-                payload = struct.pack("!H", len(data)) + data
-                seq = sequence.get((src, sport), 1)
-                ack = sequence.get((dst, dport), 1)
-                frame = ip / TCP(sport=sport, dport=dport, flags="PA", seq=seq, ack=ack) / payload
-                sequence[(src, sport)] = seq + len(payload)
-            frame.time = stamp
-            writer.write(frame)
+            writer.write_openvpn(stamp, src, sport, dst, dport, proto, data)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _pseudo(src, dst, protocol, length):
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version == 4:
+        return a.packed + b.packed + struct.pack("!BBH", 0, protocol, length)
+    return a.packed + b.packed + struct.pack("!IxxxB", length, protocol)
+
+
+def _udp(src, dst, sport, dport, data):
+    length = 8 + len(data)
+    header = struct.pack("!HHHH", sport, dport, length, 0)
+    checksum = _checksum(_pseudo(src, dst, 17, length) + header + data) or 0xFFFF
+    return struct.pack("!HHHH", sport, dport, length, checksum) + data
+
+
+def _tcp(src, dst, sport, dport, seq, ack, data):
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, 0x18, 65535, 0, 0)
+    checksum = _checksum(_pseudo(src, dst, 6, len(header) + len(data)) + header + data)
+    return header[:16] + struct.pack("!H", checksum) + header[18:] + data
+
+
+def _ip(src, dst, protocol, segment):
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version == 6:
+        return struct.pack("!IHBB", 6 << 28, len(segment), protocol, 64) + a.packed + b.packed + segment
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 0, 0x4000, 64, protocol, 0,
+                         a.packed, b.packed)
+    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + segment

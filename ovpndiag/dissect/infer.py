@@ -50,12 +50,23 @@ def plausible(fields: dict, peer_session_id: Optional[int], now: float) -> bool:
     return True
 
 
+def candidates_for(kind: Optional[str] = None, digest: Optional[str] = None):
+    """The candidates left by ``--wrapping`` and ``--auth`` (None: not given)."""
+    if digest:
+        return [Wrapping.tls_auth(digest)]
+    if kind == "tls-auth":
+        return [w for w in CANDIDATES if w.kind == "tls-auth"]
+    if kind in ("none", "tls-crypt", "tls-crypt-v2"):
+        return [Wrapping(kind)]
+    return list(CANDIDATES)
+
+
 class WrappingInference:
     """Per flow: feed key-id-0 control packets until ``decided`` is set."""
 
-    def __init__(self, forced: Optional[Wrapping] = None):
-        self.decided = forced
-        self.candidates = list(CANDIDATES)
+    def __init__(self, candidates=None):
+        self.candidates = list(candidates or CANDIDATES)
+        self.decided = self.candidates[0] if len(self.candidates) == 1 else None
         self.seen = 0
 
     def observe(self, data: bytes, peer_session_id: Optional[int], now: float) -> Optional[Wrapping]:

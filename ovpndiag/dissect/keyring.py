@@ -22,7 +22,7 @@ _RECEIVER_DIRECTIONS = {"client": (0, None, 1), "server": (1, None, 0)}
 class Opened(NamedTuple):
     valid: Optional[bool]  # None: no key applies to this packet
     decrypted: Optional[bytes] = None  # tls-crypt: wire bytes with the plaintext in place
-    key_direction: Optional[object] = None  # tls-auth: the sender's direction (0, 1 or "none")
+    key_direction: Optional[str] = None  # tls-auth: the sender's direction, "0", "1" or "bidirectional"
 
 
 NOT_CHECKED = Opened(None)
@@ -77,12 +77,24 @@ class FlowKeys:
             return NOT_CHECKED
         known = self.receivers.get(sender)
         if known is not None and known.digest == digest:
-            return Opened(known.verify(data), key_direction=_sender_direction(known))
+            return Opened(known.verify(data), key_direction=self._sender_direction(sender))
         for receiver in self._receivers(sender, digest):
             if receiver.verify(data):
                 self.receivers[sender] = receiver
-                return Opened(True, key_direction=_sender_direction(receiver))
+                return Opened(True, key_direction=self._sender_direction(sender))
         return Opened(False)
+
+    def _sender_direction(self, sender):
+        """The sender's key-direction, from the HMAC slot its packets verify with:
+        slot 1 is direction 1; slot 0 is direction 0 if the other side uses slot 1,
+        bidirectional if it uses slot 0 too, either while the other side is unseen."""
+        slot = self.receivers[sender].receive_index
+        if slot == 1:
+            return "1"
+        other = self.receivers.get("server" if sender == "client" else "client")
+        if other is None:
+            return "0 or bidirectional"
+        return "bidirectional" if other.receive_index == 0 else "0"
 
     def _receivers(self, sender, digest):
         pinned = self.ring.client_key_direction
@@ -114,8 +126,4 @@ class FlowKeys:
                                                        "timestamp": info.timestamp}
         return self.v2_sessions.get(client_session_id, self.v2_default)
 
-
-def _sender_direction(receiver: TLSAuth):
-    """The sender's key-direction, from the receiver's that verified."""
-    return "none" if receiver.direction is None else 1 - receiver.direction
 

@@ -39,9 +39,9 @@ UNKNOWN, OPENVPN, OTHER = "unknown", "openvpn", "other"
 
 
 class Options:
-    def __init__(self, ports=(), wrapping: Optional[Wrapping] = None, keys: Optional[KeyRing] = None):
+    def __init__(self, ports=(), candidates=None, keys: Optional[KeyRing] = None):
         self.ports = {OPENVPN_PORT, *ports}
-        self.wrapping = wrapping  # forced for every flow, or None: infer
+        self.candidates = candidates  # wrappings a flow may have (infer.candidates_for); None: any
         self.keys = keys or KeyRing()
 
 
@@ -80,6 +80,36 @@ class Session:
     @property
     def data_channel(self):
         return bool(self.packets["P_DATA_V2"] or self.packets["P_DATA_V1"])
+
+    def to_dict(self) -> dict:
+        flow = self.flow
+        wrapping = flow.inference.decided if flow.inference and flow.inference.decided else None
+        summary = {
+            "client": flow.client[0], "client_port": flow.client[1],
+            "server": flow.server[0], "server_port": flow.server[1], "transport": flow.transport,
+            "client_session_id": None if self.client_session_id is None else f"{self.client_session_id:016x}",
+            "server_session_id": None if self.server_session_id is None else f"{self.server_session_id:016x}",
+            "wrapping": wrapping.kind if wrapping else None,
+            "packets": dict(self.packets), "bytes": dict(self.bytes),
+            "key_ids": sorted(self.key_ids), "data_channel": self.data_channel,
+            "first": self.first, "last": self.last,
+            "duration": round(self.last - self.first, 6) if self.first is not None else 0.0,
+        }
+        if wrapping is not None and wrapping.kind == "tls-auth":
+            summary["hmac_size"] = wrapping.hmac_size
+        if self.hmac:
+            summary["hmac_valid"] = {str(k).lower(): v for k, v in self.hmac.items()}
+        if self.key_directions:
+            summary["key_directions"] = dict(self.key_directions)
+        if self.tls:
+            summary["tls"] = dict(self.tls)
+        if self.malformed:
+            summary["malformed"] = self.malformed
+        if flow.keys is not None and self.client_session_id in flow.keys.v2_metadata:
+            summary["wkc_metadata"] = flow.keys.v2_metadata[self.client_session_id]
+        if any(key_id for key_id in self.key_ids) and flow.renegotiation:
+            summary["dynamic_tls_crypt"] = any(w.kind == "tls-crypt" for w in flow.renegotiation.values())
+        return summary
 
 
 class Flow:
@@ -191,7 +221,7 @@ class Reader:
             return
         if data[0] & 7 == 0:
             if flow.inference is None:
-                flow.inference = WrappingInference(self.options.wrapping)
+                flow.inference = WrappingInference(self.options.candidates)
             peer = flow.session_ids.get("server" if sender == "client" else "client")
             flow.inference.observe(data, peer, time)
         session_id = session_id_of(data)
@@ -271,15 +301,17 @@ class Reader:
                   "dport": dst[1], "transport": flow.transport, "length": len(data),
                   "_sender": sender, "_data": data, "_relative": time - self.first_time}
         opcode = data[0] >> 3
+        checks = {}
         if opcode in CONTROL_OPCODES:
-            fields = self._control(flow, sender, data, record)
+            fields = self._control(flow, sender, data, record, checks)
         else:
             fields = decode(data)
         _copy_fields(fields, record)
+        record.update(checks)
         self._follow(flow, sender, fields, record, data)
         return record
 
-    def _control(self, flow, sender, data, record):
+    def _control(self, flow, sender, data, record, checks):
         wrapping = flow.inference.decided if flow.inference and flow.inference.decided else PLAIN
         key_id = data[0] & 7
         if key_id and wrapping.kind in ("none", "tls-auth"):
@@ -307,9 +339,9 @@ class Reader:
                 record["dynamic"] = True  # the static key no longer applies: a 2.6 renegotiation
                 opened = NOT_CHECKED
         if wrapping.kind != "none":
-            record["hmac_valid"] = opened.valid
+            checks["hmac_valid"] = opened.valid
         if opened.key_direction is not None:
-            record["key_direction"] = opened.key_direction
+            checks["key_direction"] = opened.key_direction
         if opened.decrypted is not None:
             record["_wire"] = opened.decrypted
             record["_wrapping"] = wrapping._replace(decrypted=True)
