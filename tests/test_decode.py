@@ -21,16 +21,21 @@ def from_layers(data, wrapping):
     pkt, problem = dissect(data, wrapping)
     if problem:
         return {"malformed": problem}
-    fields = {"opcode_value": pkt.opcode, "key_id": pkt.key_id}
+    fields = {"opcode": pkt.opcode_name, "opcode_value": pkt.opcode, "key_id": pkt.key_id}
     if isinstance(pkt, (OpenVPNDataV1, OpenVPNDataV2)):
         if isinstance(pkt, OpenVPNDataV2):
             fields["peer_id"] = pkt.peer_id
         fields["payload_len"] = len(pkt.payload)
-        fields["payload_offset"] = len(data) - len(pkt.payload)
+        fields["_payload_offset"] = len(data) - len(pkt.payload)
         return fields
-    fields["wrapping"] = pkt.effective_wrapping
+    fields["wrapping"] = pkt.effective_wrapping.kind
+    if fields["wrapping"] == "tls-auth":
+        fields["hmac_size"] = pkt.effective_wrapping.hmac_size
     fields["session_id"] = pkt.session_id
-    for name in ("hmac", "replay_packet_id", "net_time", "tag", "remote_session_id", "message_packet_id"):
+    for name in ("hmac", "tag"):
+        if name in pkt.fields:
+            fields["_" + name] = pkt.getfieldval(name)
+    for name in ("replay_packet_id", "net_time", "remote_session_id", "message_packet_id"):
         if name in pkt.fields:
             fields[name] = pkt.getfieldval(name)
     if "wkc" in pkt.fields:
@@ -42,13 +47,13 @@ def from_layers(data, wrapping):
     if "remote_session_id" not in pkt.fields:
         fields.pop("remote_session_id", None)
     if "tlvs" in pkt.fields:
-        fields["tlvs"] = [(t.optional, t.type, t.value if not isinstance(t, EarlyNegotiationFlags)
-                           else int(t.flags).to_bytes(2, "big")) for t in pkt.tlvs]
-        payload = sum(4 + len(value) for _, _, value in fields["tlvs"])
+        fields["_tlvs"] = [(t.optional, t.type, t.value if not isinstance(t, EarlyNegotiationFlags)
+                            else int(t.flags).to_bytes(2, "big")) for t in pkt.tlvs]
+        payload = sum(4 + len(value) for _, _, value in fields["_tlvs"])
     else:
         payload = len(pkt[Raw].load) if Raw in pkt else 0
     fields["payload_len"] = payload
-    fields["payload_offset"] = len(data) - payload - fields.get("wkc_len", 0)
+    fields["_payload_offset"] = len(data) - payload - fields.get("wkc_len", 0)
     return fields
 
 
@@ -56,6 +61,12 @@ def comparable(fields):
     if "malformed" in fields:
         return {"malformed": fields["malformed"]}
     return fields
+
+
+def test_data_and_unknown_opcodes_decode_like_the_layers():
+    for data in (b"\x48\x00\x00\x07payload", b"\x30xyz", b"\x49\x00", b"\x00abc", b"\xf8", b""):
+        for wrapping in WRAPPINGS[:2]:
+            agree(data, wrapping)
 
 
 def agree(data, wrapping):

@@ -113,11 +113,11 @@ def test_fields_match_tshark(name):
         if "peer_id" in record:
             assert int(row["openvpn.peerid"]) == record["peer_id"]
             continue
-        assert int(row["openvpn.sessionid"]) == int(record["session_id"], 16)
+        assert int(row["openvpn.sessionid"]) == record["session_id"]
         acks = [int(a) for a in row["openvpn.mpidarrayelement"].split(",") if a]
         assert acks == record["acks"]
         if record["acks"]:
-            assert int(row["openvpn.rsessionid"]) == int(record["remote_session_id"], 16)
+            assert int(row["openvpn.rsessionid"]) == record["remote_session_id"]
         if "message_packet_id" in record:
             assert int(row["openvpn.mpid"]) == record["message_packet_id"]
         if record["wrapping"] == "tls-auth":

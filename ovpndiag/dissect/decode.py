@@ -22,34 +22,41 @@ def effective_wrapping(opcode: int, wrapping: Wrapping) -> Wrapping:
     return wrapping
 
 
-def decode(data: bytes, wrapping: Wrapping = PLAIN) -> dict:
-    """Fields of one OpenVPN packet (no TCP framing) as a dict.
+def decode(data: bytes, wrapping: Wrapping = PLAIN, fields: dict = None) -> dict:
+    """Fields of one OpenVPN packet (no TCP framing), added to ``fields`` (a new
+    dict by default), named as in the JSON output.
 
-    Keys (absent when the packet has no such field): ``opcode_value``, ``key_id``,
-    ``session_id`` (int), ``hmac`` (bytes), ``replay_packet_id``, ``net_time``,
-    ``tag`` (bytes), ``ciphertext_len``, ``acks`` (list), ``remote_session_id``,
-    ``message_packet_id``, ``peer_id``, ``payload_offset`` and ``payload_len``
-    (TLS bytes, TLVs or data), ``wkc_len``, ``tlvs`` (list of (optional, type,
-    value)), ``wrapping`` (the effective Wrapping of a control packet) and
-    ``malformed`` (the reason). Never raises.
+    Keys (absent when the packet has no such field): ``opcode`` (name),
+    ``opcode_value``, ``key_id``, ``session_id`` (int), ``wrapping`` (kind) and
+    ``hmac_size`` (tls-auth), ``replay_packet_id``, ``net_time``,
+    ``ciphertext_len``, ``acks`` (list), ``remote_session_id`` (int),
+    ``message_packet_id``, ``peer_id``, ``payload_len`` (TLS bytes, TLVs or data),
+    ``wkc_len``, ``malformed`` (the reason); and, for renderers, ``_hmac`` and
+    ``_tag`` (bytes), ``_payload_offset``, ``_tlvs`` (list of (optional, type,
+    value)). Never raises.
     """
+    if fields is None:
+        fields = {}
     size = len(data)
     if not size:
-        return {"malformed": "empty packet"}
+        fields["malformed"] = "empty packet"
+        return fields
     first = data[0]
     opcode = first >> 3
-    fields = {"opcode_value": opcode, "key_id": first & 7}
+    fields["opcode"] = OPCODES.get(opcode) or f"opcode {opcode}"
+    fields["opcode_value"] = opcode
+    fields["key_id"] = first & 7
+    if opcode == 9:  # P_DATA_V2, the bulk of most captures: first
+        if size < 4:
+            return _truncated(fields, size, opcode, wrapping)
+        fields["peer_id"] = int.from_bytes(data[1:4], "big")
+        fields["_payload_offset"], fields["payload_len"] = 4, size - 4
+        return fields
     if opcode not in OPCODES:
         fields["malformed"] = f"unknown opcode {opcode}"
         return fields
     if opcode == 6:  # P_DATA_V1
-        fields["payload_offset"], fields["payload_len"] = 1, size - 1
-        return fields
-    if opcode == 9:  # P_DATA_V2
-        if size < 4:
-            return _truncated(fields, size, opcode, wrapping)
-        fields["peer_id"] = int.from_bytes(data[1:4], "big")
-        fields["payload_offset"], fields["payload_len"] = 4, size - 4
+        fields["_payload_offset"], fields["payload_len"] = 1, size - 1
         return fields
     return _control(data, size, opcode, effective_wrapping(opcode, wrapping), wrapping, fields)
 
@@ -60,8 +67,9 @@ def _truncated(fields, size, opcode, given):
 
 
 def _control(data, size, opcode, wrapping, given, fields):
-    fields["wrapping"] = wrapping
-    kind = wrapping.kind
+    kind = fields["wrapping"] = wrapping.kind
+    if kind == "tls-auth":
+        fields["hmac_size"] = wrapping.hmac_size
     visible = not wrapping.hides_control_fields
     header = 9
     if kind == "tls-auth":
@@ -76,11 +84,11 @@ def _control(data, size, opcode, wrapping, given, fields):
     fields["session_id"] = int.from_bytes(data[1:9], "big")
     if kind == "tls-auth":
         end_hmac = 9 + wrapping.hmac_size
-        fields["hmac"] = data[9:end_hmac]
+        fields["_hmac"] = data[9:end_hmac]
         fields["replay_packet_id"], fields["net_time"] = unpack_from("!II", data, end_hmac)
     elif kind != "none":
         fields["replay_packet_id"], fields["net_time"] = unpack_from("!II", data, 9)
-        fields["tag"] = data[17:header]
+        fields["_tag"] = data[17:header]
     end = size
     if opcode in CARRIES_WKC:
         left = size - header
@@ -116,7 +124,7 @@ def _control(data, size, opcode, wrapping, given, fields):
     if opcode != 5:
         fields["message_packet_id"] = unpack_from("!I", data, position)[0]
         position += 4
-    fields["payload_offset"], fields["payload_len"] = position, end - position
+    fields["_payload_offset"], fields["payload_len"] = position, end - position
     if opcode == 5 and end > position:
         fields["malformed"] = f"{end - position} bytes after the ACKs of a P_ACK_V1"
     elif opcode in RESETS:
@@ -136,4 +144,4 @@ def _tlvs(data, position, end, fields):
             break
         tlvs.append((kind >> 15, kind & 0x7FFF, data[position + 4:position + 4 + length]))
         position += 4 + length
-    fields["tlvs"] = tlvs
+    fields["_tlvs"] = tlvs

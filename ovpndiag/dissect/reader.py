@@ -39,10 +39,11 @@ UNKNOWN, OPENVPN, OTHER = "unknown", "openvpn", "other"
 
 
 class Options:
-    def __init__(self, ports=(), candidates=None, keys: Optional[KeyRing] = None):
+    def __init__(self, ports=(), candidates=None, keys: Optional[KeyRing] = None, sessions: bool = True):
         self.ports = {OPENVPN_PORT, *ports}
         self.candidates = candidates  # wrappings a flow may have (infer.candidates_for); None: any
         self.keys = keys or KeyRing()
+        self.sessions = sessions  # keep per-session summaries (--sessions)
 
 
 class Session:
@@ -301,19 +302,25 @@ class Reader:
                   "dport": dst[1], "transport": flow.transport, "length": len(data),
                   "_sender": sender, "_data": data, "_relative": time - self.first_time}
         opcode = data[0] >> 3
-        checks = {}
         if opcode in CONTROL_OPCODES:
-            fields = self._control(flow, sender, data, record, checks)
+            self._control(flow, sender, data, record)
+            if opcode == 4 or opcode == 11:
+                self._tls(flow, sender, record)
+            tlvs = record.get("_tlvs")
+            if tlvs:
+                record["tlvs"] = [_tlv_name(t) for t in tlvs]
         else:
-            fields = decode(data)
-        _copy_fields(fields, record)
-        record.update(checks)
-        self._follow(flow, sender, fields, record, data)
+            decode(data, PLAIN, record)
+        if self.options.sessions:
+            self._count(flow, sender, record)
         return record
 
-    def _control(self, flow, sender, data, record, checks):
+    def _control(self, flow, sender, data, record):
+        """Decode a control packet into the record under the right wrapping,
+        opened with the user's keys where they apply."""
         wrapping = flow.inference.decided if flow.inference and flow.inference.decided else PLAIN
         key_id = data[0] & 7
+        dynamic = False
         if key_id and wrapping.kind in ("none", "tls-auth"):
             layout = flow.renegotiation.get(key_id)
             if layout is None:
@@ -323,82 +330,64 @@ class Reader:
                     else TLS_CRYPT
                 flow.renegotiation[key_id] = layout
             if layout is TLS_CRYPT:
-                wrapping = TLS_CRYPT
-                record["dynamic"] = True
+                wrapping, dynamic = TLS_CRYPT, True
         elif data[0] >> 3 in (10, 11) and wrapping.kind != "tls-crypt-v2":
             wrapping = TLS_CRYPT_V2
-        record["_wrapping"] = wrapping
         opened = NOT_CHECKED
         keys = self.options.keys
-        if not keys.empty and not record.get("dynamic"):
+        if not keys.empty and not dynamic:
             if flow.keys is None:
                 flow.keys = keys.for_flow()
             client_id = flow.session_ids.get("client") if sender == "server" else session_id_of(data)
             opened = flow.keys.open(data, sender, wrapping, client_id)
             if opened.valid is False and key_id and wrapping.is_tls_crypt:
-                record["dynamic"] = True  # the static key no longer applies: a 2.6 renegotiation
-                opened = NOT_CHECKED
-        if wrapping.kind != "none":
-            checks["hmac_valid"] = opened.valid
-        if opened.key_direction is not None:
-            checks["key_direction"] = opened.key_direction
+                dynamic, opened = True, NOT_CHECKED  # the static key no longer applies: a 2.6 renegotiation
         if opened.decrypted is not None:
+            wrapping = wrapping._replace(decrypted=True)
             record["_wire"] = opened.decrypted
-            record["_wrapping"] = wrapping._replace(decrypted=True)
-            return decode(opened.decrypted, record["_wrapping"])
-        return decode(data, wrapping)
+            decode(opened.decrypted, wrapping, record)
+        else:
+            decode(data, wrapping, record)
+        record["_wrapping"] = wrapping
+        if dynamic:
+            record["dynamic"] = True
+        if wrapping.kind != "none":
+            record["hmac_valid"] = opened.valid
+        if opened.key_direction is not None:
+            record["key_direction"] = opened.key_direction
 
-    def _follow(self, flow, sender, fields, record, data):
-        """Sessions and TLS: what a packet adds to what came before it."""
-        session_id = fields.get("session_id")
-        client_id = session_id if sender == "client" else fields.get("remote_session_id")
-        if sender == "client" and session_id is not None:
-            session = flow.sessions.get(session_id)
-            if session is None:
-                session = flow.sessions[session_id] = Session(flow, session_id)
-            flow.current = session
-        elif client_id is not None and client_id in flow.sessions:
-            flow.current = flow.sessions[client_id]
-        session = flow.current
+    def _tls(self, flow, sender, record):
+        """The TLS records and messages a P_CONTROL_V1 payload completes."""
+        length = record.get("payload_len")
+        if not length or "message_packet_id" not in record:
+            return
+        key = (sender, record["key_id"], record["session_id"])
+        stream = flow.tls.get(key)
+        if stream is None:
+            stream = flow.tls[key] = _tls_stream()
+        if stream is False:
+            return
+        wire = record.get("_wire") or record["_data"]
+        offset = record["_payload_offset"]
+        names = stream.add(record["message_packet_id"], wire[offset:offset + length], record["frame"])
+        if names:
+            record["tls"] = names
+
+    def _count(self, flow, sender, record):
+        """--sessions: add the packet to its session's summary."""
+        session_id = record.get("session_id")
+        client_id = session_id if sender == "client" else record.get("remote_session_id")
+        session = flow.sessions.get(client_id) if client_id is not None else None
+        if session is None and sender == "client" and session_id is not None:
+            session = flow.sessions[session_id] = Session(flow, session_id)
         if session is None:
-            session = flow.current = flow.sessions[None] = flow.sessions.get(None) or Session(flow, None)
+            session = flow.current
+        if session is None:
+            session = flow.sessions[None] = Session(flow, None)
+        flow.current = session
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id
-        if fields.get("payload_len") and fields.get("opcode_value") in (4, 11) and "message_packet_id" in fields:
-            wire = record.get("_wire", data)
-            payload = wire[fields["payload_offset"]:fields["payload_offset"] + fields["payload_len"]]
-            key = (sender, record["key_id"], session.client_session_id)
-            if key not in flow.tls:
-                flow.tls[key] = _tls_stream()
-            stream = flow.tls[key]
-            names = stream.add(fields["message_packet_id"], payload, record["frame"]) if stream else []
-            if names:
-                record["tls"] = names
         session.count(record)
-
-
-def _copy_fields(fields, record):
-    """decode()'s dict into the record's JSON keys."""
-    if "opcode_value" in fields:
-        opcode = fields["opcode_value"]
-        record["opcode"] = OPCODES.get(opcode, f"opcode {opcode}")
-        record["opcode_value"] = opcode
-        record["key_id"] = fields["key_id"]
-    if "session_id" in fields:
-        record["session_id"] = f"{fields['session_id']:016x}"
-    if "remote_session_id" in fields:
-        record["remote_session_id"] = f"{fields['remote_session_id']:016x}"
-    wrapping = fields.get("wrapping")
-    if wrapping is not None:
-        record["wrapping"] = wrapping.kind
-        if wrapping.kind == "tls-auth":
-            record["hmac_size"] = wrapping.hmac_size
-    for name in ("replay_packet_id", "net_time", "acks", "message_packet_id", "peer_id", "payload_len",
-                 "wkc_len", "malformed"):
-        if name in fields:
-            record[name] = fields[name]
-    if "tlvs" in fields and fields["tlvs"]:
-        record["tlvs"] = [_tlv_name(t) for t in fields["tlvs"]]
 
 
 def _tlv_name(tlv):
@@ -434,8 +423,6 @@ def _resync(buffered):
 
 
 def _tls_stream():
-    try:
-        from .tls import TLSStream
-    except ImportError:  # the TLS view is optional to the rest of the reader
-        return None
+    from .tls import TLSStream
+
     return TLSStream()

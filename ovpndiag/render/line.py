@@ -17,12 +17,12 @@ def packet_line(record: dict, colour: bool = False) -> str:
     if "opcode" in record:
         parts.append(f"{record['opcode']} kid={record['key_id']}")
     if "session_id" in record:
-        parts.append(f"sid={record['session_id'][:8]}")
+        parts.append(f"sid={record['session_id'] >> 32:08x}")
     if "peer_id" in record:
         parts.append(f"peer={record['peer_id']}")
     if record.get("acks"):
         parts.append(f"acks={record['acks']}".replace(" ", ""))
-        parts.append(f"rsid={record['remote_session_id'][:8]}")
+        parts.append(f"rsid={record['remote_session_id'] >> 32:08x}")
     if "message_packet_id" in record:
         parts.append(f"mpid={record['message_packet_id']}")
     parts.append(f"len={record['length']}")

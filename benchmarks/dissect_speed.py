@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""ovpndiag dissect beside tshark on a capture of 500,000+ packets.
+
+Builds (in a temporary folder) a control-heavy capture by repeating the bundled
+real Ethernet captures, each repetition on its own client ports and shifted in
+time, then times, in one run and on the same file:
+
+  ovpndiag dissect FILE -p 12345 -p 443            (one line per packet)
+  tshark -r FILE -d udp.port==12345,openvpn ...     (its one-line listing)
+  ovpndiag dissect FILE ... --json                  (JSON Lines)
+  tshark -r FILE ... -T ek                          (its JSON)
+
+with output to /dev/null, and reports packets per second and peak RSS of each.
+Issue 4 asks: listing at least as fast as tshark, --json at least as fast as
+tshark -T ek, and ovpndiag's peak memory under 150 MB at any size.
+
+    python3 benchmarks/dissect_speed.py [--packets 500000] [--keep FILE]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "captures"
+
+
+def ethernet_captures():
+    manifest = json.loads((CAPTURES / "manifest.json").read_text())
+    return [CAPTURES / entry["file"] for entry in manifest
+            if entry.get("linktype", 1) == 1 and entry.get("format", "pcap") == "pcap"
+            and not entry.get("derived_from") and not entry.get("vlan") and not entry.get("fragmented")]
+
+
+def records(path):
+    """(seconds, microseconds, frame) of a classic little-endian microsecond pcap."""
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data)[0] == 0xA1B2C3D4, path
+    offset = 24
+    while offset + 16 <= len(data):
+        seconds, micros, caplen, _ = struct.unpack_from("<IIII", data, offset)
+        yield seconds, micros, data[offset + 16:offset + 16 + caplen]
+        offset += 16 + caplen
+
+
+def transport_offset(frame):
+    ethertype = struct.unpack_from("!H", frame, 12)[0]
+    if ethertype == 0x0800:
+        return 14 + (frame[14] & 0x0F) * 4, frame[23]
+    if ethertype == 0x86DD:
+        return 54, frame[20]
+    return None, None
+
+
+def build(target, out_path):
+    """Repeat the captures until ``target`` packets; returns the count written."""
+    server_ports = {1194, 12345, 443}
+    sources = []
+    for path in ethernet_captures():
+        sources.append([(s + u / 1e6, frame) for s, u, frame in records(path)])
+    written = 0
+    with open(out_path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+        repetition = 0
+        while written < target:
+            for number, frames in enumerate(sources):
+                base = frames[0][0]
+                client_port = 20000 + (repetition * len(sources) + number) % 40000
+                for stamp, frame in frames:
+                    frame = bytearray(frame)
+                    offset, protocol = transport_offset(frame)
+                    if offset is not None and protocol in (6, 17):
+                        sport, dport = struct.unpack_from("!HH", frame, offset)
+                        if sport not in server_ports:
+                            sport = client_port
+                        if dport not in server_ports:
+                            dport = client_port
+                        struct.pack_into("!HH", frame, offset, sport, dport)
+                        if protocol == 17:
+                            struct.pack_into("!H", frame, offset + 6, 0)  # checksum: not recomputed
+                    when = 1.7e9 + repetition * 20 + (stamp - base)
+                    out.write(struct.pack("<IIII", int(when), int((when % 1) * 1e6), len(frame), len(frame)))
+                    out.write(frame)
+                    written += 1
+            repetition += 1
+    return written
+
+
+def measure(argv):
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+    return time.perf_counter() - started, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=500000)
+    parser.add_argument("--keep", help="keep the built capture at this path")
+    parser.add_argument("--skip-tshark", action="store_true")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="ovpndiag-bench-"))
+    try:
+        capture = folder / "big.pcap"
+        count = build(args.packets, capture)
+        print(f"capture: {count:,} packets, {capture.stat().st_size / 1e6:.0f} MB")
+        ours = [sys.executable, "-m", "ovpndiag", "dissect", str(capture), "-p", "12345", "-p", "443"]
+        decode_as = ["-d", "udp.port==12345,openvpn", "-d", "tcp.port==443,openvpn"]
+        runs = [("ovpndiag dissect", ours), ("ovpndiag dissect --json", ours + ["--json"])]
+        if not args.skip_tshark and shutil.which("tshark"):
+            runs += [("tshark -r", ["tshark", "-r", str(capture), *decode_as]),
+                     ("tshark -T ek", ["tshark", "-r", str(capture), *decode_as, "-T", "ek"])]
+        for name, argv in runs:
+            elapsed, rss, code = measure(argv)
+            state = "" if code == 0 else f"  (exit {code})"
+            print(f"{name:<26} {elapsed:7.2f} s  {count / elapsed / 1000:7.1f} k packets/s  "
+                  f"peak RSS {rss:6.1f} MB{state}")
+        if args.keep:
+            shutil.copy(capture, args.keep)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
