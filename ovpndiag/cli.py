@@ -396,6 +396,7 @@ def sniff(interface, duration, write_path, **options):
 
     try:
         reader_options = _reader_options(options)
+        reader_options.sessions = True  # live rates are low: keep summaries for the closing line
         sock = open_interface(interface)
         writer = None
         if write_path:

@@ -6,6 +6,7 @@ once per test session (``ServerPool``) and stops at its end.
 """
 
 import itertools
+import os
 import re
 import shutil
 import signal
@@ -19,6 +20,8 @@ from pathlib import Path
 from captures import CAPTURES
 
 _counter = itertools.count(1)
+# Tun names and subnets unique per test process, so parallel runs do not collide.
+_TAG = os.getpid() % 10000
 
 
 def free_port(proto="udp", family=socket.AF_INET):
@@ -46,9 +49,10 @@ class OpenVPNServer:
 
     def argv(self):
         proto = {"udp": f"udp{self.family}", "tcp": f"tcp{self.family}-server"}[self.proto]
-        argv = ["openvpn", "--server", f"10.77.{self.number}.0", "255.255.255.0", "--topology", "subnet",
+        subnet = f"10.{100 + _TAG % 100}.{self.number % 250}.0"
+        argv = ["openvpn", "--server", subnet, "255.255.255.0", "--topology", "subnet",
                 "--local", self.host, "--port", str(self.port), "--proto", proto,
-                "--dev", f"ovdt{self.number}", "--dev-type", "tun",
+                "--dev", f"ovs{_TAG}n{self.number}", "--dev-type", "tun",
                 "--ca", "keys/ca.crt", "--cert", "keys/server.crt", "--key", "keys/server.key",
                 "--dh", "none", "--disable-dco", "--verb", "3", "--log", str(self.log)]
         if self.wrapping == "tls-auth":
@@ -232,3 +236,55 @@ class ForeignPortReplier:
     def close(self):
         self.sock.close()
         self.other.close()
+
+
+class OpenVPNClient:
+    """``openvpn`` as a client of an OpenVPNServer (same keys), with --ping 1 so
+    data-channel packets flow once it is connected."""
+
+    def __init__(self, server: OpenVPNServer, extra=()):
+        self.server = server
+        self.number = next(_counter)
+        self.log = Path(tempfile.mkdtemp(prefix="ovpndiag-client-")) / "client.log"
+        self.extra = list(extra)
+        self.process = None
+
+    def argv(self):
+        server = self.server
+        proto = {"udp": f"udp{server.family}", "tcp": f"tcp{server.family}-client"}[server.proto]
+        argv = ["openvpn", "--client", "--remote", server.host, str(server.port), "--proto", proto, "--nobind",
+                "--dev", f"ovc{_TAG}n{self.number}", "--dev-type", "tun", "--ca", "keys/ca.crt",
+                "--cert", "keys/client.crt", "--key", "keys/client.key", "--remote-cert-tls", "server",
+                "--ping", "1", "--disable-dco", "--verb", "3", "--log", str(self.log)]
+        if server.wrapping == "tls-auth":
+            direction = None if server.key_direction is None else 1 - server.key_direction
+            argv += ["--tls-auth", server.key] + ([] if direction is None else [str(direction)])
+            argv += ["--auth", server.auth]
+        elif server.wrapping == "tls-crypt":
+            argv += ["--tls-crypt", server.key]
+        elif server.wrapping == "tls-crypt-v2":
+            argv += ["--tls-crypt-v2", "keys/tcv2-client.key"]
+        return argv + self.extra
+
+    def start(self, timeout=20.0):
+        self.process = subprocess.Popen(self.argv(), cwd=CAPTURES, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if "Initialization Sequence Completed" in text:
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"openvpn client exited: {text[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError("openvpn client did not connect in time")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.log.parent, ignore_errors=True)
