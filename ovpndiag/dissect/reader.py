@@ -207,6 +207,8 @@ class Reader:
         flow.streams[sender] = buffered[offset:]
 
     def _packet(self, flow, frame, time, sender, data):
+        if not data and flow.state == UNKNOWN:  # an empty TCP frame: not OpenVPN here
+            flow.state = OTHER
         if flow.state == UNKNOWN:
             sender = self._recognise(flow, sender, data, time)
             if flow.state == OTHER:
@@ -218,7 +220,7 @@ class Reader:
 
     def _learn(self, flow, sender, data, time):
         """What the wrapping inference and the session ids take from a packet on arrival."""
-        if data[0] >> 3 not in CONTROL_OPCODES:
+        if not data or data[0] >> 3 not in CONTROL_OPCODES:
             return
         if data[0] & 7 == 0:
             if flow.inference is None:
@@ -292,7 +294,7 @@ class Reader:
 
     @staticmethod
     def _ready(flow, data):
-        if data[0] >> 3 not in CONTROL_OPCODES:
+        if not data or data[0] >> 3 not in CONTROL_OPCODES:
             return True
         return flow.inference is not None and flow.inference.decided is not None
 
@@ -301,7 +303,7 @@ class Reader:
         record = {"frame": frame, "time": time, "src": src[0], "dst": dst[0], "sport": src[1],
                   "dport": dst[1], "transport": flow.transport, "length": len(data),
                   "_sender": sender, "_data": data, "_relative": time - self.first_time}
-        opcode = data[0] >> 3
+        opcode = data[0] >> 3 if data else None
         if opcode in CONTROL_OPCODES:
             self._control(flow, sender, data, record)
             if opcode == 4 or opcode == 11:

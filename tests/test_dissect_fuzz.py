@@ -1,0 +1,99 @@
+"""Tens of thousands of mangled packets and hundreds of mangled capture files
+through the capture reader, the OpenVPN reader and every renderer: nothing
+escapes but the reader's own CaptureError."""
+
+import random
+
+from captures import CAPTURES, MANIFEST, key_path
+from ovpndiag.capture.pcapfile import CaptureError
+from ovpndiag.capture.transport import read_transport
+from ovpndiag.dissect.keyring import KeyRing
+from ovpndiag.dissect.reader import Options, Reader
+from ovpndiag.keys import read_key
+from ovpndiag.render.jsonl import packet_json
+from ovpndiag.render.line import packet_line
+from ovpndiag.render.sessions import session_text
+from ovpndiag.render.tree import packet_tree
+
+KEYS = KeyRing(tls_auth=read_key(key_path("keys/ta.key")), tls_crypt=read_key(key_path("keys/tc.key")),
+               tls_crypt_v2=read_key(key_path("keys/tcv2-server.key")))
+DATAGRAMS = [d for c in MANIFEST for d in read_transport(str(CAPTURES / c["file"]))]
+
+
+def mutate(rng, payload):
+    data = bytearray(payload)
+    choice = rng.randrange(6)
+    if choice == 0 and data:
+        del data[rng.randrange(len(data)):]
+    elif choice == 1 and data:
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif choice == 2 and data:
+        data[0] = rng.randrange(256)
+    elif choice == 3:
+        data += bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+    elif choice == 4 and len(data) > 2:
+        data[:2] = rng.randrange(65536).to_bytes(2, "big")  # TCP length prefixes
+    return bytes(data)
+
+
+def run_reader(datagrams, keys, tree_every=0):
+    reader = Reader(Options(ports=(12345, 443), keys=keys))
+    records = []
+    for datagram in datagrams:
+        records.extend(reader.feed(datagram))
+    records.extend(reader.finish())
+    for number, record in enumerate(records):
+        packet_line(record)
+        packet_json(record)
+        if tree_every and number % tree_every == 0:
+            packet_tree(record)
+    for number, session in enumerate(reader.sessions(), start=1):
+        session_text(number, session.to_dict())
+    return records
+
+
+def test_mangled_datagrams_never_escape():
+    rng = random.Random(20261125)
+    fed = 0
+    for round_number in range(60):
+        mangled = [d._replace(payload=mutate(rng, d.payload)) if rng.random() < 0.5 else d for d in DATAGRAMS]
+        run_reader(mangled, KEYS if round_number % 2 else KeyRing(), tree_every=25)
+        fed += len(mangled)
+    assert fed > 20000
+
+
+def test_random_datagrams_on_openvpn_and_other_ports():
+    rng = random.Random(7)
+    template = DATAGRAMS[0]
+    datagrams = []
+    for number in range(20000):
+        port = rng.choice([1194, 443, 12345, 5000 + number % 50])
+        payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 70)))
+        if rng.random() < 0.3:
+            payload = bytes([rng.choice([0x38, 0x40, 0x20, 0x28, 0x48, 0x50, 0x58])]) + payload
+        datagrams.append(template._replace(frame=number + 1, payload=payload, dport=port,
+                                           sport=40000 + number % 7, transport=rng.choice(["udp", "tcp"])))
+    records = run_reader(datagrams, KEYS)
+    assert all("opcode" in r or "malformed" in r for r in records)
+
+
+def test_mangled_capture_files_raise_only_capture_errors(tmp_path):
+    rng = random.Random(99)
+    sources = [(CAPTURES / c["file"]).read_bytes() for c in MANIFEST]
+    errors = 0
+    for number in range(300):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 6)):
+            position = rng.randrange(min(len(data), 200 if rng.random() < 0.5 else len(data)))
+            data[position] = rng.randrange(256)
+        if rng.random() < 0.3:
+            del data[rng.randrange(len(data)):]
+        path = tmp_path / f"m{number}.pcap"
+        path.write_bytes(bytes(data))
+        try:
+            run_reader(read_transport(str(path)), KEYS)
+        except CaptureError as error:
+            errors += 1
+            assert str(path) in str(error) and "\n" not in str(error)
+    assert errors > 10
