@@ -4,9 +4,16 @@
 For every scenario this script starts ``tcpdump -i lo`` on the scenario's port, a real
 OpenVPN 2.6 server and a real OpenVPN 2.6 client (two separate ``openvpn`` processes with
 their own tun devices, talking over 127.0.0.1 or ::1 only), waits for the expected outcome,
-lets ``--ping 1`` keepalives flow for a few seconds and stops everything again. It writes
+lets ``--ping 1`` keepalives flow for a few seconds and stops everything again.
 
-* ``captures/NAME.pcap``                      - the capture (classic pcap, linktype Ethernet)
+Some scenarios vary where and how the same kind of session is captured, for the capture
+reader: ``tcpdump -i any`` (Linux cooked headers, v2 or with ``-y LINUX_SLL`` v1), ``dumpcap``
+(pcapng), or peers in two private network namespaces joined by a veth pair - with a small MTU
+(IP fragments), with VLAN tags on the link, or with the captured session running inside an
+outer OpenVPN tunnel and captured on its tun device (raw IP). Link types Linux cannot record
+(BSD loopback) are derived from real captures by ``derive.py``. It writes
+
+* ``captures/NAME.pcap``                      - the capture (classic pcap; ``.pcapng`` from dumpcap)
 * ``captures/logs/NAME.server.log``           - the server's verb-3 log
 * ``captures/logs/NAME.client.log``           - the client's verb-3 log
 * ``captures/manifest.json``                  - machine-readable description of every capture
@@ -16,8 +23,9 @@ and creates the throw-away test PKI and static keys in ``captures/keys/`` if the
 missing (existing keys are never replaced unless ``--new-keys`` is given, because the
 captures were made with them).
 
-It needs root (tun devices, packet capture, binding port 443) plus the ``openvpn`` and
-``tcpdump`` binaries; the Python side uses only the standard library and ``cryptography``.
+It needs root (tun devices, packet capture, binding port 443, network namespaces) plus the
+``openvpn``, ``tcpdump``, ``ip`` and ``ping`` binaries (``dumpcap`` for pcapng); the Python side
+uses only the standard library and ``cryptography``.
 
     sudo python3 captures/record.py --list
     sudo python3 captures/record.py [--force] [NAME ...]
@@ -86,10 +94,46 @@ class Scenario:
     server_log_expect: str | None = None  # regex the server log must match (failures)
     client_extra: list[str] = field(default_factory=list)
     server_extra: list[str] = field(default_factory=list)
+    # Where the peers talk and how the capture is taken (see Net):
+    net: str = "lo"                     # "lo" | "veth" | "vlan" | "nested"
+    capture_iface: str = "lo"           # "lo" | "any" | "link" (the veth) | "tun" (outer tunnel)
+    capture_args: list[str] = field(default_factory=list)   # extra tcpdump options
+    capture_tool: str = "tcpdump"       # "tcpdump" (pcap) | "dumpcap" (pcapng)
+    mtu: int | None = None              # veth MTU
+    vlan: list[tuple[int, int]] = field(default_factory=list)  # (TPID, VLAN id), outermost first
+    tunnel_ping: int = 0                # ping size through the tunnel once connected (0: none)
+    expect_fragments: bool = False
 
     @property
     def data_channel(self) -> bool:
         return self.outcome == "connected"
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.pcapng" if self.capture_tool == "dumpcap" else f"{self.name}.pcap"
+
+    @property
+    def linktype(self) -> int:
+        """What the capture must turn out to be."""
+        if self.capture_iface == "any":
+            return 113 if "LINUX_SLL" in self.capture_args else 276
+        return 101 if self.capture_iface == "tun" else 1
+
+    @property
+    def captured(self) -> str:
+        """How the capture was taken, for the README and manifest."""
+        if self.capture_tool == "dumpcap":
+            how = f"dumpcap -i {self.capture_iface} (pcapng)"
+        else:
+            how = " ".join(["tcpdump -i", self.capture_iface, *self.capture_args])
+        if self.net == "veth":
+            how = f"{how.replace('-i link', '-i veth')}, veth MTU {self.mtu} between namespaces"
+        elif self.net == "vlan":
+            tags = " + ".join(("802.1ad" if tpid == 0x88A8 else "802.1Q") + f" {vid}" for tpid, vid in self.vlan)
+            how = f"{how.replace('-i link', '-i veth')}, {tags} tagged veth between namespaces"
+        elif self.net == "nested":
+            how = f"{how} of an outer OpenVPN tunnel between namespaces"
+        return how
 
 
 def _ta(key="keys/ta.key", auth="SHA1", kd=None):
@@ -201,9 +245,95 @@ SCENARIOS: list[Scenario] = [
         "a TLS 1.2 handshake: Server Hello, Certificate, Server Key Exchange, Certificate Request, "
         "Server Hello Done, the client's Certificate, then encrypted Finished messages",
         client_extra=["--tls-version-max", "1.2"]),
+    # ---- the same kinds of session, captured in other link types and formats
+    Scenario(
+        "udp-any-sll2", "udp", 4, 1194, "tls-auth",
+        _ta(auth="SHA256", kd=0), _ta(auth="SHA256", kd=1), "connected",
+        "UDP session with tls-auth SHA256 on loopback, captured with tcpdump -i any: Linux cooked "
+        "capture v2 headers (link type 276) instead of Ethernet.",
+        "SLL2 frames (20-byte header with interface index and packet type)",
+        capture_iface="any", capture_args=["--immediate-mode"]),
+    Scenario(
+        "udp-any-sll", "udp", 4, 1194, "none", Side(), Side(), "connected",
+        "UDP session without wrapping on loopback, captured with tcpdump -i any -y LINUX_SLL: "
+        "Linux cooked capture v1 headers (link type 113).",
+        "SLL frames (16-byte header)",
+        capture_iface="any", capture_args=["-y", "LINUX_SLL", "--immediate-mode"]),
+    Scenario(
+        "tcp-pcapng", "tcp", 4, 1194, "tls-crypt",
+        Side(key="keys/tc.key"), Side(key="keys/tc.key"), "connected",
+        "TCP session with tls-crypt on loopback, recorded by dumpcap: pcapng (section header, "
+        "interface description with if_tsresol, enhanced packet blocks, interface statistics).",
+        "pcapng blocks around an ordinary TCP session",
+        capture_tool="dumpcap"),
+    Scenario(
+        "udp-vlan", "udp", 4, 1194, "tls-auth", _ta(kd=0), _ta(kd=1), "connected",
+        "UDP session with tls-auth SHA1 between two network namespaces whose link carries "
+        "802.1Q VLAN 100, captured on the veth.",
+        "802.1Q-tagged Ethernet frames (and tagged ARP)",
+        net="vlan", capture_iface="link", vlan=[(0x8100, 100)], capture_args=["--immediate-mode"]),
+    Scenario(
+        "tcp-qinq", "tcp", 4, 1194, "none", Side(), Side(), "connected",
+        "TCP session without wrapping between two network namespaces whose link carries stacked "
+        "VLAN tags (802.1ad S-tag 100 outside an 802.1Q C-tag 200), captured on the veth.",
+        "two stacked VLAN tags (QinQ) in front of IPv4/TCP",
+        net="vlan", capture_iface="link", vlan=[(0x88A8, 100), (0x8100, 200)],
+        capture_args=["--immediate-mode"]),
+    Scenario(
+        "udp-frag", "udp", 4, 1194, "tls-auth",
+        _ta(auth="SHA512", kd=0), _ta(auth="SHA512", kd=1), "connected",
+        "UDP session with tls-auth SHA512 between two namespaces over a veth with MTU 576 and "
+        "--mtu-disc no, so the kernel fragments the ~1250-byte control packets (the certificate "
+        "flight) and the data packets of 1200-byte pings through the tunnel.",
+        "IPv4 fragments (three per control packet), reassembled datagrams",
+        net="veth", capture_iface="link", mtu=576, tunnel_ping=1200, expect_fragments=True,
+        capture_args=["--immediate-mode"],
+        server_extra=["--mtu-disc", "no"], client_extra=["--mtu-disc", "no"]),
+    Scenario(
+        "udp6-frag", "udp", 6, 1194, "none", Side(), Side(), "connected",
+        "UDP over IPv6 between two namespaces over a veth with the IPv6 minimum MTU (1280) and "
+        "--mtu-disc no; control packets (1250 bytes) still fit, the data packets of 1400-byte "
+        "pings through the tunnel are fragmented (IPv6 fragment extension header).",
+        "IPv6 fragments of data packets",
+        net="veth", capture_iface="link", mtu=1280, tunnel_ping=1400, expect_fragments=True,
+        capture_args=["--immediate-mode"],
+        server_extra=["--mtu-disc", "no"], client_extra=["--mtu-disc", "no"]),
+    Scenario(
+        "udp-tun-raw", "udp", 4, 1195, "tls-crypt",
+        Side(key="keys/tc.key"), Side(key="keys/tc.key"), "connected",
+        "UDP session with tls-crypt on port 1195 running inside an outer OpenVPN tunnel between two "
+        "namespaces, captured on the outer server's tun device: raw IP frames (link type 101), "
+        "as a capture taken on a VPN server's tun interface looks.",
+        "raw IPv4 packets without any link-layer header",
+        net="nested", capture_iface="tun", capture_args=["--immediate-mode"]),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+@dataclass
+class Derived:
+    """A capture re-encapsulated from a real one into a link type Linux cannot record."""
+    name: str
+    source: str                         # scenario whose capture is converted
+    linktype: int
+    big_endian: bool
+    how: str                            # for the README and manifest
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.pcap"
+
+
+DERIVED: list[Derived] = [
+    Derived("udp6-null", "udp6-tls-auth", 0, False,
+            "udp6-tls-auth.pcap with each Ethernet header replaced by BSD loopback's 4-byte address "
+            "family in host byte order (DLT_NULL, AF_INET6 = 30 as macOS tcpdump -i lo0 writes)"),
+    Derived("tcp-loop", "tcp-tls-auth", 108, True,
+            "tcp-tls-auth.pcap with each Ethernet header replaced by OpenBSD loopback's address family "
+            "in network byte order (DLT_LOOP, AF_INET = 2), written as a big-endian pcap file"),
+]
+DERIVED_BY_NAME = {d.name: d for d in DERIVED}
 
 
 # --------------------------------------------------------------------------- key material
@@ -442,15 +572,16 @@ def wrap_args(side: Side, wrapping: str) -> list[str]:
     return []
 
 
-def server_argv(sc: Scenario, idx: int) -> list[str]:
+def server_argv(sc: Scenario, idx: int, local: str | None = None, subnet: str | None = None,
+                dev: str | None = None) -> list[str]:
     proto = {("udp", 4): "udp4", ("udp", 6): "udp6",
              ("tcp", 4): "tcp4-server", ("tcp", 6): "tcp6-server"}[(sc.transport, sc.family)]
     return ["openvpn",
-            "--server", f"10.201.{idx}.0", "255.255.255.0",
+            "--server", subnet or f"10.201.{idx}.0", "255.255.255.0",
             "--topology", "subnet",
-            "--local", "127.0.0.1" if sc.family == 4 else "::1",
+            "--local", local or ("127.0.0.1" if sc.family == 4 else "::1"),
             "--port", str(sc.port), "--proto", proto,
-            "--dev", f"ovdiag-s{idx}", "--dev-type", "tun",
+            "--dev", dev or f"ovdiag-s{idx}", "--dev-type", "tun",
             "--ca", "keys/ca.crt", "--cert", "keys/server.crt", "--key", "keys/server.key",
             "--dh", "none",
             "--ping", "1",
@@ -460,14 +591,14 @@ def server_argv(sc: Scenario, idx: int) -> list[str]:
             *sc.server_extra]
 
 
-def client_argv(sc: Scenario, idx: int) -> list[str]:
+def client_argv(sc: Scenario, idx: int, remote: str | None = None, dev: str | None = None) -> list[str]:
     proto = {("udp", 4): "udp4", ("udp", 6): "udp6",
              ("tcp", 4): "tcp4-client", ("tcp", 6): "tcp6-client"}[(sc.transport, sc.family)]
     argv = ["openvpn",
             "--client",
-            "--remote", "127.0.0.1" if sc.family == 4 else "::1", str(sc.port),
+            "--remote", remote or ("127.0.0.1" if sc.family == 4 else "::1"), str(sc.port),
             "--proto", proto, "--nobind",
-            "--dev", f"ovdiag-c{idx}", "--dev-type", "tun",
+            "--dev", dev or f"ovdiag-c{idx}", "--dev-type", "tun",
             "--ca", "keys/ca.crt",
             "--cert", f"keys/{sc.client_cert}.crt", "--key", f"keys/{sc.client_cert}.key",
             "--remote-cert-tls", "server",
@@ -484,11 +615,150 @@ def client_argv(sc: Scenario, idx: int) -> list[str]:
     return argv
 
 
+# --------------------------------------------------------------------------- namespaces, links, VLAN relay
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+class Net:
+    """Where a scenario's peers talk and where the capture is taken.
+
+    "lo": both peers on loopback in this namespace (the original captures). Otherwise the
+    server and the client each get a private network namespace, joined by a veth pair:
+    "veth" with the scenario's MTU and addresses 10.77.N.1/.2 (fd77:N::1/2 for IPv6);
+    "vlan" with the addresses on TAP devices whose frames vlan_relay() carries over the
+    veth with the scenario's VLAN tags (this kernel has no 802.1Q devices and no tc
+    actions, so a userspace relay plays the VLAN-aware switch ports; the frames on the
+    veth are really tagged); "nested" with an outer OpenVPN tunnel over the veth, through
+    which the captured session runs. No traffic ever leaves these namespaces.
+    """
+
+    def __init__(self, sc: Scenario, idx: int):
+        self.sc, self.idx = sc, idx
+        self.relay: subprocess.Popen | None = None
+        if sc.net == "lo":
+            self.server_ns = self.client_ns = None
+            self.server_addr = "127.0.0.1" if sc.family == 4 else "::1"
+            self.capture_iface = sc.capture_iface
+            return
+        self.server_ns, self.client_ns = f"ovdiag{idx}s", f"ovdiag{idx}c"
+        self.link = (f"ovd{idx}s", f"ovd{idx}c")            # veth ends in server / client ns
+        self.taps = (f"ovd{idx}st", f"ovd{idx}ct")
+        if sc.net == "nested":
+            self.link_addr = f"10.77.{idx}.1"                # the outer tunnel's endpoint
+            self.server_addr = f"10.201.{idx}.1"             # the outer server's tun address
+            self.capture_iface = f"ovdiag-s{idx}"            # the outer server's tun device
+        else:
+            self.server_addr = f"10.77.{idx}.1" if sc.family == 4 else f"fd77:{idx}::1"
+            self.capture_iface = self.link[0]
+
+    def run(self, ns: str | None, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", ns, *argv] if ns else argv
+
+    def up(self, procs: Procs) -> None:
+        sc, idx = self.sc, self.idx
+        if sc.net == "lo":
+            return
+        self.down()
+        for ns in (self.server_ns, self.client_ns):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+            if sc.family == 4:      # no IPv6 neighbour discovery chatter in IPv4 captures
+                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                                "net.ipv6.conf.all.disable_ipv6=1",
+                                "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+        mtu = str(sc.mtu or (1600 if sc.net == "vlan" else 1500))
+        ip("link", "add", self.link[0], "netns", self.server_ns, "mtu", mtu, "type", "veth",
+           "peer", "name", self.link[1], "netns", self.client_ns, "mtu", mtu)
+        devs = self.link
+        if sc.net == "vlan":
+            for ns, dev in zip((self.server_ns, self.client_ns), self.link):
+                ip("-n", ns, "link", "set", dev, "up")
+            tags = ",".join(f"{tpid:#06x}:{vid}" for tpid, vid in sc.vlan)
+            self.relay = procs.start("vlan relay", [
+                sys.executable, str(Path(__file__).resolve()), "--vlan-relay",
+                f"{self.server_ns}:{self.taps[0]}:{self.link[0]}",
+                f"{self.client_ns}:{self.taps[1]}:{self.link[1]}", "--tags", tags],
+                stdout=subprocess.PIPE, text=True)
+            if self.relay.stdout.readline().strip() != "ready":
+                raise RuntimeError("VLAN relay did not start")
+            devs = self.taps
+        for n, (ns, dev) in enumerate(zip((self.server_ns, self.client_ns), devs), start=1):
+            if sc.family == 6 and sc.net != "nested":
+                ip("-n", ns, "addr", "add", f"fd77:{idx}::{n}/64", "dev", dev, "nodad")
+            else:
+                ip("-n", ns, "addr", "add", f"10.77.{idx}.{n}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+
+    def down(self) -> None:
+        if self.sc.net == "lo":
+            return
+        for ns in (self.server_ns, self.client_ns):
+            subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+
+def _enter_netns(name: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:             # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
+def vlan_relay(ends: list[tuple[str, str, str]], tags: list[tuple[int, int]]) -> None:
+    """Carry Ethernet frames between a TAP device and a veth in each namespace, adding the
+    VLAN tags on the way to the veth and removing them on the way back: a VLAN trunk port.
+    ``ends`` are (namespace, TAP name, veth name). Runs until SIGTERM."""
+    import fcntl
+    import select
+    import socket
+
+    tag_bytes = b"".join(struct.pack("!HH", tpid, vid) for tpid, vid in tags)
+    fds = {}
+    for ns, tap_name, link in ends:
+        _enter_netns(ns)                    # the TAP and the socket live in this namespace
+        tap = os.open("/dev/net/tun", os.O_RDWR)
+        fcntl.ioctl(tap, 0x400454CA, struct.pack("16sH", tap_name.encode(), 0x0002 | 0x1000))  # TUNSETIFF: IFF_TAP | IFF_NO_PI
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+        sock.bind((link, 0))
+        fds[tap] = (tap, sock, True)
+        fds[sock.fileno()] = (tap, sock, False)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", flush=True)
+    while True:
+        for fd in select.select(list(fds), [], [])[0]:
+            tap, sock, from_tap = fds[fd]
+            if from_tap:
+                frame = os.read(tap, 65535)
+                sock.send(frame[:12] + tag_bytes + frame[12:])
+            else:
+                try:
+                    frame, address = sock.recvfrom(65535)
+                except OSError:             # ENETDOWN while a link changes state
+                    continue
+                if address[2] == 4:         # PACKET_OUTGOING: our own copy
+                    continue
+                # The kernel may have moved the outer tag out of the frame already.
+                offset = 12
+                while frame[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8"):
+                    offset += 4
+                os.write(tap, frame[:12] + frame[offset:])
+
+
 # --------------------------------------------------------------------------- pcap reading
 
-def read_pcap(path: Path) -> list[tuple[float, bytes]]:
+def read_pcap(path: Path) -> list[tuple[float, int, bytes]]:
+    """[(time, link type, frame)] of a classic pcap or pcapng file."""
     data = path.read_bytes()
     magic = data[:4]
+    if magic == b"\x0a\x0d\x0d\x0a":
+        return _read_pcapng(path, data)
     if magic == b"\xd4\xc3\xb2\xa1":
         endian, frac = "<", 1e-6
     elif magic == b"\xa1\xb2\xc3\xd4":
@@ -496,37 +766,109 @@ def read_pcap(path: Path) -> list[tuple[float, bytes]]:
     elif magic == b"\x4d\x3c\xb2\xa1":
         endian, frac = "<", 1e-9
     else:
-        raise ValueError(f"{path}: not a classic pcap file")
+        raise ValueError(f"{path}: not a pcap or pcapng file")
     linktype = struct.unpack(endian + "I", data[20:24])[0]
-    if linktype != 1:
-        raise ValueError(f"{path}: unexpected linktype {linktype}")
     out, off = [], 24
     while off + 16 <= len(data):
         sec, sub, incl, _orig = struct.unpack(endian + "IIII", data[off:off + 16])
-        out.append((sec + sub * frac, data[off + 16:off + 16 + incl]))
+        out.append((sec + sub * frac, linktype, data[off + 16:off + 16 + incl]))
         off += 16 + incl
     return out
 
 
-def openvpn_packets(path: Path, sc: Scenario) -> list[tuple[str, bytes]]:
-    """Return [(direction, openvpn packet)] with direction 'c2s' or 's2c'.
+def _read_pcapng(path: Path, data: bytes) -> list[tuple[float, int, bytes]]:
+    """Just what dumpcap writes: little-endian sections, interfaces, enhanced packets."""
+    out, off, linktypes, resolution = [], 0, [], []
+    while off + 12 <= len(data):
+        btype, blen = struct.unpack("<II", data[off:off + 8])
+        if btype == 0x0A0D0D0A:
+            if data[off + 8:off + 12] != b"\x4d\x3c\x2b\x1a":
+                raise ValueError(f"{path}: big-endian pcapng")
+            linktypes, resolution = [], []
+        elif btype == 1:
+            linktypes.append(struct.unpack("<H", data[off + 8:off + 10])[0])
+            units, opt = 1e-6, off + 16
+            while opt + 4 <= off + blen - 4:
+                code, length = struct.unpack("<HH", data[opt:opt + 4])
+                if code == 0:
+                    break
+                if code == 9:
+                    units = 10.0 ** -data[opt + 4]
+                opt += 4 + length + (-length % 4)
+            resolution.append(units)
+        elif btype == 6:
+            iface, hi, lo, incl, _orig = struct.unpack("<IIIII", data[off + 8:off + 28])
+            out.append((((hi << 32) | lo) * resolution[iface], linktypes[iface],
+                        data[off + 28:off + 28 + incl]))
+        off += blen
+    return out
 
-    Just enough parsing for record.py's own sanity check: Ethernet, IPv4/IPv6, UDP/TCP,
-    and for TCP the 2-byte length framing over the in-order byte stream.
+
+def _link_payload(linktype: int, frame: bytes) -> tuple[list[int], bytes | None]:
+    """(VLAN ids, IP packet or None) of a frame."""
+    vlans = []
+    if linktype in (1, 113, 276):
+        offset = {1: 12, 113: 14, 276: 0}[linktype]
+        ethertype = struct.unpack("!H", frame[offset:offset + 2])[0]
+        while ethertype in (0x8100, 0x88A8):
+            vlans.append(struct.unpack("!H", frame[offset + 2:offset + 4])[0] & 0x0FFF)
+            offset += 4
+            ethertype = struct.unpack("!H", frame[offset:offset + 2])[0]
+        start = 20 + 4 * len(vlans) if linktype == 276 else offset + 2
+        return vlans, frame[start:] if ethertype in (0x0800, 0x86DD) else None
+    if linktype == 101:
+        return vlans, frame
+    raise ValueError(f"unexpected linktype {linktype}")
+
+
+def parse_capture(path: Path, sc: Scenario) -> tuple[list[tuple[str, bytes]], dict]:
+    """([(direction, openvpn packet)] with direction 'c2s' or 's2c', facts about the file).
+
+    Just enough parsing for record.py's own sanity check: the link types recorded here,
+    VLAN tags, IPv4/IPv6 with naive fragment reassembly, UDP/TCP, and for TCP the 2-byte
+    length framing over the in-order byte stream.
     """
     proto_num = 17 if sc.transport == "udp" else 6
     streams = {"c2s": b"", "s2c": b""}
     pkts = []
-    for _ts, frame in read_pcap(path):
-        ethertype = struct.unpack("!H", frame[12:14])[0]
-        ip = frame[14:]
-        if ethertype == 0x0800:
-            ihl = (ip[0] & 0x0F) * 4
-            proto, l4 = ip[9], ip[ihl:struct.unpack("!H", ip[2:4])[0]]
-        elif ethertype == 0x86DD:
-            proto, l4 = ip[6], ip[40:40 + struct.unpack("!H", ip[4:6])[0]]
-        else:
+    info = {"linktypes": set(), "vlans": set(), "fragments": 0, "reassembled_opcodes": set()}
+    fragments = {}
+    for _ts, linktype, frame in read_pcap(path):
+        info["linktypes"].add(linktype)
+        vlans, ip_packet = _link_payload(linktype, frame)
+        if vlans:
+            info["vlans"].add(tuple(vlans))
+        if ip_packet is None:
             continue
+        if ip_packet[0] >> 4 == 4:
+            ihl = (ip_packet[0] & 0x0F) * 4
+            proto, l4 = ip_packet[9], ip_packet[ihl:struct.unpack("!H", ip_packet[2:4])[0]]
+            ident, frag = struct.unpack("!HH", ip_packet[4:8])
+            frag &= 0x3FFF                  # offset and MF, not DF
+            if frag:
+                key, offset, more = (ip_packet[12:20], ident), (frag & 0x1FFF) * 8, frag & 0x2000
+        else:
+            proto, l4 = ip_packet[6], ip_packet[40:40 + struct.unpack("!H", ip_packet[4:6])[0]]
+            frag = 0
+            if proto == 44:
+                proto, frag, ident = struct.unpack("!BxHI", l4[:8])
+                key, offset, more, l4 = (ip_packet[8:40], ident), frag & 0xFFF8, frag & 1, l4[8:]
+                frag = frag or 1
+        if frag:
+            info["fragments"] += 1
+            pieces = fragments.setdefault(key, {})
+            pieces[offset] = (more, l4)
+            l4, complete = b"", False
+            for off in sorted(pieces):
+                if off != len(l4):
+                    break
+                l4 += pieces[off][1]
+                if not pieces[off][0]:
+                    complete = True
+                    break
+            if not complete:
+                continue
+            del fragments[key]
         if proto != proto_num:
             continue
         sport, dport = struct.unpack("!HH", l4[:4])
@@ -538,6 +880,8 @@ def openvpn_packets(path: Path, sc: Scenario) -> list[tuple[str, bytes]]:
             continue
         if proto == 17:
             pkts.append((direction, l4[8:]))
+            if frag:
+                info["reassembled_opcodes"].add(l4[8] >> 3)
         else:
             streams[direction] += l4[(l4[12] >> 4) * 4:]
             buf = streams[direction]
@@ -546,15 +890,32 @@ def openvpn_packets(path: Path, sc: Scenario) -> list[tuple[str, bytes]]:
                 pkts.append((direction, buf[2:2 + n]))
                 buf = buf[2 + n:]
             streams[direction] = buf
-    return pkts
+    return pkts, info
+
+
+def openvpn_packets(path: Path, sc: Scenario) -> list[tuple[str, bytes]]:
+    return parse_capture(path, sc)[0]
 
 
 def check_capture(path: Path, sc: Scenario) -> list[str]:
     """Minimal wire-level expectations for a scenario. Returns a list of problems."""
-    pkts = openvpn_packets(path, sc)
+    pkts, info = parse_capture(path, sc)
     problems = []
     if not pkts:
         return ["no OpenVPN packets captured"]
+    if info["linktypes"] != {sc.linktype}:
+        problems.append(f"link types {sorted(info['linktypes'])}, expected {sc.linktype}")
+    expected_vlans = {tuple(vid for _tpid, vid in sc.vlan)} if sc.vlan else set()
+    if info["vlans"] != expected_vlans:
+        problems.append(f"VLAN tags {sorted(info['vlans'])}, expected {sorted(expected_vlans)}")
+    if sc.expect_fragments:
+        # IPv4 at MTU 576 fragments control packets (opcode 4) too; IPv6 at 1280 only data (9).
+        wanted = {4, 9} if sc.family == 4 else {9}
+        if not info["fragments"] or not wanted <= info["reassembled_opcodes"]:
+            problems.append(f"{info['fragments']} fragments, reassembled opcodes "
+                            f"{sorted(info['reassembled_opcodes'])}, expected {sorted(wanted)}")
+    elif info["fragments"]:
+        problems.append(f"{info['fragments']} unexpected IP fragments")
     ops = [(d, p[0] >> 3, p[0] & 7) for d, p in pkts]
     first_op = 10 if sc.wrapping == "tls-crypt-v2" else 7
     if ops[0][:2] != ("c2s", first_op):
@@ -586,47 +947,100 @@ def check_capture(path: Path, sc: Scenario) -> list[str]:
 
 # --------------------------------------------------------------------------- recording
 
+def start_capture(sc: Scenario, net: Net, path: Path, procs: Procs) -> subprocess.Popen:
+    if sc.capture_tool == "dumpcap":
+        argv, ready = ["dumpcap", "-i", net.capture_iface, "-f", f"port {sc.port}", "-w", str(path)], "Capturing on"
+    else:
+        argv = ["tcpdump", "-i", net.capture_iface, "-U", "-s", "0", "-Z", "root", *sc.capture_args,
+                "-w", str(path)]
+        if sc.net == "lo":
+            # A private link carries only the scenario's traffic; there a port filter would
+            # only lose the IP fragments that carry no UDP header.
+            argv.append(f"port {sc.port}")
+        ready = "listening on"
+    dump = procs.start(sc.capture_tool, net.run(net.server_ns, argv),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(5):
+        line = dump.stderr.readline()
+        if ready in line:
+            return dump
+        if not line:
+            break
+    raise RuntimeError(f"{sc.capture_tool} did not start: {line.strip()}")
+
+
+def start_outer_tunnel(sc: Scenario, idx: int, net: Net, procs: Procs) -> list[subprocess.Popen]:
+    """For "nested": a plain UDP OpenVPN tunnel between the namespaces, for the captured
+    session to run through. Its logs go next to the captured session's."""
+    outer = Scenario(f"{sc.name}-outer", "udp", 4, 1194, "none", Side(), Side(), "connected", "", "")
+    started = []
+    for role, ns, argv in (("server", net.server_ns, server_argv(outer, idx, local=net.link_addr)),
+                           ("client", net.client_ns, client_argv(outer, idx, remote=net.link_addr))):
+        log = LOGS / f"{sc.name}.outer-{role}.log"
+        with open(log, "w") as f:
+            p = procs.start(f"outer {role}", net.run(ns, argv), stdout=f, stderr=subprocess.STDOUT)
+        started.append(p)
+        if not wait_for(log, INIT_DONE, CONNECT_TIMEOUT, p):
+            raise RuntimeError(f"outer tunnel {role} did not come up; see {log}")
+    return started
+
+
 def record(sc: Scenario, idx: int, procs: Procs) -> None:
-    pcap_tmp = HERE / f"{sc.name}.pcap.tmp"
+    pcap_tmp = HERE / f"{sc.file}.tmp"
     slog_tmp = LOGS / f"{sc.name}.server.log.tmp"
     clog_tmp = LOGS / f"{sc.name}.client.log.tmp"
     for f in (pcap_tmp, slog_tmp, clog_tmp):
         f.unlink(missing_ok=True)
 
-    dump = procs.start("tcpdump", ["tcpdump", "-i", "lo", "-U", "-s", "0", "-Z", "root",
-                                   "-w", str(pcap_tmp), f"port {sc.port}"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    line = dump.stderr.readline()
-    if "listening on" not in line:
-        raise RuntimeError(f"tcpdump did not start: {line.strip()}")
-    time.sleep(0.3)
-
-    with open(slog_tmp, "w") as slog, open(clog_tmp, "w") as clog:
-        server = procs.start("server", server_argv(sc, idx), stdout=slog,
-                             stderr=subprocess.STDOUT)
-        if not wait_for(slog_tmp, INIT_DONE, 10, server):
-            raise RuntimeError("server did not start; see " + str(slog_tmp))
-        client = procs.start("client", client_argv(sc, idx), stdout=clog,
-                             stderr=subprocess.STDOUT)
-        if sc.outcome == "connected":
-            if not wait_for(clog_tmp, INIT_DONE, CONNECT_TIMEOUT, client):
-                raise RuntimeError("client did not connect; see " + str(clog_tmp))
-            if sc.renegotiation:
-                # The first TLS session logs one "Control Channel:" line; the renegotiated
-                # one logs a second. Then wait until data flows with the new key.
-                if not wait_for(clog_tmp, r"Control Channel: TLS", RENEG_TIMEOUT, client, count=2):
-                    raise RuntimeError("no renegotiation seen; see " + str(clog_tmp))
-                time.sleep(2.0)
-            else:
-                time.sleep(KEEPALIVE_SECONDS)
-        else:
-            time.sleep(FAIL_SECONDS)
-        procs.stop(client)
+    net = Net(sc, idx)
+    net.up(procs)
+    try:
+        outer = start_outer_tunnel(sc, idx, net, procs) if sc.net == "nested" else []
+        dump = start_capture(sc, net, pcap_tmp, procs)
         time.sleep(0.3)
-        procs.stop(server)
-    time.sleep(0.3)
-    procs.stop(dump)
-    dump.stderr.close()
+        nested = sc.net == "nested"
+        with open(slog_tmp, "w") as slog, open(clog_tmp, "w") as clog:
+            server = procs.start("server", net.run(net.server_ns, server_argv(
+                sc, idx, local=net.server_addr, subnet=f"10.202.{idx}.0" if nested else None,
+                dev=f"ovdiag-is{idx}" if nested else None)), stdout=slog, stderr=subprocess.STDOUT)
+            if not wait_for(slog_tmp, INIT_DONE, 10, server):
+                raise RuntimeError("server did not start; see " + str(slog_tmp))
+            client = procs.start("client", net.run(net.client_ns, client_argv(
+                sc, idx, remote=net.server_addr, dev=f"ovdiag-ic{idx}" if nested else None)),
+                stdout=clog, stderr=subprocess.STDOUT)
+            if sc.outcome == "connected":
+                if not wait_for(clog_tmp, INIT_DONE, CONNECT_TIMEOUT, client):
+                    raise RuntimeError("client did not connect; see " + str(clog_tmp))
+                if sc.renegotiation:
+                    # The first TLS session logs one "Control Channel:" line; the renegotiated
+                    # one logs a second. Then wait until data flows with the new key.
+                    if not wait_for(clog_tmp, r"Control Channel: TLS", RENEG_TIMEOUT, client, count=2):
+                        raise RuntimeError("no renegotiation seen; see " + str(clog_tmp))
+                    time.sleep(2.0)
+                else:
+                    if sc.tunnel_ping:
+                        # Big packets through the tunnel: data-channel packets over the link MTU.
+                        ping = subprocess.run(net.run(net.client_ns, [
+                            "ping", "-c", "3", "-i", "0.3", "-W", "2", "-s", str(sc.tunnel_ping),
+                            f"10.201.{idx}.1"]), capture_output=True, text=True)
+                        if ping.returncode != 0:
+                            raise RuntimeError("pings through the tunnel failed: " + ping.stdout[-200:])
+                    time.sleep(KEEPALIVE_SECONDS)
+            else:
+                time.sleep(FAIL_SECONDS)
+            procs.stop(client)
+            time.sleep(0.3)
+            procs.stop(server)
+        time.sleep(0.3 if sc.net == "lo" else 1.0)
+        procs.stop(dump)
+        dump.stderr.close()
+        for p in reversed(outer):
+            procs.stop(p)
+        if net.relay is not None:
+            procs.stop(net.relay)
+            net.relay.stdout.close()
+    finally:
+        net.down()
 
     # Did the scenario do what it should?
     clog_text = clog_tmp.read_text(errors="replace")
@@ -639,24 +1053,28 @@ def record(sc: Scenario, idx: int, procs: Procs) -> None:
             raise RuntimeError("expected failure, but the client connected")
         if sc.server_log_expect and not re.search(sc.server_log_expect, slog_text):
             raise RuntimeError(f"server log lacks /{sc.server_log_expect}/")
+    logs = [clog_text, slog_text]
+    if sc.net == "nested":
+        logs += [(LOGS / f"{sc.name}.outer-{role}.log").read_text(errors="replace")
+                 for role in ("server", "client")]
     for frag in key_fragments():
-        if frag in clog_text or frag in slog_text:
+        if any(frag in text for text in logs):
             raise RuntimeError("key material found in a log")
     problems = check_capture(pcap_tmp, sc)
     if problems:
         raise RuntimeError("capture check failed: " + "; ".join(problems))
 
-    os.replace(pcap_tmp, HERE / f"{sc.name}.pcap")
+    os.replace(pcap_tmp, HERE / sc.file)
     os.replace(slog_tmp, LOGS / f"{sc.name}.server.log")
     os.replace(clog_tmp, LOGS / f"{sc.name}.client.log")
-    os.chmod(HERE / f"{sc.name}.pcap", 0o644)
+    os.chmod(HERE / sc.file, 0o644)
 
 
 # --------------------------------------------------------------------------- manifest / README
 
 def manifest_entry(sc: Scenario) -> dict:
     return {
-        "file": f"{sc.name}.pcap",
+        "file": sc.file,
         "transport": sc.transport,
         "family": sc.family,
         "port": sc.port,
@@ -670,26 +1088,60 @@ def manifest_entry(sc: Scenario) -> dict:
         "renegotiation": sc.renegotiation,
         "data_channel": sc.data_channel,
         "description": sc.description,
+        "format": "pcapng" if sc.capture_tool == "dumpcap" else "pcap",
+        "linktype": sc.linktype,
+        "captured": sc.captured,
+        "vlan": [vid for _tpid, vid in sc.vlan],
+        "fragmented": sc.expect_fragments,
+        "derived_from": None,
     }
+
+
+def derived_entry(d: Derived) -> dict:
+    entry = manifest_entry(BY_NAME[d.source])
+    entry.update(file=d.file, linktype=d.linktype, captured=f"derived by derive.py from {d.how}",
+                 derived_from=BY_NAME[d.source].file,
+                 description=BY_NAME[d.source].description + " Re-encapsulated (derive.py): " + d.how + ".")
+    return entry
+
+
+def make_derived(d: Derived) -> int:
+    """Convert the source capture; returns the number of frames."""
+    sys.path.insert(0, str(HERE))
+    from derive import derive
+
+    return derive(HERE / BY_NAME[d.source].file, HERE / d.file, d.linktype, d.big_endian)
 
 
 README_HEAD = """\
 # captures/ - real OpenVPN 2.6 traffic for ovpndiag's tests
 
-Every `*.pcap` here was recorded on loopback (`tcpdump -i lo -s 0 -U`, classic pcap, linktype
-Ethernet) between a real OpenVPN server and a real OpenVPN client - two separate `openvpn`
-processes with their own tun devices, talking over 127.0.0.1 or ::1 - by `record.py`.
-Recorded with: `{version}`.
+Every capture here was recorded between a real OpenVPN server and a real OpenVPN client - two
+separate `openvpn` processes with their own tun devices - by `record.py`, most on loopback
+(`tcpdump -i lo -s 0 -U`, classic pcap, linktype Ethernet, talking over 127.0.0.1 or ::1).
+The "capture" column says where the others were taken: `tcpdump -i any` (Linux cooked
+headers), `dumpcap` (pcapng), or a veth pair between two private network namespaces (addresses
+10.77.N.1/.2 or fd77:N::1/2) - with a small MTU for IP fragments, with VLAN tags on the link
+(added and removed by a small relay in `record.py` acting as the VLAN-aware switch ports,
+because this kernel has no 802.1Q devices; the frames on the veth are really tagged), or with
+the session running inside an outer OpenVPN tunnel and captured on its tun device (raw IP; the
+outer tunnel's logs are `logs/NAME.outer-*.log`). Recorded with: `{version}`.
+
+Two files are **derived**, not recorded: `derive.py` re-encapsulates a real Ethernet capture
+into BSD loopback link types (DLT_NULL, DLT_LOOP) that Linux cannot capture, keeping every
+IP packet and timestamp; `derived_from` in the manifest names the source.
 
 * `manifest.json` - one object per capture (transport, address family, port, wrapping, the
   tls-auth digest / key file / key-direction of the server and, under `client`, of the client,
-  expected outcome, renegotiation, data channel). Key paths are relative to this folder.
+  expected outcome, renegotiation, data channel; file `format`, `linktype`, how it was
+  `captured`, `vlan` ids, whether it holds IP fragments, `derived_from`). Key paths are relative
+  to this folder.
 * `logs/NAME.server.log`, `logs/NAME.client.log` - both peers' `--verb 3` logs for each capture.
   Failure reasons ("packet HMAC authentication failed", "cannot locate HMAC in incoming
   packet", "tls-crypt unwrap error", "VERIFY ERROR") are only visible there.
 * `keys/` - the **test-only, publicly known** PKI and static keys the captures were made with
   (see `keys/README.md`). Never use them for anything real.
-* `record.py` - the script that made all of this.
+* `record.py` - the script that made all of this; `derive.py` - the re-encapsulation.
 
 Common settings: server `--server 10.201.N.0 255.255.255.0 --topology subnet --dh none`,
 EC P-256 certificates, default `data-ciphers` (AES-256-GCM is negotiated), `--ping 1` on both
@@ -700,7 +1152,7 @@ run ~{keep:g} s after "Initialization Sequence Completed".
 
 ## Re-recording
 
-Needs root, `openvpn` (2.6) and `tcpdump`:
+Needs root, `openvpn` (2.6), `tcpdump`, `ip` and `ping` (`dumpcap` for the pcapng capture):
 
     sudo python3 captures/record.py --list            # scenario names
     sudo python3 captures/record.py [--force] [NAME...]
@@ -743,8 +1195,8 @@ SHA256/SHA512 captures need it set, and tls-crypt must be switched on, e.g.
 
 ## Captures
 
-| file | transport/port | wrapping | outcome | packets | what it shows |
-|---|---|---|---|---|---|
+| file | transport/port | wrapping | outcome | packets | capture | what it shows |
+|---|---|---|---|---|---|---|
 """
 
 
@@ -757,11 +1209,14 @@ def openvpn_version() -> str:
 
 
 def write_docs() -> None:
-    present = [sc for sc in SCENARIOS if (HERE / f"{sc.name}.pcap").exists()]
-    MANIFEST.write_text(json.dumps([manifest_entry(sc) for sc in present], indent=2) + "\n")
+    present = [sc for sc in SCENARIOS if (HERE / sc.file).exists()]
+    derived = [d for d in DERIVED if (HERE / d.file).exists()]
+    MANIFEST.write_text(json.dumps([manifest_entry(sc) for sc in present] +
+                                   [derived_entry(d) for d in derived], indent=2) + "\n")
     rows = []
-    for sc in present:
-        n = len(read_pcap(HERE / f"{sc.name}.pcap"))
+    for sc, d in [(sc, None) for sc in present] + [(BY_NAME[d.source], d) for d in derived]:
+        file = d.file if d else sc.file
+        n = len(read_pcap(HERE / file))
         tp = f"{sc.transport}{'6' if sc.family == 6 else ''}/{sc.port}"
         wrapping = sc.wrapping
         if sc.wrapping == "tls-auth":
@@ -773,8 +1228,13 @@ def write_docs() -> None:
                              f"client {sc.client.auth} {sc.client.key} dir {kd(sc.client)}")
         elif sc.server.key != sc.client.key and sc.wrapping == "tls-crypt":
             wrapping += f" (client {sc.client.key})"
-        rows.append(f"| `{sc.name}.pcap` | {tp} | {wrapping} | {sc.outcome} | {n} | "
-                    f"{sc.description} Shows {sc.shows}. |")
+        if d:
+            capture = f"derived (link type {d.linktype})"
+            text = f"Derived from `{sc.file}`: {d.how}."
+        else:
+            capture = f"`{sc.captured}`" if sc.net == "lo" else sc.captured
+            text = f"{sc.description} Shows {sc.shows}."
+        rows.append(f"| `{file}` | {tp} | {wrapping} | {sc.outcome} | {n} | {capture} | {text} |")
     README.write_text(README_HEAD.format(version=openvpn_version(), fail=FAIL_SECONDS,
                                          keep=KEEPALIVE_SECONDS) + "\n".join(rows) + "\n")
 
@@ -790,32 +1250,51 @@ def main() -> int:
                     help="replace all key material (invalidates every existing capture)")
     ap.add_argument("--docs-only", action="store_true",
                     help="only regenerate manifest.json and README.md")
+    ap.add_argument("--vlan-relay", nargs=2, metavar="NS:TAP:VETH", help=argparse.SUPPRESS)
+    ap.add_argument("--tags", help=argparse.SUPPRESS)
     args = ap.parse_args()
+
+    if args.vlan_relay:                 # internal: started by Net.up() for "vlan" scenarios
+        vlan_relay([tuple(end.split(":")) for end in args.vlan_relay],
+                   [(int(tpid, 0), int(vid)) for tpid, vid in
+                    (tag.split(":") for tag in args.tags.split(","))])
+        return 0
 
     if args.list:
         for sc in SCENARIOS:
             where = f"{sc.transport}{'6' if sc.family == 6 else ''}/{sc.port}"
             print(f"{sc.name:32} {where:11} {sc.wrapping:13} {sc.outcome}")
+        for d in DERIVED:
+            print(f"{d.name:32} derived from {d.source} (link type {d.linktype})")
         return 0
     if args.docs_only:
         write_docs()
         return 0
 
-    unknown = [n for n in args.names if n not in BY_NAME]
+    unknown = [n for n in args.names if n not in BY_NAME and n not in DERIVED_BY_NAME]
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(unknown)} (see --list)")
-    chosen = [BY_NAME[n] for n in args.names] if args.names else SCENARIOS
+    chosen = [BY_NAME[n] for n in args.names if n in BY_NAME] if args.names else SCENARIOS
+    to_derive = [DERIVED_BY_NAME[n] for n in args.names if n in DERIVED_BY_NAME] if args.names else DERIVED
+    existing = [d.name for d in to_derive if (HERE / d.file).exists()]
+    if existing and not args.force:
+        ap.error(f"captures exist, use --force to overwrite: {', '.join(existing)}")
+    if not chosen:                      # only conversions: no root needed
+        for d in to_derive:
+            print(f"[{d.name}] derived: {make_derived(d)} frames")
+        write_docs()
+        return 0
     if os.geteuid() != 0:
         ap.error("needs root (tun devices, packet capture)")
     for tool in ("openvpn", "tcpdump"):
         if shutil.which(tool) is None:
             ap.error(f"{tool} not found")
-    existing = [sc.name for sc in chosen if (HERE / f"{sc.name}.pcap").exists()]
+    existing = [sc.name for sc in chosen if (HERE / sc.file).exists()]
     if existing and not args.force:
         ap.error(f"captures exist, use --force to overwrite: {', '.join(existing)}")
     if args.new_keys:
         stale = [sc.name for sc in SCENARIOS
-                 if (HERE / f"{sc.name}.pcap").exists() and sc not in chosen]
+                 if (HERE / sc.file).exists() and sc not in chosen]
         if stale:
             ap.error("--new-keys makes these captures stale; record them too: " + ", ".join(stale))
 
@@ -836,8 +1315,11 @@ def main() -> int:
                 failures.append(sc.name)
                 print(f"[{sc.name}] ERROR: {e}", file=sys.stderr)
                 continue
-            n = len(read_pcap(HERE / f"{sc.name}.pcap"))
-            print(f"[{sc.name}] ok: {n} packets, {(HERE / f'{sc.name}.pcap').stat().st_size} bytes")
+            n = len(read_pcap(HERE / sc.file))
+            print(f"[{sc.name}] ok: {n} packets, {(HERE / sc.file).stat().st_size} bytes")
+        for d in to_derive:
+            if (HERE / BY_NAME[d.source].file).exists():
+                print(f"[{d.name}] derived: {make_derived(d)} frames")
     finally:
         procs.stop_all()
         write_docs()

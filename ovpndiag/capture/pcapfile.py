@@ -146,7 +146,7 @@ def _scan_pcapng(f, name, head):
     buf, off, pos = head, 0, 0     # pos: file offset of buf[0], for messages
     number = 0
     endian = "<"
-    u32 = struct.Struct("<I").unpack_from
+    u32 = struct.Struct("<I").unpack_from       # these return 1-tuples
     interfaces = []
     epb = struct.Struct("<IIIII").unpack_from
 
@@ -160,7 +160,7 @@ def _scan_pcapng(f, name, head):
             btype, blen = struct.unpack_from(endian + "II", buf, off)
             if btype == _PCAPNG_SHB:
                 # A new section: its byte order may differ from the previous one's.
-                bom = u32(buf, off + 8)
+                bom = u32(buf, off + 8)[0]
                 if bom == _BYTE_ORDER_MAGIC:
                     endian = "<"
                 elif bom == 0x4D3C2B1A:
@@ -169,7 +169,7 @@ def _scan_pcapng(f, name, head):
                     fail(pos + off, "section header with a bad byte-order magic")
                 u32 = struct.Struct(endian + "I").unpack_from
                 epb = struct.Struct(endian + "IIIII").unpack_from
-                blen = u32(buf, off + 4)
+                blen = u32(buf, off + 4)[0]
                 if blen < 28:
                     fail(pos + off, f"section header length {blen} is under 28")
             if blen % 4 or blen < 12:
@@ -179,8 +179,8 @@ def _scan_pcapng(f, name, head):
             stop = off + blen
             if stop > end:
                 break
-            if u32(buf, stop - 4) != blen:
-                fail(pos + off, f"trailing block length {u32(buf, stop - 4)} differs from {blen}")
+            if u32(buf, stop - 4)[0] != blen:
+                fail(pos + off, f"trailing block length {u32(buf, stop - 4)[0]} differs from {blen}")
             if btype == 6:                                      # enhanced packet block
                 if blen < 32:
                     fail(pos + off, f"enhanced packet block length {blen} is under 32")
@@ -206,7 +206,7 @@ def _scan_pcapng(f, name, head):
                     fail(pos + off, f"simple packet block length {blen} is under 16")
                 if not interfaces:
                     fail(pos + off, "simple packet block before any interface")
-                orig = u32(buf, off + 8)
+                orig = u32(buf, off + 8)[0]
                 incl = min(orig, blen - 16)
                 if interfaces[0].snaplen:
                     incl = min(incl, interfaces[0].snaplen)
