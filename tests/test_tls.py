@@ -361,6 +361,7 @@ def test_names_come_from_the_packet_that_fills_the_gap():
                      "Server Hello Done"]
     assert {d["frame"] for d in stream.details()} == {202}
     assert stream.add(first[0], first[1], 203) == [] and stream.retransmissions == 2
+    assert stream.add(0, b"", 204) == [] and stream.retransmissions == 2  # a reset is no retransmission
     request = stream.details()[3]
     assert request["name"] == "Certificate Request" and request["packet_ids"] == [1, 2]
 
@@ -459,6 +460,11 @@ def test_what_is_not_tls_breaks_the_stream_with_a_reason():
         assert stream.add(1, junk) == []
         assert reason in stream.broken and stream.pending == 0
         assert stream.add(2, record(23, b"x")) == []  # nothing more is named
+    # the caller's buffers are never kept or changed
+    chunks = [bytearray(record(23, b"abc")[:4]), bytearray(record(23, b"abc")[4:])]
+    stream = TLSStream()
+    assert stream.add(1, chunks[0]) == [] and stream.add(2, chunks[1]) == ["Application Data"]
+    assert chunks == [bytearray(record(23, b"abc")[:4]), bytearray(record(23, b"abc")[4:])]
     # an incomplete record is all that is ever buffered
     stream = TLSStream()
     big = record(23, bytes(MAX_RECORD))

@@ -59,6 +59,7 @@ Raw record bytes, randoms, session ids, key shares and signatures are never put 
 details; nothing here is secret anyway (the control channel carries no keys in clear).
 """
 
+from bisect import bisect_right
 from typing import Dict, List, Optional
 
 __all__ = ["TLSStream", "tls_names", "HANDSHAKE_NAMES", "ALERT_DESCRIPTIONS"]
@@ -123,6 +124,7 @@ def alert_name(level: int, description: int) -> str:
 # (cheaper than an object on the fast path): (frame, name, content_type, version,
 # handshake_type, length, first_pid, last_pid, encrypted, body, problem).
 _NAME = 1
+_NO_MARKS = [(0, 0)]  # shared, never appended to: _feed starts a new list for a new record
 
 
 class TLSStream:
@@ -136,14 +138,15 @@ class TLSStream:
     ``consumed`` (bytes of complete records read), ``pending`` (bytes of an incomplete
     record), ``omitted`` (completed messages beyond ``KEEP_ENTRIES``, named but not kept).
 
-    Packet-ids below ``first_packet_id`` (the reset's 0) count as retransmissions. When
+    Packet-ids below ``first_packet_id`` (the reset's 0) are not part of the TLS stream:
+    ignored, not counted. When
     ``max_held_packets`` or ``max_held_bytes`` is exceeded the gap is given up: the stream
     is broken, and packets up to the highest packet-id seen count as retransmissions.
     """
 
     def __init__(self, first_packet_id: int = 1, max_held_packets: int = 64,
                  max_held_bytes: int = 256 * 1024):
-        self.next_packet_id = first_packet_id
+        self.first_packet_id = self.next_packet_id = first_packet_id
         self.max_held_packets = max_held_packets
         self.max_held_bytes = max_held_bytes
         self.retransmissions = 0
@@ -152,7 +155,7 @@ class TLSStream:
         self._held: Dict[int, bytes] = {}
         self._held_bytes = 0
         self._buf = bytearray()      # bytes of the record not yet complete
-        self._marks = [(0, 0)]       # (offset in _buf, packet-id) where each packet's bytes begin
+        self._marks = _NO_MARKS      # (offset in _buf, packet-id) where each packet's bytes begin
         self.consumed = 0            # bytes of complete records read (stream offset of _buf[0])
         self._ccs = False            # a Change Cipher Spec was sent: handshake is encrypted
         # handshake message being reassembled across records
@@ -184,7 +187,8 @@ class TLSStream:
         Never raises."""
         pid = message_packet_id
         if pid < self.next_packet_id or pid in self._held:
-            self.retransmissions += 1
+            if pid >= self.first_packet_id:
+                self.retransmissions += 1
             return []
         if pid > self.next_packet_id:
             self._hold(pid, payload)
@@ -217,6 +221,7 @@ class TLSStream:
     def _break(self, reason: str) -> None:
         self.broken = reason
         self._buf = bytearray()
+        self._marks = _NO_MARKS
         self._hs_body = None
         for pid in self._held:
             self._held[pid] = b""
@@ -231,7 +236,7 @@ class TLSStream:
             marks.append((len(buf), pid))
             buf += payload
         else:
-            buf = payload if isinstance(payload, (bytes, bytearray)) else bytes(payload)
+            buf = payload if type(payload) is bytes else bytes(payload)  # never the caller's buffer
             marks = [(0, pid)]
         self._marks = marks
         items = self._items
@@ -282,20 +287,24 @@ class TLSStream:
         self.consumed += pos
         if pos == size:
             self._buf = bytearray()
+            self._marks = _NO_MARKS
+        elif pos == 0 and isinstance(buf, bytearray):
+            self._buf = buf  # still one incomplete record: nothing to copy
         else:
-            self._buf = buf[pos:] if isinstance(buf, bytearray) else bytearray(buf[pos:])
-            kept = [(max(0, off - pos), q) for i, (off, q) in enumerate(marks)
-                    if i + 1 == len(marks) or marks[i + 1][0] > pos]
-            self._marks = kept
+            if isinstance(buf, bytearray):
+                del buf[:pos]
+                self._buf = buf
+            else:
+                self._buf = bytearray(buf[pos:])
+            self._marks = [(max(0, off - pos), q) for i, (off, q) in enumerate(marks)
+                           if i + 1 == len(marks) or marks[i + 1][0] > pos]
 
     def _pid_at(self, pos: int) -> int:
         """The packet-id of the packet that brought buffered byte ``pos``."""
-        found = self._marks[0][1]
-        for offset, pid in self._marks:
-            if offset > pos:
-                break
-            found = pid
-        return found
+        marks = self._marks
+        if len(marks) == 1:
+            return marks[0][1]
+        return marks[max(0, bisect_right(marks, (pos, 1 << 64)) - 1)][1]
 
     def _handshake(self, buf, pos: int, end: int, version: int, pid: int, frame: int,
                    names: List[str]) -> None:
