@@ -260,11 +260,13 @@ class _Output:
         self.many = many_files
         colour = sys.stdout.isatty() and not self.as_json
         if self.as_json:
-            self.render = lambda record: jsonl.packet_json(record, self.file if self.many else None)
+            self.render = (lambda record: jsonl.packet_json(record, self.file)) if many_files else jsonl.packet_json
         elif options["verbose"]:
             self.render = lambda record: tree.packet_tree(record) + "\n"
+        elif colour:
+            self.render = lambda record: line.packet_line(record, True)
         else:
-            self.render = lambda record: line.packet_line(record, colour)
+            self.render = line.packet_line
         self.jsonl, self.session_render = jsonl, session_render
         self.write = sys.stdout.write
 
@@ -273,12 +275,15 @@ class _Output:
         return self.limit is not None and self.count >= self.limit
 
     def packets(self, records):
+        if self.sessions:
+            self.count += len(records)
+            return
+        render, write = self.render, self.write
         for record in records:
-            if self.full:
+            if self.limit is not None and self.count >= self.limit:
                 return
             self.count += 1
-            if not self.sessions:
-                self.write(self.render(record) + "\n")
+            write(render(record) + "\n")
 
     def summaries(self, reader):
         if not self.sessions:

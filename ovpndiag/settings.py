@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .keys import KeyFileError, StaticKey, TLSCryptV2ClientKey, read_key
-from .layers import HMAC_SIZES
+from .protocol import HMAC_SIZES
 from .profile import read_profile
 
 DEFAULT_PORT = 1194

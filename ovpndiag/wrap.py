@@ -16,7 +16,7 @@ import struct
 from typing import NamedTuple, Optional
 
 from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey
-from .layers import CARRIES_WKC, HMAC_SIZES, TLS_CRYPT_TAG_SIZE, Wrapping
+from .protocol import CARRIES_WKC, HMAC_SIZES, TLS_CRYPT_TAG_SIZE, Wrapping
 
 HEADER_SIZE = 9  # op/key_id + session id
 REPLAY_SIZE = 8  # replay packet-id + net_time

@@ -10,7 +10,7 @@ Scapy objects are built only where a packet needs a field tree (``-V``).
 
 from struct import unpack_from
 
-from ..layers import (CARRIES_WKC, MAX_ACKS, OPCODES, PLAIN, RESETS, TLS_CRYPT_TAG_SIZE, Wrapping)
+from ..protocol import (CARRIES_WKC, MAX_ACKS, OPCODES, PLAIN, RESETS, TLS_CRYPT_TAG_SIZE, Wrapping)
 
 _TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
 

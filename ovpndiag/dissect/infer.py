@@ -11,7 +11,7 @@ few packets by preference. A key, when given, settles it by verifying.
 
 from typing import Optional
 
-from ..layers import EARLY_NEG_START, HMAC_SIZES, PLAIN, Wrapping
+from ..protocol import EARLY_NEG_START, HMAC_SIZES, PLAIN, Wrapping
 from .decode import decode
 
 TLS_CRYPT = Wrapping("tls-crypt")

@@ -10,7 +10,7 @@ that session's key.
 from typing import NamedTuple, Optional
 
 from ..keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey
-from ..layers import CARRIES_WKC
+from ..protocol import CARRIES_WKC
 from ..wrap import TLSAuth, TLSCrypt, TLSCryptV2Server, WrapError
 from .decode import decode
 from .infer import DIGEST_BY_SIZE, TLS_CRYPT_V2

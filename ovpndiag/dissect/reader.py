@@ -23,7 +23,7 @@ import collections
 import struct
 from typing import Dict, Iterator, List, Optional
 
-from ..layers import OPCODES, Wrapping
+from ..protocol import OPCODES, Wrapping
 from .decode import decode
 from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
@@ -34,6 +34,9 @@ CLIENT_RESET_OPCODES = (7, 10, 1)
 MAX_QUEUE = 20000  # packets held for undecided flows before guessing
 MAX_TCP_FRAME = 2048  # bigger first frames on an unknown port are not OpenVPN
 RECOGNITION_LIMIT = 12  # packets an unknown flow gets to show it is OpenVPN
+
+FLOW_IDLE = 300.0  # seconds of capture time after which an idle flow is forgotten
+EXPIRY_CHECK = 20000  # datagrams between looks for idle flows
 
 UNKNOWN, OPENVPN, OTHER = "unknown", "openvpn", "other"
 
@@ -116,8 +119,11 @@ class Session:
 class Flow:
     def __init__(self, transport, client, server, state):
         self.transport = transport
-        self.client, self.server = client, server  # (address, port)
+        self.set_roles(client, server)  # (address, port) each
         self.state = state
+        self.last = 0.0  # capture time of the latest packet, for expiry
+        self.key = None  # in Reader.flows
+        self.direction_keys = []  # in Reader.directions
         self.inference = None
         self.session_ids = {}  # sender -> its latest session id
         self.streams = {"client": b"", "server": b""}  # TCP bytes not yet a whole frame
@@ -134,24 +140,43 @@ class Flow:
     def sender_of(self, address):
         return "client" if address == self.client else "server"
 
+    def set_roles(self, client, server):
+        """Who is who, and the strings every record of the flow repeats."""
+        self.client, self.server = client, server
+        proto = self.transport.upper()
+        self.ends = {"client": (client[0], server[0], client[1], server[1]),
+                     "server": (server[0], client[0], server[1], client[1])}
+        self.labels = {"client": f"{_endpoint(client)} -> {_endpoint(server)} {proto}",
+                       "server": f"{_endpoint(server)} -> {_endpoint(client)} {proto}"}
+
 
 class Reader:
     def __init__(self, options: Optional[Options] = None):
         self.options = options or Options()
-        self.flows: Dict[tuple, Flow] = {}
+        self.flows: Dict[tuple, Flow] = {}  # one flow per (transport, endpoint, endpoint)
+        self.directions: Dict[tuple, tuple] = {}  # (src, sport, dst, dport, transport) -> (flow, sender)
+        self.ended: List[Session] = []  # sessions of expired flows, for --sessions to print
+        self.datagrams = 0
         self.queue = collections.deque()  # (flow, frame, time, sender, data)
         self.first_time = None
         self.not_openvpn = 0  # transport payloads of flows found not to be OpenVPN
 
     # --- input ---------------------------------------------------------------
 
-    def feed(self, datagram) -> Iterator[dict]:
+    def feed(self, datagram) -> List[dict]:
+        """The records this datagram makes ready (usually one, maybe none or many)."""
         if self.first_time is None:
             self.first_time = datagram.time
-        flow, sender = self._flow(datagram)
-        if flow.state == OTHER:
+        direction = self.directions.get((datagram.src, datagram.sport, datagram.dst, datagram.dport,
+                                         datagram.transport))
+        flow, sender = direction or self._flow(datagram)
+        flow.last = datagram.time
+        self.datagrams += 1
+        if self.datagrams % EXPIRY_CHECK == 0:
+            self._expire(datagram.time)
+        if flow.state is OTHER:
             self.not_openvpn += 1
-            return iter(())
+            return []
         if datagram.transport == "udp":
             if datagram.payload:
                 self._packet(flow, datagram.frame, datagram.time, sender, datagram.payload)
@@ -159,7 +184,7 @@ class Reader:
             self._tcp(flow, datagram, sender)
         return self._drain()
 
-    def finish(self) -> Iterator[dict]:
+    def finish(self) -> List[dict]:
         """End of input: decide what is still undecided and emit everything."""
         for flow in self.flows.values():
             if flow.state == UNKNOWN:
@@ -169,7 +194,8 @@ class Reader:
         return self._drain()
 
     def sessions(self) -> List[Session]:
-        return [s for flow in self.flows.values() for s in flow.sessions.values()]
+        """Every session: those of expired flows first, then the open ones."""
+        return self.ended + [s for flow in self.flows.values() for s in flow.sessions.values()]
 
     def _flow(self, datagram):
         a, b = (datagram.src, datagram.sport), (datagram.dst, datagram.dport)
@@ -183,8 +209,29 @@ class Reader:
                 flow = Flow(datagram.transport, client, server, OPENVPN)
             else:
                 flow = Flow(datagram.transport, a, b, UNKNOWN)  # roles fixed once recognised
+            flow.key = key
             self.flows[key] = flow
-        return flow, flow.sender_of(a)
+        direction = (flow, flow.sender_of(a))
+        key = (a[0], a[1], b[0], b[1], datagram.transport)
+        self.directions[key] = direction
+        flow.direction_keys.append(key)
+        return direction
+
+    def _expire(self, now):
+        """Forget flows idle for FLOW_IDLE seconds of capture time, so memory stays
+        flat over long captures; their sessions are kept for --sessions."""
+        idle = [flow for flow in self.flows.values() if now - flow.last > FLOW_IDLE]
+        if not idle:
+            return
+        waiting = {id(item[0]) for item in self.queue}
+        for flow in idle:
+            if id(flow) in waiting:
+                continue
+            del self.flows[flow.key]
+            for key in flow.direction_keys:
+                self.directions.pop(key, None)
+            if self.options.sessions:
+                self.ended.extend(flow.sessions.values())
 
     def _tcp(self, flow, datagram, sender):
         buffered = b"" if datagram.gap else flow.streams[sender]  # after a gap, frames restart unknown
@@ -221,6 +268,10 @@ class Reader:
     def _learn(self, flow, sender, data, time):
         """What the wrapping inference and the session ids take from a packet on arrival."""
         if not data or data[0] >> 3 not in CONTROL_OPCODES:
+            return
+        if flow.inference is not None and flow.inference.decided is not None:
+            if len(data) >= 9:
+                flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
             return
         if data[0] & 7 == 0:
             if flow.inference is None:
@@ -266,7 +317,9 @@ class Reader:
         flow.state = OPENVPN
         flip = {"client": "server", "server": "client"}
         if swap:
-            flow.client, flow.server = flow.server, flow.client
+            flow.set_roles(flow.server, flow.client)
+            for key in flow.direction_keys:
+                self.directions[key] = (flow, flip[self.directions[key][1]])
             self.queue = collections.deque((f, fr, t, flip[s] if f is flow else s, d)
                                            for f, fr, t, s, d in self.queue)
         for queued_flow, _frame, time, sender, data in list(self.queue):
@@ -276,21 +329,21 @@ class Reader:
     # --- output, in frame order --------------------------------------------------
 
     def _drain(self):
-        queue = self.queue
+        queue, ready = self.queue, []
         while queue:
             flow = queue[0][0]
-            if flow.state == OTHER:
+            if flow.state is OTHER:
                 queue.popleft()
                 continue
-            if flow.state == UNKNOWN or not self._ready(flow, queue[0][4]):
+            if flow.state is UNKNOWN or not self._ready(flow, queue[0][4]):
                 if len(queue) < MAX_QUEUE:
-                    return
-                if flow.state == UNKNOWN:
+                    break
+                if flow.state is UNKNOWN:
                     flow.state = OTHER
                     continue
                 flow.inference.best_guess()
-            item = queue.popleft()
-            yield self._record(*item)
+            ready.append(self._record(*queue.popleft()))
+        return ready
 
     @staticmethod
     def _ready(flow, data):
@@ -299,10 +352,11 @@ class Reader:
         return flow.inference is not None and flow.inference.decided is not None
 
     def _record(self, flow, frame, time, sender, data):
-        src, dst = (flow.client, flow.server) if sender == "client" else (flow.server, flow.client)
-        record = {"frame": frame, "time": time, "src": src[0], "dst": dst[0], "sport": src[1],
-                  "dport": dst[1], "transport": flow.transport, "length": len(data),
-                  "_sender": sender, "_data": data, "_relative": time - self.first_time}
+        src, dst, sport, dport = flow.ends[sender]
+        record = {"frame": frame, "time": time, "src": src, "dst": dst, "sport": sport,
+                  "dport": dport, "transport": flow.transport, "length": len(data),
+                  "_sender": sender, "_data": data, "_relative": time - self.first_time,
+                  "_label": flow.labels[sender]}
         opcode = data[0] >> 3 if data else None
         if opcode in CONTROL_OPCODES:
             self._control(flow, sender, data, record)
@@ -390,6 +444,11 @@ class Reader:
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id
         session.count(record)
+
+
+def _endpoint(address):
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _tlv_name(tlv):

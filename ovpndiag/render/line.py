@@ -11,9 +11,12 @@ def packet_line(record: dict, colour: bool = False) -> str:
     """e.g. ``3  0.001234 127.0.0.1:46328 -> 127.0.0.1:1194 UDP P_CONTROL_V1 kid=0
     sid=88587622 acks=[0] rsid=6a2f01d7 mpid=1 len=1142 tls-auth SHA1 HMAC ok
     [Client Hello]``"""
-    parts = [f"{record['frame']:>6} {record['_relative']:>11.6f} "
-             f"{endpoint(record['src'], record['sport'])} -> {endpoint(record['dst'], record['dport'])} "
-             f"{record['transport'].upper()}"]
+    label = record.get("_label") or (f"{endpoint(record['src'], record['sport'])} -> "
+                                     f"{endpoint(record['dst'], record['dport'])} {record['transport'].upper()}")
+    head = f"{record['frame']:>6} {record['_relative']:>11.6f} {label}"
+    if "peer_id" in record and "malformed" not in record:  # data: the bulk of a capture, kept short
+        return f"{head} {record['opcode']} kid={record['key_id']} peer={record['peer_id']} len={record['length']}"
+    parts = [head]
     if "opcode" in record:
         parts.append(f"{record['opcode']} kid={record['key_id']}")
     if "session_id" in record:
@@ -21,7 +24,7 @@ def packet_line(record: dict, colour: bool = False) -> str:
     if "peer_id" in record:
         parts.append(f"peer={record['peer_id']}")
     if record.get("acks"):
-        parts.append(f"acks={record['acks']}".replace(" ", ""))
+        parts.append("acks=[" + ",".join(map(str, record["acks"])) + "]")
         parts.append(f"rsid={record['remote_session_id'] >> 32:08x}")
     if "message_packet_id" in record:
         parts.append(f"mpid={record['message_packet_id']}")

@@ -1,0 +1,74 @@
+"""OpenVPN's wire constants and the Wrapping descriptor, without Scapy.
+
+The Scapy layers (``layers``) are the definition of the packet layout; these
+are the facts they share with code that must not pay for importing Scapy (the
+fast capture path, the key wrapping, the monitoring check's settings).
+"""
+
+from typing import NamedTuple
+
+OPCODES = {
+    1: "P_CONTROL_HARD_RESET_CLIENT_V1",
+    2: "P_CONTROL_HARD_RESET_SERVER_V1",
+    3: "P_CONTROL_SOFT_RESET_V1",
+    4: "P_CONTROL_V1",
+    5: "P_ACK_V1",
+    6: "P_DATA_V1",
+    7: "P_CONTROL_HARD_RESET_CLIENT_V2",
+    8: "P_CONTROL_HARD_RESET_SERVER_V2",
+    9: "P_DATA_V2",
+    10: "P_CONTROL_HARD_RESET_CLIENT_V3",
+    11: "P_CONTROL_WKC_V1",
+}
+CLIENT_RESETS = (1, 7, 10)
+SERVER_RESETS = (2, 8)
+RESETS = CLIENT_RESETS + SERVER_RESETS
+CARRIES_WKC = (10, 11)  # a wrapped client key is appended to these
+
+# tls-auth HMAC size by --auth digest; nothing on the wire says which one.
+HMAC_SIZES = {"MD5": 16, "SHA1": 20, "SHA224": 28, "SHA256": 32, "SHA384": 48, "SHA512": 64}
+TLS_CRYPT_TAG_SIZE = 32
+MAX_ACKS = 8  # OpenVPN rejects a longer ACK array (reliable.h, RELIABLE_ACK_SIZE)
+EARLY_NEG_START = 0x0F000000  # tls-crypt-v2 client's first replay packet-id, minus one
+SESSION_ID_SIZE = 8
+
+
+class Wrapping(NamedTuple):
+    """How control packets are wrapped: information the reader is given.
+
+    kind: "none", "tls-auth", "tls-crypt" or "tls-crypt-v2".
+    hmac_size: tls-auth HMAC length in bytes.
+    decrypted: tls-crypt only - the bytes after the tag are the plaintext
+        (as ``wrap.TLSCrypt.unwrap`` returns them), so they are dissected.
+    """
+
+    kind: str = "none"
+    hmac_size: int = 20
+    decrypted: bool = False
+
+    @classmethod
+    def tls_auth(cls, digest_or_size="SHA1"):
+        size = digest_or_size if isinstance(digest_or_size, int) else HMAC_SIZES[digest_or_size.upper()]
+        return cls("tls-auth", hmac_size=size)
+
+    @property
+    def is_tls_crypt(self):
+        return self.kind in ("tls-crypt", "tls-crypt-v2")
+
+    @property
+    def hides_control_fields(self):
+        """True when ACKs, message packet-id and payload are encrypted."""
+        return self.is_tls_crypt and not self.decrypted
+
+    def __str__(self):
+        if self.kind == "tls-auth":
+            return f"tls-auth {_DIGEST_BY_SIZE.get(self.hmac_size, f'{self.hmac_size}-byte')}"
+        return self.kind + (" (decrypted)" if self.decrypted else "")
+
+
+PLAIN = Wrapping()
+_DIGEST_BY_SIZE = {size: digest for digest, size in HMAC_SIZES.items()}
+
+
+class MalformedPacket(ValueError):
+    """Raised while dissecting bytes that cannot be what their opcode says."""
