@@ -244,7 +244,8 @@ def _reader_options(options):
         client_key_direction=direction)
     wrapping = options["wrapping"]
     candidates = candidates_for(wrapping, digest) if (wrapping or digest) else None
-    return Options(ports=options["ports"], candidates=candidates, keys=keys, sessions=options["sessions"])
+    return Options(ports=options["ports"], candidates=candidates, keys=keys, sessions=options["sessions"],
+                   tls_details=options["verbose"])
 
 
 class _Output:

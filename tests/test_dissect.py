@@ -299,3 +299,17 @@ def test_auth_and_wrapping_override_the_inference():
     _, records = dissect(CAPTURES / "udp-tls-auth-sha1.pcap", candidates=[__import__("ovpndiag.layers").layers.Wrapping.tls_auth("SHA256")])
     assert {r.get("hmac_size") for r in records if "wrapping" in r} == {32}
     assert any("malformed" in r for r in records)
+
+
+def test_certificates_and_tls_handshake_where_visible():
+    """TLS 1.2 shows the certificates: -V and --sessions name subject, issuer, validity."""
+    sessions = ovpndiag("dissect", CAPTURES / "udp-tls12.pcap", "--sessions", "--json")
+    summary = json.loads(sessions.stdout.splitlines()[0])
+    assert summary["tls_version"] == "TLS 1.2" and summary["tls_cipher_suite"].startswith("TLS_ECDHE")
+    server_chain = summary["certificates"]["server"]
+    assert server_chain[0]["subject"].startswith("CN=ovpndiag-test-server")
+    assert server_chain[0]["issuer"].startswith("CN=ovpndiag-test-ca") and server_chain[0]["not_after"]
+    tree = ovpndiag("dissect", CAPTURES / "udp-tls12.pcap", "-V")
+    assert "TLS: Certificate" in tree.stdout and "CN=ovpndiag-test-server" in tree.stdout
+    tls13 = json.loads(ovpndiag("dissect", CAPTURES / "udp-plain.pcap", "--sessions", "--json").stdout)
+    assert tls13["tls_version"] == "TLS 1.3" and "certificates" not in tls13

@@ -42,11 +42,13 @@ UNKNOWN, OPENVPN, OTHER = "unknown", "openvpn", "other"
 
 
 class Options:
-    def __init__(self, ports=(), candidates=None, keys: Optional[KeyRing] = None, sessions: bool = True):
+    def __init__(self, ports=(), candidates=None, keys: Optional[KeyRing] = None, sessions: bool = True,
+                 tls_details: bool = False):
         self.ports = {OPENVPN_PORT, *ports}
         self.candidates = candidates  # wrappings a flow may have (infer.candidates_for); None: any
         self.keys = keys or KeyRing()
         self.sessions = sessions  # keep per-session summaries (--sessions)
+        self.tls_details = tls_details  # parse TLS messages (versions, suites, certificates) for -V
 
 
 class Session:
@@ -81,6 +83,21 @@ class Session:
             self.tls[name] += 1
         self.malformed += "malformed" in record
 
+    def _handshake(self, flow):
+        """What the first key's TLS handshake shows: version, cipher suite, certificates."""
+        found = {}
+        for (sender, key_id, session_id), stream in flow.tls.items():
+            if not stream or key_id != 0 or session_id not in (self.client_session_id, self.server_session_id):
+                continue
+            for detail in stream.details():
+                if "version" in detail and "cipher_suite" in detail:
+                    found["tls_version"], found["tls_cipher_suite"] = detail["version"], detail["cipher_suite"]
+                if detail.get("certificates"):
+                    found.setdefault("certificates", {})[sender] = detail["certificates"]
+                if "description" in detail and "level" in detail:
+                    found.setdefault("alerts", []).append(f"{sender}: {detail['level']} {detail['description']}")
+        return found
+
     @property
     def data_channel(self):
         return bool(self.packets["P_DATA_V2"] or self.packets["P_DATA_V1"])
@@ -107,6 +124,7 @@ class Session:
             summary["key_directions"] = dict(self.key_directions)
         if self.tls:
             summary["tls"] = dict(self.tls)
+            summary.update(self._handshake(flow))
         if self.malformed:
             summary["malformed"] = self.malformed
         if flow.keys is not None and self.client_session_id in flow.keys.v2_metadata:
@@ -428,6 +446,8 @@ class Reader:
         names = stream.add(record["message_packet_id"], wire[offset:offset + length], record["frame"])
         if names:
             record["tls"] = names
+            if self.options.tls_details:
+                record["_tls_details"] = [d for d in stream.details() if d["frame"] == record["frame"]]
 
     def _count(self, flow, sender, record):
         """--sessions: add the packet to its session's summary."""

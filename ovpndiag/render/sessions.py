@@ -33,6 +33,14 @@ def session_text(number: int, summary: dict) -> str:
     if "tls" in summary:
         lines.append("  TLS: " + ", ".join(f"{name} x{count}" if count > 1 else name
                                          for name, count in summary["tls"].items()))
+    if "tls_version" in summary:
+        lines.append(f"  TLS handshake: {summary['tls_version']}, {summary['tls_cipher_suite']}")
+    for side, chain in sorted(summary.get("certificates", {}).items()):
+        for certificate in chain:
+            lines.append(f"  {side} certificate: {certificate['subject']} (issuer {certificate['issuer']}, "
+                         f"valid {certificate['not_before']} to {certificate['not_after']})")
+    for alert in summary.get("alerts", ()):
+        lines.append(f"  TLS alert from {alert}")
     if summary.get("malformed"):
         lines.append(f"  malformed packets: {summary['malformed']}")
     return "\n".join(lines)

@@ -37,7 +37,8 @@ def packet_tree(record: dict) -> str:
     for name in record.get("tls", ()):
         lines.append(f"    TLS: {name}")
     for detail in record.get("_tls_details", ()):
-        lines.append("        " + ", ".join(f"{k}: {v}" for k, v in detail.items()))
+        shown = {k: v for k, v in detail.items() if k not in ("frame", "name", "packet_ids")}
+        lines.append(f"        {detail['name']}: " + ", ".join(f"{k}: {v}" for k, v in shown.items()))
     return "\n".join(lines)
 
 
