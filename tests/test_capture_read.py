@@ -76,7 +76,7 @@ def test_tcp_streams_end_and_are_numbered_per_connection(name):
 
 TSHARK_FIELDS = ["frame.number", "frame.time_epoch", "frame.len", "frame.cap_len",
                  "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "udp.srcport", "udp.dstport",
-                 "icmp.type", "icmpv6.type"]
+                 "icmp.type", "icmpv6.type", "frame.protocols", "ip.flags.mf", "ip.frag_offset"]
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,25 @@ def test_udp_addresses_and_ports_match_tshark(name, tshark_frames):
     got = [(d.frame, d.src, d.dst, d.sport, d.dport)
            for d in read_transport(CAPTURES / name) if d.transport == "udp"]
     assert got == expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_skipped_frames_and_fragments_are_counted_as_tshark_sees_them(name, tshark_frames):
+    """ARP is not IP; ICMP(v6) - also behind IPv6 hop-by-hop options (MLD) - is IP but
+    neither UDP nor TCP; IP fragments are counted, and each datagram is reassembled in
+    the frame where tshark reassembles it."""
+    transport = Transport()
+    datagrams = list(read_transport(CAPTURES / name, transport))
+    counts = transport.counts
+    rows = tshark_frames[name]
+    protocols = [row["frame.protocols"].split(":") for row in rows]
+    fragment = [row["ip.flags.mf"] == "1" or row["ip.frag_offset"] not in ("", "0")
+                or "ipv6.fraghdr" in p for row, p in zip(rows, protocols)]
+    assert counts.non_ip == sum("ip" not in p and "ipv6" not in p for p in protocols)
+    assert counts.other_protocol == sum("icmp" in p or "icmpv6" in p for p in protocols)
+    assert counts.fragments == sum(fragment)
+    reassembled = [n for n, (p, f) in enumerate(zip(protocols, fragment), start=1) if f and "udp" in p]
+    assert counts.reassembled == len(reassembled)
+    assert set(reassembled) <= {d.frame for d in datagrams if d.transport == "udp"}
+    assert bool(reassembled) == BY_NAME[name]["fragmented"]
+    assert counts.frames == len(rows) and counts.skipped == counts.non_ip + counts.other_protocol

@@ -81,7 +81,7 @@ def _scan_file(f, name: str):
     if not head:
         raise CaptureError(f"{name}: empty file, not a pcap or pcapng capture")
     if len(head) < 4:
-        raise CaptureError(f"{name}: not a pcap or pcapng file ({len(head)} bytes)")
+        raise CaptureError(f"{name}: {len(head)} bytes, too short for a pcap or pcapng file")
     magic = struct.unpack_from("<I", head)[0]
     if magic == _PCAPNG_SHB:
         yield from _scan_pcapng(f, name, head)
@@ -160,7 +160,7 @@ def _scan_pcapng(f, name, head):
             btype, blen = struct.unpack_from(endian + "II", buf, off)
             if btype == _PCAPNG_SHB:
                 # A new section: its byte order may differ from the previous one's.
-                bom = u32(buf, off + 8)[0]
+                bom = struct.unpack_from("<I", buf, off + 8)[0]
                 if bom == _BYTE_ORDER_MAGIC:
                     endian = "<"
                 elif bom == 0x4D3C2B1A:

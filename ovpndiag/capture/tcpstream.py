@@ -97,6 +97,8 @@ class StreamReassembler:
             return out
 
         out = []
+        self._expire(out)                                   # idle streams end before new events
+        st = streams.get(key)
         if flags & RST:
             # A reset ends the connection in both directions.
             for k in (key, (key[2], key[3], key[0], key[1])):
@@ -152,7 +154,6 @@ class StreamReassembler:
         if st.fin is not None and st.pos >= st.fin and not st.heap:
             del streams[key]
             self._finish(key, st, out)
-        self._expire(out)
         return out
 
     # ------------------------------------------------------------------ helpers

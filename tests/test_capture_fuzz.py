@@ -1,0 +1,94 @@
+"""Mangled real capture files through the whole capture reader: a clear CaptureError
+or a clean read, never another exception; whatever precedes the damage comes out."""
+
+import io
+import random
+import struct
+
+from captures import CAPTURES, MANIFEST
+from ovpndiag.capture import CaptureError, Transport, read_frames, read_transport
+
+FILES = {c["file"]: (CAPTURES / c["file"]).read_bytes() for c in MANIFEST}
+
+
+def mangle(data, rng):
+    data = bytearray(data)
+    kind = rng.randrange(6)
+    if kind == 0:                                   # random bytes changed
+        for _ in range(rng.randint(1, 12)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif kind == 1:                                 # a length-sized field set to an extreme
+        at = rng.randrange(0, len(data) - 4)
+        data[at:at + 4] = struct.pack("<I", rng.choice([0, 1, 7, 2**31, 2**32 - 1, rng.randrange(2**32)]))
+    elif kind == 2:                                 # cut anywhere
+        del data[rng.randrange(len(data)):]
+    elif kind == 3:                                 # a slice repeated or removed
+        a = rng.randrange(len(data))
+        b = min(len(data), a + rng.randint(1, 400))
+        data[a:a] = data[a:b] if rng.random() < 0.5 else b""
+        if rng.random() < 0.5:
+            del data[a:b]
+    elif kind == 4:                                 # garbage appended or inserted
+        at = rng.randrange(len(data) + 1)
+        data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    else:                                           # the header mangled
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(min(len(data), 64))] = rng.randrange(256)
+    return bytes(data)
+
+
+def test_mangled_captures_raise_only_capture_errors():
+    rng = random.Random(20240601)
+    names = sorted(FILES)
+    outcomes = {"clean": 0, "error": 0}
+    for case in range(5000):
+        name = names[case % len(names)]
+        f = io.BytesIO(mangle(FILES[name], rng))
+        f.name = name
+        transport = Transport()
+        try:
+            for d in read_transport(f, transport):
+                assert isinstance(d.payload, bytes)
+            outcomes["clean"] += 1
+        except CaptureError as e:
+            message = str(e)
+            assert message.startswith(name + ": ") and "\n" not in message, message
+            outcomes["error"] += 1
+    assert outcomes["clean"] > 500 and outcomes["error"] > 500
+
+
+def complete_frames_before(data, cut):
+    """How many frames of a file lie wholly before byte ``cut`` (walking its records)."""
+    if data[:4] == b"\x0a\x0d\x0d\x0a":                   # pcapng (little-endian, as dumpcap writes)
+        count, off = 0, 0
+        while off + 12 <= len(data):
+            block_type, length = struct.unpack("<II", data[off:off + 8])
+            if off + length > cut:
+                break
+            count += block_type in (2, 3, 6)
+            off += length
+        return count
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    count, off = 0, 24
+    while off + 16 <= len(data):
+        off += 16 + struct.unpack(endian + "I", data[off + 8:off + 12])[0]
+        if off > cut:
+            break
+        count += 1
+    return count
+
+
+def test_a_cut_file_yields_exactly_the_frames_before_the_cut():
+    rng = random.Random(7)
+    for name, data in sorted(FILES.items()):
+        whole = list(read_frames(io.BytesIO(data)))
+        for cut in [rng.randrange(len(data)) for _ in range(20)] + [len(data)]:
+            got = []
+            try:
+                for frame in read_frames(io.BytesIO(data[:cut])):
+                    got.append(frame)
+            except CaptureError as e:
+                assert (f"frame {len(got) + 1}:" in str(e) or "empty file" in str(e) or "too short" in str(e)
+                        or "file header truncated" in str(e))
+            assert got == whole[:len(got)]
+            assert len(got) == complete_frames_before(data, cut)
