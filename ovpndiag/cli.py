@@ -270,6 +270,7 @@ class _Output:
             self.render = line.packet_line
         self.jsonl, self.session_render = jsonl, session_render
         self.write = sys.stdout.write
+        self.pending = []
 
     @property
     def full(self):
@@ -279,14 +280,21 @@ class _Output:
         if self.sessions:
             self.count += len(records)
             return
-        render, write = self.render, self.write
-        for record in records:
-            if self.limit is not None and self.count >= self.limit:
-                return
-            self.count += 1
-            write(render(record) + "\n")
+        if self.limit is not None:
+            records = records[:max(0, self.limit - self.count)]
+        self.count += len(records)
+        self.pending.extend(map(self.render, records))
+        if len(self.pending) >= 4096:
+            self.flush()
+
+    def flush(self):
+        """Lines go out in batches: one write per line costs more than the rest of the line."""
+        if self.pending:
+            self.write("\n".join(self.pending) + "\n")
+            self.pending.clear()
 
     def summaries(self, reader):
+        self.flush()
         if not self.sessions:
             return
         for number, session in enumerate(reader.sessions(), start=1):
@@ -340,16 +348,17 @@ def dissect(files, write_decrypted, **options):
                 for number, datagram in enumerate(read_transport(path, transport), start=1):
                     records = reader.feed(datagram)
                     if writer is not None:
-                        records = _write_decrypted(records, writer)
+                        records = list(_write_decrypted(records, writer))
                     output.packets(records)
                     if output.full:
                         break
                     if number % 200000 == 0:
                         _progress(transport.counts.frames, output.count)
                 else:
-                    output.packets(_write_decrypted(reader.finish(), writer) if writer else reader.finish())
+                    output.packets(list(_write_decrypted(reader.finish(), writer)) if writer else reader.finish())
             except CaptureError as error:
                 output.packets(reader.finish())
+                output.flush()
                 click.echo(f"ovpndiag: error: {error}", err=True)
                 failed = True
             except BrokenPipeError:
@@ -422,6 +431,7 @@ def sniff(interface, duration, write_path, **options):
                 writer.write_ip(stamp, packet)
             for datagram in transport.feed(number, stamp, linktype, packet):
                 output.packets(reader.feed(datagram))
+            output.flush()  # live: show each packet as it comes
             sys.stdout.flush()
     except KeyboardInterrupt:
         interrupted = True
@@ -431,6 +441,7 @@ def sniff(interface, duration, write_path, **options):
             writer.close()
     output.packets(reader.finish())
     output.summaries(reader)
+    sys.stdout.flush()
     sessions = reader.sessions()
     click.echo(f"{'interrupted: ' if interrupted else ''}{transport.counts.frames} frames, {output.count} OpenVPN "
                f"packets in {len(sessions)} session{'s' if len(sessions) != 1 else ''}"
