@@ -297,8 +297,7 @@ class _Output:
         self.flush()
         if not self.sessions:
             return
-        for number, session in enumerate(reader.sessions(), start=1):
-            summary = session.to_dict()
+        for number, summary in enumerate(reader.summaries(), start=1):
             if self.as_json:
                 if self.many:
                     summary["file"] = self.file
@@ -442,7 +441,7 @@ def sniff(interface, duration, write_path, **options):
     output.packets(reader.finish())
     output.summaries(reader)
     sys.stdout.flush()
-    sessions = reader.sessions()
+    sessions = reader.summaries()
     click.echo(f"{'interrupted: ' if interrupted else ''}{transport.counts.frames} frames, {output.count} OpenVPN "
                f"packets in {len(sessions)} session{'s' if len(sessions) != 1 else ''}"
                + (f", {reader.not_openvpn} other payloads skipped" if reader.not_openvpn else ""), err=True)

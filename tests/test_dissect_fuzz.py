@@ -48,8 +48,8 @@ def run_reader(datagrams, keys, tree_every=0):
         packet_json(record)
         if tree_every and number % tree_every == 0:
             packet_tree(record)
-    for number, session in enumerate(reader.sessions(), start=1):
-        session_text(number, session.to_dict())
+    for number, summary in enumerate(reader.summaries(), start=1):
+        session_text(number, summary)
     return records
 
 

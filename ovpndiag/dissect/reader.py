@@ -1,8 +1,8 @@
 """From transport payloads to OpenVPN packet records, flow by flow.
 
 ``Reader.feed(datagram)`` takes what ``ovpndiag.capture`` delivers (UDP
-payloads, in-order TCP stream bytes) and yields one record per OpenVPN packet,
-in capture order. On the way it:
+payloads, in-order TCP stream bytes) and returns the records of the OpenVPN
+packets it completes, one per packet, in capture order. On the way it:
 
 - decides which flows are OpenVPN: UDP/TCP port 1194 and the ports given are;
   a flow on any other port is held back until its own packets show it (a client
@@ -173,7 +173,7 @@ class Reader:
         self.options = options or Options()
         self.flows: Dict[tuple, Flow] = {}  # one flow per (transport, endpoint, endpoint)
         self.directions: Dict[tuple, tuple] = {}  # (src, sport, dst, dport, transport) -> (flow, sender)
-        self.ended: List[Session] = []  # sessions of expired flows, for --sessions to print
+        self.ended: List[dict] = []  # summaries of the sessions of expired flows
         self.datagrams = 0
         self.queue = collections.deque()  # (flow, frame, time, sender, data)
         self.first_time = None
@@ -211,9 +211,10 @@ class Reader:
                 flow.inference.best_guess()
         return self._drain()
 
-    def sessions(self) -> List[Session]:
-        """Every session: those of expired flows first, then the open ones."""
-        return self.ended + [s for flow in self.flows.values() for s in flow.sessions.values()]
+    def summaries(self) -> List[dict]:
+        """One summary per session (``Session.to_dict``): those of expired flows
+        first, then the open ones."""
+        return self.ended + [s.to_dict() for flow in self.flows.values() for s in flow.sessions.values()]
 
     def _flow(self, datagram):
         a, b = (datagram.src, datagram.sport), (datagram.dst, datagram.dport)
@@ -248,8 +249,8 @@ class Reader:
             del self.flows[flow.key]
             for key in flow.direction_keys:
                 self.directions.pop(key, None)
-            if self.options.sessions:
-                self.ended.extend(flow.sessions.values())
+            if self.options.sessions:  # summed up now, so the flow's state can go
+                self.ended.extend(session.to_dict() for session in flow.sessions.values())
 
     def _tcp(self, flow, datagram, sender):
         buffered = b"" if datagram.gap else flow.streams[sender]  # after a gap, frames restart unknown

@@ -37,8 +37,11 @@ def session_text(number: int, summary: dict) -> str:
         lines.append(f"  TLS handshake: {summary['tls_version']}, {summary['tls_cipher_suite']}")
     for side, chain in sorted(summary.get("certificates", {}).items()):
         for certificate in chain:
-            lines.append(f"  {side} certificate: {certificate['subject']} (issuer {certificate['issuer']}, "
-                         f"valid {certificate['not_before']} to {certificate['not_after']})")
+            if "subject" not in certificate:  # a certificate that could not be parsed says why
+                lines.append(f"  {side} certificate: {certificate.get('problem', 'unreadable')}")
+                continue
+            lines.append(f"  {side} certificate: {certificate['subject']} (issuer {certificate.get('issuer')}, "
+                         f"valid {certificate.get('not_before')} to {certificate.get('not_after')})")
     for alert in summary.get("alerts", ()):
         lines.append(f"  TLS alert from {alert}")
     if summary.get("malformed"):
