@@ -92,3 +92,16 @@ def test_a_cut_file_yields_exactly_the_frames_before_the_cut():
                         or "file header truncated" in str(e))
             assert got == whole[:len(got)]
             assert len(got) == complete_frames_before(data, cut)
+
+
+def test_mangled_captures_read_the_same_on_the_fused_and_the_general_path():
+    from test_capture_read import fast_path, general_path
+
+    rng = random.Random(77)
+    classic = sorted(name for name, data in FILES.items() if not data.startswith(b"\x0a\x0d\x0d\x0a"))
+    for case in range(1500):
+        name = classic[case % len(classic)]
+        data = mangle(FILES[name], rng)
+        fast, general = fast_path(io.BytesIO(data)), general_path(io.BytesIO(data))
+        assert fast[0] == general[0] and fast[1] == general[1], (name, case)
+        assert fast[2].as_dict() == general[2].as_dict()

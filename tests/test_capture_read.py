@@ -159,3 +159,40 @@ def test_skipped_frames_and_fragments_are_counted_as_tshark_sees_them(name, tsha
     assert set(reassembled) <= {d.frame for d in datagrams if d.transport == "udp"}
     assert bool(reassembled) == BY_NAME[name]["fragmented"]
     assert counts.frames == len(rows) and counts.skipped == counts.non_ip + counts.other_protocol
+
+
+def general_path(source):
+    """What the reader gives when every frame takes the general path: pcapfile's frames
+    fed one at a time to a Transport (as when sniffing), then flushed."""
+    from ovpndiag.capture import CaptureError
+
+    transport, out, last = Transport(), [], (0, 0.0)
+    try:
+        for frame in read_frames(source):
+            out += transport.feed(frame.number, frame.time, frame.linktype, frame.data)
+            last = (frame.number, frame.time)
+    except CaptureError as e:
+        return out + transport.flush(*last), str(e), transport.counts
+    return out + transport.flush(*last), None, transport.counts
+
+
+def fast_path(source):
+    from ovpndiag.capture import CaptureError
+
+    transport, out = Transport(), []
+    try:
+        for d in read_transport(source, transport):
+            out.append(d)
+    except CaptureError as e:
+        return out, str(e), transport.counts
+    return out, None, transport.counts
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_fused_loop_gives_what_the_general_path_gives(name):
+    """read_transport decodes most frames of a classic pcap in one fused loop; frame by
+    frame through Transport.feed (the sniffing path) must give the very same."""
+    fast, error, counts = fast_path(CAPTURES / name)
+    general, general_error, general_counts = general_path(CAPTURES / name)
+    assert fast == general and error is general_error is None
+    assert counts.as_dict() == general_counts.as_dict()

@@ -8,6 +8,7 @@ and the frame - only after every frame before the damage has been yielded, so a
 caller can print what was readable and then the error.
 """
 
+import contextlib
 import os
 import struct
 from typing import BinaryIO, Iterator, NamedTuple, Tuple, Union
@@ -56,9 +57,15 @@ def read_frames(source: Source) -> Iterator[Frame]:
 def scan(source: Source) -> Iterator[Tuple[int, float, int, bytes, int]]:
     """``read_frames`` as plain ``(number, time, linktype, data, orig_len)`` tuples: the
     fast path for readers that unpack each record at once anyway."""
+    with opened(source) as (f, name):
+        yield from records(f, name, read_header(f, name))
+
+
+@contextlib.contextmanager
+def opened(source: Source):
+    """``(binary file, name for messages)``; a path is opened (and closed) here."""
     if hasattr(source, "read"):
-        name = str(getattr(source, "name", "<capture>"))
-        yield from _scan_file(source, name)
+        yield source, str(getattr(source, "name", "<capture>"))
         return
     name = os.fspath(source)
     try:
@@ -66,50 +73,83 @@ def scan(source: Source) -> Iterator[Tuple[int, float, int, bytes, int]]:
     except OSError as e:
         raise CaptureError(f"{name}: {e.strerror or e}") from None
     with f:
-        yield from _scan_file(f, name)
+        yield f, name
 
 
-def _read(f, name: str, size: int) -> bytes:
-    try:
-        return f.read(size)
-    except OSError as e:
-        raise CaptureError(f"{name}: read error: {e.strerror or e}") from None
+class Header(NamedTuple):
+    format: str         # "pcap" or "pcapng"
+    endian: str         # struct byte order of a classic pcap's records
+    units: int          # a classic pcap's timestamp fractions per second
+    linktype: int       # a classic pcap's link type
+    data: bytes         # the bytes read so far
 
 
-def _scan_file(f, name: str):
-    head = _read(f, name, 24)
+def read_header(f, name: str) -> Header:
+    """The file's format from its first bytes (which a pcapng reader reads again)."""
+    head = read(f, name, 24)
     if not head:
         raise CaptureError(f"{name}: empty file, not a pcap or pcapng capture")
     if len(head) < 4:
         raise CaptureError(f"{name}: {len(head)} bytes, too short for a pcap or pcapng file")
     magic = struct.unpack_from("<I", head)[0]
     if magic == _PCAPNG_SHB:
-        yield from _scan_pcapng(f, name, head)
-    elif magic in _PCAP_MAGIC:
-        yield from _scan_pcap(f, name, head, *_PCAP_MAGIC[magic])
-    elif magic in (0xA1B2CD34, 0x34CDB2A1):
+        return Header("pcapng", "<", 0, 0, head)
+    if magic in (0xA1B2CD34, 0x34CDB2A1):
         raise CaptureError(f"{name}: modified (Kuznetzov) pcap format is not supported")
-    else:
+    if magic not in _PCAP_MAGIC:
         raise CaptureError(f"{name}: not a pcap or pcapng file")
+    if len(head) < 24:
+        raise CaptureError(f"{name}: pcap file header truncated ({len(head)} of 24 bytes)")
+    endian, units = _PCAP_MAGIC[magic]
+    # The upper bits of the link-type field carry FCS information, not the link type.
+    return Header("pcap", endian, units, struct.unpack_from(endian + "I", head, 20)[0] & 0xFFFF, head)
+
+
+def records(f, name: str, header: Header):
+    """``scan``'s records of an opened file whose header has been read."""
+    if header.format == "pcapng":
+        return _scan_pcapng(f, name, header.data)
+    return _scan_pcap(f, name, header)
+
+
+def read(f, name: str, size: int) -> bytes:
+    try:
+        return f.read(size)
+    except OSError as e:
+        raise CaptureError(f"{name}: read error: {e.strerror or e}") from None
+
+
+# The errors of a classic pcap record, shared with the fast path (transport.py).
+
+def record_too_long(name: str, number: int, incl: int) -> CaptureError:
+    return CaptureError(f"{name}: frame {number}: corrupt record: captured length "
+                        f"{incl} exceeds {MAX_PACKET} bytes")
+
+
+def record_cut(name: str, number: int, buf: bytes, off: int, endian: str) -> CaptureError:
+    """The file ended inside the record at ``buf[off:]``."""
+    left = len(buf) - off
+    if left < 16:
+        return CaptureError(f"{name}: frame {number}: record header truncated "
+                            f"(file ends {left} bytes into the 16-byte header)")
+    incl = struct.unpack_from(endian + "I", buf, off + 8)[0]
+    return CaptureError(f"{name}: frame {number}: record truncated (file ends "
+                        f"{left - 16} bytes into a {incl}-byte packet)")
 
 
 # --------------------------------------------------------------------------- classic pcap
 
-def _scan_pcap(f, name, head, endian, units):
-    if len(head) < 24:
-        raise CaptureError(f"{name}: pcap file header truncated ({len(head)} of 24 bytes)")
-    # The upper bits of the link-type field carry FCS information, not the link type.
-    linktype = struct.unpack_from(endian + "I", head, 20)[0] & 0xFFFF
-    record = struct.Struct(endian + "IIII").unpack_from
+def _scan_pcap(f, name, header):
+    linktype, units = header.linktype, header.units
+    record = struct.Struct(header.endian + "IIII").unpack_from
     buf, off, number = b"", 0, 0
     while True:
-        # Cut every complete record out of the buffer; this loop is the hot path.
+        # Cut every complete record out of the buffer.
         end = len(buf)
         while end - off >= 16:
             sec, frac, incl, orig = record(buf, off)
             if incl > MAX_PACKET:
-                raise CaptureError(f"{name}: frame {number + 1}: corrupt record: captured length "
-                                   f"{incl} exceeds {MAX_PACKET} bytes")
+                raise record_too_long(name, number + 1, incl)
             start = off + 16
             stop = start + incl
             if stop > end:
@@ -118,17 +158,11 @@ def _scan_pcap(f, name, head, endian, units):
             # One correctly rounded division: exact to the microsecond, like tshark prints it.
             yield number, (sec * units + frac) / units, linktype, buf[start:stop], orig
             off = stop
-        chunk = _read(f, name, CHUNK)
+        chunk = read(f, name, CHUNK)
         if not chunk:
-            left = end - off
-            if left == 0:
-                return
-            if left < 16:
-                raise CaptureError(f"{name}: frame {number + 1}: record header truncated "
-                                   f"(file ends {left} bytes into the 16-byte header)")
-            incl = record(buf, off)[2]
-            raise CaptureError(f"{name}: frame {number + 1}: record truncated (file ends "
-                               f"{left - 16} bytes into a {incl}-byte packet)")
+            if off < end:
+                raise record_cut(name, number + 1, buf, off, header.endian)
+            return
         buf = buf[off:] + chunk if off < end else chunk
         off = 0
 
@@ -228,7 +262,7 @@ def _scan_pcapng(f, name, head):
                        buf[off + 28:off + 28 + incl], orig)
             # Other blocks (name resolution, statistics, secrets, custom) say nothing about frames.
             off = stop
-        chunk = _read(f, name, CHUNK)
+        chunk = read(f, name, CHUNK)
         if not chunk:
             left = end - off
             if left == 0:
