@@ -84,6 +84,15 @@ def test_a_fin_before_the_last_bytes_waits_for_them():
     assert r.streams == 0
 
 
+def test_a_bare_fin_ahead_of_the_last_bytes_ends_the_stream_when_they_come():
+    r = StreamReassembler()
+    feed(r, A, 0, SYN)
+    assert feed(r, A, 1, ACK, b"abc") == [(A, b"abc", 0, False)]
+    assert feed(r, A, 7, ACK | FIN) == []                            # bytes 4-6 still to come
+    assert feed(r, A, 4, ACK, b"def") == [(A, b"def", 0, True)]
+    assert r.streams == 0
+
+
 def test_rst_ends_both_directions():
     r = StreamReassembler()
     feed(r, A, 0, SYN)

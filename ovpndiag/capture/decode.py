@@ -44,23 +44,24 @@ _ipv4_head = struct.Struct("!BxHHHxB").unpack_from        # ver/ihl, total, id, 
 _ipv6_head = struct.Struct("!IHB").unpack_from            # ver/class/flow, payload length, next header
 _udp_head = struct.Struct("!HHH").unpack_from
 _tcp_head = struct.Struct("!HHI4xH").unpack_from
-_u16 = struct.Struct("!H").unpack_from
 _u32_le = struct.Struct("<I").unpack_from
 _u32_be = struct.Struct("!I").unpack_from
 
 # Address strings, cached by the raw (source + destination) address bytes: a capture
 # has few hosts, and formatting costs more than everything else done per packet.
-_names = {}
+# Readers look up ``NAMES.get(addrs) or name_pair(addrs)``, which saves a call per packet.
+NAMES = {}
 _NAMES_MAX = 1 << 14
 
 
-def _ntop(addrs):
+def name_pair(addrs):
+    """(source, destination) strings of 8 (IPv4) or 32 (IPv6) address bytes, cached."""
     half = len(addrs) // 2
     family = socket.AF_INET if half == 4 else socket.AF_INET6
     pair = (socket.inet_ntop(family, addrs[:half]), socket.inet_ntop(family, addrs[half:]))
-    if len(_names) >= _NAMES_MAX:
-        _names.clear()
-    _names[addrs] = pair
+    if len(NAMES) >= _NAMES_MAX:
+        NAMES.clear()
+    NAMES[addrs] = pair
     return pair
 
 
@@ -76,7 +77,7 @@ def decode(linktype, data):
                 ethertype, vihl, total, frag, protocol, addrs, sport, dport, length = _fast_ether_udp(data)
                 if (ethertype == 0x0800 and vihl == 0x45 and protocol == 17 and not frag & 0x3FFF
                         and 8 <= length <= total - 20 and 14 + total <= len(data)):
-                    names = _names.get(addrs) or _ntop(addrs)
+                    names = NAMES.get(addrs) or name_pair(addrs)
                     return UDP, names[0], names[1], sport, dport, data[42:34 + length], 0
             ethertype = (data[12] << 8) | data[13]
             offset = 14
@@ -181,7 +182,7 @@ def _transport(protocol, addrs, data, o, end, cut):
             stop = end
         else:
             cut = 0                                         # the cut was past the datagram
-        names = _names.get(addrs) or _ntop(addrs)
+        names = NAMES.get(addrs) or name_pair(addrs)
         return UDP, names[0], names[1], sport, dport, data[o + 8:stop], cut
     if protocol == 6:
         if o + 20 > end:
@@ -190,7 +191,7 @@ def _transport(protocol, addrs, data, o, end, cut):
         header = (offset_flags >> 10) & 0x3C
         if header < 20 or o + header > end:
             return UNDECODABLE
-        names = _names.get(addrs) or _ntop(addrs)
+        names = NAMES.get(addrs) or name_pair(addrs)
         return TCP, names[0], names[1], sport, dport, data[o + header:end], cut, seq, offset_flags & 0x3F
     return OTHER_PROTOCOL
 

@@ -85,7 +85,7 @@ class StreamReassembler:
         length = len(payload) + cut
         # The common case, kept short: the next bytes of a known stream, nothing pending.
         if (st is not None and not flags & 7 and not cut and not st.heap and not st.gap
-                and seq == st.pos & MASK):
+                and st.fin is None and seq == st.pos & MASK):
             st.last_seen = self._now
             streams.move_to_end(key)
             if not payload:

@@ -7,12 +7,10 @@ takes frames one at a time (live sniffing) and keeps the same state. Skipped
 frames are counted in ``Counts`` for a summary.
 """
 
+import struct
 from typing import Iterator, List, NamedTuple, Optional
 
-import struct
-
-from . import decode as decode_module
-from .decode import ETHERNET, FRAGMENT, TCP, UDP, decode, decode_reassembled
+from .decode import ETHERNET, FRAGMENT, NAMES, TCP, UDP, decode, decode_reassembled, name_pair
 from .ipfrag import Defragmenter
 from .pcapfile import (CHUNK, MAX_PACKET, CaptureError, Source, opened, read, read_header, record_cut,
                        record_too_long, records)
@@ -142,8 +140,10 @@ def read_transport(source: Source, transport: Optional[Transport] = None) -> Ite
     """Every UDP datagram and every run of new TCP stream bytes in a capture, in capture order.
 
     ``source`` is a path or a binary file object. Pass a ``Transport`` to read its
-    ``counts`` afterwards (or to set limits). A damaged file raises ``CaptureError``
-    after everything readable before the damage has been yielded."""
+    ``counts`` afterwards (or to set limits). At the end of the file (or of what is
+    readable) every TCP stream still open ends: its held bytes after their gap, then a
+    Datagram with ``end`` set, numbered with the last frame. A damaged file raises
+    ``CaptureError`` after everything readable before the damage has been yielded."""
     tr = transport or Transport()
     position = [0, 0.0]                 # the last frame read and its time, for flush()
     with opened(source) as (f, name):
@@ -187,7 +187,7 @@ def _read_pcap(f, name, header, tr, position):
     takes the general path (``decode`` and ``Transport``), and the tests prove both paths
     give the same on every real capture and on thousands of mangled files."""
     udp, other, segment, deliver = tr._udp, tr._other, tr.tcp.segment, tr._deliver
-    names, ntop = decode_module._names, decode_module._ntop
+    names = NAMES
     ethernet = header.linktype == ETHERNET
     linktype, units, endian = header.linktype, header.units, header.endian
     record = struct.Struct(endian + "IIII").unpack_from
@@ -213,7 +213,7 @@ def _read_pcap(f, name, header, tr, position):
                         if protocol == 17:
                             length = word >> 16
                             if 8 <= length <= total - 20:
-                                pair = names.get(addrs) or ntop(addrs)
+                                pair = names.get(addrs) or name_pair(addrs)
                                 fast_udp += 1
                                 yield new(Datagram, (number, time, pair[0], pair[1], sport, dport, UDP,
                                                      buf[start + 42:start + 34 + length], 0, 0, 0, False))
@@ -221,7 +221,7 @@ def _read_pcap(f, name, header, tr, position):
                         elif protocol == 6:
                             size = (flags >> 10) & 0x3C
                             if 20 <= size and 20 + size <= total:
-                                pair = names.get(addrs) or ntop(addrs)
+                                pair = names.get(addrs) or name_pair(addrs)
                                 fast_tcp += 1
                                 deliveries = segment((pair[0], sport, pair[1], dport), word, flags & 0x3F,
                                                      buf[start + 34 + size:start + 14 + total], 0, time)
