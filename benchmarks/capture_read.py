@@ -10,6 +10,7 @@ second and the child's peak RSS (``resource.getrusage``):
   udp        the UDP captures only: reading + decoding UDP, the hot path
   mixed      UDP and TCP captures together (TCP reassembly on every segment)
   udp x4     four times as many UDP packets: peak memory must not grow with the file
+  mixed x4   the same for the mixed capture (thousands of TCP connections)
 
     python3 benchmarks/capture_read.py [--packets 500000] [--runs 3] [--keep DIR]
 """
@@ -107,7 +108,7 @@ def main():
     folder = args.keep or Path(tempfile.mkdtemp(prefix="capture-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     cases = [("udp", ("udp",), args.packets), ("mixed", ("udp", "tcp"), args.packets),
-             ("udp x4", ("udp",), 4 * args.packets)]
+             ("udp x4", ("udp",), 4 * args.packets), ("mixed x4", ("udp", "tcp"), 4 * args.packets)]
     try:
         print(f"{'capture':8} {'frames':>9} {'MB':>6} {'datagrams':>10} {'packets/s':>10} "
               f"{'(cpu)':>10} {'peak RSS':>9}")

@@ -170,6 +170,19 @@ def test_idle_and_surplus_streams_are_evicted():
     assert out[-1][2] == b"late"
 
 
+def test_closed_streams_are_remembered_for_a_while_and_in_bounded_number():
+    r = StreamReassembler(max_closed=100, closed_timeout=120)
+    for port in range(1000):                                          # short connections, 1 s apart
+        key = ("h", port, "s", 1)
+        r.segment(key, 0, SYN, b"", 0, float(port))
+        r.segment(key, 1, ACK | FIN, b"data", 0, float(port))
+    assert r.streams == 0 and len(r._closed) == 100
+    late = ("h", 999, "s", 1)
+    assert r.segment(late, 1, ACK, b"data", 0, 1000.0) == []          # a late copy: nothing new
+    r.segment(("h", 5000, "s", 1), 0, SYN | FIN, b"", 0, 2000.0)      # much later
+    assert len(r._closed) == 1
+
+
 def test_flush_ends_every_stream_after_its_held_bytes():
     r = StreamReassembler()
     feed(r, A, 0, SYN)

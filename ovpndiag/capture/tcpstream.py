@@ -46,16 +46,20 @@ class _Stream:
 class StreamReassembler:
     """Per-direction TCP reassembly; see the module docstring."""
 
-    def __init__(self, max_streams: int = 65536, max_pending: int = 1 << 20,
+    # A stream costs about 400 bytes, a closed one remembered about 250: the defaults
+    # keep that under 10 MB. Closed streams are remembered 2 minutes (twice the MSL
+    # Linux assumes), long enough for every late retransmission.
+    def __init__(self, max_streams: int = 16384, max_pending: int = 1 << 20,
                  max_pending_total: int = 32 << 20, idle_timeout: float = 600.0,
-                 max_closed: int = 65536):
+                 max_closed: int = 16384, closed_timeout: float = 120.0):
         self.max_streams = max_streams
         self.max_pending = max_pending
         self.max_pending_total = max_pending_total
         self.idle_timeout = idle_timeout
         self.max_closed = max_closed
+        self.closed_timeout = closed_timeout
         self._streams = OrderedDict()       # key -> _Stream, least recently active first
-        self._closed = OrderedDict()        # key -> sequence number where a closed stream ended
+        self._closed = OrderedDict()        # key -> (sequence number where it ended, when), oldest first
         self._ids = 0
         self._arrivals = 0
         self._pending_total = 0
@@ -117,9 +121,9 @@ class StreamReassembler:
         elif st is None:
             if not length:
                 return out                                  # ACKs and FINs of nothing we know
-            end = self._closed.get(key)
-            if end is not None:
-                behind = (seq - end) & MASK
+            closed = self._closed.get(key)
+            if closed is not None:
+                behind = (seq - closed[0]) & MASK
                 if behind >= HALF and behind - (1 << 32) + length <= 0:
                     self.retransmitted += 1                 # late copy of a closed stream's bytes
                     return out
@@ -224,9 +228,10 @@ class StreamReassembler:
         else:
             out.append((key, st.id, b"", st.gap, True))
         closed = self._closed
-        closed[key] = st.pos & MASK
+        closed[key] = (st.pos & MASK, self._now)
         closed.move_to_end(key)
-        while len(closed) > self.max_closed:
+        horizon = self._now - self.closed_timeout
+        while closed and (len(closed) > self.max_closed or next(iter(closed.values()))[1] < horizon):
             closed.popitem(last=False)
 
     def _expire(self, out):
