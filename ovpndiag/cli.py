@@ -423,7 +423,7 @@ def sniff(interface, duration, write_path, **options):
     except _user_errors() as error:
         raise UserError(str(error)) from None
     output, reader, transport = _Output(options, False), Reader(reader_options), Transport()
-    interrupted = False
+    interrupted, number, stamp = False, 0, 0.0
     try:
         for number, stamp, linktype, packet in frames(sock, duration, lambda: output.full):
             if writer is not None:
@@ -438,6 +438,8 @@ def sniff(interface, duration, write_path, **options):
         sock.close()
         if writer is not None:
             writer.close()
+    for datagram in transport.flush(number, stamp):  # TCP bytes still held, and stream ends
+        output.packets(reader.feed(datagram))
     output.packets(reader.finish())
     output.summaries(reader)
     sys.stdout.flush()
