@@ -32,8 +32,50 @@ def free_port(proto="udp", family=socket.AF_INET):
         return sock.getsockname()[1]
 
 
-class OpenVPNServer:
+class OpenVPNProcess:
+    """One ``openvpn`` run from captures/ (where the test keys are), logging to a
+    temporary file; ``start()`` returns once it says it is up."""
+
+    role = "openvpn"
+
+    def argv(self):
+        raise NotImplementedError
+
+    def start(self, timeout=20.0):
+        if shutil.which("openvpn") is None:
+            raise RuntimeError("openvpn is not installed: apt-get install -y openvpn")
+        self.process = subprocess.Popen(self.argv(), cwd=CAPTURES, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "Initialization Sequence Completed" in self.log_text():
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.role} exited: {self.log_text()[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.role} did not start in {timeout} s: {self.log_text()[-2000:]}")
+
+    def log_text(self):
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_count(self, pattern):
+        return len(re.findall(pattern, self.log_text()))
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.log.parent, ignore_errors=True)
+
+
+class OpenVPNServer(OpenVPNProcess):
     """``openvpn`` in server mode on 127.0.0.1 or ::1 with one wrapping."""
+
+    role = "openvpn server"
 
     def __init__(self, proto="udp", family=4, wrapping="none", auth="SHA1", key_direction=0,
                  key=None, extra=()):
@@ -61,36 +103,6 @@ class OpenVPNServer:
         elif self.wrapping in ("tls-crypt", "tls-crypt-v2"):
             argv += [f"--{self.wrapping}", self.key]
         return argv + self.extra
-
-    def start(self, timeout=20.0):
-        if shutil.which("openvpn") is None:
-            raise RuntimeError("openvpn is not installed: apt-get install -y openvpn")
-        self.process = subprocess.Popen(self.argv(), cwd=CAPTURES, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "Initialization Sequence Completed" in self.log_text():
-                return self
-            if self.process.poll() is not None:
-                raise RuntimeError(f"openvpn exited: {self.log_text()[-2000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"openvpn did not start in {timeout} s: {self.log_text()[-2000:]}")
-
-    def log_text(self):
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def log_count(self, pattern):
-        return len(re.findall(pattern, self.log_text()))
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.log.parent, ignore_errors=True)
 
 
 class ServerPool:
@@ -238,9 +250,11 @@ class ForeignPortReplier:
         self.other.close()
 
 
-class OpenVPNClient:
+class OpenVPNClient(OpenVPNProcess):
     """``openvpn`` as a client of an OpenVPNServer (same keys), with --ping 1 so
     data-channel packets flow once it is connected."""
+
+    role = "openvpn client"
 
     def __init__(self, server: OpenVPNServer, extra=()):
         self.server = server
@@ -265,26 +279,3 @@ class OpenVPNClient:
         elif server.wrapping == "tls-crypt-v2":
             argv += ["--tls-crypt-v2", "keys/tcv2-client.key"]
         return argv + self.extra
-
-    def start(self, timeout=20.0):
-        self.process = subprocess.Popen(self.argv(), cwd=CAPTURES, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace") if self.log.exists() else ""
-            if "Initialization Sequence Completed" in text:
-                return self
-            if self.process.poll() is not None:
-                raise RuntimeError(f"openvpn client exited: {text[-2000:]}")
-            time.sleep(0.05)
-        raise RuntimeError("openvpn client did not connect in time")
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.log.parent, ignore_errors=True)
