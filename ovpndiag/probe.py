@@ -145,8 +145,7 @@ def _probe_address(settings, address, result, started, deadline):
             if time.monotonic() >= deadline:
                 break
             replay_packet_id = (EARLY_NEG_START if v3 else 0) + number
-            packet = wrapper.wrap(plain, replay_packet_id, net_time) if wrapper.wrapping.kind != "none" \
-                else plain
+            packet = wrapper.wrap(plain, replay_packet_id, net_time)
             sent = time.monotonic()
             attempt = Attempt(len(result.attempts) + 1, str(address), round(sent - started, 6), "timeout")
             result.attempts.append(attempt)
