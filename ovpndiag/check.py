@@ -45,6 +45,3 @@ def detail_lines(result: ProbeResult):
     lines.extend(f"likely cause: {cause}" for cause in result.causes)
     return lines
 
-
-def unknown(message: str) -> Outcome:
-    return Outcome(UNKNOWN, message)

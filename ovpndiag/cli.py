@@ -366,6 +366,7 @@ def dissect(files, write_decrypted, **options):
                 click.echo(f"ovpndiag: error: {path}: {error.strerror or error}", err=True)
                 failed = True
             output.summaries(reader)
+            _tally(output, transport, reader, path)
             if output.full:
                 break
     except BrokenPipeError:  # e.g. piped into head: stop quietly
@@ -379,6 +380,17 @@ def dissect(files, write_decrypted, **options):
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
     sys.exit(1 if failed else 0)
+
+
+def _tally(output, transport, reader, path):
+    """What a file held besides OpenVPN: in the --sessions report, and on a terminal."""
+    counts = transport.counts
+    text = (f"{path}: {counts.frames:,} frames, {output.count:,} OpenVPN packets; skipped: "
+            f"{reader.not_openvpn:,} payloads of other protocols, {counts.skipped:,} frames without UDP or TCP")
+    if output.sessions and not output.as_json:
+        output.write(text + "\n")
+    elif sys.stderr.isatty():
+        sys.stderr.write(text + "\n")
 
 
 def _write_decrypted(records, writer):

@@ -313,3 +313,42 @@ def test_certificates_and_tls_handshake_where_visible():
     assert "TLS: Certificate" in tree.stdout and "CN=ovpndiag-test-server" in tree.stdout
     tls13 = json.loads(ovpndiag("dissect", CAPTURES / "udp-plain.pcap", "--sessions", "--json").stdout)
     assert tls13["tls_version"] == "TLS 1.3" and "certificates" not in tls13
+
+
+def test_other_traffic_is_skipped_and_counted(tmp_path):
+    """Frames without UDP/TCP as tshark counts them; a non-OpenVPN UDP flow on
+    another port (the real udp-plain frames with their payload replaced) is not
+    mistaken for OpenVPN."""
+    frag = ovpndiag("dissect", CAPTURES / "udp6-frag.pcap", "--sessions").stdout.splitlines()[-1]
+    tshark = subprocess.run(["tshark", "-r", str(CAPTURES / "udp6-frag.pcap"), "-Y",
+                             "not udp and not tcp and not ipv6.fraghdr"],  # fragments are not skipped: reassembled
+                            capture_output=True, text=True, timeout=60)
+    others = len(tshark.stdout.splitlines())
+    assert others and f"{others:,} frames without UDP or TCP" in frag
+
+    from scapy.utils import RawPcapReader
+
+    frames = []
+    with RawPcapReader(str(CAPTURES / "udp-plain.pcap")) as reader:
+        for data, meta in reader:
+            frames.append((meta.sec, meta.usec, data))
+    mixed = tmp_path / "mixed.pcap"
+    with open(mixed, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for sec, usec, data in frames:
+            for frame in (data, _other_protocol(data)):
+                out.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
+    reader, records = dissect(mixed)
+    assert len(records) == len(frames) and reader.not_openvpn == len(frames)
+    assert {r["sport"] for r in records} | {r["dport"] for r in records} >= {1194}
+    assert not {5000} & ({r["sport"] for r in records} | {r["dport"] for r in records})
+
+
+def _other_protocol(frame):
+    """The same Ethernet/IPv4/UDP frame moved to port 5000 with a payload no
+    OpenVPN packet starts with (opcode 31)."""
+    frame = bytearray(frame)
+    udp = 14 + (frame[14] & 0x0F) * 4
+    struct.pack_into("!HHxxH", frame, udp, 5000, 5000, 0)
+    frame[udp + 8] = 0xFF
+    return bytes(frame)

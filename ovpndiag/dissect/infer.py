@@ -84,10 +84,6 @@ class WrappingInference:
             self.decided = self.candidates[0]
         return self.decided
 
-    def settle(self, wrapping: Wrapping):
-        """A key verified the flow's packets under this wrapping."""
-        self.decided = wrapping
-
     def best_guess(self) -> Wrapping:
         """At the end of a flow that never decided: the most likely survivor."""
         if self.decided is None:
