@@ -224,7 +224,7 @@ def _reader_options(options):
     from .dissect.infer import candidates_for
     from .dissect.keyring import KeyRing
     from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey, read_key
-    from .layers import HMAC_SIZES
+    from .protocol import HMAC_SIZES  # not .layers: the listing and JSON never import Scapy
     from .dissect.reader import Options
     from .profile import read_profile
     from .settings import SettingsError
@@ -252,7 +252,7 @@ class _Output:
     """Renders records in the mode asked for; counts them for -c."""
 
     def __init__(self, options, many_files):
-        from .render import jsonl, line, sessions as session_render, tree
+        from .render import jsonl, line, sessions as session_render
 
         self.count, self.limit = 0, options["count"]
         self.sessions = options["sessions"]
@@ -263,6 +263,8 @@ class _Output:
         if self.as_json:
             self.render = (lambda record: jsonl.packet_json(record, self.file)) if many_files else jsonl.packet_json
         elif options["verbose"]:
+            from .render import tree  # imports Scapy (0.2 s): only -V needs it
+
             self.render = lambda record: tree.packet_tree(record) + "\n"
         elif colour:
             self.render = lambda record: line.packet_line(record, True)

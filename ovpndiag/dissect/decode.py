@@ -58,7 +58,8 @@ def decode(data: bytes, wrapping: Wrapping = PLAIN, fields: dict = None) -> dict
     if opcode == 6:  # P_DATA_V1
         fields["_payload_offset"], fields["payload_len"] = 1, size - 1
         return fields
-    return _control(data, size, opcode, effective_wrapping(opcode, wrapping), wrapping, fields)
+    effective = effective_wrapping(opcode, wrapping) if opcode in CARRIES_WKC else wrapping
+    return _control(data, size, opcode, effective, wrapping, fields)
 
 
 def _truncated(fields, size, opcode, given):
@@ -66,16 +67,27 @@ def _truncated(fields, size, opcode, given):
     return fields
 
 
-def _control(data, size, opcode, wrapping, given, fields):
-    kind = fields["wrapping"] = wrapping.kind
-    if kind == "tls-auth":
-        fields["hmac_size"] = wrapping.hmac_size
-    visible = not wrapping.hides_control_fields
+# Wrapping -> (kind, hmac_size, visible, header): what _control reads of a wrapping,
+# worked out once per Wrapping (a run sees a handful) instead of per packet.
+_LAYOUTS = {}
+
+
+def _layout(wrapping):
+    kind = wrapping.kind
     header = 9
     if kind == "tls-auth":
         header += wrapping.hmac_size + 8
     elif kind != "none":
         header += 8 + TLS_CRYPT_TAG_SIZE
+    layout = _LAYOUTS[wrapping] = (kind, wrapping.hmac_size, not wrapping.hides_control_fields, header)
+    return layout
+
+
+def _control(data, size, opcode, wrapping, given, fields):
+    kind, hmac_size, visible, header = _LAYOUTS.get(wrapping) or _layout(wrapping)
+    fields["wrapping"] = kind
+    if kind == "tls-auth":
+        fields["hmac_size"] = hmac_size
     needed = header + (1 if visible else 0)
     if size < needed:
         fields["malformed"] = (f"truncated: {size} bytes, {OPCODES[opcode]} with {wrapping} "
@@ -83,7 +95,7 @@ def _control(data, size, opcode, wrapping, given, fields):
         return fields
     fields["session_id"] = int.from_bytes(data[1:9], "big")
     if kind == "tls-auth":
-        end_hmac = 9 + wrapping.hmac_size
+        end_hmac = 9 + hmac_size
         fields["_hmac"] = data[9:end_hmac]
         fields["replay_packet_id"], fields["net_time"] = unpack_from("!II", data, end_hmac)
     elif kind != "none":
