@@ -27,6 +27,7 @@ from ..protocol import OPCODES, Wrapping
 from .decode import decode
 from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
+from .tls import TLSStream
 
 OPENVPN_PORT = 1194
 CONTROL_OPCODES = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
@@ -166,6 +167,13 @@ class Flow:
                      "server": (server[0], client[0], server[1], client[1])}
         self.labels = {"client": f"{_endpoint(client)} -> {_endpoint(server)} {proto}",
                        "server": f"{_endpoint(server)} -> {_endpoint(client)} {proto}"}
+        # A record starts as a copy of its direction's base, cheaper than a new dict; the
+        # keys are in record (and JSON) order, the None values are set per packet.
+        self.bases = {sender: {"frame": None, "time": None, "src": src, "dst": dst, "sport": sport,
+                               "dport": dport, "transport": self.transport, "length": None,
+                               "_sender": sender, "_data": None, "_relative": None,
+                               "_label": self.labels[sender]}
+                      for sender, (src, dst, sport, dport) in self.ends.items()}
 
 
 class Reader:
@@ -196,8 +204,17 @@ class Reader:
             self.not_openvpn += 1
             return []
         if datagram.transport == "udp":
-            if datagram.payload:
-                self._packet(flow, datagram.frame, datagram.time, sender, datagram.payload)
+            payload = datagram.payload
+            if payload and flow.state is OPENVPN and not self.queue:
+                # The common case: nothing waits, so this packet goes out now unless it has
+                # to wait itself (as _packet then _drain would do, without the queue).
+                self._learn(flow, sender, payload, datagram.time)
+                if _ready(flow, payload):
+                    return [self._record(flow, datagram.frame, datagram.time, sender, payload)]
+                self.queue.append((flow, datagram.frame, datagram.time, sender, payload))
+                return []
+            if payload:
+                self._packet(flow, datagram.frame, datagram.time, sender, payload)
         else:
             self._tcp(flow, datagram, sender)
         return self._drain()
@@ -354,7 +371,7 @@ class Reader:
             if flow.state is OTHER:
                 queue.popleft()
                 continue
-            if flow.state is UNKNOWN or not self._ready(flow, queue[0][4]):
+            if flow.state is UNKNOWN or not _ready(flow, queue[0][4]):
                 if len(queue) < MAX_QUEUE:
                     break
                 if flow.state is UNKNOWN:
@@ -364,18 +381,10 @@ class Reader:
             ready.append(self._record(*queue.popleft()))
         return ready
 
-    @staticmethod
-    def _ready(flow, data):
-        if not data or data[0] >> 3 not in CONTROL_OPCODES:
-            return True
-        return flow.inference is not None and flow.inference.decided is not None
-
     def _record(self, flow, frame, time, sender, data):
-        src, dst, sport, dport = flow.ends[sender]
-        record = {"frame": frame, "time": time, "src": src, "dst": dst, "sport": sport,
-                  "dport": dport, "transport": flow.transport, "length": len(data),
-                  "_sender": sender, "_data": data, "_relative": time - self.first_time,
-                  "_label": flow.labels[sender]}
+        record = flow.bases[sender].copy()
+        record["frame"], record["time"], record["length"] = frame, time, len(data)
+        record["_data"], record["_relative"] = data, time - self.first_time
         opcode = data[0] >> 3 if data else None
         if opcode in CONTROL_OPCODES:
             self._control(flow, sender, data, record)
@@ -439,7 +448,8 @@ class Reader:
         key = (sender, record["key_id"], record["session_id"])
         stream = flow.tls.get(key)
         if stream is None:
-            stream = flow.tls[key] = _tls_stream()
+            options = self.options  # details() only serves -V and --sessions
+            stream = flow.tls[key] = _tls_stream(options.tls_details or options.sessions)
         if stream is False:
             return
         wire = record.get("_wire") or record["_data"]
@@ -465,6 +475,13 @@ class Reader:
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id
         session.count(record)
+
+
+def _ready(flow, data):
+    """Can this packet be decoded now (its flow's wrapping known, if it needs one)?"""
+    if not data or data[0] >> 3 not in CONTROL_OPCODES:
+        return True
+    return flow.inference is not None and flow.inference.decided is not None
 
 
 def _endpoint(address):
@@ -504,7 +521,5 @@ def _resync(buffered):
     return len(buffered)
 
 
-def _tls_stream():
-    from .tls import TLSStream
-
-    return TLSStream()
+def _tls_stream(details):
+    return TLSStream(details=details)

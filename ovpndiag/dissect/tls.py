@@ -142,10 +142,11 @@ class TLSStream:
     ignored, not counted. When
     ``max_held_packets`` or ``max_held_bytes`` is exceeded the gap is given up: the stream
     is broken, and packets up to the highest packet-id seen count as retransmissions.
+    With ``details=False`` only names are made: nothing is kept for ``details()``.
     """
 
     def __init__(self, first_packet_id: int = 1, max_held_packets: int = 64,
-                 max_held_bytes: int = 256 * 1024):
+                 max_held_bytes: int = 256 * 1024, details: bool = True):
         self.first_packet_id = self.next_packet_id = first_packet_id
         self.max_held_packets = max_held_packets
         self.max_held_bytes = max_held_bytes
@@ -168,6 +169,10 @@ class TLSStream:
         self._hs_version = 0
         self._kept = 0
         self._items: List[tuple] = []
+        # details=False (a plain listing): names only, nothing kept for details(), which
+        # then returns [] (every completed message counts as omitted).
+        self._keep_entries = KEEP_ENTRIES if details else 0
+        self._kept_types = _KEPT_TYPES if details else ()
 
     # ------------------------------------------------------------------ fast path
 
@@ -263,7 +268,7 @@ class TLSStream:
                 first_pid = marks[0][1] if len(marks) == 1 else self._pid_at(pos)
                 if content_type == 23:  # the common case, inlined
                     names.append("Application Data")
-                    if len(items) < KEEP_ENTRIES:
+                    if len(items) < self._keep_entries:
                         items.append((frame, "Application Data", 23, version, None, length,
                                       first_pid, pid, True, None, None))
                     else:
@@ -333,7 +338,7 @@ class TLSStream:
             if stop > end:
                 break  # continues in the next record
             body = problem = None
-            if msg_type in _KEPT_TYPES:
+            if msg_type in self._kept_types:
                 body, problem = self._keep(buf, pos + 4, stop, length)
             self._item(names, frame, HANDSHAKE_NAMES[msg_type], 22, version, msg_type, length,
                        self._pid_at(pos), pid, False, body, problem)
@@ -360,7 +365,7 @@ class TLSStream:
                 return -1  # lost: the rest of this record is not followed
             self._hs_type, self._hs_len, self._hs_need = msg_type, length, length
             self._hs_body = None
-            if msg_type in _KEPT_TYPES and self._fits(length):
+            if msg_type in self._kept_types and self._fits(length):
                 self._hs_body = bytearray()
                 self._kept += length
         take = min(self._hs_need, end - pos)
@@ -373,7 +378,7 @@ class TLSStream:
             return -1
         msg_type, body = self._hs_type, self._hs_body
         problem = None
-        if body is None and msg_type in _KEPT_TYPES:
+        if body is None and msg_type in self._kept_types:
             problem = self._cap_problem()
         self._item(names, frame, HANDSHAKE_NAMES[msg_type], 22, self._hs_version, msg_type,
                    self._hs_len, self._hs_pid, pid, False,
@@ -383,7 +388,7 @@ class TLSStream:
 
     def _fits(self, length: int) -> bool:
         return (length <= KEEP_MESSAGE and self._kept + length <= KEEP_TOTAL
-                and len(self._items) < KEEP_ENTRIES)
+                and len(self._items) < self._keep_entries)
 
     def _keep(self, buf, start: int, stop: int, length: int):
         """(body, problem) of a whole message details() will read, within the caps."""
@@ -399,7 +404,7 @@ class TLSStream:
     def _item(self, names, frame, name, content_type, version, handshake_type, length,
               first_pid, last_pid, encrypted, body=None, problem=None) -> None:
         names.append(name)
-        if len(self._items) < KEEP_ENTRIES:
+        if len(self._items) < self._keep_entries:
             self._items.append((frame, name, content_type, version, handshake_type, length,
                                 first_pid, last_pid, encrypted, body, problem))
         else:
