@@ -8,11 +8,12 @@ packet of every bundled capture and on tens of thousands of mangled ones.
 Scapy objects are built only where a packet needs a field tree (``-V``).
 """
 
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 from ..protocol import (CARRIES_WKC, MAX_ACKS, OPCODES, PLAIN, RESETS, TLS_CRYPT_TAG_SIZE, Wrapping)
 
 _TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
+_ACKS = [Struct(f"!{count}I").unpack_from for count in range(MAX_ACKS + 1)]  # by ACK count
 
 
 def effective_wrapping(opcode: int, wrapping: Wrapping) -> Wrapping:
@@ -128,7 +129,7 @@ def _control(data, size, opcode, wrapping, given, fields):
     after = position + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
     if after > end:
         return _truncated(fields, size, opcode, given)
-    fields["acks"] = list(unpack_from(f"!{count}I", data, position)) if count else []
+    fields["acks"] = list(_ACKS[count](data, position)) if count else []
     position += 4 * count
     if count:
         fields["remote_session_id"] = int.from_bytes(data[position:position + 8], "big")

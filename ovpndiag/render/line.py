@@ -11,36 +11,44 @@ def packet_line(record: dict, colour: bool = False) -> str:
     """e.g. ``3  0.001234 127.0.0.1:46328 -> 127.0.0.1:1194 UDP P_CONTROL_V1 kid=0
     sid=88587622 acks=[0] rsid=6a2f01d7 mpid=1 len=1142 tls-auth SHA1 HMAC ok
     [Client Hello]``"""
-    label = record.get("_label") or (f"{endpoint(record['src'], record['sport'])} -> "
-                                     f"{endpoint(record['dst'], record['dport'])} {record['transport'].upper()}")
-    head = f"{record['frame']:>6} {record['_relative']:>11.6f} {label}"
-    if "peer_id" in record and "malformed" not in record:  # data: the bulk of a capture, kept short
+    get = record.get
+    label = get("_label") or (f"{endpoint(record['src'], record['sport'])} -> "
+                              f"{endpoint(record['dst'], record['dport'])} {record['transport'].upper()}")
+    # %-formatting: measurably cheaper than the f-string format specs on every line
+    head = "%6d %11.6f %s" % (record["frame"], record["_relative"], label)
+    malformed = get("malformed")
+    if "peer_id" in record and malformed is None:  # data: the bulk of a capture, kept short
         return f"{head} {record['opcode']} kid={record['key_id']} peer={record['peer_id']} len={record['length']}"
     parts = [head]
     if "opcode" in record:
         parts.append(f"{record['opcode']} kid={record['key_id']}")
-    if "session_id" in record:
-        parts.append(f"sid={record['session_id'] >> 32:08x}")
+    session_id = get("session_id")
+    if session_id is not None:
+        parts.append("sid=%08x" % (session_id >> 32))
     if "peer_id" in record:
         parts.append(f"peer={record['peer_id']}")
-    if record.get("acks"):
-        parts.append("acks=[" + ",".join(map(str, record["acks"])) + "]")
-        parts.append(f"rsid={record['remote_session_id'] >> 32:08x}")
-    if "message_packet_id" in record:
-        parts.append(f"mpid={record['message_packet_id']}")
+    acks = get("acks")
+    if acks:
+        parts.append("acks=[" + ",".join(map(str, acks)) + "]")
+        parts.append("rsid=%08x" % (record["remote_session_id"] >> 32))
+    message_packet_id = get("message_packet_id")
+    if message_packet_id is not None:
+        parts.append(f"mpid={message_packet_id}")
     parts.append(f"len={record['length']}")
-    wrapping = record.get("wrapping")
+    wrapping = get("wrapping")
     if wrapping and wrapping != "none":
         label = wrapping if wrapping != "tls-auth" else f"tls-auth {_digest(record['hmac_size'])}"
-        if record.get("dynamic"):
+        if get("dynamic"):
             label = "dynamic " + label
         parts.append(label + _verdict(record, colour))
-    if "tlvs" in record:
-        parts.append(", ".join(record["tlvs"]))
-    if "tls" in record:
-        parts.append("[" + ", ".join(record["tls"]) + "]")
-    if "malformed" in record:
-        parts.append(_paint("MALFORMED: " + record["malformed"], "\033[31m", colour))
+    tlvs = get("tlvs")
+    if tlvs is not None:
+        parts.append(", ".join(tlvs))
+    tls = get("tls")
+    if tls is not None:
+        parts.append("[" + ", ".join(tls) + "]")
+    if malformed is not None:
+        parts.append(_paint("MALFORMED: " + malformed, "\033[31m", colour))
     return " ".join(parts)
 
 
