@@ -24,6 +24,15 @@ invalid, wrong session, or beyond -c), 3 UNKNOWN (bad options, unreadable key,
 unresolvable host, internal error)."""
 
 
+def run():
+    """The console entry point: a bug is one line and exit status 70, never a traceback."""
+    try:
+        main()
+    except Exception as error:  # click handles usage errors and exits itself
+        click.echo(f"ovpndiag: internal error: {type(error).__name__}: {error} (please report it)", err=True)
+        sys.exit(70)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="ovpndiag")
 def main():
@@ -99,13 +108,14 @@ def probe(as_json, try_keys, write_path, **options):
         if try_keys:
             result = _try_keys(settings, options)
         else:
+            from .pcapout import PcapWriter
             from .probe import probe as run_probe
 
+            writer = PcapWriter(write_path) if write_path else None  # refuse before sending anything
             result = run_probe(settings)
-            if write_path:
-                from .pcapout import write_exchange
-
-                write_exchange(write_path, result.exchange)
+            if writer is not None:
+                with writer:
+                    writer.write_exchange(result.exchange)
     except _user_errors() as error:
         raise UserError(str(error)) from None
     if as_json:

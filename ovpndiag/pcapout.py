@@ -60,12 +60,10 @@ class PcapWriter:
     def __exit__(self, *exc):
         self.close()
 
-
-def write_exchange(path, exchange):
-    """The probe's exchange: (time, (src, port), (dst, port), proto, bytes, sent)."""
-    with PcapWriter(path) as writer:
+    def write_exchange(self, exchange):
+        """The probe's exchange: (time, (src, port), (dst, port), proto, bytes, sent)."""
         for stamp, (src, sport), (dst, dport), proto, data, _sent in exchange:
-            writer.write_openvpn(stamp, src, sport, dst, dport, proto, data)
+            self.write_openvpn(stamp, src, sport, dst, dport, proto, data)
 
 
 def _checksum(data: bytes) -> int:
