@@ -1,5 +1,6 @@
 """ovpndiag sniff on loopback, against a real OpenVPN client and server started here."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -8,6 +9,22 @@ import time
 
 from captures import key_path
 from servers import OpenVPNClient, OpenVPNServer
+
+
+@contextlib.contextmanager
+def connected_client(server, sniffer):
+    """A real client connected to ``server`` while ``sniffer`` watches; everything
+    is stopped afterwards, whatever happened."""
+    client = None
+    try:
+        client = OpenVPNClient(server).start()
+        yield client
+    finally:
+        if sniffer.poll() is None:
+            sniffer.kill()
+        if client:
+            client.stop()
+        server.stop()
 
 
 def start_sniff(*args):
@@ -19,19 +36,11 @@ def start_sniff(*args):
 
 def test_sniff_sees_a_real_handshake_and_data_then_stops_on_ctrl_c():
     server = OpenVPNServer(proto="udp", wrapping="tls-auth", auth="SHA256").start()
-    client = None
     sniffer = start_sniff("-p", server.port, "--json", "--tls-auth", key_path("keys/ta.key"))
-    try:
-        client = OpenVPNClient(server).start()
+    with connected_client(server, sniffer):
         time.sleep(2.5)  # keepalive pings cross the data channel
         sniffer.send_signal(signal.SIGINT)
         out, err = sniffer.communicate(timeout=20)
-    finally:
-        if sniffer.poll() is None:
-            sniffer.kill()
-        if client:
-            client.stop()
-        server.stop()
     assert sniffer.returncode == 0, err
     packets = [json.loads(line) for line in out.splitlines()]
     opcodes = [p["opcode"] for p in packets]
@@ -48,16 +57,8 @@ def test_sniff_stops_after_count_and_writes_what_it_saw(tmp_path):
     server = OpenVPNServer(proto="tcp").start()
     out_file = tmp_path / "live.pcap"
     sniffer = start_sniff("-p", server.port, "-c", "4", "--write", out_file, "--duration", "30")
-    client = None
-    try:
-        client = OpenVPNClient(server).start()
+    with connected_client(server, sniffer):
         out, err = sniffer.communicate(timeout=30)
-    finally:
-        if sniffer.poll() is None:
-            sniffer.kill()
-        if client:
-            client.stop()
-        server.stop()
     lines = out.splitlines()
     assert sniffer.returncode == 0 and len(lines) == 4, err
     assert "P_CONTROL_HARD_RESET_CLIENT_V2" in lines[0] and " TCP " in lines[0]
