@@ -9,7 +9,6 @@ Nothing here prints; renderers turn the result into text, JSON or a check line.
 """
 
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional

@@ -62,12 +62,12 @@ class Wrapping(NamedTuple):
 
     def __str__(self):
         if self.kind == "tls-auth":
-            return f"tls-auth {_DIGEST_BY_SIZE.get(self.hmac_size, f'{self.hmac_size}-byte')}"
+            return f"tls-auth {DIGEST_BY_SIZE.get(self.hmac_size, f'{self.hmac_size}-byte')}"
         return self.kind + (" (decrypted)" if self.decrypted else "")
 
 
 PLAIN = Wrapping()
-_DIGEST_BY_SIZE = {size: digest for digest, size in HMAC_SIZES.items()}
+DIGEST_BY_SIZE = {size: digest for digest, size in HMAC_SIZES.items()}
 
 
 class MalformedPacket(ValueError):

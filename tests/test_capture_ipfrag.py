@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from capture_files import ethernet, ethernet_payload, ipv4, ipv6, pcap, real_records, udp
+from capture_files import ethernet, ethernet_payload, ipv4, ipv6, pcap, real_records
 from ovpndiag.capture import Transport, read_transport
 from ovpndiag.capture.ipfrag import Defragmenter
 

@@ -124,10 +124,10 @@ def test_probe_validation_survives_any_reply():
                      probe_settings(host="x", tls_crypt_v2=key_path("keys/tcv2-client.key"))]
     replies = list(mangled(11, 1500)) + [b"", b"\x40", b"\x40" * 26, b"HTTP/1.1 200 OK\r\n\r\n"]
     for data in replies:
-        for settings in settings_list:
-            result = ProbeResult("x", 1194, "udp", settings.wrapping_name, address="127.0.0.1:1194")
-            validate_reply(data, 0x1122334455667788, settings, result)
+        for probing in settings_list:
+            result = ProbeResult("x", 1194, "udp", probing.wrapping_name, address="127.0.0.1:1194")
+            validate_reply(data, 0x1122334455667788, probing, result)
             result.rtt = 0.001
             result.message, result.causes = explain(result)
             assert result.verdict and result.checks and result.message
-            assert probe_report(result, settings) and plugin_output(evaluate(result), verbose=True)
+            assert probe_report(result, probing) and plugin_output(evaluate(result), verbose=True)

@@ -53,7 +53,7 @@ def frames(sock: socket.socket, duration: Optional[float] = None,
             data, address = sock.recvfrom(65535)
         except socket.timeout:
             continue
-        _name, protocol, kind = address[0], address[1], address[2]
+        protocol, kind = address[1], address[2]
         if protocol not in (ETH_P_IP, ETH_P_IPV6) or (loopback and kind == PACKET_OUTGOING):
             continue
         number += 1

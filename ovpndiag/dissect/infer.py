@@ -11,14 +11,13 @@ few packets by preference. A key, when given, settles it by verifying.
 
 from typing import Optional
 
-from ..protocol import EARLY_NEG_START, HMAC_SIZES, PLAIN, Wrapping
+from ..protocol import EARLY_NEG_START, PLAIN, Wrapping
 from .decode import decode
 
 TLS_CRYPT = Wrapping("tls-crypt")
 TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
 # Most likely first: ties are broken in this order.
 CANDIDATES = [Wrapping.tls_auth(size) for size in (20, 32, 64, 16, 28, 48)] + [TLS_CRYPT, PLAIN]
-DIGEST_BY_SIZE = {size: digest for digest, size in HMAC_SIZES.items()}
 
 MAX_SKEW = 5 * 365 * 86400  # a peer's clock this far off is not a clock: the bytes are something else
 REPLAY_LIMIT = 1 << 20  # replay packet-ids count packets of one key; they do not get this high

@@ -13,7 +13,8 @@ from ..keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey
 from ..protocol import CARRIES_WKC
 from ..wrap import TLSAuth, TLSCrypt, TLSCryptV2Server, WrapError
 from .decode import decode
-from .infer import DIGEST_BY_SIZE, TLS_CRYPT_V2
+from ..protocol import DIGEST_BY_SIZE
+from .infer import TLS_CRYPT_V2
 
 # The receiver's key direction to try first: servers usually use 0, clients 1.
 _RECEIVER_DIRECTIONS = {"client": (0, None, 1), "server": (1, None, 0)}

@@ -21,11 +21,12 @@ of flows not yet decided wait in a bounded queue, so output stays in frame order
 
 import collections
 import struct
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
-from ..protocol import OPCODES, Wrapping
+from ..protocol import OPCODES
+from ..render.line import endpoint  # the listing's per-direction labels are made once per flow
 from .decode import decode
-from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
+from .infer import CANDIDATES, PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
 from .tls import TLSStream
 
@@ -165,8 +166,8 @@ class Flow:
         proto = self.transport.upper()
         self.ends = {"client": (client[0], server[0], client[1], server[1]),
                      "server": (server[0], client[0], server[1], client[1])}
-        self.labels = {"client": f"{_endpoint(client)} -> {_endpoint(server)} {proto}",
-                       "server": f"{_endpoint(server)} -> {_endpoint(client)} {proto}"}
+        self.labels = {"client": f"{endpoint(*client)} -> {endpoint(*server)} {proto}",
+                       "server": f"{endpoint(*server)} -> {endpoint(*client)} {proto}"}
         # A record starts as a copy of its direction's base, cheaper than a new dict; the
         # keys are in record (and JSON) order, the None values are set per packet.
         self.bases = {sender: {"frame": None, "time": None, "src": src, "dst": dst, "sport": sport,
@@ -306,8 +307,9 @@ class Reader:
         if not data or data[0] >> 3 not in CONTROL_OPCODES:
             return
         if flow.inference is not None and flow.inference.decided is not None:
-            if len(data) >= 9:
-                flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
+            session_id = session_id_of(data)
+            if session_id is not None:
+                flow.session_ids[sender] = session_id
             return
         if data[0] & 7 == 0:
             if flow.inference is None:
@@ -449,9 +451,7 @@ class Reader:
         stream = flow.tls.get(key)
         if stream is None:
             options = self.options  # details() only serves -V and --sessions
-            stream = flow.tls[key] = _tls_stream(options.tls_details or options.sessions)
-        if stream is False:
-            return
+            stream = flow.tls[key] = TLSStream(details=options.tls_details or options.sessions)
         wire = record.get("_wire") or record["_data"]
         offset = record["_payload_offset"]
         names = stream.add(record["message_packet_id"], wire[offset:offset + length], record["frame"])
@@ -484,11 +484,6 @@ def _ready(flow, data):
     return flow.inference is not None and flow.inference.decided is not None
 
 
-def _endpoint(address):
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _tlv_name(tlv):
     optional, kind, value = tlv
     if kind == 1 and len(value) == 2:
@@ -498,8 +493,6 @@ def _tlv_name(tlv):
 
 
 def _fits_some_wrapping(data, peer_session_id, time):
-    from .infer import CANDIDATES
-
     candidates = [TLS_CRYPT_V2] if data[0] >> 3 in (10, 11) else CANDIDATES
     return any(plausible(decode(data, w), peer_session_id, time) for w in candidates)
 
@@ -520,6 +513,3 @@ def _resync(buffered):
             continue
     return len(buffered)
 
-
-def _tls_stream(details):
-    return TLSStream(details=details)

@@ -2,6 +2,8 @@
 
 import datetime
 
+from ..protocol import DIGEST_BY_SIZE
+
 
 def endpoint(address, port):
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
@@ -64,11 +66,10 @@ def _paint(text, code, colour):
     return f"{code}{text}\033[0m" if colour else text
 
 
-_DIGESTS = {16: "MD5", 20: "SHA1", 28: "SHA224", 32: "SHA256", 48: "SHA384", 64: "SHA512"}
 
 
 def _digest(size):
-    return _DIGESTS.get(size, f"{size}-byte HMAC")
+    return DIGEST_BY_SIZE.get(size, f"{size}-byte HMAC")
 
 
 def utc(seconds):
