@@ -183,6 +183,7 @@ def _scan_pcapng(f, name, head):
     u32 = struct.Struct("<I").unpack_from       # these return 1-tuples
     interfaces = []
     epb = struct.Struct("<IIIII").unpack_from
+    opb = struct.Struct("<H2xIIII").unpack_from  # obsolete packet block: a 16-bit interface id
 
     def fail(offset, what):
         raise CaptureError(f"{name}: frame {number + 1}: corrupt pcapng block at byte {offset}: {what}")
@@ -203,6 +204,7 @@ def _scan_pcapng(f, name, head):
                     fail(pos + off, "section header with a bad byte-order magic")
                 u32 = struct.Struct(endian + "I").unpack_from
                 epb = struct.Struct(endian + "IIIII").unpack_from
+                opb = struct.Struct(endian + "H2xIIII").unpack_from
                 blen = u32(buf, off + 4)[0]
                 if blen < 28:
                     fail(pos + off, f"section header length {blen} is under 28")
@@ -215,10 +217,11 @@ def _scan_pcapng(f, name, head):
                 break
             if u32(buf, stop - 4)[0] != blen:
                 fail(pos + off, f"trailing block length {u32(buf, stop - 4)[0]} differs from {blen}")
-            if btype == 6:                                      # enhanced packet block
-                if blen < 32:
-                    fail(pos + off, f"enhanced packet block length {blen} is under 32")
-                iface, hi, lo, incl, orig = epb(buf, off + 8)
+            if btype == 6 or btype == 2:  # enhanced / obsolete packet block: one layout but for
+                if blen < 32:             # the width of the interface field
+                    fail(pos + off, f"{'enhanced packet' if btype == 6 else 'packet'} block length {blen} "
+                                    f"is under 32")
+                iface, hi, lo, incl, orig = (epb if btype == 6 else opb)(buf, off + 8)
                 if incl > blen - 32 or incl > MAX_PACKET:
                     fail(pos + off, f"captured length {incl} does not fit the block")
                 if iface >= len(interfaces):
@@ -248,18 +251,6 @@ def _scan_pcapng(f, name, head):
                     fail(pos + off, f"captured length {incl} exceeds {MAX_PACKET}")
                 number += 1
                 yield number, 0.0, interfaces[0].linktype, buf[off + 12:off + 12 + incl], orig
-            elif btype == 2:                                    # obsolete packet block
-                if blen < 32:
-                    fail(pos + off, f"packet block length {blen} is under 32")
-                iface, hi, lo, incl, orig = struct.unpack_from(endian + "H2xIIII", buf, off + 8)
-                if incl > blen - 32 or incl > MAX_PACKET:
-                    fail(pos + off, f"captured length {incl} does not fit the block")
-                if iface >= len(interfaces):
-                    fail(pos + off, f"packet of undeclared interface {iface}")
-                lt, _snap, units, toff = interfaces[iface]
-                number += 1
-                yield (number, ((hi << 32) | lo) / units + toff, lt,
-                       buf[off + 28:off + 28 + incl], orig)
             # Other blocks (name resolution, statistics, secrets, custom) say nothing about frames.
             off = stop
         chunk = read(f, name, CHUNK)
