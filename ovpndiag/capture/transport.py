@@ -8,7 +8,7 @@ frames are counted in ``Counts`` for a summary.
 """
 
 import struct
-from typing import Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from .decode import ETHERNET, FRAGMENT, NAMES, TCP, UDP, decode, decode_reassembled, name_pair
 from .ipfrag import Defragmenter
@@ -30,6 +30,20 @@ class Datagram(NamedTuple):
     stream: int = 0     # TCP: number of this connection direction's byte stream (new per connection)
     gap: int = 0        # TCP: bytes of the stream never captured before this payload: resynchronise
     end: bool = False   # TCP: the stream's last datagram (FIN, RST, idle, end of capture); payload may be empty
+
+
+class Progress(NamedTuple):
+    """Yielded by a sharded read every PROGRESS_EVERY frames: frames before ``frame``
+    are read, so whatever comes later is numbered ``frame`` or more."""
+    frame: int
+
+
+PROGRESS_EVERY = 4096
+
+
+def shard_of(sport: int, dport: int, shards: int) -> int:
+    """Which of ``shards`` readers takes a flow: the same for both directions."""
+    return (sport ^ dport) % shards
 
 
 class Counts:
@@ -61,10 +75,14 @@ class Transport:
     ``feed()`` one frame at a time, ``flush()`` at the end; ``counts`` says what was
     skipped. The limits of the reassemblers are set on ``defrag`` / ``tcp``."""
 
-    def __init__(self, defrag: Optional[Defragmenter] = None, tcp: Optional[StreamReassembler] = None):
+    def __init__(self, defrag: Optional[Defragmenter] = None, tcp: Optional[StreamReassembler] = None,
+                 shard: Optional[Tuple[int, int]] = None):
         self._counts = Counts()
         self.defrag = defrag or Defragmenter()
         self.tcp = tcp or StreamReassembler()
+        # (index, shards): deliver only the flows shard_of() gives this index; the
+        # others are left to readers of the other shards (parallel dissection).
+        self.shard = shard
 
     @property
     def counts(self) -> Counts:
@@ -91,6 +109,8 @@ class Transport:
         counts = self._counts
         counts.udp += 1
         _, src, dst, sport, dport, payload, cut = r
+        if self.shard and shard_of(sport, dport, self.shard[1]) != self.shard[0]:
+            return []
         if cut:
             counts.truncated += 1
         return [_new(Datagram, (number, time, src, dst, sport, dport, UDP, payload, cut, 0, 0, False))]
@@ -121,6 +141,8 @@ class Transport:
         if kind is TCP:
             counts.tcp_segments += 1
             _, src, dst, sport, dport, payload, cut, seq, flags = r
+            if self.shard and shard_of(sport, dport, self.shard[1]) != self.shard[0]:
+                return []
             if cut:
                 counts.truncated += 1
             deliveries = self.tcp.segment((src, sport, dst, dport), seq, flags, payload, cut, time)
@@ -164,9 +186,12 @@ def read_transport(source: Source, transport: Optional[Transport] = None) -> Ite
 def _read_any(frames, tr, position):
     """Records from pcapfile through ``decode`` and the reassemblers."""
     udp, other = tr._udp, tr._other
+    sharded = tr.shard is not None
     number = 0
     try:
         for number, time, linktype, data, _orig in frames:
+            if sharded and not number % PROGRESS_EVERY:
+                yield Progress(number)
             r = decode(linktype, data)
             yield from (udp if r[0] is UDP else other)(r, number, time)
     finally:
@@ -193,6 +218,7 @@ def _read_pcap(f, name, header, tr, position):
     record = struct.Struct(endian + "IIII").unpack_from
     new = tuple.__new__
     buf, off, number, fast_udp, fast_tcp = b"", 0, 0, 0, 0
+    index, shards = tr.shard or (0, 0)
     try:
         while True:
             end = len(buf)
@@ -207,12 +233,17 @@ def _read_pcap(f, name, header, tr, position):
                 number += 1
                 off = stop
                 time = (sec * units + frac) / units
+                if shards and not number % PROGRESS_EVERY:
+                    yield Progress(number)
                 if ethernet and incl >= 48:
                     ethertype, vihl, total, frag, protocol, addrs, sport, dport, word, flags = _ETHER_IPV4(buf, start)
                     if ethertype == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and 14 + total <= incl:
                         if protocol == 17:
                             length = word >> 16
                             if 8 <= length <= total - 20:
+                                if shards and (sport ^ dport) % shards != index:  # shard_of, inlined
+                                    fast_udp += 1
+                                    continue
                                 pair = names.get(addrs) or name_pair(addrs)
                                 fast_udp += 1
                                 yield new(Datagram, (number, time, pair[0], pair[1], sport, dport, UDP,
@@ -221,6 +252,9 @@ def _read_pcap(f, name, header, tr, position):
                         elif protocol == 6:
                             size = (flags >> 10) & 0x3C
                             if 20 <= size and 20 + size <= total:
+                                if shards and (sport ^ dport) % shards != index:
+                                    fast_tcp += 1
+                                    continue
                                 pair = names.get(addrs) or name_pair(addrs)
                                 fast_tcp += 1
                                 deliveries = segment((pair[0], sport, pair[1], dport), word, flags & 0x3F,

@@ -1,0 +1,191 @@
+"""One capture dissected by several processes, each taking a shard of the flows.
+
+The listing and the JSON cost Python work per packet, and a capture's flows are
+independent of each other. So ``jobs`` forked workers each read the whole file
+but dissect and render only the flows ``transport.shard_of`` gives them (the
+transport layer drops the others before TCP reassembly), and send their lines
+here tagged with frame numbers. The parent merges them back into frame order -
+the order a single reader prints them in - using each worker's watermark: the
+frame up to which it will send nothing more.
+
+The output is the same as one reader's, with one exception: packets released by
+a TCP stream's idle timeout may be numbered with a later frame (each worker's
+reassembler only sees its own segments go by).
+"""
+
+import bisect
+import os
+import signal
+import sys
+import traceback
+from itertools import chain
+from multiprocessing import Pipe
+from multiprocessing.connection import wait
+from operator import itemgetter
+from typing import Iterator, List, NamedTuple, Optional
+
+from ..capture.pcapfile import CaptureError
+from ..capture.transport import Progress, Transport, read_transport
+from .reader import Reader
+
+BATCH = 2048  # lines per message from a worker
+FIRST_DATAGRAM_WITHIN = 100000  # frames searched for the capture's first datagram
+MIN_SIZE = 16 << 20  # smaller files are read faster by one process than by forking workers
+NEVER = float("inf")
+
+
+class Outcome(NamedTuple):
+    """What the workers found besides the lines, for the summary line."""
+    frames: int
+    skipped: int  # frames without UDP or TCP
+    not_openvpn: int
+    error: Optional[str]  # the capture's damage, after everything readable was sent
+
+
+def worth_it(path) -> bool:
+    try:
+        return os.path.getsize(path) >= MIN_SIZE and (os.cpu_count() or 1) > 1
+    except OSError:
+        return False
+
+
+def first_datagram_time(path) -> Optional[float]:
+    """The time of the capture's first transport payload, which the listing's relative
+    times count from; None when there is none early on or the file is damaged there
+    (then one reader does the job, and says what is wrong)."""
+    try:
+        for number, datagram in enumerate(read_transport(path)):
+            if number >= FIRST_DATAGRAM_WITHIN:
+                return None
+            return datagram.time
+    except (CaptureError, OSError):
+        return None
+    return None
+
+
+class Workers:
+    """``lines()`` yields batches of rendered lines in frame order; ``outcome`` is set
+    once they are all read. ``close()`` stops the workers (also when the reader of
+    the lines stops early, e.g. ``-c``)."""
+
+    def __init__(self, path, reader_options, render, jobs: int, first_time: float):
+        sys.stdout.flush()  # a forked child must not inherit (and write again) pending output
+        sys.stderr.flush()
+        self.children, self.connections = [], []
+        self.outcome: Optional[Outcome] = None
+        for index in range(jobs):
+            receiving, sending = Pipe(duplex=False)
+            pid = os.fork()
+            if pid == 0:  # the worker
+                receiving.close()
+                for other in self.connections:
+                    other.close()
+                _work(sending, path, reader_options, render, (index, jobs), first_time)
+            sending.close()
+            self.children.append(pid)
+            self.connections.append(receiving)
+
+    def lines(self) -> Iterator[List[str]]:
+        jobs = len(self.connections)
+        frames: List[list] = [[] for _ in range(jobs)]
+        texts: List[list] = [[] for _ in range(jobs)]
+        marks = [0] * jobs
+        ends = [None] * jobs
+        index_of = {connection: index for index, connection in enumerate(self.connections)}
+        open_connections = list(self.connections)
+        while open_connections:
+            for connection in wait(open_connections):
+                index = index_of[connection]
+                try:
+                    message = connection.recv()
+                except EOFError:
+                    raise RuntimeError(f"dissection worker {index + 1} ended without a word") from None
+                kind = message[0]
+                if kind == "crash":
+                    raise RuntimeError(f"dissection worker {index + 1} failed:\n{message[1]}")
+                frames[index] += message[1]
+                texts[index] += message[2]
+                if kind == "end":
+                    marks[index], ends[index] = NEVER, message[3:]
+                    open_connections.remove(connection)
+                else:
+                    marks[index] = message[3]
+            batch = _merge(frames, texts, min(marks))
+            if batch:
+                yield batch
+        first = ends[0]
+        self.outcome = Outcome(frames=first[0], skipped=first[1],
+                               not_openvpn=sum(end[2] for end in ends),
+                               error=next((end[3] for end in ends if end[3]), None))
+
+    def close(self):
+        for connection in self.connections:
+            connection.close()
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+        self.children = []
+
+
+def _merge(frames, texts, limit):
+    """Take from each worker the lines numbered up to ``limit``, in frame order
+    (a tie, which only the end of a capture makes, goes to the lower worker)."""
+    taken = []
+    for worker_frames, worker_texts in zip(frames, texts):
+        count = bisect.bisect_right(worker_frames, limit)
+        if count:
+            taken.append((worker_frames[:count], worker_texts[:count]))
+            del worker_frames[:count], worker_texts[:count]
+    if len(taken) <= 1:
+        return taken[0][1] if taken else []
+    pairs = sorted(chain.from_iterable(zip(*shard) for shard in taken), key=itemgetter(0))
+    return [text for _frame, text in pairs]
+
+
+def _work(connection, path, reader_options, render, shard, first_time):
+    """A worker's life: dissect one shard, send lines, never return."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    status = 0
+    try:
+        transport, reader = Transport(shard=shard), Reader(reader_options)
+        reader.first_time = first_time
+        frames, texts = [], []
+        error = None
+        try:
+            for item in read_transport(path, transport):
+                if item.__class__ is Progress:
+                    mark = item.frame - 1
+                else:
+                    for record in reader.feed(item):
+                        frames.append(record["frame"])
+                        texts.append(render(record))
+                    if len(texts) < BATCH:
+                        continue
+                    mark = item.frame - 1  # this frame may still complete more packets
+                if reader.queue:  # packets of undecided flows wait, numbered from the first
+                    mark = min(mark, reader.queue[0][1] - 1)
+                connection.send(("lines", frames, texts, mark))
+                frames, texts = [], []
+        except CaptureError as damage:
+            error = str(damage)
+        except OSError as failure:
+            error = f"{path}: {failure.strerror or failure}"
+        for record in reader.finish():
+            frames.append(record["frame"])
+            texts.append(render(record))
+        counts = transport.counts
+        connection.send(("end", frames, texts, counts.frames, counts.skipped, reader.not_openvpn, error))
+    except (BrokenPipeError, ConnectionResetError):  # the parent stopped reading (e.g. -c)
+        status = 1
+    except BaseException:
+        status = 1
+        try:
+            connection.send(("crash", traceback.format_exc()))
+        except OSError:
+            pass
+    finally:
+        os._exit(status)

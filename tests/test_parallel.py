@@ -1,0 +1,130 @@
+"""dissect -j/--jobs: flows shared out to worker processes, output merged back
+into frame order - the same bytes one process prints, on every real capture, on
+a capture of hundreds of flows, on damaged files and when stopped early."""
+
+import importlib.util
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from captures import CAPTURES, MANIFEST, key_path
+from ovpndiag.capture.transport import Progress, Transport, read_transport, shard_of
+from ovpndiag.cli import main
+from ovpndiag.dissect import parallel
+
+ROOT = CAPTURES.parent
+
+
+def _benchmark_builder():
+    spec = importlib.util.spec_from_file_location("dissect_speed", ROOT / "benchmarks" / "dissect_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build
+
+
+@pytest.fixture(scope="module")
+def many_flows(tmp_path_factory):
+    """The benchmark's capture, small: every real Ethernet capture repeated on new client ports."""
+    path = tmp_path_factory.mktemp("parallel") / "many.pcap"
+    _benchmark_builder()(6000, path)
+    return path
+
+
+def run(*args):
+    result = CliRunner().invoke(main, ["dissect", *map(str, args)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def key_options(capture):
+    flag = {"tls-auth": "--tls-auth", "tls-crypt": "--tls-crypt", "tls-crypt-v2": "--tls-crypt-v2"}
+    if capture.get("key") and capture["wrapping"] in flag:
+        return [flag[capture["wrapping"]], key_path(capture["key"])]
+    return []
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"]], ids=["listing", "json"])
+@pytest.mark.parametrize("capture", MANIFEST, ids=[c["file"] for c in MANIFEST])
+def test_every_capture_reads_the_same_with_workers(capture, mode):
+    args = [CAPTURES / capture["file"], *mode, *key_options(capture)]
+    alone = run(*args, "--jobs", "1")
+    assert alone.exit_code == 0 and alone.output
+    for jobs in ("2", "3"):
+        shared = run(*args, "--jobs", jobs)
+        assert (shared.exit_code, shared.output) == (alone.exit_code, alone.output)
+
+
+def test_hundreds_of_flows_are_shared_out_and_merged_in_frame_order(many_flows):
+    flows = {(d.transport, frozenset(((d.src, d.sport), (d.dst, d.dport))))
+             for d in read_transport(str(many_flows))}
+    shards = {shard_of(*(port for _address, port in endpoints), 2) for _transport, endpoints in flows}
+    assert len(flows) > 100 and shards == {0, 1}  # both workers have work
+    for mode in ([], ["--json"]):
+        alone = run(many_flows, "-p", "12345", "-p", "443", *mode, "--jobs", "1")
+        shared = run(many_flows, "-p", "12345", "-p", "443", *mode, "--jobs", "2")
+        assert alone.exit_code == shared.exit_code == 0
+        assert shared.output == alone.output and shared.output.count("\n") > 4000
+
+
+def test_each_flow_goes_to_exactly_one_shard_and_together_they_are_the_whole(many_flows):
+    whole = [d for d in read_transport(str(many_flows))]
+    parts = []
+    for index in range(3):
+        for item in read_transport(str(many_flows), Transport(shard=(index, 3))):
+            if item.__class__ is not Progress:
+                assert shard_of(item.sport, item.dport, 3) == index
+                parts.append(item)
+    parts.sort(key=lambda d: d.frame)  # stable: a frame's datagrams keep their order
+    # (stream numbers count each reassembler's own connections, so they are left out)
+    assert [d._replace(stream=0) for d in parts] == [d._replace(stream=0) for d in whole]
+
+
+def test_progress_marks_come_in_frame_order_even_where_a_shard_has_nothing(many_flows):
+    marks = [item.frame for item in read_transport(str(many_flows), Transport(shard=(7, 8)))
+             if item.__class__ is Progress]
+    assert marks and marks == sorted(marks) and all(frame % 4096 == 0 for frame in marks)
+
+
+def test_a_damaged_file_prints_the_same_then_the_same_error(many_flows, tmp_path):
+    cut = tmp_path / "cut.pcap"
+    whole = many_flows.read_bytes()
+    cut.write_bytes(whole[:len(whole) * 2 // 3 + 7])
+    alone = run(cut, "-p", "12345", "--jobs", "1")
+    shared = run(cut, "-p", "12345", "--jobs", "2")
+    assert alone.exit_code == shared.exit_code == 1
+    assert shared.output == alone.output and "record truncated" in shared.output
+
+
+def test_count_stops_the_workers_early(many_flows):
+    alone = run(many_flows, "-c", "25", "--jobs", "1")
+    shared = run(many_flows, "-c", "25", "--jobs", "2")
+    assert shared.output == alone.output and shared.output.count("\n") == 25
+
+
+def test_workers_stopped_early_are_ended_and_reaped(many_flows):
+    from ovpndiag.dissect.reader import Options
+    from ovpndiag.render.line import packet_line
+
+    workers = parallel.Workers(str(many_flows), Options(), packet_line, 2,
+                               parallel.first_datagram_time(str(many_flows)))
+    pids = list(workers.children)
+    assert next(iter(workers.lines()))
+    workers.close()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_merge_keeps_frame_order_and_holds_back_what_a_worker_may_still_precede():
+    frames, texts = [[1, 4, 9], [2, 3, 9, 12]], [["a1", "a4", "a9"], ["b2", "b3", "b9", "b12"]]
+    assert parallel._merge(frames, texts, 9) == ["a1", "b2", "b3", "a4", "a9", "b9"]
+    assert frames == [[], [12]] and texts == [[], ["b12"]]
+    assert parallel._merge(frames, texts, 11) == []
+
+
+def test_small_files_stay_in_one_process_unless_asked(many_flows, monkeypatch):
+    assert not parallel.worth_it(CAPTURES / "udp-plain.pcap")
+    assert not parallel.worth_it("/nonexistent.pcap")
+    monkeypatch.setattr(parallel, "MIN_SIZE", 1)
+    assert parallel.worth_it(many_flows) == ((os.cpu_count() or 1) > 1)
