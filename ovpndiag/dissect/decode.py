@@ -13,7 +13,6 @@ from struct import Struct, unpack_from
 from ..protocol import (CARRIES_WKC, MAX_ACKS, OPCODES, PLAIN, RESETS, TLS_CRYPT_TAG_SIZE, Wrapping)
 
 _TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
-_ACKS = [Struct(f"!{count}I").unpack_from for count in range(MAX_ACKS + 1)]  # by ACK count
 
 
 def effective_wrapping(opcode: int, wrapping: Wrapping) -> Wrapping:
@@ -68,24 +67,32 @@ def _truncated(fields, size, opcode, given):
     return fields
 
 
-# Wrapping -> (kind, hmac_size, visible, header): what _control reads of a wrapping,
-# worked out once per Wrapping (a run sees a handful) instead of per packet.
+# Wrapping -> (kind, hmac_size, visible, header, unpack of the header): what _control reads
+# of a wrapping, worked out once per Wrapping (a run sees a handful) instead of per packet.
 _LAYOUTS = {}
+# By ACK count: the ACKs, the remote session id and the message packet-id in one unpack
+# (without the packet-id for P_ACK_V1).
+_AFTER_ACKS = [Struct(f"!{count}I" + ("Q" if count else "") + "I").unpack_from for count in range(MAX_ACKS + 1)]
+_AFTER_ACKS_V1 = [Struct(f"!{count}IQ").unpack_from if count else None for count in range(MAX_ACKS + 1)]
 
 
 def _layout(wrapping):
     kind = wrapping.kind
-    header = 9
     if kind == "tls-auth":
-        header += wrapping.hmac_size + 8
+        header = 9 + wrapping.hmac_size + 8
+        unpack = Struct(f"!xQ{wrapping.hmac_size}sII").unpack_from  # session id, HMAC, replay id, time
     elif kind != "none":
-        header += 8 + TLS_CRYPT_TAG_SIZE
-    layout = _LAYOUTS[wrapping] = (kind, wrapping.hmac_size, not wrapping.hides_control_fields, header)
+        header = 9 + 8 + TLS_CRYPT_TAG_SIZE
+        unpack = Struct(f"!xQII{TLS_CRYPT_TAG_SIZE}s").unpack_from  # session id, replay id, time, tag
+    else:
+        header = 9
+        unpack = Struct("!xQ").unpack_from
+    layout = _LAYOUTS[wrapping] = (kind, wrapping.hmac_size, not wrapping.hides_control_fields, header, unpack)
     return layout
 
 
 def _control(data, size, opcode, wrapping, given, fields):
-    kind, hmac_size, visible, header = _LAYOUTS.get(wrapping) or _layout(wrapping)
+    kind, hmac_size, visible, header, unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
     fields["wrapping"] = kind
     if kind == "tls-auth":
         fields["hmac_size"] = hmac_size
@@ -94,14 +101,12 @@ def _control(data, size, opcode, wrapping, given, fields):
         fields["malformed"] = (f"truncated: {size} bytes, {OPCODES[opcode]} with {wrapping} "
                                f"needs at least {needed}")
         return fields
-    fields["session_id"] = int.from_bytes(data[1:9], "big")
     if kind == "tls-auth":
-        end_hmac = 9 + hmac_size
-        fields["_hmac"] = data[9:end_hmac]
-        fields["replay_packet_id"], fields["net_time"] = unpack_from("!II", data, end_hmac)
-    elif kind != "none":
-        fields["replay_packet_id"], fields["net_time"] = unpack_from("!II", data, 9)
-        fields["_tag"] = data[17:header]
+        fields["session_id"], fields["_hmac"], fields["replay_packet_id"], fields["net_time"] = unpack(data)
+    elif kind == "none":
+        fields["session_id"] = unpack(data)[0]
+    else:
+        fields["session_id"], fields["replay_packet_id"], fields["net_time"], fields["_tag"] = unpack(data)
     end = size
     if opcode in CARRIES_WKC:
         left = size - header
@@ -118,29 +123,34 @@ def _control(data, size, opcode, wrapping, given, fields):
     if not visible:
         fields["ciphertext_len"] = end - header
         return fields
-    position = header
-    if position >= end:
+    if header >= end:
         return _truncated(fields, size, opcode, given)
-    count = data[position]
-    position += 1
+    count = data[header]
     if count > MAX_ACKS:
         fields["malformed"] = f"ACK count {count} exceeds {MAX_ACKS}"
         return fields
-    after = position + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
-    if after > end:
+    position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
+    if position > end:
         return _truncated(fields, size, opcode, given)
-    fields["acks"] = list(_ACKS[count](data, position)) if count else []
-    position += 4 * count
+    if opcode == 5:
+        if count:
+            values = _AFTER_ACKS_V1[count](data, header + 1)
+            fields["acks"], fields["remote_session_id"] = list(values[:count]), values[count]
+        else:
+            fields["acks"] = []
+        fields["_payload_offset"], fields["payload_len"] = position, end - position
+        if end > position:
+            fields["malformed"] = f"{end - position} bytes after the ACKs of a P_ACK_V1"
+        return fields
     if count:
-        fields["remote_session_id"] = int.from_bytes(data[position:position + 8], "big")
-        position += 8
-    if opcode != 5:
-        fields["message_packet_id"] = unpack_from("!I", data, position)[0]
-        position += 4
+        values = _AFTER_ACKS[count](data, header + 1)
+        fields["acks"], fields["remote_session_id"] = list(values[:count]), values[count]
+        fields["message_packet_id"] = values[count + 1]
+    else:
+        fields["acks"] = []
+        fields["message_packet_id"] = unpack_from("!I", data, header + 1)[0]
     fields["_payload_offset"], fields["payload_len"] = position, end - position
-    if opcode == 5 and end > position:
-        fields["malformed"] = f"{end - position} bytes after the ACKs of a P_ACK_V1"
-    elif opcode in RESETS:
+    if opcode in RESETS:
         _tlvs(data, position, end, fields)
     return fields
 
