@@ -232,7 +232,6 @@ def _read_pcap(f, name, header, tr, position):
                     break
                 number += 1
                 off = stop
-                time = (sec * units + frac) / units
                 if shards and not number % PROGRESS_EVERY:
                     yield Progress(number)
                 if ethernet and incl >= 48:
@@ -246,7 +245,7 @@ def _read_pcap(f, name, header, tr, position):
                                     continue
                                 pair = names.get(addrs) or name_pair(addrs)
                                 fast_udp += 1
-                                yield new(Datagram, (number, time, pair[0], pair[1], sport, dport, UDP,
+                                yield new(Datagram, (number, (sec * units + frac) / units, pair[0], pair[1], sport, dport, UDP,
                                                      buf[start + 42:start + 34 + length], 0, 0, 0, False))
                                 continue
                         elif protocol == 6:
@@ -257,13 +256,14 @@ def _read_pcap(f, name, header, tr, position):
                                     continue
                                 pair = names.get(addrs) or name_pair(addrs)
                                 fast_tcp += 1
+                                time = (sec * units + frac) / units
                                 deliveries = segment((pair[0], sport, pair[1], dport), word, flags & 0x3F,
                                                      buf[start + 34 + size:start + 14 + total], 0, time)
                                 if deliveries:
                                     yield from deliver(deliveries, number, time)
                                 continue
                 r = decode(linktype, buf[start:stop])
-                yield from (udp if r[0] is UDP else other)(r, number, time)
+                yield from (udp if r[0] is UDP else other)(r, number, (sec * units + frac) / units)
             chunk = read(f, name, CHUNK)
             if not chunk:
                 if off < end:
@@ -276,5 +276,5 @@ def _read_pcap(f, name, header, tr, position):
         counts.frames += number
         counts.udp += fast_udp
         counts.tcp_segments += fast_tcp
-        if number:
-            position[:] = number, time
+        if number:  # the last frame's time (worked out above only where it is used)
+            position[:] = number, (sec * units + frac) / units

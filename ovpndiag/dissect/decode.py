@@ -91,6 +91,13 @@ def _layout(wrapping):
     return layout
 
 
+def shortest(wrapping: Wrapping) -> int:
+    """The fewest bytes a control packet (opcodes 10 and 11 aside) has under this
+    wrapping: decode() calls a shorter one malformed, so trying it is no use."""
+    kind, _hmac_size, visible, header, _unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
+    return header + (1 if visible else 0)
+
+
 def _control(data, size, opcode, wrapping, given, fields):
     kind, hmac_size, visible, header, unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
     fields["wrapping"] = kind

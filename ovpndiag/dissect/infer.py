@@ -12,7 +12,7 @@ few packets by preference. A key, when given, settles it by verifying.
 from typing import Optional
 
 from ..protocol import EARLY_NEG_START, PLAIN, Wrapping
-from .decode import decode
+from .decode import decode, shortest
 
 TLS_CRYPT = Wrapping("tls-crypt")
 TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
@@ -75,7 +75,9 @@ class WrappingInference:
         if opcode in (10, 11):  # only tls-crypt-v2 has these
             self.decided = TLS_CRYPT_V2
             return self.decided
-        survivors = [w for w in self.candidates if plausible(decode(data, w), peer_session_id, now)]
+        size = len(data)
+        survivors = [w for w in self.candidates
+                     if size >= shortest(w) and plausible(decode(data, w), peer_session_id, now)]
         self.seen += 1
         if survivors:
             self.candidates = survivors

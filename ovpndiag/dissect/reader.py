@@ -23,7 +23,7 @@ import collections
 import struct
 from typing import Dict, List, Optional
 
-from ..protocol import OPCODES
+from ..protocol import CARRIES_WKC, OPCODES
 from ..render.line import endpoint  # the listing's per-direction labels are made once per flow
 from .decode import decode
 from .infer import CANDIDATES, PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
@@ -187,35 +187,43 @@ class Reader:
         self.queue = collections.deque()  # (flow, frame, time, sender, data)
         self.first_time = None
         self.not_openvpn = 0  # transport payloads of flows found not to be OpenVPN
+        self.no_keys = self.options.keys.empty
+        self.sessions = self.options.sessions
 
     # --- input ---------------------------------------------------------------
 
     def feed(self, datagram) -> List[dict]:
         """The records this datagram makes ready (usually one, maybe none or many)."""
+        frame, time, src, dst, sport, dport, transport, payload = datagram[:8]
         if self.first_time is None:
-            self.first_time = datagram.time
-        direction = self.directions.get((datagram.src, datagram.sport, datagram.dst, datagram.dport,
-                                         datagram.transport))
+            self.first_time = time
+        direction = self.directions.get((src, sport, dst, dport, transport))
         flow, sender = direction or self._flow(datagram)
-        flow.last = datagram.time
+        flow.last = time
         self.datagrams += 1
         if self.datagrams % EXPIRY_CHECK == 0:
-            self._expire(datagram.time)
+            self._expire(time)
         if flow.state is OTHER:
             self.not_openvpn += 1
             return []
-        if datagram.transport == "udp":
-            payload = datagram.payload
+        if transport == "udp":
             if payload and flow.state is OPENVPN and not self.queue:
                 # The common case: nothing waits, so this packet goes out now unless it has
                 # to wait itself (as _packet then _drain would do, without the queue).
-                self._learn(flow, sender, payload, datagram.time)
+                if payload[0] >> 3 not in CONTROL_OPCODES:
+                    return [self._record(flow, frame, time, sender, payload)]
+                inference = flow.inference
+                if inference is not None and inference.decided is not None:  # _learn, inlined
+                    if len(payload) >= 9:
+                        flow.session_ids[sender] = int.from_bytes(payload[1:9], "big")
+                    return [self._record(flow, frame, time, sender, payload)]
+                self._learn(flow, sender, payload, time)
                 if _ready(flow, payload):
-                    return [self._record(flow, datagram.frame, datagram.time, sender, payload)]
-                self.queue.append((flow, datagram.frame, datagram.time, sender, payload))
+                    return [self._record(flow, frame, time, sender, payload)]
+                self.queue.append((flow, frame, time, sender, payload))
                 return []
             if payload:
-                self._packet(flow, datagram.frame, datagram.time, sender, payload)
+                self._packet(flow, frame, time, sender, payload)
         else:
             self._tcp(flow, datagram, sender)
         return self._drain()
@@ -389,7 +397,15 @@ class Reader:
         record["_data"], record["_relative"] = data, time - self.first_time
         opcode = data[0] >> 3 if data else None
         if opcode in CONTROL_OPCODES:
-            self._control(flow, sender, data, record)
+            wrapping = flow.inference.decided if flow.inference and flow.inference.decided else PLAIN
+            if self.no_keys and not data[0] & 7 and opcode not in CARRIES_WKC:
+                # The common case of _control: the flow's own wrapping, nothing to open.
+                decode(data, wrapping, record)
+                record["_wrapping"] = wrapping
+                if wrapping.kind != "none":
+                    record["hmac_valid"] = None
+            else:
+                self._control(flow, sender, data, record, wrapping)
             if opcode == 4 or opcode == 11:
                 self._tls(flow, sender, record)
             tlvs = record.get("_tlvs")
@@ -397,14 +413,14 @@ class Reader:
                 record["tlvs"] = [_tlv_name(t) for t in tlvs]
         else:
             decode(data, PLAIN, record)
-        if self.options.sessions:
+        if self.sessions:
             self._count(flow, sender, record)
         return record
 
-    def _control(self, flow, sender, data, record):
-        """Decode a control packet into the record under the right wrapping,
-        opened with the user's keys where they apply."""
-        wrapping = flow.inference.decided if flow.inference and flow.inference.decided else PLAIN
+    def _control(self, flow, sender, data, record, wrapping):
+        """Decode a control packet into the record under the right wrapping (the
+        flow's, or what a renegotiation switched to), opened with the user's keys
+        where they apply."""
         key_id = data[0] & 7
         dynamic = False
         if key_id and wrapping.kind in ("none", "tls-auth"):
