@@ -340,8 +340,8 @@ def _progress(frames, packets):
 @click.option("--write-decrypted", "write_decrypted", metavar="OUT.pcap",
               help="Write the OpenVPN packets with tls-crypt removed, for Wireshark (never overwrites).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64),
-              help="Processes sharing a capture's flows for the listing and --json (default: 2 on a "
-                   "machine with 2 CPUs or more for files over 16 MB; 1: one process).")
+              help="Processes sharing a capture's flows for the listing and --json (default: one per "
+                   "CPU, up to 4, for files of 16 MB or more; 1: one process). The output is the same.")
 def dissect(files, write_decrypted, jobs, **options):
     """Print the OpenVPN traffic in pcap/pcapng captures, Wireshark-style.
 
@@ -367,8 +367,9 @@ def dissect(files, write_decrypted, jobs, **options):
             output.file = path
             if output.many and not options["as_json"] and not options["sessions"]:
                 output.write(f"==> {path} <==\n")
-            if _parallel(path, jobs, write_decrypted, options):
-                outcome = _dissect_parallel(path, reader_options, output, jobs or 2)
+            workers = _workers(path, jobs, write_decrypted, options)
+            if workers > 1:
+                outcome = _dissect_parallel(path, reader_options, output, workers)
                 if outcome is not None:
                     failed |= outcome
                     if output.full:
@@ -414,14 +415,16 @@ def dissect(files, write_decrypted, jobs, **options):
     sys.exit(1 if failed else 0)
 
 
-def _parallel(path, jobs, write_decrypted, options) -> bool:
-    """Whether workers share this file: for the listing and JSON of a big enough file
-    (or when -j asks), not for what needs every flow in one place."""
-    if jobs == 1 or write_decrypted or options["sessions"] or options["verbose"]:
-        return False
+def _workers(path, jobs, write_decrypted, options) -> int:
+    """How many processes share this file: for the listing and JSON of a big enough
+    file (or as -j asks), not for what needs every flow in one place."""
+    import os.path
+
+    if jobs == 1 or write_decrypted or options["sessions"] or options["verbose"] or not os.path.isfile(path):
+        return 1  # (a pipe or device cannot be read by several processes at once)
     from .dissect import parallel
 
-    return jobs is not None or parallel.worth_it(path)
+    return jobs or parallel.default_jobs(path)
 
 
 def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:

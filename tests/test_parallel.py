@@ -124,7 +124,23 @@ def test_merge_keeps_frame_order_and_holds_back_what_a_worker_may_still_precede(
 
 
 def test_small_files_stay_in_one_process_unless_asked(many_flows, monkeypatch):
-    assert not parallel.worth_it(CAPTURES / "udp-plain.pcap")
-    assert not parallel.worth_it("/nonexistent.pcap")
+    assert parallel.default_jobs(CAPTURES / "udp-plain.pcap") == 1
+    assert parallel.default_jobs("/nonexistent.pcap") == 1
     monkeypatch.setattr(parallel, "MIN_SIZE", 1)
-    assert parallel.worth_it(many_flows) == ((os.cpu_count() or 1) > 1)
+    assert parallel.default_jobs(many_flows) == min(len(os.sched_getaffinity(0)), parallel.MAX_JOBS)
+
+
+def test_a_pipe_is_read_by_one_process_even_when_workers_are_asked_for(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    capture = CAPTURES / "udp-tls-auth-sha1.pcap"
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(capture.read_bytes()))
+    feeder.start()
+    piped = subprocess.run([sys.executable, "-m", "ovpndiag", "dissect", str(fifo), "-j", "2"],
+                           capture_output=True, text=True, timeout=60)
+    feeder.join(timeout=10)
+    assert piped.returncode == 0 and piped.stdout == run(capture, "-j", "1").output

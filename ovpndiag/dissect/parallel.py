@@ -31,6 +31,7 @@ from .reader import Reader
 BATCH = 2048  # lines per message from a worker
 FIRST_DATAGRAM_WITHIN = 100000  # frames searched for the capture's first datagram
 MIN_SIZE = 16 << 20  # smaller files are read faster by one process than by forking workers
+MAX_JOBS = 4  # each worker reads the whole file: beyond a few, that reading is most of the work
 NEVER = float("inf")
 
 
@@ -42,11 +43,21 @@ class Outcome(NamedTuple):
     error: Optional[str]  # the capture's damage, after everything readable was sent
 
 
-def worth_it(path) -> bool:
+def usable_cpus() -> int:
     try:
-        return os.path.getsize(path) >= MIN_SIZE and (os.cpu_count() or 1) > 1
+        return len(os.sched_getaffinity(0))  # what this process may run on (containers, taskset)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs(path) -> int:
+    """Workers for a file when -j is not given: one per usable CPU up to MAX_JOBS,
+    and none (1) for files too small to be worth forking for."""
+    try:
+        size = os.path.getsize(path)
     except OSError:
-        return False
+        return 1
+    return min(usable_cpus(), MAX_JOBS) if size >= MIN_SIZE else 1
 
 
 def first_datagram_time(path) -> Optional[float]:

@@ -194,7 +194,7 @@ class Reader:
 
     def feed(self, datagram) -> List[dict]:
         """The records this datagram makes ready (usually one, maybe none or many)."""
-        frame, time, src, dst, sport, dport, transport, payload = datagram[:8]
+        frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, _gap, _end = datagram
         if self.first_time is None:
             self.first_time = time
         direction = self.directions.get((src, sport, dst, dport, transport))
@@ -208,25 +208,33 @@ class Reader:
             return []
         if transport == "udp":
             if payload and flow.state is OPENVPN and not self.queue:
-                # The common case: nothing waits, so this packet goes out now unless it has
-                # to wait itself (as _packet then _drain would do, without the queue).
-                if payload[0] >> 3 not in CONTROL_OPCODES:
-                    return [self._record(flow, frame, time, sender, payload)]
-                inference = flow.inference
-                if inference is not None and inference.decided is not None:  # _learn, inlined
-                    if len(payload) >= 9:
-                        flow.session_ids[sender] = int.from_bytes(payload[1:9], "big")
-                    return [self._record(flow, frame, time, sender, payload)]
-                self._learn(flow, sender, payload, time)
-                if _ready(flow, payload):
-                    return [self._record(flow, frame, time, sender, payload)]
-                self.queue.append((flow, frame, time, sender, payload))
-                return []
+                record = self._at_once(flow, frame, time, sender, payload)
+                return [] if record is None else [record]
             if payload:
                 self._packet(flow, frame, time, sender, payload)
-        else:
-            self._tcp(flow, datagram, sender)
-        return self._drain()
+            return self._drain()
+        ready = []
+        self._tcp(flow, datagram, sender, ready)
+        if self.queue:
+            ready += self._drain()
+        return ready
+
+    def _at_once(self, flow, frame, time, sender, data):
+        """The common case, a packet of an OpenVPN flow while nothing waits: its record
+        now, unless it has to wait itself (as _packet then _drain would do, without
+        the queue). None when it was queued."""
+        if data[0] >> 3 not in CONTROL_OPCODES:
+            return self._record(flow, frame, time, sender, data)
+        inference = flow.inference
+        if inference is not None and inference.decided is not None:  # _learn, inlined
+            if len(data) >= 9:
+                flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
+            return self._record(flow, frame, time, sender, data)
+        self._learn(flow, sender, data, time)
+        if _ready(flow, data):
+            return self._record(flow, frame, time, sender, data)
+        self.queue.append((flow, frame, time, sender, data))
+        return None
 
     def finish(self) -> List[dict]:
         """End of input: decide what is still undecided and emit everything."""
@@ -278,7 +286,7 @@ class Reader:
             if self.options.sessions:  # summed up now, so the flow's state can go
                 self.ended.extend(session.to_dict() for session in flow.sessions.values())
 
-    def _tcp(self, flow, datagram, sender):
+    def _tcp(self, flow, datagram, sender, ready):
         buffered = b"" if datagram.gap else flow.streams[sender]  # after a gap, frames restart unknown
         buffered += datagram.payload
         if datagram.gap:
@@ -292,7 +300,13 @@ class Reader:
                 return
             if len(buffered) - offset - 2 < length:
                 break
-            self._packet(flow, datagram.frame, datagram.time, sender, buffered[offset + 2:offset + 2 + length])
+            data = buffered[offset + 2:offset + 2 + length]
+            if data and flow.state is OPENVPN and not self.queue:
+                record = self._at_once(flow, datagram.frame, datagram.time, sender, data)
+                if record is not None:
+                    ready.append(record)
+            else:
+                self._packet(flow, datagram.frame, datagram.time, sender, data)
             offset += 2 + length
             if flow.state == OTHER:
                 return
