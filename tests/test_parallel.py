@@ -144,3 +144,17 @@ def test_a_pipe_is_read_by_one_process_even_when_workers_are_asked_for(tmp_path)
                            capture_output=True, text=True, timeout=60)
     feeder.join(timeout=10)
     assert piped.returncode == 0 and piped.stdout == run(capture, "-j", "1").output
+
+
+def test_the_first_datagram_is_looked_for_only_near_the_start(tmp_path, monkeypatch):
+    from capture_files import pcap, real_records
+
+    udp_frames = real_records("udp-plain.pcap")
+    arp = bytes(6) + bytes(6) + b"\x08\x06" + bytes(28)  # frames with no datagram
+    late = tmp_path / "late.pcap"
+    late.write_bytes(pcap([(1, 0, arp)] * 9000 + udp_frames))
+    seconds, micros, _frame = udp_frames[0]
+    assert parallel.first_datagram_time(str(late)) == (seconds * 1000000 + micros) / 1000000
+    monkeypatch.setattr(parallel, "FIRST_DATAGRAM_WITHIN", 5000)
+    assert parallel.first_datagram_time(str(late)) is None  # then one process reads the file
+    assert run(late, "-j", "2").output == run(late, "-j", "1").output

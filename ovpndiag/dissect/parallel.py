@@ -64,13 +64,17 @@ def first_datagram_time(path) -> Optional[float]:
     """The time of the capture's first transport payload, which the listing's relative
     times count from; None when there is none early on or the file is damaged there
     (then one reader does the job, and says what is wrong)."""
+    items = read_transport(path, Transport(shard=(0, 1)))  # one shard: every datagram, and Progress
     try:
-        for number, datagram in enumerate(read_transport(path)):
-            if number >= FIRST_DATAGRAM_WITHIN:
+        for item in items:
+            if item.__class__ is not Progress:
+                return item.time
+            if item.frame > FIRST_DATAGRAM_WITHIN:
                 return None
-            return datagram.time
     except (CaptureError, OSError):
         return None
+    finally:
+        items.close()
     return None
 
 
@@ -84,17 +88,21 @@ class Workers:
         sys.stderr.flush()
         self.children, self.connections = [], []
         self.outcome: Optional[Outcome] = None
-        for index in range(jobs):
-            receiving, sending = Pipe(duplex=False)
-            pid = os.fork()
-            if pid == 0:  # the worker
-                receiving.close()
-                for other in self.connections:
-                    other.close()
-                _work(sending, path, reader_options, render, (index, jobs), first_time)
-            sending.close()
-            self.children.append(pid)
-            self.connections.append(receiving)
+        try:
+            for index in range(jobs):
+                receiving, sending = Pipe(duplex=False)
+                pid = os.fork()
+                if pid == 0:  # the worker
+                    receiving.close()
+                    for other in self.connections:
+                        other.close()
+                    _work(sending, path, reader_options, render, (index, jobs), first_time)
+                sending.close()
+                self.children.append(pid)
+                self.connections.append(receiving)
+        except OSError:  # no more processes or pipes: stop those started
+            self.close()
+            raise
 
     def lines(self) -> Iterator[List[str]]:
         jobs = len(self.connections)
@@ -113,7 +121,7 @@ class Workers:
                     raise RuntimeError(f"dissection worker {index + 1} ended without a word") from None
                 kind = message[0]
                 if kind == "crash":
-                    raise RuntimeError(f"dissection worker {index + 1} failed:\n{message[1]}")
+                    raise RuntimeError(f"dissection worker {index + 1} failed: {message[1]}")
                 frames[index] += message[1]
                 texts[index] += message[2]
                 if kind == "end":
@@ -195,7 +203,7 @@ def _work(connection, path, reader_options, render, shard, first_time):
     except BaseException:
         status = 1
         try:
-            connection.send(("crash", traceback.format_exc()))
+            connection.send(("crash", traceback.format_exc().strip().splitlines()[-1]))
         except OSError:
             pass
     finally:

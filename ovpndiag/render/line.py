@@ -9,6 +9,25 @@ def endpoint(address, port):
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+# A control packet's line in one %-format, by shape: with ACKs (P_ACK_V1 has no message
+# packet-id), without, or with neither visible (tls-crypt without its key). The trailing
+# %.0s swallows the packet-id a shape does not show, so every shape takes the same values.
+_HEAD = "%6d %11.6f %s %s kid=%d sid=%s"
+_CONTROL_ACKS = _HEAD + " acks=[%s] rsid=%s mpid=%d len=%d"
+_ACK = _HEAD + " acks=[%s] rsid=%s%.0s len=%d"
+_CONTROL = _HEAD + " mpid=%d len=%d"
+_OPAQUE = _HEAD + "%.0s len=%d"
+_SHORT_IDS = {}  # session id -> the hex of its first 4 bytes, as lines show it: made once per session
+_SHORT_IDS_MAX = 1 << 16
+
+
+def _short_id(session_id):
+    if len(_SHORT_IDS) >= _SHORT_IDS_MAX:
+        _SHORT_IDS.clear()
+    text = _SHORT_IDS[session_id] = "%08x" % (session_id >> 32)
+    return text
+
+
 def packet_line(record: dict, colour: bool = False) -> str:
     """e.g. ``3  0.001234 127.0.0.1:46328 -> 127.0.0.1:1194 UDP P_CONTROL_V1 kid=0
     sid=88587622 acks=[0] rsid=6a2f01d7 mpid=1 len=1142 tls-auth SHA1 HMAC ok
@@ -20,26 +39,31 @@ def packet_line(record: dict, colour: bool = False) -> str:
                               f"{endpoint(record['dst'], record['dport'])} {record['transport'].upper()}")
     malformed = get("malformed")
     session_id = get("session_id")
-    if session_id is not None:  # a control packet: one format for the fields all of them have
-        line = "%6d %11.6f %s %s kid=%d sid=%08x" % (record["frame"], record["_relative"], label, record["opcode"],
-                                                    record["key_id"], session_id >> 32)
+    if session_id is not None:  # a control packet: its common fields in one format
+        sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
+        acks = get("acks")
+        message_packet_id = get("message_packet_id")
+        if acks:
+            remote = record["remote_session_id"]
+            line = (_CONTROL_ACKS if message_packet_id is not None else _ACK) % (
+                record["frame"], record["_relative"], label, record["opcode"], record["key_id"], sid,
+                ",".join(map(str, acks)) if len(acks) > 1 else acks[0],
+                _SHORT_IDS.get(remote) or _short_id(remote), message_packet_id, record["length"])
+        else:
+            line = (_CONTROL if message_packet_id is not None else _OPAQUE) % (
+                record["frame"], record["_relative"], label, record["opcode"], record["key_id"], sid,
+                message_packet_id, record["length"])
     elif "peer_id" in record:  # data: the bulk of a capture, kept short
-        line = "%6d %11.6f %s %s kid=%d peer=%d" % (record["frame"], record["_relative"], label, record["opcode"],
-                                                     record["key_id"], record["peer_id"])
+        line = "%6d %11.6f %s %s kid=%d peer=%d len=%d" % (
+            record["frame"], record["_relative"], label, record["opcode"], record["key_id"], record["peer_id"],
+            record["length"])
         if malformed is None:
-            return "%s len=%d" % (line, record["length"])
+            return line
     elif "opcode" in record:
-        line = "%6d %11.6f %s %s kid=%d" % (record["frame"], record["_relative"], label, record["opcode"],
-                                             record["key_id"])
+        line = "%6d %11.6f %s %s kid=%d len=%d" % (record["frame"], record["_relative"], label, record["opcode"],
+                                                    record["key_id"], record["length"])
     else:
-        line = "%6d %11.6f %s" % (record["frame"], record["_relative"], label)
-    acks = get("acks")
-    if acks:
-        line += (" acks=[%d] rsid=%08x" % (acks[0], record["remote_session_id"] >> 32) if len(acks) == 1 else
-                 " acks=[%s] rsid=%08x" % (",".join(map(str, acks)), record["remote_session_id"] >> 32))
-    message_packet_id = get("message_packet_id")
-    line += (" len=%d" % record["length"] if message_packet_id is None else
-             " mpid=%d len=%d" % (message_packet_id, record["length"]))
+        line = "%6d %11.6f %s len=%d" % (record["frame"], record["_relative"], label, record["length"])
     wrapping = get("wrapping")
     if wrapping and wrapping != "none":
         key = (wrapping, get("hmac_size"), get("dynamic"), get("hmac_valid"), colour)
