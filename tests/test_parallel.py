@@ -158,3 +158,11 @@ def test_the_first_datagram_is_looked_for_only_near_the_start(tmp_path, monkeypa
     monkeypatch.setattr(parallel, "FIRST_DATAGRAM_WITHIN", 5000)
     assert parallel.first_datagram_time(str(late)) is None  # then one process reads the file
     assert run(late, "-j", "2").output == run(late, "-j", "1").output
+
+
+def test_several_files_each_shared_out_keep_their_headers_and_file_keys():
+    files = [CAPTURES / "udp-plain.pcap", CAPTURES / "tcp-tls-auth.pcap"]
+    for mode in ([], ["--json"]):
+        shared = run(*files, *mode, "-j", "2")
+        assert shared.exit_code == 0 and shared.output == run(*files, *mode, "-j", "1").output
+        assert all(str(path) in shared.output for path in files)

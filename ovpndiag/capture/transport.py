@@ -232,6 +232,7 @@ def _read_pcap(f, name, header, tr, position):
                     break
                 number += 1
                 off = stop
+                last_sec, last_frac = sec, frac  # the time of the last whole frame, for flush()
                 if shards and not number % PROGRESS_EVERY:
                     yield Progress(number)
                 if ethernet and incl >= 48:
@@ -276,5 +277,5 @@ def _read_pcap(f, name, header, tr, position):
         counts.frames += number
         counts.udp += fast_udp
         counts.tcp_segments += fast_tcp
-        if number:  # the last frame's time (worked out above only where it is used)
-            position[:] = number, (sec * units + frac) / units
+        if number:  # (times are worked out above only where they are used)
+            position[:] = number, (last_sec * units + last_frac) / units
