@@ -455,6 +455,7 @@ def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:
 
 
 def _tally(output, transport, reader, path):
+    """_tally_text for a file one reader read."""
     counts = transport.counts
     _tally_text(output, path, counts.frames, reader.not_openvpn, counts.skipped)
 

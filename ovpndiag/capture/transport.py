@@ -246,8 +246,9 @@ def _read_pcap(f, name, header, tr, position):
                                     continue
                                 pair = names.get(addrs) or name_pair(addrs)
                                 fast_udp += 1
-                                yield new(Datagram, (number, (sec * units + frac) / units, pair[0], pair[1], sport, dport, UDP,
-                                                     buf[start + 42:start + 34 + length], 0, 0, 0, False))
+                                yield new(Datagram, (number, (sec * units + frac) / units, pair[0], pair[1],
+                                                     sport, dport, UDP, buf[start + 42:start + 34 + length],
+                                                     0, 0, 0, False))
                                 continue
                         elif protocol == 6:
                             size = (flags >> 10) & 0x3C

@@ -87,7 +87,8 @@ def _wrapping_words(wrapping, hmac_size, dynamic, valid, colour):
         wrapping if wrapping != "tls-auth" else f"tls-auth {_digest(hmac_size)}")
     if valid is not None:
         word = "tag" if wrapping.startswith("tls-crypt") else "HMAC"
-        words += " " + (_paint(f"{word} ok", "\033[32m", colour) if valid else _paint(f"{word} BAD", "\033[31m", colour))
+        words += " " + (_paint(f"{word} ok", "\033[32m", colour) if valid
+                        else _paint(f"{word} BAD", "\033[31m", colour))
     _WRAPPING_WORDS[wrapping, hmac_size, dynamic, valid, colour] = words
     return words
 
