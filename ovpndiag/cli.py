@@ -328,6 +328,9 @@ class _Output:
                 self.write(self.session_render.session_text(number, summary) + "\n\n")
 
 
+PROGRESS_EVERY = 200000  # datagrams (packets, with workers) between progress lines on a terminal
+
+
 def _progress(frames, packets):
     if sys.stderr.isatty():
         sys.stderr.write(f"\r{frames:,} frames, {packets:,} OpenVPN packets ")
@@ -384,8 +387,8 @@ def dissect(files, write_decrypted, jobs, **options):
                     output.packets(records)
                     if output.full:
                         break
-                    if number % 200000 == 0:
-                        _progress(transport.counts.frames, output.count)
+                    if number % PROGRESS_EVERY == 0:  # (the transport's counts are summed at the end)
+                        _progress(datagram.frame, output.count)
                 else:
                     output.packets(list(_write_decrypted(reader.finish(), writer)) if writer else reader.finish())
             except CaptureError as error:
@@ -437,11 +440,15 @@ def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:
     if first_time is None:
         return None
     workers = parallel.Workers(path, reader_options, output.render, jobs, first_time)
+    progress = PROGRESS_EVERY
     try:
         for lines in workers.lines():
             output.lines(lines)
             if output.full:
                 break
+            if output.count >= progress:
+                _progress(workers.frames_read, output.count)
+                progress += PROGRESS_EVERY
     finally:
         workers.close()
     output.flush()
@@ -467,7 +474,7 @@ def _tally_text(output, path, frames, not_openvpn, skipped):
     if output.sessions and not output.as_json:
         output.write(text + "\n")
     elif sys.stderr.isatty():
-        sys.stderr.write(text + "\n")
+        sys.stderr.write("\r\033[K" + text + "\n")  # over the progress line
 
 
 def _write_decrypted(records, writer):

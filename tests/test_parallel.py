@@ -3,7 +3,10 @@ into frame order - the same bytes one process prints, on every real capture, on
 a capture of hundreds of flows, on damaged files and when stopped early."""
 
 import importlib.util
+import io
 import os
+import re
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -166,3 +169,28 @@ def test_several_files_each_shared_out_keep_their_headers_and_file_keys():
         shared = run(*files, *mode, "-j", "2")
         assert shared.exit_code == 0 and shared.output == run(*files, *mode, "-j", "1").output
         assert all(str(path) in shared.output for path in files)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_progress_on_a_terminal_counts_frames_and_packets_then_the_tally_replaces_it(many_flows, monkeypatch, jobs):
+    from ovpndiag import cli
+
+    monkeypatch.setattr(cli, "PROGRESS_EVERY", 1000)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with pytest.raises(SystemExit) as leaving:
+        main(["dissect", str(many_flows), "-p", "12345", "-p", "443", "-j", jobs], standalone_mode=False)
+    assert leaving.value.code == 0
+    progress = re.findall(r"\r([\d,]+) frames, ([\d,]+) OpenVPN packets ", terminal.getvalue())
+    frames = [int(f.replace(",", "")) for f, _ in progress]
+    packets = [int(p.replace(",", "")) for _, p in progress]
+    assert len(progress) >= 2 and frames == sorted(frames) and frames[0] > 0 and packets == sorted(packets)
+    tally = re.search(re.escape(f"\r\033[K{many_flows}: ") + r"([\d,]+) frames, ([\d,]+) OpenVPN packets;",
+                      terminal.getvalue())  # over the progress line
+    assert tally and int(tally[1].replace(",", "")) >= frames[-1] and int(tally[2].replace(",", "")) >= packets[-1]

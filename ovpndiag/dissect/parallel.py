@@ -88,6 +88,7 @@ class Workers:
         sys.stderr.flush()
         self.children, self.connections = [], []
         self.outcome: Optional[Outcome] = None
+        self.frames_read = 0  # frames every worker is past, for a progress line
         try:
             for index in range(jobs):
                 receiving, sending = Pipe(duplex=False)
@@ -129,7 +130,10 @@ class Workers:
                     open_connections.remove(connection)
                 else:
                     marks[index] = message[3]
-            batch = _merge(frames, texts, min(marks))
+            limit = min(marks)
+            if limit != NEVER:
+                self.frames_read = limit
+            batch = _merge(frames, texts, limit)
             if batch:
                 yield batch
         first = ends[0]
