@@ -301,8 +301,10 @@ class TLSStream:
                 self._buf = buf
             else:
                 self._buf = bytearray(buf[pos:])
-            self._marks = [(max(0, off - pos), q) for i, (off, q) in enumerate(marks)
-                           if i + 1 == len(marks) or marks[i + 1][0] > pos]
+            # Keep the marks of the packets whose bytes are still buffered: from the last
+            # one that starts at or before pos (offsets only grow) to the end.
+            first = bisect_right(marks, (pos, 1 << 64)) - 1
+            self._marks = [(max(0, off - pos), q) for off, q in marks[first:]]
 
     def _pid_at(self, pos: int) -> int:
         """The packet-id of the packet that brought buffered byte ``pos``."""
