@@ -8,9 +8,11 @@ here tagged with frame numbers. The parent merges them back into frame order -
 the order a single reader prints them in - using each worker's watermark: the
 frame up to which it will send nothing more.
 
-The output is the same as one reader's, with one exception: packets released by
-a TCP stream's idle timeout may be numbered with a later frame (each worker's
-reassembler only sees its own segments go by).
+The output is the same as one reader's, with two exceptions in pathological
+captures: packets released by a TCP stream's idle timeout may be numbered with a
+later frame (each worker's reassembler only sees its own segments go by), and a
+flow still undecided when 20,000 packets wait (reader.MAX_QUEUE) is guessed when
+its own worker's queue is full, not the single reader's.
 """
 
 import bisect
