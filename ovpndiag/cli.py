@@ -270,7 +270,9 @@ class _Output:
         self.as_json = options["as_json"]
         self.file = None
         self.many = many_files
-        colour = sys.stdout.isatty() and not self.as_json
+        colour = self.colour = sys.stdout.isatty() and not self.as_json
+        self.listing = not self.as_json and not options["verbose"]
+        self.take = self.render = None
         if self.as_json:
             self.render = (lambda record: jsonl.packet_json(record, self.file)) if many_files else jsonl.packet_json
         elif options["verbose"]:
@@ -285,18 +287,36 @@ class _Output:
         self.write = sys.stdout.write
         self.pending = []
 
+    def reader(self, reader_options, records=False):
+        """A reader for this output. Its records come out rendered, as (frame, text)
+        pairs (the listing's common packets never become record dicts), unless
+        ``records`` asks for dicts or session summaries are kept (--sessions, sniff)."""
+        from operator import itemgetter
+
+        from .dissect.listing import ListingReader, RenderingReader
+        from .dissect.reader import Reader
+
+        if records or reader_options.sessions:
+            self.take = self.render
+            return Reader(reader_options)
+        self.take = itemgetter(1)
+        if self.listing:
+            return ListingReader(reader_options, self.colour)
+        return RenderingReader(reader_options, self.render)
+
     @property
     def full(self):
         return self.limit is not None and self.count >= self.limit
 
     def packets(self, records):
+        """What the reader made by reader() gives: records, or (frame, text) pairs."""
         if self.sessions:
             self.count += len(records)
             return
         if self.limit is not None:
             records = records[:max(0, self.limit - self.count)]
         self.count += len(records)
-        self.pending.extend(map(self.render, records))
+        self.pending.extend(map(self.take, records))
         if len(self.pending) >= 4096:
             self.flush()
 
@@ -353,7 +373,6 @@ def dissect(files, write_decrypted, jobs, **options):
     readable is printed first), 2 bad options or key files."""
     from .capture.pcapfile import CaptureError
     from .capture.transport import Transport, read_transport
-    from .dissect.reader import Reader
 
     try:
         reader_options = _reader_options(options)
@@ -378,7 +397,7 @@ def dissect(files, write_decrypted, jobs, **options):
                     if output.full:
                         break
                     continue
-            reader, transport = Reader(reader_options), Transport()
+            reader, transport = output.reader(reader_options, records=writer is not None), Transport()
             try:
                 for number, datagram in enumerate(read_transport(path, transport), start=1):
                     records = reader.feed(datagram)
@@ -439,7 +458,7 @@ def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:
     first_time = parallel.first_datagram_time(path)
     if first_time is None:
         return None
-    workers = parallel.Workers(path, reader_options, output.render, jobs, first_time)
+    workers = parallel.Workers(path, lambda: output.reader(reader_options), jobs, first_time)
     progress = PROGRESS_EVERY
     try:
         for lines in workers.lines():
@@ -502,7 +521,6 @@ def sniff(interface, duration, write_path, **options):
     be read, 2 bad options or key files."""
     from .capture.live import LiveError, frames, open_interface
     from .capture.transport import Transport
-    from .dissect.reader import Reader
 
     try:
         reader_options = _reader_options(options)
@@ -518,7 +536,8 @@ def sniff(interface, duration, write_path, **options):
         sys.exit(1)
     except _user_errors() as error:
         raise UserError(str(error)) from None
-    output, reader, transport = _Output(options, False), Reader(reader_options), Transport()
+    output, transport = _Output(options, False), Transport()
+    reader = output.reader(reader_options)
     interrupted, number, stamp = False, 0, 0.0
     try:
         for number, stamp, linktype, packet in frames(sock, duration, lambda: output.full):

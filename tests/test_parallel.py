@@ -106,10 +106,10 @@ def test_count_stops_the_workers_early(many_flows):
 
 
 def test_workers_stopped_early_are_ended_and_reaped(many_flows):
+    from ovpndiag.dissect.listing import ListingReader
     from ovpndiag.dissect.reader import Options
-    from ovpndiag.render.line import packet_line
 
-    workers = parallel.Workers(str(many_flows), Options(), packet_line, 2,
+    workers = parallel.Workers(str(many_flows), lambda: ListingReader(Options()), 2,
                                parallel.first_datagram_time(str(many_flows)))
     pids = list(workers.children)
     assert next(iter(workers.lines()))

@@ -28,7 +28,6 @@ from typing import Iterator, List, NamedTuple, Optional
 
 from ..capture.pcapfile import CaptureError
 from ..capture.transport import Progress, Transport, read_transport
-from .reader import Reader
 
 BATCH = 2048  # lines per message from a worker
 FIRST_DATAGRAM_WITHIN = 100000  # frames searched for the capture's first datagram
@@ -85,7 +84,7 @@ class Workers:
     once they are all read. ``close()`` stops the workers (also when the reader of
     the lines stops early, e.g. ``-c``)."""
 
-    def __init__(self, path, reader_options, render, jobs: int, first_time: float):
+    def __init__(self, path, make_reader, jobs: int, first_time: float):
         sys.stdout.flush()  # a forked child must not inherit (and write again) pending output
         sys.stderr.flush()
         self.children, self.connections = [], []
@@ -99,7 +98,7 @@ class Workers:
                     receiving.close()
                     for other in self.connections:
                         other.close()
-                    _work(sending, path, reader_options, render, (index, jobs), first_time)
+                    _work(sending, path, make_reader, (index, jobs), first_time)
                 sending.close()
                 self.children.append(pid)
                 self.connections.append(receiving)
@@ -170,13 +169,14 @@ def _merge(frames, texts, limit):
     return [text for _frame, text in pairs]
 
 
-def _work(connection, path, reader_options, render, shard, first_time):
-    """A worker's life: dissect one shard, send lines, never return."""
+def _work(connection, path, make_reader, shard, first_time):
+    """A worker's life: dissect one shard with the reader ``make_reader()`` gives (one
+    whose records are (frame, text) pairs, see ``listing``), send lines, never return."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     status = 0
     try:
-        transport, reader = Transport(shard=shard), Reader(reader_options)
+        transport, reader = Transport(shard=shard), make_reader()
         reader.first_time = first_time
         frames, texts = [], []
         error = None
@@ -185,9 +185,9 @@ def _work(connection, path, reader_options, render, shard, first_time):
                 if item.__class__ is Progress:
                     mark = item.frame - 1
                 else:
-                    for record in reader.feed(item):
-                        frames.append(record["frame"])
-                        texts.append(render(record))
+                    for frame, text in reader.feed(item):
+                        frames.append(frame)
+                        texts.append(text)
                     if len(texts) < BATCH:
                         continue
                     mark = item.frame - 1  # this frame may still complete more packets
@@ -199,9 +199,9 @@ def _work(connection, path, reader_options, render, shard, first_time):
             error = str(damage)
         except OSError as failure:
             error = f"{path}: {failure.strerror or failure}"
-        for record in reader.finish():
-            frames.append(record["frame"])
-            texts.append(render(record))
+        for frame, text in reader.finish():
+            frames.append(frame)
+            texts.append(text)
         counts = transport.counts
         connection.send(("end", frames, texts, counts.frames, counts.skipped, reader.not_openvpn, error))
     except (BrokenPipeError, ConnectionResetError):  # the parent stopped reading (e.g. -c)

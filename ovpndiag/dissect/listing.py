@@ -1,0 +1,128 @@
+"""Readers whose output is text: (frame, text) pairs instead of record dicts.
+
+``RenderingReader`` renders each record as it is made (the parallel workers and the
+single reader print the same pairs). ``ListingReader`` is the one-line listing's
+fast path: the common packets of a decided flow - data packets, and control packets
+of key 0 with no keys to apply - go straight from their bytes to their line, without
+the record dict that ``decode`` fills and ``packet_line`` reads back (half the cost
+of a control packet's line). Every other packet (malformed, TLVs, renegotiations,
+tls-crypt-v2 client keys, anything the user's keys open) takes the record path.
+
+This repeats the parts of ``decode._control`` and ``render.line.packet_line`` that
+the common packets use; tests/test_listing.py proves the two paths give the same
+line for every packet of every bundled capture and of thousands of mangled ones.
+"""
+
+from struct import unpack_from
+
+from ..protocol import CARRIES_WKC, MAX_ACKS, OPCODES, RESETS
+from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
+                           _wrapping_words, packet_line)
+from .decode import _AFTER_ACKS, _AFTER_ACKS_V1, _LAYOUTS, _layout
+from .infer import PLAIN
+from .reader import CONTROL_OPCODES, Reader
+from .tls import TLSStream
+
+_DATA_V2 = "%6d %11.6f %s %s kid=%d peer=%d len=%d"
+_DATA_V1 = "%6d %11.6f %s %s kid=%d len=%d"
+_P_DATA_V2, _P_DATA_V1 = OPCODES[9], OPCODES[6]
+
+
+class RenderingReader(Reader):
+    """A Reader whose records come out as ``(frame, render(record))``."""
+
+    def __init__(self, options, render):
+        super().__init__(options)
+        self.render = render
+
+    def _record(self, flow, frame, time, sender, data):
+        return frame, self.render(Reader._record(self, flow, frame, time, sender, data))
+
+
+class ListingReader(Reader):
+    """A Reader whose records come out as ``(frame, line)``, the line as
+    ``packet_line`` makes it (in ``colour`` where asked)."""
+
+    def __init__(self, options, colour: bool = False):
+        super().__init__(options)
+        self.colour = colour
+        # Control packets take the fast path only where the record path would do
+        # nothing more than decode them: no keys to open them, no sessions to count.
+        self.fast_control = self.no_keys and not self.sessions
+
+    def _record(self, flow, frame, time, sender, data):
+        line = None
+        if data and not self.sessions:
+            opcode = data[0] >> 3
+            if opcode == 9 or opcode == 6:
+                line = self._data_line(flow, frame, time, sender, data, opcode)
+            elif self.fast_control and opcode in CONTROL_OPCODES and not data[0] & 7 and opcode not in CARRIES_WKC:
+                line = self._control_line(flow, frame, time, sender, data, opcode)
+        if line is None:
+            line = packet_line(Reader._record(self, flow, frame, time, sender, data), self.colour)
+        return frame, line
+
+    def _data_line(self, flow, frame, time, sender, data, opcode):
+        if opcode == 6:
+            return _DATA_V1 % (frame, time - self.first_time, flow.labels[sender], _P_DATA_V1, data[0] & 7,
+                               len(data))
+        if len(data) < 4:
+            return None  # malformed
+        return _DATA_V2 % (frame, time - self.first_time, flow.labels[sender], _P_DATA_V2, data[0] & 7,
+                           int.from_bytes(data[1:4], "big"), len(data))
+
+    def _control_line(self, flow, frame, time, sender, data, opcode):
+        """A key-0 control packet's line (as decode then packet_line), or None for the
+        record path: a malformed packet, a reset with TLVs."""
+        inference = flow.inference
+        wrapping = inference.decided if inference is not None and inference.decided is not None else PLAIN
+        kind, hmac_size, visible, header, unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
+        size = len(data)
+        if size <= header:
+            return None
+        session_id = unpack(data)[0]
+        head = (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0,
+                _SHORT_IDS.get(session_id) or _short_id(session_id))
+        mpid = None
+        if not visible:  # tls-crypt without its key: nothing inside is readable
+            line = _OPAQUE % (*head, None, size)
+        else:
+            count = data[header]
+            if count > MAX_ACKS:
+                return None
+            position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
+            if position > size or (position < size and (opcode == 5 or opcode in RESETS)):
+                return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
+            if count:
+                values = (_AFTER_ACKS_V1 if opcode == 5 else _AFTER_ACKS)[count](data, header + 1)
+                if opcode != 5:
+                    mpid = values[count + 1]
+                remote = values[count]
+                line = (_CONTROL_ACKS if mpid is not None else _ACK) % (
+                    *head, ",".join(map(str, values[:count])) if count > 1 else values[0],
+                    _SHORT_IDS.get(remote) or _short_id(remote), mpid, size)
+            elif opcode == 5:
+                line = _OPAQUE % (*head, None, size)
+            else:
+                mpid = unpack_from("!I", data, header + 1)[0]
+                line = _CONTROL % (*head, mpid, size)
+            if opcode == 4 and position < size:
+                names = self._tls_names(flow, sender, session_id, mpid, data, position, frame)
+                if names:
+                    line += self._words(kind, hmac_size) + " [" + ", ".join(names) + "]"
+                    return line
+        return line + self._words(kind, hmac_size) if kind != "none" else line
+
+    def _words(self, kind, hmac_size):
+        if kind == "none":
+            return ""
+        key = (kind, hmac_size if kind == "tls-auth" else None, None, None, self.colour)
+        return _WRAPPING_WORDS.get(key) or _wrapping_words(*key)
+
+    def _tls_names(self, flow, sender, session_id, mpid, data, position, frame):
+        """As Reader._tls: what this payload completes in its direction's TLS stream."""
+        key = (sender, 0, session_id)
+        stream = flow.tls.get(key)
+        if stream is None:
+            stream = flow.tls[key] = TLSStream(details=self.options.tls_details)
+        return stream.add(mpid, data[position:], frame)
