@@ -60,6 +60,7 @@ details; nothing here is secret anyway (the control channel carries no keys in c
 """
 
 from bisect import bisect_right
+from struct import Struct
 from typing import Dict, List, Optional
 
 __all__ = ["TLSStream", "tls_names", "HANDSHAKE_NAMES", "ALERT_DESCRIPTIONS"]
@@ -125,6 +126,7 @@ def alert_name(level: int, description: int) -> str:
 # handshake_type, length, first_pid, last_pid, encrypted, body, problem).
 _NAME = 1
 _NO_MARKS = [(0, 0)]  # shared, never appended to: _feed starts a new list for a new record
+_RECORD_HEADER = Struct("!BBBH").unpack_from  # content type, version (major, minor), length
 
 
 class TLSStream:
@@ -173,6 +175,7 @@ class TLSStream:
         # then returns [] (every completed message counts as omitted).
         self._keep_entries = KEEP_ENTRIES if details else 0
         self._kept_types = _KEPT_TYPES if details else ()
+        self._marking = details  # packet-ids of buffered bytes: only kept items name them
 
     # ------------------------------------------------------------------ fast path
 
@@ -236,22 +239,23 @@ class TLSStream:
         if self.broken or not payload:
             return
         buf = self._buf
+        marking = self._marking
         if buf:
-            marks = self._marks
-            marks.append((len(buf), pid))
+            if marking:
+                self._marks.append((len(buf), pid))
             buf += payload
         else:
             buf = payload if type(payload) is bytes else bytes(payload)  # never the caller's buffer
-            marks = [(0, pid)]
-        self._marks = marks
+            if marking:
+                self._marks = [(0, pid)]
+        marks = self._marks
         items = self._items
         size = len(buf)
         pos = 0
         while size - pos >= 5:
-            content_type = buf[pos]
-            version = buf[pos + 1] << 8 | buf[pos + 2]
-            length = buf[pos + 3] << 8 | buf[pos + 4]
-            if not 20 <= content_type <= 24 or buf[pos + 1] != 3 or buf[pos + 2] > 4:
+            content_type, major, minor, length = _RECORD_HEADER(buf, pos)
+            version = major << 8 | minor
+            if not 20 <= content_type <= 24 or major != 3 or minor > 4:
                 self._break(f"not TLS at stream offset {self.consumed + pos}: content type "
                             f"{content_type}, version 0x{version:04x}")
                 return
@@ -262,18 +266,18 @@ class TLSStream:
             end = pos + 5 + length
             if end > size:
                 break
-            if content_type == 22:
+            if content_type == 23:  # the common case, inlined
+                names.append("Application Data")
+                if len(items) < self._keep_entries:
+                    items.append((frame, "Application Data", 23, version, None, length,
+                                  self._pid_at(pos), pid, True, None, None))
+                else:
+                    self.omitted += 1
+            elif content_type == 22:
                 self._handshake(buf, pos + 5, end, version, pid, frame, names)
             else:
-                first_pid = marks[0][1] if len(marks) == 1 else self._pid_at(pos)
-                if content_type == 23:  # the common case, inlined
-                    names.append("Application Data")
-                    if len(items) < self._keep_entries:
-                        items.append((frame, "Application Data", 23, version, None, length,
-                                      first_pid, pid, True, None, None))
-                    else:
-                        self.omitted += 1
-                elif content_type == 20:
+                first_pid = self._pid_at(pos)
+                if content_type == 20:
                     self._ccs = True
                     self._item(names, frame, "Change Cipher Spec", 20, version, None, length,
                                first_pid, pid, False)
@@ -291,7 +295,7 @@ class TLSStream:
             pos = end
         self.consumed += pos
         if pos == size:
-            self._buf = bytearray()
+            self._buf = b""  # (an empty buffer is never appended to: _feed starts anew)
             self._marks = _NO_MARKS
         elif pos == 0 and isinstance(buf, bytearray):
             self._buf = buf  # still one incomplete record: nothing to copy
@@ -301,10 +305,11 @@ class TLSStream:
                 self._buf = buf
             else:
                 self._buf = bytearray(buf[pos:])
-            # Keep the marks of the packets whose bytes are still buffered: from the last
-            # one that starts at or before pos (offsets only grow) to the end.
-            first = bisect_right(marks, (pos, 1 << 64)) - 1
-            self._marks = [(max(0, off - pos), q) for off, q in marks[first:]]
+            if marking:
+                # Keep the marks of the packets whose bytes are still buffered: from the last
+                # one that starts at or before pos (offsets only grow) to the end.
+                first = bisect_right(marks, (pos, 1 << 64)) - 1
+                self._marks = [(max(0, off - pos), q) for off, q in marks[first:]]
 
     def _pid_at(self, pos: int) -> int:
         """The packet-id of the packet that brought buffered byte ``pos``."""
