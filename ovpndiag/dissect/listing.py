@@ -13,7 +13,7 @@ the common packets use; tests/test_listing.py proves the two paths give the same
 line for every packet of every bundled capture and of thousands of mangled ones.
 """
 
-from struct import unpack_from
+from struct import Struct
 
 from ..protocol import CARRIES_WKC, MAX_ACKS, OPCODES, RESETS
 from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
@@ -26,6 +26,8 @@ from .tls import TLSStream
 _DATA_V2 = "%6d %11.6f %s %s kid=%d peer=%d len=%d"
 _DATA_V1 = "%6d %11.6f %s %s kid=%d len=%d"
 _P_DATA_V2, _P_DATA_V1 = OPCODES[9], OPCODES[6]
+_SESSION_ID = Struct("!xQ").unpack_from  # bytes 1-8 in every wrapping
+_MESSAGE_PACKET_ID = Struct("!I").unpack_from
 
 
 class RenderingReader(Reader):
@@ -49,6 +51,7 @@ class ListingReader(Reader):
         # Control packets take the fast path only where the record path would do
         # nothing more than decode them: no keys to open them, no sessions to count.
         self.fast_control = self.no_keys and not self.sessions
+        self._layouts = {}  # Wrapping -> _layout()
 
     def _record(self, flow, frame, time, sender, data):
         line = None
@@ -76,48 +79,55 @@ class ListingReader(Reader):
         record path: a malformed packet, a reset with TLVs."""
         inference = flow.inference
         wrapping = inference.decided if inference is not None and inference.decided is not None else PLAIN
-        kind, hmac_size, visible, header, unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
+        visible, header, words = self._layouts.get(wrapping) or self._layout(wrapping)
         size = len(data)
         if size <= header:
             return None
-        session_id = unpack(data)[0]
-        head = (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0,
-                _SHORT_IDS.get(session_id) or _short_id(session_id))
-        mpid = None
+        session_id = _SESSION_ID(data)[0]
+        sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
         if not visible:  # tls-crypt without its key: nothing inside is readable
-            line = _OPAQUE % (*head, None, size)
-        else:
-            count = data[header]
-            if count > MAX_ACKS:
-                return None
-            position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
-            if position > size or (position < size and (opcode == 5 or opcode in RESETS)):
-                return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
-            if count:
-                values = (_AFTER_ACKS_V1 if opcode == 5 else _AFTER_ACKS)[count](data, header + 1)
-                if opcode != 5:
-                    mpid = values[count + 1]
-                remote = values[count]
-                line = (_CONTROL_ACKS if mpid is not None else _ACK) % (
-                    *head, ",".join(map(str, values[:count])) if count > 1 else values[0],
-                    _SHORT_IDS.get(remote) or _short_id(remote), mpid, size)
-            elif opcode == 5:
-                line = _OPAQUE % (*head, None, size)
+            return _OPAQUE % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
+                              None, size) + words
+        count = data[header]
+        if count > MAX_ACKS:
+            return None
+        position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
+        if position > size or (position < size and (opcode == 5 or opcode in RESETS)):
+            return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
+        if count:
+            if opcode == 5:
+                values = _AFTER_ACKS_V1[count](data, header + 1)
+                line, mpid = _ACK, None
             else:
-                mpid = unpack_from("!I", data, header + 1)[0]
-                line = _CONTROL % (*head, mpid, size)
-            if opcode == 4 and position < size:
-                names = self._tls_names(flow, sender, session_id, mpid, data, position, frame)
-                if names:
-                    line += self._words(kind, hmac_size) + " [" + ", ".join(names) + "]"
-                    return line
-        return line + self._words(kind, hmac_size) if kind != "none" else line
+                values = _AFTER_ACKS[count](data, header + 1)
+                line, mpid = _CONTROL_ACKS, values[count + 1]
+            remote = values[count]
+            line %= (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
+                     ",".join(map(str, values[:count])) if count > 1 else values[0],
+                     _SHORT_IDS.get(remote) or _short_id(remote), mpid, size)
+        elif opcode == 5:
+            return _OPAQUE % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
+                              None, size) + words
+        else:
+            mpid = _MESSAGE_PACKET_ID(data, header + 1)[0]
+            line = _CONTROL % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
+                               mpid, size)
+        if opcode == 4 and position < size:
+            names = self._tls_names(flow, sender, session_id, mpid, data, position, frame)
+            if names:
+                return line + words + " [" + ", ".join(names) + "]"
+        return line + words
 
-    def _words(self, kind, hmac_size):
-        if kind == "none":
-            return ""
-        key = (kind, hmac_size if kind == "tls-auth" else None, None, None, self.colour)
-        return _WRAPPING_WORDS.get(key) or _wrapping_words(*key)
+    def _layout(self, wrapping):
+        """(control fields visible, header size, the words the line ends with) of a
+        wrapping: worked out once per reader and wrapping."""
+        kind, hmac_size, visible, header, _unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
+        words = ""
+        if kind != "none":
+            key = (kind, hmac_size if kind == "tls-auth" else None, None, None, self.colour)
+            words = _WRAPPING_WORDS.get(key) or _wrapping_words(*key)
+        layout = self._layouts[wrapping] = (visible, header, words)
+        return layout
 
     def _tls_names(self, flow, sender, session_id, mpid, data, position, frame):
         """As Reader._tls: what this payload completes in its direction's TLS stream."""
