@@ -126,3 +126,8 @@ def test_a_reset_with_tlvs_is_listed_with_them():
     assert any("P_CONTROL_HARD_RESET_SERVER_V2" in line and line.endswith("EARLY_NEG_FLAGS RESEND_WKC")
                for _frame, line in expected)
     assert fast_path(stream, options()) == expected
+
+
+def test_session_summaries_need_records():
+    with pytest.raises(ValueError):
+        ListingReader(Options(sessions=True))

@@ -109,7 +109,7 @@ def test_workers_stopped_early_are_ended_and_reaped(many_flows):
     from ovpndiag.dissect.listing import ListingReader
     from ovpndiag.dissect.reader import Options
 
-    workers = parallel.Workers(str(many_flows), lambda: ListingReader(Options()), 2,
+    workers = parallel.Workers(str(many_flows), lambda: ListingReader(Options(sessions=False)), 2,
                                parallel.first_datagram_time(str(many_flows)))
     pids = list(workers.children)
     assert next(iter(workers.lines()))
