@@ -11,18 +11,21 @@ time, then times, in one run and on the same file:
   ovpndiag dissect FILE ... --json                  (JSON Lines)
   tshark -r FILE ... -T ek                          (its JSON)
 
-with output to /dev/null, and reports packets per second and peak RSS of each
-(for ovpndiag the sum over its worker processes; see tree_memory).
+with output to /dev/null. Each command is timed --repeat times (rounds interleaved,
+so a slow spell of a shared machine hits every command alike; best and median are
+reported), then run once more for its peak memory (for ovpndiag the sum over its
+worker processes; see tree_memory), since sampling /proc would slow a timed run.
 Issue 4 asks: listing at least as fast as tshark, --json at least as fast as
 tshark -T ek, and ovpndiag's peak memory under 150 MB at any size.
 
-    python3 benchmarks/dissect_speed.py [--packets 500000] [--keep FILE]
+    python3 benchmarks/dissect_speed.py [--packets 500000] [--repeat 3] [--keep FILE]
 """
 
 import argparse
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -117,22 +120,28 @@ def children(pid):
         return []
 
 
-def measure(argv):
-    """(seconds, peak memory of the process tree in MB, exit status). The tree's memory
-    is sampled every 20 ms (workers' memory adds up); wait4's peak RSS of the main
-    process also counts, in case a peak falls between samples."""
+def timed(argv):
+    """(seconds, exit status) of one run, nothing else running beside it."""
     started = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        code = subprocess.call(argv, stdout=sink, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started, code
+
+
+def peak_memory(argv):
+    """Peak memory of the process tree in MB: sampled every 20 ms (workers' memory adds
+    up), and wait4's peak RSS of the main process in case a peak falls between samples.
+    A run of its own: reading /proc costs CPU that would skew a timed run."""
     peak = 0.0
     with open(os.devnull, "wb") as sink:
         child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.DEVNULL)
         while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            pid, _status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 break
             peak = max(peak, tree_memory(child.pid))
             time.sleep(0.02)
-    elapsed = time.perf_counter() - started
-    return elapsed, max(peak, usage.ru_maxrss / 1024), os.waitstatus_to_exitcode(status)
+    return max(peak, usage.ru_maxrss / 1024)
 
 
 def main():
@@ -140,6 +149,7 @@ def main():
     parser.add_argument("--packets", type=int, default=500000)
     parser.add_argument("--keep", help="keep the built capture at this path")
     parser.add_argument("--skip-tshark", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each command (default 3)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ovpndiag-bench-"))
     try:
@@ -153,11 +163,20 @@ def main():
         if not args.skip_tshark and shutil.which("tshark"):
             runs += [("tshark -r", ["tshark", "-r", str(capture), *decode_as]),
                      ("tshark -T ek", ["tshark", "-r", str(capture), *decode_as, "-T", "ek"])]
+        capture.read_bytes()  # in the page cache (and written back) before any run is timed
+        os.sync()
+        times = {name: [] for name, _argv in runs}
+        codes = {}
+        for _round in range(args.repeat):  # interleaved, so a slow spell of the machine hits all
+            for name, argv in runs:
+                elapsed, codes[name] = timed(argv)
+                times[name].append(elapsed)
+        print(f"{args.repeat} timed runs each (best, median), then one run for peak memory:")
         for name, argv in runs:
-            elapsed, rss, code = measure(argv)
-            state = "" if code == 0 else f"  (exit {code})"
-            print(f"{name:<26} {elapsed:7.2f} s  {count / elapsed / 1000:7.1f} k packets/s  "
-                  f"peak memory {rss:6.1f} MB{state}")
+            best, median = min(times[name]), statistics.median(times[name])
+            state = "" if codes[name] == 0 else f"  (exit {codes[name]})"
+            print(f"{name:<26} {best:6.2f} s {count / best / 1000:6.1f} k/s, median {median:6.2f} s "
+                  f"{count / median / 1000:6.1f} k/s  peak memory {peak_memory(argv):6.1f} MB{state}")
         if args.keep:
             shutil.copy(capture, args.keep)
     finally:
