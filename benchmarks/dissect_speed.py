@@ -163,7 +163,9 @@ def main():
         if not args.skip_tshark and shutil.which("tshark"):
             runs += [("tshark -r", ["tshark", "-r", str(capture), *decode_as]),
                      ("tshark -T ek", ["tshark", "-r", str(capture), *decode_as, "-T", "ek"])]
-        capture.read_bytes()  # in the page cache (and written back) before any run is timed
+        with open(capture, "rb") as f:  # in the page cache (and written back) before any run
+            while f.read(1 << 20):
+                pass
         os.sync()
         times = {name: [] for name, _argv in runs}
         codes = {}

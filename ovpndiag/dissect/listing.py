@@ -53,7 +53,7 @@ class ListingReader(Reader):
         # Control packets take the fast path only where the record path would do nothing
         # more than decode them: key 0, no keys to open them, no client key (WKc) to read.
         self._fast_control = CONTROL_OPCODES.difference(CARRIES_WKC) if self.no_keys else frozenset()
-        self._layouts = {}  # Wrapping -> _layout()
+        self._layouts = {}  # Wrapping -> _wrapping_layout()
 
     def _at_once(self, flow, frame, time, sender, data):
         """Reader._at_once (a packet of an OpenVPN flow while nothing waits), with the
@@ -101,7 +101,7 @@ class ListingReader(Reader):
         record path: a malformed packet, a reset with TLVs."""
         inference = flow.inference
         wrapping = inference.decided if inference is not None and inference.decided is not None else PLAIN
-        visible, header, words = self._layouts.get(wrapping) or self._layout(wrapping)
+        visible, header, words = self._layouts.get(wrapping) or self._wrapping_layout(wrapping)
         size = len(data)
         if size <= header:
             return None
@@ -140,7 +140,7 @@ class ListingReader(Reader):
                 return line + words + " [" + ", ".join(names) + "]"
         return line + words
 
-    def _layout(self, wrapping):
+    def _wrapping_layout(self, wrapping):
         """(control fields visible, header size, the words the line ends with) of a
         wrapping: worked out once per reader and wrapping."""
         kind, hmac_size, visible, header, _unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
