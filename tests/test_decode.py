@@ -110,3 +110,21 @@ def test_mangled_packets_decode_like_the_layers(seed):
     for data in _mangled(seed, 1200):
         for wrapping in WRAPPINGS:
             agree(data, wrapping)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_inferences_quick_no_is_a_no_of_plausible(seed):
+    """infer._clock_rules_out skips the decode of candidates whose replay packet-id or
+    net time cannot be right: it may only say no where plausible() says no too, and it
+    must say no to most wrong candidates, or it saves nothing."""
+    from ovpndiag.dissect.infer import CANDIDATES, _clock_rules_out, plausible
+
+    packets = [data for data, _wrapping in REAL] + list(_mangled(seed, 1500))
+    ruled_out = 0
+    for data in packets:
+        now = 1.7e9 if data[:1] and data[0] % 2 else 0.0  # the time checks with and without a clock
+        for wrapping in CANDIDATES:
+            if _clock_rules_out(data, wrapping, now):
+                ruled_out += 1
+                assert not plausible(decode(data, wrapping), None, now), (data.hex(), wrapping)
+    assert ruled_out > len(packets)
