@@ -384,6 +384,7 @@ def dissect(files, write_decrypted, jobs, **options):
     except _user_errors() as error:
         raise UserError(str(error)) from None
     output, failed = _Output(options, len(files) > 1), False
+    _collect_less()
     try:
         for path in files:
             output.file = path
@@ -435,6 +436,17 @@ def dissect(files, write_decrypted, jobs, **options):
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
     sys.exit(1 if failed else 0)
+
+
+def _collect_less():
+    """Packets make many short-lived objects and almost no reference cycles (those that
+    do, session summaries, live as long as their flow): the cyclic garbage collector
+    runs less often, and never again over what the imports made (which forked workers
+    then also share untouched). About 1.5% of a listing's instructions."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(10000, 50, 50)
 
 
 def _workers(path, jobs, write_decrypted, options) -> int:
