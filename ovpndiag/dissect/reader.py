@@ -31,6 +31,7 @@ from .keyring import KeyRing, NOT_CHECKED
 from .tls import TLSStream
 
 OPENVPN_PORT = 1194
+_TCP_LENGTH = struct.Struct("!H").unpack_from  # OpenVPN's 2-byte frame length over TCP
 CONTROL_OPCODES = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
 CLIENT_RESET_OPCODES = (7, 10, 1)
 MAX_QUEUE = 20000  # packets held for undecided flows before guessing
@@ -194,7 +195,7 @@ class Reader:
 
     def feed(self, datagram) -> List[dict]:
         """The records this datagram makes ready (usually one, maybe none or many)."""
-        frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, _gap, _end = datagram
+        frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, gap, _end = datagram
         if self.first_time is None:
             self.first_time = time
         direction = self.directions.get((src, sport, dst, dport, transport))
@@ -214,7 +215,7 @@ class Reader:
                 self._packet(flow, frame, time, sender, payload)
             return self._drain()
         ready = []
-        self._tcp(flow, datagram, sender, ready)
+        self._tcp(flow, frame, time, payload, gap, sender, ready)
         if self.queue:
             ready += self._drain()
         return ready
@@ -286,14 +287,15 @@ class Reader:
             if self.options.sessions:  # summed up now, so the flow's state can go
                 self.ended.extend(session.to_dict() for session in flow.sessions.values())
 
-    def _tcp(self, flow, datagram, sender, ready):
-        buffered = b"" if datagram.gap else flow.streams[sender]  # after a gap, frames restart unknown
-        buffered += datagram.payload
-        if datagram.gap:
-            buffered = buffered[_resync(buffered):]
+    def _tcp(self, flow, frame, time, payload, gap, sender, ready):
+        if gap:  # after a gap, frames restart unknown
+            buffered = payload[_resync(payload):]
+        else:
+            buffered = flow.streams[sender]
+            buffered = buffered + payload if buffered else payload
         offset = 0
         while len(buffered) - offset >= 2:
-            length = struct.unpack_from("!H", buffered, offset)[0]
+            length = _TCP_LENGTH(buffered, offset)[0]
             if flow.state == UNKNOWN and not 9 <= length <= MAX_TCP_FRAME:
                 flow.state = OTHER
                 self.not_openvpn += 1
@@ -302,11 +304,11 @@ class Reader:
                 break
             data = buffered[offset + 2:offset + 2 + length]
             if data and flow.state is OPENVPN and not self.queue:
-                record = self._at_once(flow, datagram.frame, datagram.time, sender, data)
+                record = self._at_once(flow, frame, time, sender, data)
                 if record is not None:
                     ready.append(record)
             else:
-                self._packet(flow, datagram.frame, datagram.time, sender, data)
+                self._packet(flow, frame, time, sender, data)
             offset += 2 + length
             if flow.state == OTHER:
                 return
