@@ -178,3 +178,24 @@ def wrapping_of(capture, packet):
     if packet.data[0] & 7 and capture["renegotiation"]:
         return Wrapping("tls-crypt")
     return wrappers(capture)[2][packet.sender]
+
+
+def mangled_packet(data, rng):
+    """One OpenVPN packet mangled at random: cut short, bytes flipped, a new first byte
+    (opcode and key id), an ACK count that may fit, bytes appended, or all new bytes."""
+    data = bytearray(data)
+    choice = rng.randrange(6)
+    if choice == 0:
+        data = data[:rng.randrange(len(data) + 1)]
+    elif choice == 1 and data:
+        for _flip in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif choice == 2 and data:
+        data[0] = rng.randrange(256)
+    elif choice == 3 and len(data) > 10:
+        data[9 + rng.randrange(min(60, len(data) - 9))] = rng.randrange(12)  # plausible ACK counts
+    elif choice == 4:
+        data += bytes(rng.randrange(256) for _ in range(rng.randrange(8)))
+    elif choice == 5:
+        data = bytearray(rng.randrange(256) for _ in range(rng.randrange(80)))
+    return bytes(data)

@@ -7,7 +7,7 @@ import random
 import pytest
 from scapy.packet import Raw
 
-from captures import MANIFEST, openvpn_packets, wrapping_of
+from captures import MANIFEST, mangled_packet, openvpn_packets, wrapping_of
 from ovpndiag.dissect.decode import decode
 from ovpndiag.layers import (EarlyNegotiationFlags, OpenVPNDataV1, OpenVPNDataV2, Wrapping, dissect)
 
@@ -87,22 +87,7 @@ def test_every_captured_packet_decodes_like_the_layers():
 def _mangled(seed, count):
     rng = random.Random(seed)
     for _ in range(count):
-        data = bytearray(rng.choice(REAL)[0])
-        choice = rng.randrange(6)
-        if choice == 0:
-            data = data[:rng.randrange(len(data) + 1)]
-        elif choice == 1:
-            for _flip in range(rng.randint(1, 3)):
-                data[rng.randrange(len(data))] = rng.randrange(256)
-        elif choice == 2:
-            data[0] = rng.randrange(256)
-        elif choice == 3 and len(data) > 10:
-            data[9 + rng.randrange(min(60, len(data) - 9))] = rng.randrange(12)  # plausible ACK counts
-        elif choice == 4:
-            data += bytes(rng.randrange(256) for _ in range(rng.randrange(8)))
-        else:
-            data = bytearray(rng.randrange(256) for _ in range(rng.randrange(80)))
-        yield bytes(data)
+        yield mangled_packet(rng.choice(REAL)[0], rng)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from captures import CAPTURES, MANIFEST, key_path
+from captures import CAPTURES, MANIFEST, key_path, mangled_packet
 from ovpndiag.capture.transport import read_transport
 from ovpndiag.dissect import listing
 from ovpndiag.dissect.keyring import KeyRing
@@ -74,23 +74,12 @@ def _mangle(stream, seed):
     rng = random.Random(seed)
     seen = collections.Counter()
     for datagram in stream:
-        data = bytearray(datagram.payload)
+        data = datagram.payload
         flow = frozenset(((datagram.src, datagram.sport), (datagram.dst, datagram.dport)))
         seen[flow] += 1
         if data and datagram.transport == "udp" and seen[flow] > 2 and rng.random() < 0.33:
-            operation = rng.randrange(5)
-            if operation == 0:
-                data = data[:rng.randrange(len(data) + 1)]
-            elif operation == 1:
-                for _flip in range(rng.randint(1, 3)):
-                    data[rng.randrange(len(data))] = rng.randrange(256)
-            elif operation == 2:
-                data[0] = rng.randrange(256)
-            elif operation == 3 and len(data) > 10:
-                data[9 + rng.randrange(min(60, len(data) - 9))] = rng.randrange(12)  # ACK counts
-            else:
-                data += bytes(rng.randrange(256) for _ in range(rng.randrange(8)))
-        yield datagram._replace(payload=bytes(data))
+            data = mangled_packet(data, rng)
+        yield datagram._replace(payload=data)
 
 
 @pytest.mark.parametrize("seed", range(4))
