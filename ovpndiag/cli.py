@@ -442,7 +442,7 @@ def _collect_less():
     """Packets make many short-lived objects and almost no reference cycles (those that
     do, session summaries, live as long as their flow): the cyclic garbage collector
     runs less often, and never again over what the imports made (which forked workers
-    then also share untouched). About 1.5% of a listing's instructions."""
+    then also share untouched). About 1% of a listing's instructions (valgrind)."""
     import gc
 
     gc.freeze()
