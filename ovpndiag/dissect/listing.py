@@ -64,12 +64,13 @@ class ListingReader(Reader):
             line = self._data_line(flow, frame, time, sender, data, opcode)
             if line is not None:
                 return frame, line
-        elif opcode in self._fast_control and not first & 7:
+        elif opcode in self._fast_control and not first & 7 and len(data) >= 9:
             inference = flow.inference
             if inference is not None and inference.decided is not None:
-                line = self._control_line(flow, frame, time, sender, data, opcode)
+                session_id = _SESSION_ID(data)[0]
+                line = self._control_line(flow, frame, time, sender, data, opcode, session_id)
                 if line is not None:
-                    flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
+                    flow.session_ids[sender] = session_id
                     return frame, line
         return Reader._at_once(self, flow, frame, time, sender, data)
 
@@ -79,8 +80,8 @@ class ListingReader(Reader):
             opcode = first >> 3
             if opcode == 9 or opcode == 6:
                 line = self._data_line(flow, frame, time, sender, data, opcode)
-            elif opcode in self._fast_control and not first & 7:
-                line = self._control_line(flow, frame, time, sender, data, opcode)
+            elif opcode in self._fast_control and not first & 7 and len(data) >= 9:
+                line = self._control_line(flow, frame, time, sender, data, opcode, _SESSION_ID(data)[0])
             else:
                 line = None
             if line is not None:
@@ -96,7 +97,7 @@ class ListingReader(Reader):
         return _DATA_V2 % (frame, time - self.first_time, flow.labels[sender], _P_DATA_V2, data[0] & 7,
                            int.from_bytes(data[1:4], "big"), len(data))
 
-    def _control_line(self, flow, frame, time, sender, data, opcode):
+    def _control_line(self, flow, frame, time, sender, data, opcode, session_id):
         """A key-0 control packet's line (as decode then packet_line), or None for the
         record path: a malformed packet, a reset with TLVs."""
         inference = flow.inference
@@ -105,17 +106,18 @@ class ListingReader(Reader):
         size = len(data)
         if size <= header:
             return None
-        session_id = _SESSION_ID(data)[0]
         sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
-        if not visible:  # tls-crypt without its key: nothing inside is readable
+        count = 0
+        if visible:
+            count = data[header]
+            if count > MAX_ACKS:
+                return None
+            position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
+            if position > size or (position < size and (opcode == 5 or opcode in RESETS)):
+                return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
+        if not visible or (opcode == 5 and not count):  # tls-crypt without its key; an empty ACK
             return _OPAQUE % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
                               None, size) + words
-        count = data[header]
-        if count > MAX_ACKS:
-            return None
-        position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
-        if position > size or (position < size and (opcode == 5 or opcode in RESETS)):
-            return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
         if count:
             if opcode == 5:
                 values = _AFTER_ACKS_V1[count](data, header + 1)
@@ -127,9 +129,6 @@ class ListingReader(Reader):
             line %= (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
                      ",".join(map(str, values[:count])) if count > 1 else values[0],
                      _SHORT_IDS.get(remote) or _short_id(remote), mpid, size)
-        elif opcode == 5:
-            return _OPAQUE % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
-                              None, size) + words
         else:
             mpid = _MESSAGE_PACKET_ID(data, header + 1)[0]
             line = _CONTROL % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
