@@ -21,7 +21,6 @@ from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _OPAQUE, _SHORT_IDS, _
 from .decode import _AFTER_ACKS, _AFTER_ACKS_V1, _LAYOUTS, _layout
 from .infer import PLAIN
 from .reader import CONTROL_OPCODES, Reader
-from .tls import TLSStream
 
 _DATA_V2 = "%6d %11.6f %s %s kid=%d peer=%d len=%d"
 _DATA_V1 = "%6d %11.6f %s %s kid=%d len=%d"
@@ -152,8 +151,4 @@ class ListingReader(Reader):
 
     def _tls_names(self, flow, sender, session_id, mpid, data, position, frame):
         """As Reader._tls: what this payload completes in its direction's TLS stream."""
-        key = (sender, 0, session_id)
-        stream = flow.tls.get(key)
-        if stream is None:
-            stream = flow.tls[key] = TLSStream(details=self.options.tls_details)
-        return stream.add(mpid, data[position:], frame)
+        return self._tls_stream(flow, (sender, 0, session_id)).add(mpid, data[position:], frame)

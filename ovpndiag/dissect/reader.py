@@ -479,11 +479,7 @@ class Reader:
         length = record.get("payload_len")
         if not length or "message_packet_id" not in record:
             return
-        key = (sender, record["key_id"], record["session_id"])
-        stream = flow.tls.get(key)
-        if stream is None:
-            options = self.options  # details() only serves -V and --sessions
-            stream = flow.tls[key] = TLSStream(details=options.tls_details or options.sessions)
+        stream = self._tls_stream(flow, (sender, record["key_id"], record["session_id"]))
         wire = record.get("_wire") or record["_data"]
         offset = record["_payload_offset"]
         names = stream.add(record["message_packet_id"], wire[offset:offset + length], record["frame"])
@@ -491,6 +487,14 @@ class Reader:
             record["tls"] = names
             if self.options.tls_details:
                 record["_tls_details"] = [d for d in stream.details() if d["frame"] == record["frame"]]
+
+    def _tls_stream(self, flow, key):
+        """The TLS stream of one direction of one session's key, (sender, key id, session id)."""
+        stream = flow.tls.get(key)
+        if stream is None:
+            options = self.options  # details() only serves -V and --sessions
+            stream = flow.tls[key] = TLSStream(details=options.tls_details or options.sessions)
+        return stream
 
     def _count(self, flow, sender, record):
         """--sessions: add the packet to its session's summary."""
