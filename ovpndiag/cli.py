@@ -113,10 +113,15 @@ def probe(as_json, try_keys, write_path, **options):
             from .probe import probe as run_probe
 
             writer = PcapWriter(write_path) if write_path else None  # refuse before sending anything
-            result = run_probe(settings)
-            if writer is not None:
-                with writer:
-                    writer.write_exchange(result.exchange)
+            try:
+                result = run_probe(settings)
+            except BaseException:
+                if writer is not None:
+                    writer.close(failed=True)
+                raise
+            if writer is not None:  # a failed probe that sent nothing (no address, TCP refused): no file
+                writer.write_exchange(result.exchange)
+                writer.close(failed=not result.ok)
     except _user_errors() as error:
         raise UserError(str(error)) from None
     if as_json:
@@ -260,7 +265,8 @@ def _reader_options(options):
 
 
 class _Output:
-    """Renders records in the mode asked for; counts them for -c."""
+    """Renders records in the mode asked for; counts them for -c, and what the
+    user's keys opened (see ``watch_keys``)."""
 
     def __init__(self, options, many_files):
         from .render import jsonl, line, sessions as session_render
@@ -286,6 +292,48 @@ class _Output:
         self.jsonl, self.session_render = jsonl, session_render
         self.write = sys.stdout.write
         self.pending = []
+        self.key_names = {}  # wrapping -> how its key was given, e.g. "--tls-crypt key"
+        self.opened = None  # wrapping -> [packets the key opened, packets it applied to]
+
+    def watch_keys(self, keys, options):
+        """Count, per wrapping the user gave a key for, the packets the key opened or
+        verified, so that ``key_notes`` can say when it opened none (a key that does
+        not belong to the traffic, which otherwise only shows as BAD on every line)."""
+        given = (("tls-auth", keys.tls_auth, "tls_auth"), ("tls-crypt", keys.tls_crypt, "tls_crypt"),
+                 ("tls-crypt-v2", keys.v2_server or keys.v2_client, "tls_crypt_v2"))
+        self.key_names = {kind: f"--{kind} key" if options[option] else f"{kind} key of {options['config']}"
+                          for kind, key, option in given if key is not None}
+        self.opened = {kind: [0, 0] for kind in self.key_names} if self.key_names else None
+        # What the user pinned for tls-auth may be the culprit, not the key.
+        pinned = ([f"key-direction {keys.client_key_direction}"] if keys.client_key_direction else []) + \
+                 ([f"--auth {options['auth']}"] if options["auth"] else [])
+        self.tls_auth_doubt = (f", or {' and '.join(pinned)} {'is' if len(pinned) == 1 else 'are'} wrong for it"
+                               if pinned else "")
+
+    def _count_opened(self, records):
+        opened, names = self.opened, self.key_names
+        for record in records:
+            kind = record.get("wrapping")
+            # (a renegotiation under dynamic tls-crypt has a key of its own, never the user's)
+            if kind in names and not record.get("dynamic"):
+                counts = opened[kind]
+                counts[1] += 1
+                if record.get("hmac_valid"):  # a tls-crypt-v2 key that opens no WKc leaves it None
+                    counts[0] += 1
+
+    def key_notes(self, path):
+        """Once per file, on stderr: each key that opened none of the packets it applies to."""
+        if not self.opened:
+            return
+        for kind, (opened, applied) in self.opened.items():
+            if applied and not opened:
+                where = f"{path}: " if self.many else ""
+                verb = "verified" if kind == "tls-auth" else "opened"
+                packets = f"{applied:,} packet{'s' if applied != 1 else ''}"
+                doubt = self.tls_auth_doubt if kind == "tls-auth" else ""
+                click.echo(f"ovpndiag: note: {where}the {self.key_names[kind]} {verb} none of {packets}: "
+                           f"it does not belong to this traffic{doubt}", err=True)
+            self.opened[kind] = [0, 0]
 
     def reader(self, reader_options, records=False):
         """A reader for this output. Its records come out rendered, as (frame, text)
@@ -296,7 +344,7 @@ class _Output:
         from .dissect.listing import ListingReader, RenderingReader
         from .dissect.reader import Reader
 
-        if records or reader_options.sessions:
+        if records or reader_options.sessions or self.opened is not None:  # (keys: records to count)
             self.take = self.render
             return Reader(reader_options)
         self.take = itemgetter(1)
@@ -312,10 +360,14 @@ class _Output:
         """What the reader made by reader() gives: records, or (frame, text) pairs."""
         if self.sessions:
             self.count += len(records)
+            if self.opened is not None:
+                self._count_opened(records)
             return
         if self.limit is not None:
             records = records[:max(0, self.limit - self.count)]
         self.count += len(records)
+        if self.opened is not None:
+            self._count_opened(records)
         self.pending.extend(map(self.take, records))
         if len(self.pending) >= 4096:
             self.flush()
@@ -367,6 +419,7 @@ def _progress(frames, packets):
                    "CPU, up to 4, for files of 16 MB or more; 1: one process). The output is the same.")
 def dissect(files, write_decrypted, jobs, **options):
     """Print the OpenVPN traffic in pcap/pcapng captures, Wireshark-style.
+    A FILE of - reads a capture from standard input (tcpdump -w - | ovpndiag dissect -).
 
     \b
     Exit status: 0 read, 1 a capture could not be read to its end (what was
@@ -383,14 +436,15 @@ def dissect(files, write_decrypted, jobs, **options):
             writer = PcapWriter(write_decrypted)
     except _user_errors() as error:
         raise UserError(str(error)) from None
-    output, failed = _Output(options, len(files) > 1), False
+    output, failed, done = _Output(options, len(files) > 1), False, False
+    output.watch_keys(reader_options.keys, options)
     _collect_less()
     try:
         for path in files:
             output.file = path
             if output.many and not options["as_json"] and not options["sessions"]:
                 output.write(f"==> {path} <==\n")
-            workers = _workers(path, jobs, write_decrypted, options)
+            workers = _workers(path, jobs, write_decrypted, options, output)
             if workers > 1:
                 outcome = _dissect_parallel(path, reader_options, output, workers)
                 if outcome is not None:
@@ -400,7 +454,7 @@ def dissect(files, write_decrypted, jobs, **options):
                     continue
             reader, transport = output.reader(reader_options, records=writer is not None), Transport()
             try:
-                for number, datagram in enumerate(read_transport(path, transport), start=1):
+                for number, datagram in enumerate(read_transport(_source(path), transport), start=1):
                     records = reader.feed(datagram)
                     if writer is not None:
                         records = list(_write_decrypted(records, writer))
@@ -422,20 +476,42 @@ def dissect(files, write_decrypted, jobs, **options):
                 click.echo(f"ovpndiag: error: {path}: {error.strerror or error}", err=True)
                 failed = True
             output.summaries(reader)
+            output.key_notes(path)
             _tally(output, transport, reader, path)
             if output.full:
                 break
+        done = True
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     finally:
-        if writer is not None:
-            writer.close()
+        if writer is not None:  # a failed run that wrote no packet leaves no file
+            writer.close(failed=failed or not done)
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
     sys.exit(1 if failed else 0)
+
+
+class _StandardInput:
+    """``dissect -``: standard input as a capture, named as the user wrote it."""
+
+    name = "-"
+
+    def __init__(self):
+        from .capture.pcapfile import CaptureError
+
+        if sys.stdin is None:
+            raise CaptureError("-: standard input is closed")
+        if sys.stdin.isatty():
+            raise CaptureError("-: standard input is a terminal, not a capture "
+                               "(pipe one in: tcpdump -w - ... | ovpndiag dissect -)")
+        self.read = sys.stdin.buffer.read
+
+
+def _source(path):
+    return _StandardInput() if path == "-" else path
 
 
 def _collect_less():
@@ -449,13 +525,15 @@ def _collect_less():
     gc.set_threshold(10000, 50, 50)
 
 
-def _workers(path, jobs, write_decrypted, options) -> int:
+def _workers(path, jobs, write_decrypted, options, output) -> int:
     """How many processes share this file: for the listing and JSON of a big enough
-    file (or as -j asks), not for what needs every flow in one place."""
+    file (or as -j asks), not for what needs every flow in one place (nor with keys,
+    whose verdicts are counted here, from records)."""
     import os.path
 
-    if jobs == 1 or write_decrypted or options["sessions"] or options["verbose"] or not os.path.isfile(path):
-        return 1  # (a pipe or device cannot be read by several processes at once)
+    if (jobs == 1 or write_decrypted or options["sessions"] or options["verbose"] or output.opened is not None
+            or path == "-" or not os.path.isfile(path)):
+        return 1  # (standard input, a pipe or a device cannot be read by several processes at once)
     from .dissect import parallel
 
     return jobs or parallel.default_jobs(path)

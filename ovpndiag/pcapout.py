@@ -5,12 +5,17 @@ probe's exchange (sent from an ordinary socket), a capture with tls-crypt
 removed (``dissect --write-decrypted``), packets sniffed from a cooked socket.
 IPv4/IPv6 and UDP/TCP headers are rebuilt around the bytes, with correct
 lengths and checksums; TCP gets consistent sequence numbers and OpenVPN's 2-byte
-framing (the handshake itself is not invented). Never overwrites a file.
+framing (the handshake itself is not invented). Never overwrites a file, and a
+run that fails before its first packet leaves no file behind (a header alone would
+pass for a capture of nothing). Times keep their 32 seconds bits, as editcap stores
+a pcapng time outside 1970..2106 in a classic pcap.
 """
 
 import ipaddress
 import struct
+import sys
 from pathlib import Path
+from typing import Optional
 
 LINKTYPE_RAW = 101
 _HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW)
@@ -30,12 +35,18 @@ class PcapWriter:
         except OSError as error:
             raise WriteError(f"{self.path}: cannot write: {error.strerror or error}") from None
         self.file.write(_HEADER)
+        self.packets = 0
         self.sequence = {}  # TCP: (address, port) -> next sequence number
 
     def write_ip(self, time: float, packet: bytes):
-        seconds = int(time)
-        self.file.write(struct.pack("<IIII", seconds, int((time - seconds) * 1e6), len(packet), len(packet)))
+        # An Instant (a pcapng time far from 1970) gives its exact time, which a float cannot.
+        seconds, fraction = divmod(getattr(time, "exact", time), 1)
+        micros = round(fraction * 1_000_000)
+        if micros == 1_000_000:
+            seconds, micros = seconds + 1, 0
+        self.file.write(struct.pack("<IIII", int(seconds) & 0xFFFFFFFF, micros, len(packet), len(packet)))
         self.file.write(packet)
+        self.packets += 1
 
     def write_openvpn(self, time, src, sport, dst, dport, transport, data):
         """One OpenVPN packet, wrapped in the IP and UDP or TCP headers of its flow."""
@@ -51,14 +62,26 @@ class PcapWriter:
             protocol = 6
         self.write_ip(time, _ip(src, dst, protocol, segment))
 
-    def close(self):
+    def close(self, failed: Optional[bool] = None):
+        """Close the file; if the run ``failed`` before its first packet, remove it (it is
+        ours: it was created here, never an existing file). ``failed`` None: whether an
+        exception is on its way out, as when called from a ``finally`` clause."""
+        if self.file.closed:
+            return
+        if failed is None:
+            failed = sys.exc_info()[0] is not None
         self.file.close()
+        if failed and not self.packets:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, kind, _error, _traceback):
+        self.close(failed=kind is not None)
 
     def write_exchange(self, exchange):
         """The probe's exchange: (time, (src, port), (dst, port), proto, bytes, sent)."""

@@ -11,6 +11,7 @@ caller can print what was readable and then the error.
 import contextlib
 import os
 import struct
+from fractions import Fraction
 from typing import BinaryIO, Iterator, NamedTuple, Tuple, Union
 
 CHUNK = 1 << 20
@@ -28,13 +29,43 @@ class CaptureError(Exception):
 
 class Frame(NamedTuple):
     number: int     # 1-based position in the capture, as tshark counts
-    time: float     # epoch seconds (0.0 for pcapng simple packet blocks, which have none)
+    time: float     # epoch seconds (0.0 for pcapng simple packet blocks, which have none);
+                    # an Instant where a float cannot hold the time to the microsecond
     linktype: int   # LINKTYPE_* of the frame's interface (1 Ethernet, 113 SLL, 276 SLL2, ...)
     data: bytes     # the captured bytes
     orig_len: int   # length on the wire; more than len(data) when cut by the snap length
 
 
 Source = Union[str, "os.PathLike[str]", BinaryIO]
+
+
+class Instant(float):
+    """A frame time a float cannot hold to the microsecond: a pcapng interface's
+    ``if_tsoffset``/``if_tsresol`` can put frames in any year from about 292 billion
+    years BC to as far after 1970. It is the nearest float (to print, compare, store in
+    JSON), and ``exact`` keeps the time itself, so that the difference of two Instants
+    (the listing's time since the first frame, a session's duration) is exact, as
+    tshark shows it. Only times outside +-2**32 s (1833..2106) are made Instants:
+    inside, a float's error is under a quarter of a microsecond."""
+
+    __slots__ = ("exact",)
+
+    def __new__(cls, exact: Fraction):
+        instant = float.__new__(cls, exact)  # float(Fraction) is correctly rounded
+        instant.exact = exact
+        return instant
+
+    def __sub__(self, other):
+        if other.__class__ is Instant:
+            return float(self.exact - other.exact)
+        return float.__sub__(self, other)
+
+    def __reduce__(self):
+        return Instant, (self.exact,)
+
+
+# Beyond this many seconds from 1970 a float's step exceeds a microsecond's half.
+FLOAT_EXACT = float(1 << 32)
 
 # Classic pcap magic numbers (as read little-endian) -> (byte order, timestamp units per second).
 _PCAP_MAGIC = {
@@ -228,8 +259,10 @@ def _scan_pcapng(f, name, head):
                     fail(pos + off, f"packet of undeclared interface {iface}")
                 lt, _snap, units, toff = interfaces[iface]
                 number += 1
-                yield (number, ((hi << 32) | lo) / units + toff, lt,
-                       buf[off + 28:off + 28 + incl], orig)
+                time = ((hi << 32) | lo) / units + toff
+                if not -FLOAT_EXACT < time < FLOAT_EXACT:  # far from 1970: exact (and rare)
+                    time = Instant(Fraction((hi << 32) | lo, units) + toff)
+                yield number, time, lt, buf[off + 28:off + 28 + incl], orig
             elif btype == _PCAPNG_SHB:
                 interfaces = []
             elif btype == 1:                                    # interface description block

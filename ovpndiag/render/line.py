@@ -1,6 +1,7 @@
 """One line per OpenVPN packet, like tshark's default output."""
 
 import datetime
+import math
 
 from ..protocol import DIGEST_BY_SIZE
 
@@ -101,5 +102,22 @@ def _digest(size):
     return DIGEST_BY_SIZE.get(size, f"{size}-byte HMAC")
 
 
+_EPOCH = datetime.datetime(1970, 1, 1)
+_GREGORIAN_CYCLE = 146097 * 86400  # 400 years: the calendar repeats exactly, leap days and all
+# glibc's gmtime, which tshark uses, keeps the year - 1900 in a C int; beyond that tshark
+# shows "Not representable" (or, just before, a year wrapped around).
+_YEARS = range(1900 - 2 ** 31, 1900 + 2 ** 31)
+
+
 def utc(seconds):
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """``2026-11-25 13:37:27 UTC`` (whole seconds, rounded down) for a time of any year, as
+    tshark writes the year: ``0056``, ``-1142``, ``33715`` (the proleptic Gregorian calendar
+    with a year 0, as glibc counts); ``time not representable`` past a C int of years."""
+    whole = math.floor(getattr(seconds, "exact", seconds))  # an Instant: its exact time
+    cycles, rest = divmod(whole, _GREGORIAN_CYCLE)  # into 1970..2369, where datetime works
+    stamp = _EPOCH + datetime.timedelta(seconds=rest)
+    year = stamp.year + 400 * cycles
+    if year not in _YEARS:
+        return "time not representable"
+    return "%04d-%02d-%02d %02d:%02d:%02d UTC" % (year, stamp.month, stamp.day, stamp.hour, stamp.minute,
+                                                  stamp.second)
