@@ -63,6 +63,7 @@ KEEPALIVE_SECONDS = 3.0     # how long to let pings flow after connecting
 FAIL_SECONDS = 4.5          # how long to record a failing handshake
 RENEG_SECONDS = 3           # client --reneg-sec for the renegotiation scenario
 RENEG_TIMEOUT = 15.0
+RELAY_PORT = 11194          # where relay_udp() listens for the floating client (not captured)
 
 INIT_DONE = "Initialization Sequence Completed"
 
@@ -103,6 +104,14 @@ class Scenario:
     vlan: list[tuple[int, int]] = field(default_factory=list)  # (TPID, VLAN id), outermost first
     tunnel_ping: int = 0                # ping size through the tunnel once connected (0: none)
     expect_fragments: bool = False
+    # Captures as users make them (group "real-world"; see README "Real-world captures"):
+    group: str = "basic"                # "basic": one clean session or failure from its start | "real-world"
+    kind: str = "tls"                   # "tls": server + client | "static-key": p2p --secret pair |
+                                        # "probe": server + `ovpndiag probe --try-keys`
+    capture_start: str = "handshake"    # "handshake": before the server starts | "mid-session": once connected
+    float_client: bool = False          # client talks through relay_udp(), which changes its source port mid-session
+    flood: int = 0                      # ping -f -c FLOOD -s 0 through the tunnel (capture size: small pings)
+    min_packets: int = 0                # the capture must hold more OpenVPN packets than this
 
     @property
     def data_channel(self) -> bool:
@@ -306,6 +315,71 @@ SCENARIOS: list[Scenario] = [
         "as a capture taken on a VPN server's tun interface looks.",
         "raw IPv4 packets without any link-layer header",
         net="nested", capture_iface="tun", capture_args=["--immediate-mode"]),
+    # ---- real-world: captured the way users capture (tcpdump started on a running server,
+    # a client behind a NAT that rebinds, a flood, unanswered resets, a --try-keys run, static key)
+    Scenario(
+        "udp-midsession-reneg", "udp", 4, 1194, "tls-auth", _ta(kd=0), _ta(kd=1), "connected",
+        "UDP session with tls-auth SHA1 whose capture starts after \"Initialization Sequence Completed\" "
+        f"(tcpdump started on the running tunnel): pings through the tunnel, a client-initiated "
+        f"renegotiation after {RENEG_SECONDS} s, pings again.",
+        "no resets: P_DATA_V2 with key_id 0, then P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1 and P_ACK_V1 with "
+        "key_id 1 under dynamic tls-crypt, then P_DATA_V2 with key_id 1",
+        renegotiation=True, client_extra=["--reneg-sec", str(RENEG_SECONDS)],
+        group="real-world", capture_start="mid-session", tunnel_ping=56, net="veth", capture_iface="link", mtu=1500, capture_args=["--immediate-mode"]),
+    Scenario(
+        "tcp-midsession-reneg", "tcp", 4, 443, "tls-crypt",
+        Side(key="keys/tc.key"), Side(key="keys/tc.key"), "connected",
+        "TCP session with tls-crypt on port 443 captured from the middle of the stream (tcpdump started "
+        f"on the running tunnel), with pings and a client-initiated renegotiation after {RENEG_SECONDS} s.",
+        "a TCP stream without its SYN and without resets, 2-byte framing from the first segment on, "
+        "key_id 0 data, the key_id 1 renegotiation (dynamic tls-crypt), key_id 1 data",
+        renegotiation=True, client_extra=["--reneg-sec", str(RENEG_SECONDS)],
+        group="real-world", capture_start="mid-session", tunnel_ping=56, net="veth", capture_iface="link", mtu=1500, capture_args=["--immediate-mode"]),
+    Scenario(
+        "udp-float", "udp", 4, 1194, "none", Side(), Side(), "connected",
+        "UDP session without wrapping whose client floats: it talks through a small UDP relay in "
+        "record.py (a NAT) that, mid-session, sends from a new source port; the 2.6 server recognises "
+        "the client by its peer-id and logs (at verb 4) \"peer 0 (ovpndiag-test-client) floated from 10.77.N.2:A to [AF_INET]10.77.N.2:B\".",
+        "one session (same session ids, same peer-id) from two client ports: P_DATA_V2 from the new "
+        "port, the server answering there",
+        server_extra=["--verb", "4"],   # the float is logged at verb 4
+        group="real-world", float_client=True, tunnel_ping=56, net="veth", capture_iface="link", mtu=1500, capture_args=["--immediate-mode"],
+        server_log_expect=r"floated from \S+:\d+ to \S+:\d+"),
+    Scenario(
+        "udp-midsession-flood", "udp", 4, 1194, "tls-auth",
+        _ta(auth="SHA256", kd=0), _ta(auth="SHA256", kd=1), "connected",
+        "UDP session with tls-auth SHA256 captured mid-session during a ping flood through the tunnel "
+        "(ping -f -s 0): a long capture of small data packets, all kept by tcpdump (0 dropped).",
+        "more than 25,000 P_DATA_V2 packets of one session and no control packet before them",
+        group="real-world", capture_start="mid-session", flood=13500, min_packets=25000,
+        net="veth", capture_iface="link", mtu=1500, capture_args=["-B", "32768"]),   # 32 MB: no drops
+    Scenario(
+        "udp-unanswered-4444", "udp", 4, 4444, "tls-auth",
+        _ta(kd=0), _ta(key="keys/ta-wrong.key", kd=1), "failed",
+        "Client with a wrong tls-auth key (ta-wrong.key) against a server on non-standard port 4444: "
+        "the server drops every reset without a word.",
+        "only client resets, never answered, each attempt from a new source port with a new session id, "
+        "on a port no tool dissects by default; server logs HMAC failure",
+        server_log_expect=r"HMAC authentication failed", group="real-world"),
+    Scenario(
+        "udp-try-keys", "udp", 4, 2194, "tls-auth",
+        _ta(auth="SHA512", kd=0), Side(key="keys/ta.key"), "answered",
+        "`ovpndiag probe --try-keys --tls-auth keys/ta.key` against a server with tls-auth SHA512 "
+        "(key-direction 0) on port 2194: one UDP socket tries every key direction, digest and "
+        "wrapping; the server answers only the SHA512 key-direction 1 resets. The probe's output is "
+        "logs/udp-try-keys.client.log.",
+        "many client resets from one source port with different session ids and HMAC sizes, "
+        "server resets answering only the right ones",
+        kind="probe", group="real-world"),
+    Scenario(
+        "udp-static-key", "udp", 4, 1194, "static-key",
+        Side(key="keys/static.key", auth="SHA1", key_direction=0),
+        Side(key="keys/static.key", auth="SHA1", key_direction=1), "connected",
+        "Point-to-point static-key tunnel (`--secret keys/static.key 0/1 --cipher AES-256-CBC`, "
+        "deprecated in 2.6 and logged so): no TLS and no control channel, pings through the tunnel.",
+        "static-key data packets only (HMAC-SHA1 (20 bytes), IV (16), AES-256-CBC ciphertext; no opcode byte): "
+        "their first bytes are random, so read as TLS-mode OpenVPN they give made-up opcodes",
+        kind="static-key", group="real-world", tunnel_ping=56, net="veth", capture_iface="link", mtu=1500, capture_args=["--immediate-mode"]),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}
@@ -355,6 +429,7 @@ KEY_FILES = {
     "tc-wrong.key": "a different static key, for the wrong-tls-crypt-key failure",
     "tcv2-server.key": "tls-crypt-v2 server key",
     "tcv2-client.key": "tls-crypt-v2 client key (Kc + WKc) wrapped with tcv2-server.key",
+    "static.key": "OpenVPN static key V1 used for the point-to-point static-key (--secret) capture",
 }
 
 KEYS_README = """\
@@ -481,7 +556,7 @@ def ensure_keys(new: bool) -> bool:
     if missing:
         print(f"creating key material in {KEYS}: {', '.join(missing)}")
         _make_pki()
-        for f in ("ta.key", "ta-wrong.key", "tc.key", "tc-wrong.key"):
+        for f in ("ta.key", "ta-wrong.key", "tc.key", "tc-wrong.key", "static.key"):
             if not (KEYS / f).exists():
                 _genkey("secret", str(KEYS / f))
                 print(f"  created keys/{f}")
@@ -591,12 +666,13 @@ def server_argv(sc: Scenario, idx: int, local: str | None = None, subnet: str | 
             *sc.server_extra]
 
 
-def client_argv(sc: Scenario, idx: int, remote: str | None = None, dev: str | None = None) -> list[str]:
+def client_argv(sc: Scenario, idx: int, remote: str | None = None, dev: str | None = None,
+                port: int | None = None) -> list[str]:
     proto = {("udp", 4): "udp4", ("udp", 6): "udp6",
              ("tcp", 4): "tcp4-client", ("tcp", 6): "tcp6-client"}[(sc.transport, sc.family)]
     argv = ["openvpn",
             "--client",
-            "--remote", remote or ("127.0.0.1" if sc.family == 4 else "::1"), str(sc.port),
+            "--remote", remote or ("127.0.0.1" if sc.family == 4 else "::1"), str(port or sc.port),
             "--proto", proto, "--nobind",
             "--dev", dev or f"ovdiag-c{idx}", "--dev-type", "tun",
             "--ca", "keys/ca.crt",
@@ -613,6 +689,47 @@ def client_argv(sc: Scenario, idx: int, remote: str | None = None, dev: str | No
         # session ids) fit in the short capture.
         argv += ["--server-poll-timeout", "1"]
     return argv
+
+
+def static_key_argv(sc: Scenario, idx: int, role: str, server_addr: str) -> list[str]:
+    """A point-to-point static-key peer (`--secret`, no TLS): the "server" listens on the
+    scenario's port and learns its peer from the first authenticated packet."""
+    side = sc.server if role == "server" else sc.client
+    mine, theirs = (f"10.203.{idx}.1", f"10.203.{idx}.2") if role == "server" else \
+        (f"10.203.{idx}.2", f"10.203.{idx}.1")
+    argv = ["openvpn",
+            "--dev", f"ovdiag-{role[0]}{idx}", "--dev-type", "tun",
+            "--ifconfig", mine, theirs,
+            "--secret", side.key, str(side.key_direction),
+            "--cipher", "AES-256-CBC", "--auth", side.auth,
+            "--proto", "udp4",
+            "--ping", "1",
+            "--disable-dco",
+            "--verb", "3"]
+    if role == "server":
+        return argv + ["--local", server_addr, "--lport", str(sc.port)]
+    return argv + ["--remote", server_addr, str(sc.port), "--nobind"]
+
+
+def run_probe(sc: Scenario, log) -> None:
+    """ovpndiag's own probe, from this checkout, trying every setting against the server."""
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    argv = [sys.executable, "-m", "ovpndiag", "probe", "127.0.0.1", "-p", str(sc.port),
+            "--tls-auth", sc.client.key, "--try-keys"]
+    log.write("$ ovpndiag " + " ".join(argv[3:]) + "\n")
+    log.flush()
+    subprocess.run(argv, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+
+
+def tunnel_ping(sc: Scenario, net: "Net", target: str) -> None:
+    """A few pings through the tunnel (data-channel packets); `tunnel_ping` is their size."""
+    if not sc.tunnel_ping:
+        return
+    ping = subprocess.run(net.run(net.client_ns, [
+        "ping", "-c", "3", "-i", "0.3", "-W", "2", "-s", str(sc.tunnel_ping), target]),
+        capture_output=True, text=True)
+    if ping.returncode != 0:
+        raise RuntimeError("pings through the tunnel failed: " + ping.stdout[-200:])
 
 
 # --------------------------------------------------------------------------- namespaces, links, VLAN relay
@@ -751,6 +868,46 @@ def vlan_relay(ends: list[tuple[str, str, str]], tags: list[tuple[int, int]]) ->
                 os.write(tap, frame[:12] + frame[offset:])
 
 
+def relay_udp(listen_port: int, server: str, server_port: int) -> None:
+    """A NAT in front of a UDP client (in the client's namespace): datagrams from the client
+    (to 127.0.0.1:listen_port) go to the server from this relay's own socket, answers go back. SIGUSR1 rebinds: a new
+    socket, so a new source port, as a NAT that lost its mapping would; the old one is
+    closed. Prints "ready", then one line per rebinding. Runs until SIGTERM."""
+    import select
+    import socket
+
+    def outside() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect((server, server_port))
+        return sock
+
+    inside = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inside.bind(("127.0.0.1", listen_port))
+    out, client, rebind = outside(), None, []
+    signal.signal(signal.SIGUSR1, lambda *_: rebind.append(True))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", flush=True)
+    while True:
+        ready = select.select([inside, out], [], [])[0]
+        if rebind:
+            rebind.clear()
+            old, out = out, outside()
+            print(f"rebound: source port {old.getsockname()[1]} -> {out.getsockname()[1]}", flush=True)
+            old.close()
+            continue                        # `ready` may name the closed socket
+        for sock in ready:
+            if sock is inside:
+                data, client = inside.recvfrom(65535)
+                out.send(data)
+            else:
+                try:
+                    data = sock.recv(65535)
+                except ConnectionRefusedError:  # the server was not there (yet)
+                    continue
+                if client is not None:
+                    inside.sendto(data, client)
+
+
 # --------------------------------------------------------------------------- pcap reading
 
 def read_pcap(path: Path) -> list[tuple[float, int, bytes]]:
@@ -831,7 +988,8 @@ def parse_capture(path: Path, sc: Scenario) -> tuple[list[tuple[str, bytes]], di
     proto_num = 17 if sc.transport == "udp" else 6
     streams = {"c2s": b"", "s2c": b""}
     pkts = []
-    info = {"linktypes": set(), "vlans": set(), "fragments": 0, "reassembled_opcodes": set()}
+    info = {"linktypes": set(), "vlans": set(), "fragments": 0, "reassembled_opcodes": set(),
+            "client_ports": []}    # the client's port of each packet
     fragments = {}
     for _ts, linktype, frame in read_pcap(path):
         info["linktypes"].add(linktype)
@@ -878,8 +1036,10 @@ def parse_capture(path: Path, sc: Scenario) -> tuple[list[tuple[str, bytes]], di
             direction = "s2c"
         else:
             continue
+        client_port = sport if direction == "c2s" else dport
         if proto == 17:
             pkts.append((direction, l4[8:]))
+            info["client_ports"].append(client_port)
             if frag:
                 info["reassembled_opcodes"].add(l4[8] >> 3)
         else:
@@ -888,6 +1048,7 @@ def parse_capture(path: Path, sc: Scenario) -> tuple[list[tuple[str, bytes]], di
             while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
                 n = struct.unpack("!H", buf[:2])[0]
                 pkts.append((direction, buf[2:2 + n]))
+                info["client_ports"].append(client_port)
                 buf = buf[2 + n:]
             streams[direction] = buf
     return pkts, info
@@ -916,7 +1077,32 @@ def check_capture(path: Path, sc: Scenario) -> list[str]:
                             f"{sorted(info['reassembled_opcodes'])}, expected {sorted(wanted)}")
     elif info["fragments"]:
         problems.append(f"{info['fragments']} unexpected IP fragments")
+    if sc.min_packets and len(pkts) <= sc.min_packets:
+        problems.append(f"{len(pkts)} OpenVPN packets, expected more than {sc.min_packets}")
+    if sc.kind == "static-key":
+        return problems + check_static_key(pkts)
     ops = [(d, p[0] >> 3, p[0] & 7) for d, p in pkts]
+    if sc.kind == "probe":
+        return problems + check_probe(pkts, ops, info["client_ports"])
+    if sc.capture_start == "mid-session":
+        problems += check_mid_session(ops, sc)
+    else:
+        problems += check_from_handshake(ops, sc)
+    if sc.renegotiation:
+        if not any(op == 3 and kid == 1 for _, op, kid in ops):
+            problems.append("no P_CONTROL_SOFT_RESET_V1 with key_id 1")
+        if not any(op == 9 and kid == 1 for _, op, kid in ops):
+            problems.append("no P_DATA_V2 with key_id 1")
+    elif any(kid != 0 for _, _, kid in ops):
+        problems.append("unexpected key_id != 0")
+    if sc.float_client:
+        problems += check_float(pkts, ops, info["client_ports"])
+    return problems
+
+
+def check_from_handshake(ops: list[tuple[str, int, int]], sc: Scenario) -> list[str]:
+    """A capture started before the server: it opens with the client's reset."""
+    problems = []
     first_op = 10 if sc.wrapping == "tls-crypt-v2" else 7
     if ops[0][:2] != ("c2s", first_op):
         problems.append(f"first packet is {ops[0]}, expected client opcode {first_op}")
@@ -935,13 +1121,78 @@ def check_capture(path: Path, sc: Scenario) -> list[str]:
             problems.append("server answered although the client's wrapping is wrong")
         if sc.client_cert != "client" and not server_reset:
             problems.append("server never answered (TLS should start and then fail)")
+    return problems
+
+
+def check_mid_session(ops: list[tuple[str, int, int]], sc: Scenario) -> list[str]:
+    """A capture started on a running tunnel: no hard reset at all, data in both
+    directions from the start; a renegotiation only after key_id 0 data."""
+    problems = []
+    resets = [o for o in ops if o[1] in (7, 8, 10)]
+    if resets:
+        problems.append(f"{len(resets)} hard resets in a capture started mid-session")
+    for direction in ("c2s", "s2c"):
+        if not any(d == direction and op == 9 and kid == 0 for d, op, kid in ops):
+            problems.append(f"no key_id 0 P_DATA_V2 {direction}")
     if sc.renegotiation:
-        if not any(op == 3 and kid == 1 for _, op, kid in ops):
-            problems.append("no P_CONTROL_SOFT_RESET_V1 with key_id 1")
-        if not any(op == 9 and kid == 1 for _, op, kid in ops):
-            problems.append("no P_DATA_V2 with key_id 1")
-    elif any(kid != 0 for _, _, kid in ops):
-        problems.append("unexpected key_id != 0")
+        soft = next((i for i, o in enumerate(ops) if o[1:] == (3, 1)), None)
+        data0 = next((i for i, o in enumerate(ops) if o[1:] == (9, 0)), None)
+        if soft is not None and (data0 is None or data0 > soft):
+            problems.append("no key_id 0 data before the renegotiation")
+    elif {op for _, op, _ in ops} != {9}:
+        problems.append(f"opcodes {sorted({op for _, op, _ in ops})}, expected only P_DATA_V2")
+    return problems
+
+
+def check_float(pkts: list[tuple[str, bytes]], ops, client_ports: list[int]) -> list[str]:
+    """The client's packets come from two ports, one after the other, with the same
+    peer-id and no new reset from the second port; the server answers there too."""
+    problems = []
+    runs = [port for i, port in enumerate(client_ports) if pkts[i][0] == "c2s"
+            and (i == 0 or port != client_ports[i - 1])]
+    if len(set(runs)) != 2 or len(runs) != 2:
+        return [f"client ports in runs {runs}, expected one port and then another"]
+    old, new = runs
+    peer_ids = {port: {pkt[1:4] for (d, pkt), p, (_, op, _) in zip(pkts, client_ports, ops)
+                       if d == "c2s" and op == 9 and p == port} for port in runs}
+    if len(peer_ids[old]) != 1 or peer_ids[old] != peer_ids[new]:
+        problems.append(f"P_DATA_V2 peer-ids {peer_ids}, expected one peer-id from both ports")
+    if any(port == new and op in (7, 8) for port, (_, op, _) in zip(client_ports, ops)):
+        problems.append("a new reset after the float: a new session, not a float")
+    if not any(d == "s2c" and port == new and op == 9 for port, (d, op, _) in zip(client_ports, ops)):
+        problems.append("the server never sent data to the new port")
+    return problems
+
+
+def check_probe(pkts: list[tuple[str, bytes]], ops, client_ports: list[int]) -> list[str]:
+    """A --try-keys run: many client resets (different sessions and HMAC sizes) from
+    one socket, and server resets answering some of them."""
+    problems = []
+    client = [pkt for d, pkt in pkts if d == "c2s"]
+    if {op for d, op, _ in ops if d == "c2s"} != {7}:
+        problems.append(f"client opcodes {sorted({op for d, op, _ in ops if d == 'c2s'})}, expected resets only")
+    if len(set(client_ports)) != 1:
+        problems.append(f"client ports {sorted(set(client_ports))}, expected one socket")
+    if len({pkt[1:9] for pkt in client}) < 10:
+        problems.append(f"{len({pkt[1:9] for pkt in client})} client session ids, expected a dozen or more")
+    if len({len(pkt) for pkt in client}) < 3:
+        problems.append(f"client reset sizes {sorted({len(pkt) for pkt in client})}, expected several")
+    answers = [pkt for d, pkt in pkts if d == "s2c"]
+    if not answers or {pkt[0] >> 3 for pkt in answers} != {8}:
+        problems.append(f"server opcodes {sorted({pkt[0] >> 3 for pkt in answers})}, expected resets")
+    return problems
+
+
+def check_static_key(pkts: list[tuple[str, bytes]]) -> list[str]:
+    """Static-key data: HMAC-SHA1 (20) | IV (16) | AES-CBC blocks - no opcode, no TLS."""
+    problems = []
+    if {d for d, _ in pkts} != {"c2s", "s2c"}:
+        problems.append("static-key packets not in both directions")
+    odd = [len(pkt) for _, pkt in pkts if len(pkt) < 20 + 16 + 16 or (len(pkt) - 36) % 16]
+    if odd:
+        problems.append(f"packet sizes {odd[:5]} do not fit HMAC-SHA1 | IV | AES-CBC")
+    if len(pkts) < 6:
+        problems.append(f"only {len(pkts)} static-key packets")
     return problems
 
 
@@ -994,51 +1245,104 @@ def record(sc: Scenario, idx: int, procs: Procs) -> None:
 
     net = Net(sc, idx)
     net.up(procs)
+    relay, client, dump_stats = None, None, ""
     try:
         outer = start_outer_tunnel(sc, idx, net, procs) if sc.net == "nested" else []
-        dump = start_capture(sc, net, pcap_tmp, procs)
-        time.sleep(0.3)
+        dump = None
+        if sc.capture_start == "handshake":
+            dump = start_capture(sc, net, pcap_tmp, procs)
+            time.sleep(0.3)
         nested = sc.net == "nested"
         with open(slog_tmp, "w") as slog, open(clog_tmp, "w") as clog:
-            server = procs.start("server", net.run(net.server_ns, server_argv(
-                sc, idx, local=net.server_addr, subnet=f"10.202.{idx}.0" if nested else None,
-                dev=f"ovdiag-is{idx}" if nested else None)), stdout=slog, stderr=subprocess.STDOUT)
-            if not wait_for(slog_tmp, INIT_DONE, 10, server):
+            if sc.kind == "static-key":
+                server_cmd = static_key_argv(sc, idx, "server", net.server_addr)
+            else:
+                server_cmd = server_argv(sc, idx, local=net.server_addr,
+                                         subnet=f"10.202.{idx}.0" if nested else None,
+                                         dev=f"ovdiag-is{idx}" if nested else None)
+            server = procs.start("server", net.run(net.server_ns, server_cmd), stdout=slog,
+                                 stderr=subprocess.STDOUT)
+            # A static-key peer completes its initialisation only once the other one is there.
+            ready = r"link local" if sc.kind == "static-key" else INIT_DONE
+            if not wait_for(slog_tmp, ready, 10, server):
                 raise RuntimeError("server did not start; see " + str(slog_tmp))
-            client = procs.start("client", net.run(net.client_ns, client_argv(
-                sc, idx, remote=net.server_addr, dev=f"ovdiag-ic{idx}" if nested else None)),
-                stdout=clog, stderr=subprocess.STDOUT)
+            if sc.kind == "probe":
+                run_probe(sc, clog)
+            else:
+                if sc.kind == "static-key":
+                    client_cmd = static_key_argv(sc, idx, "client", net.server_addr)
+                else:
+                    port = None
+                    if sc.float_client:
+                        relay = procs.start("relay", net.run(net.client_ns, [
+                            sys.executable, str(Path(__file__).resolve()), "--udp-relay",
+                            str(RELAY_PORT), net.server_addr, str(sc.port)]), stdout=subprocess.PIPE, text=True)
+                        if relay.stdout.readline().strip() != "ready":
+                            raise RuntimeError("UDP relay did not start")
+                        port = RELAY_PORT
+                    client_cmd = client_argv(sc, idx, remote="127.0.0.1" if port else net.server_addr, port=port,
+                                             dev=f"ovdiag-ic{idx}" if nested else None)
+                client = procs.start("client", net.run(net.client_ns, client_cmd),
+                                     stdout=clog, stderr=subprocess.STDOUT)
             if sc.outcome == "connected":
                 if not wait_for(clog_tmp, INIT_DONE, CONNECT_TIMEOUT, client):
                     raise RuntimeError("client did not connect; see " + str(clog_tmp))
+                if sc.capture_start == "mid-session":
+                    time.sleep(0.5)             # the handshake's last ACKs are over
+                    dump = start_capture(sc, net, pcap_tmp, procs)
+                    time.sleep(0.3)
+                target = f"10.203.{idx}.1" if sc.kind == "static-key" else f"10.201.{idx}.1"
                 if sc.renegotiation:
+                    tunnel_ping(sc, net, target)
                     # The first TLS session logs one "Control Channel:" line; the renegotiated
                     # one logs a second. Then wait until data flows with the new key.
                     if not wait_for(clog_tmp, r"Control Channel: TLS", RENEG_TIMEOUT, client, count=2):
                         raise RuntimeError("no renegotiation seen; see " + str(clog_tmp))
-                    time.sleep(2.0)
+                    time.sleep(1.0 if sc.tunnel_ping else 2.0)
+                    if sc.tunnel_ping:
+                        tunnel_ping(sc, net, target)
+                        time.sleep(1.0)
+                elif sc.float_client:
+                    tunnel_ping(sc, net, target)
+                    time.sleep(1.0)
+                    relay.send_signal(signal.SIGUSR1)       # the NAT rebinds
+                    if not wait_for(slog_tmp, sc.server_log_expect, 10, server):
+                        raise RuntimeError("the server did not float the client; see " + str(slog_tmp))
+                    tunnel_ping(sc, net, target)
+                    time.sleep(KEEPALIVE_SECONDS)
+                elif sc.flood:
+                    flood = subprocess.run(net.run(net.client_ns, [
+                        "ping", "-f", "-q", "-c", str(sc.flood), "-s", "0", "-W", "2", target]),
+                        capture_output=True, text=True)
+                    if flood.returncode != 0:
+                        raise RuntimeError("ping flood through the tunnel failed: " + flood.stdout[-300:])
+                    clog.write("# record.py: " + flood.stdout.strip().splitlines()[-2] + "\n")
+                    clog.flush()
+                    time.sleep(0.5)
                 else:
                     if sc.tunnel_ping:
-                        # Big packets through the tunnel: data-channel packets over the link MTU.
-                        ping = subprocess.run(net.run(net.client_ns, [
-                            "ping", "-c", "3", "-i", "0.3", "-W", "2", "-s", str(sc.tunnel_ping),
-                            f"10.201.{idx}.1"]), capture_output=True, text=True)
-                        if ping.returncode != 0:
-                            raise RuntimeError("pings through the tunnel failed: " + ping.stdout[-200:])
+                        tunnel_ping(sc, net, target)
                     time.sleep(KEEPALIVE_SECONDS)
-            else:
+            elif sc.outcome == "failed":
                 time.sleep(FAIL_SECONDS)
-            procs.stop(client)
+            if client is not None:
+                procs.stop(client)
             time.sleep(0.3)
             procs.stop(server)
         time.sleep(0.3 if sc.net == "lo" else 1.0)
-        procs.stop(dump)
-        dump.stderr.close()
+        if dump is not None:
+            procs.stop(dump)
+            dump_stats = dump.stderr.read()
+            dump.stderr.close()
         for p in reversed(outer):
             procs.stop(p)
         if net.relay is not None:
             procs.stop(net.relay)
             net.relay.stdout.close()
+        if relay is not None:
+            procs.stop(relay)
+            (LOGS / f"{sc.name}.relay.log").write_text(relay.stdout.read())
+            relay.stdout.close()
     finally:
         net.down()
 
@@ -1048,11 +1352,14 @@ def record(sc: Scenario, idx: int, procs: Procs) -> None:
     connected = INIT_DONE in clog_text
     if sc.outcome == "connected" and not connected:
         raise RuntimeError("expected a connection")
-    if sc.outcome == "failed":
-        if connected:
-            raise RuntimeError("expected failure, but the client connected")
-        if sc.server_log_expect and not re.search(sc.server_log_expect, slog_text):
-            raise RuntimeError(f"server log lacks /{sc.server_log_expect}/")
+    if sc.outcome != "connected" and connected:
+        raise RuntimeError("expected no connection, but the client connected")
+    if sc.server_log_expect and not re.search(sc.server_log_expect, slog_text):
+        raise RuntimeError(f"server log lacks /{sc.server_log_expect}/")
+    if sc.kind == "probe" and not re.search(rf"SHA512", clog_text):
+        raise RuntimeError("the probe did not find the server's SHA512 tls-auth")
+    if sc.flood and not re.search(r"\b0 packets dropped by kernel", dump_stats):
+        raise RuntimeError("tcpdump lost packets: " + dump_stats.strip().replace("\n", "; "))
     logs = [clog_text, slog_text]
     if sc.net == "nested":
         logs += [(LOGS / f"{sc.name}.outer-{role}.log").read_text(errors="replace")
@@ -1094,6 +1401,11 @@ def manifest_entry(sc: Scenario) -> dict:
         "vlan": [vid for _tpid, vid in sc.vlan],
         "fragmented": sc.expect_fragments,
         "derived_from": None,
+        "group": sc.group,
+        "program": {"tls": "openvpn", "static-key": "openvpn --secret",
+                    "probe": "ovpndiag probe --try-keys"}[sc.kind],
+        "capture_start": sc.capture_start,
+        "float": sc.float_client,
     }
 
 
@@ -1134,9 +1446,11 @@ IP packet and timestamp; `derived_from` in the manifest names the source.
 * `manifest.json` - one object per capture (transport, address family, port, wrapping, the
   tls-auth digest / key file / key-direction of the server and, under `client`, of the client,
   expected outcome, renegotiation, data channel; file `format`, `linktype`, how it was
-  `captured`, `vlan` ids, whether it holds IP fragments, `derived_from`). Key paths are relative
-  to this folder.
-* `logs/NAME.server.log`, `logs/NAME.client.log` - both peers' `--verb 3` logs for each capture.
+  `captured`, `vlan` ids, whether it holds IP fragments, `derived_from`; `group` "basic" or
+  "real-world", the client `program`, `capture_start` "handshake" or "mid-session", `float`).
+  Key paths are relative to this folder.
+* `logs/NAME.server.log`, `logs/NAME.client.log` - both peers' `--verb 3` logs for each capture
+  (for `udp-try-keys` the client log is the probe's output; `logs/udp-float.relay.log` is the NAT's).
   Failure reasons ("packet HMAC authentication failed", "cannot locate HMAC in incoming
   packet", "tls-crypt unwrap error", "VERIFY ERROR") are only visible there.
 * `keys/` - the **test-only, publicly known** PKI and static keys the captures were made with
@@ -1193,6 +1507,33 @@ SHA256/SHA512 captures need it set, and tls-crypt must be switched on, e.g.
   packet); these captures contain no segment with several packets or a packet split across
   segments.
 
+## Real-world captures (`group` "real-world")
+
+The "basic" captures each hold one clean session (or failing handshake) from its first packet.
+The "real-world" ones are made the way users make captures, for what a reader meets there:
+
+* `capture_start` "mid-session": tcpdump is started 0.5 s after "Initialization Sequence
+  Completed", so the capture holds no reset at all - it opens with data packets (and a TCP
+  stream without its SYN). With `--reneg-sec {reneg}` a renegotiation follows inside the capture;
+  its key_id 1 control packets are under dynamic tls-crypt (2.6 peers), whatever the wrapping.
+* Pings that must cross the tunnel need the peers in two namespaces (on one host both tun
+  addresses are local, so a ping never enters the tunnel): those captures are taken on the veth
+  (MTU 1500), where the kernel's ARP frames also appear.
+* `udp-float`: the client talks to a small UDP relay in its own namespace (`record.py
+  --udp-relay`), which forwards to the server from its own socket and, on SIGUSR1, from a new one
+  - a NAT that rebinds. The capture is taken on the server's side of the relay, so the client's
+  source port changes mid-session; the server (verb 4) logs "Float requested for peer 0" and
+  "peer 0 (...) floated from ... to ...".
+* `udp-midsession-flood`: `ping -f -s 0` through the tunnel (28-byte IP packets, so ~110 bytes a
+  frame in the file), tcpdump with a 32 MB buffer (`-B 32768`, no `--immediate-mode`): the
+  recording fails unless tcpdump reports 0 packets dropped by kernel. About 2.9 MB - most of
+  this folder.
+* `udp-try-keys`: `python3 -m ovpndiag probe --try-keys` from this checkout: 19 resets with
+  different wrappings from one socket; only the right one is answered.
+* `udp-static-key`: `openvpn --secret` point-to-point peers (2.6 logs "DEPRECATED OPTION: The
+  option --secret is deprecated" and that 2.7 removes non-TLS mode); the packets have no opcode
+  byte, so tools that read them as TLS-mode OpenVPN invent opcodes, session ids and peer-ids.
+
 ## Captures
 
 | file | transport/port | wrapping | outcome | packets | capture | what it shows |
@@ -1219,7 +1560,13 @@ def write_docs() -> None:
         n = len(read_pcap(HERE / file))
         tp = f"{sc.transport}{'6' if sc.family == 6 else ''}/{sc.port}"
         wrapping = sc.wrapping
-        if sc.wrapping == "tls-auth":
+        if sc.kind == "probe":
+            wrapping += (f" {sc.server.auth}, server key-dir {sc.server.key_direction}; the probe tries "
+                         f"every setting with {sc.client.key}")
+        elif sc.kind == "static-key":
+            wrapping += f" {sc.server.key}, auth {sc.server.auth}, AES-256-CBC, key-dir " \
+                        f"{sc.server.key_direction}/{sc.client.key_direction}"
+        elif sc.wrapping == "tls-auth":
             kd = lambda s: "none" if s.key_direction is None else str(s.key_direction)
             if sc.server.auth == sc.client.auth and sc.server.key == sc.client.key:
                 wrapping += f" {sc.server.auth}, key-dir {kd(sc.server)}/{kd(sc.client)}"
@@ -1236,7 +1583,7 @@ def write_docs() -> None:
             text = f"{sc.description} Shows {sc.shows}."
         rows.append(f"| `{file}` | {tp} | {wrapping} | {sc.outcome} | {n} | {capture} | {text} |")
     README.write_text(README_HEAD.format(version=openvpn_version(), fail=FAIL_SECONDS,
-                                         keep=KEEPALIVE_SECONDS) + "\n".join(rows) + "\n")
+                                         keep=KEEPALIVE_SECONDS, reneg=RENEG_SECONDS) + "\n".join(rows) + "\n")
 
 
 # --------------------------------------------------------------------------- main
@@ -1252,7 +1599,13 @@ def main() -> int:
                     help="only regenerate manifest.json and README.md")
     ap.add_argument("--vlan-relay", nargs=2, metavar="NS:TAP:VETH", help=argparse.SUPPRESS)
     ap.add_argument("--tags", help=argparse.SUPPRESS)
+    ap.add_argument("--udp-relay", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
+
+    if args.udp_relay:                  # internal: started by record() for floating clients
+        port, server, server_port = args.udp_relay
+        relay_udp(int(port), server, int(server_port))
+        return 0
 
     if args.vlan_relay:                 # internal: started by Net.up() for "vlan" scenarios
         vlan_relay([tuple(end.split(":")) for end in args.vlan_relay],

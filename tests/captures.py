@@ -11,15 +11,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
-MANIFEST = json.loads((CAPTURES / "manifest.json").read_text())
+ALL_CAPTURES = json.loads((CAPTURES / "manifest.json").read_text())
+# Most tests are written for the "basic" captures: one clean session (or failing handshake)
+# from its first packet. The "real-world" ones (captured mid-session, a float, a flood, a
+# --try-keys run, static-key traffic) are checked against tshark by tests/test_realworld.py.
+MANIFEST = [e for e in ALL_CAPTURES if e.get("group", "basic") == "basic"]
+REAL_WORLD = [e for e in ALL_CAPTURES if e.get("group") == "real-world"]
 
 
 def entry(name):
-    return next(e for e in MANIFEST if e["file"] == name or e["file"] == name + ".pcap")
+    return next(e for e in ALL_CAPTURES if e["file"] == name or e["file"] == name + ".pcap")
 
 
 def entries(**match):
-    return [e for e in MANIFEST if all(e.get(k) == v for k, v in match.items())]
+    return [e for e in ALL_CAPTURES if all(e.get(k) == v for k, v in match.items())]
 
 
 def key_path(relative):
@@ -120,6 +125,10 @@ def openvpn_packets(capture):
         if flags & 0x02:  # SYN
             streams[sender] = [seq + 1, b""]
             continue
+        if sender not in streams:  # a capture started mid-stream: from its first segment
+            if not payload:
+                continue
+            streams[sender] = [seq, b""]
         expected, buffered = streams[sender]
         if not payload or seq != expected:  # pure ACKs, retransmissions
             continue

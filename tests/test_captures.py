@@ -1,12 +1,13 @@
 """Every packet of every real capture dissects with the layers and rebuilds to
 the same bytes; the captures show what the manifest says they show."""
 
+import struct
 from collections import Counter
 
 import pytest
 from scapy.config import conf
 
-from captures import CAPTURES, MANIFEST, openvpn_packets, tcp_segments, wrapping_of
+from captures import ALL_CAPTURES, CAPTURES, MANIFEST, REAL_WORLD, openvpn_packets, tcp_segments, wrapping_of
 from ovpndiag.layers import OPCODES, OpenVPN, OpenVPNTCP, dissect
 
 NAMES = [capture["file"] for capture in MANIFEST]
@@ -14,11 +15,14 @@ BY_NAME = {capture["file"]: capture for capture in MANIFEST}
 
 
 def test_manifest_lists_every_capture_and_the_folder_stays_small():
+    every = [capture["file"] for capture in ALL_CAPTURES]
     on_disk = sorted(path.name for pattern in ("*.pcap", "*.pcapng") for path in CAPTURES.glob(pattern))
-    assert on_disk == sorted(NAMES)
+    assert on_disk == sorted(every)
+    assert {capture["group"] for capture in ALL_CAPTURES} == {"basic", "real-world"}
     readme = (CAPTURES / "README.md").read_text()
-    assert all(name in readme for name in NAMES)
-    assert sum(path.stat().st_size for path in CAPTURES.rglob("*") if path.is_file()) < 2 * 1024 * 1024
+    assert all(name in readme for name in every)
+    # 4 MiB: about 0.6 MB of sessions and 2.9 MB for the >25,000-packet flood (small pings).
+    assert sum(path.stat().st_size for path in CAPTURES.rglob("*") if path.is_file()) < 4 * 1024 * 1024
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -173,3 +177,82 @@ def test_packets_built_from_scratch_equal_the_real_ones():
     assert bytes(OpenVPNAck(session_id=ack.session_id, acks=list(ack.acks),
                             remote_session_id=ack.remote_session_id)) == bytes(ack)
     assert len(packets[0].data) == 14 and len(packets[1].data) == 26
+
+
+# ---- the real-world captures show what the manifest says (tshark comparisons: test_realworld.py)
+
+REAL = {capture["file"]: capture for capture in REAL_WORLD}
+
+
+@pytest.mark.parametrize("name", [n for n, c in REAL.items() if c["capture_start"] == "mid-session"])
+def test_mid_session_captures_hold_no_reset_and_open_with_data(name):
+    capture = REAL[name]
+    packets = list(openvpn_packets(capture))
+    opcodes = [OPCODES[p.data[0] >> 3] for p in packets]
+    assert not [op for op in opcodes if "HARD_RESET" in op]
+    assert opcodes[0] == "P_DATA_V2" and {p.sender for p in packets if p.data[0] >> 3 == 9} == {"client", "server"}
+    if capture["renegotiation"]:
+        key_ids = [(OPCODES[p.data[0] >> 3], p.data[0] & 7) for p in packets]
+        soft_reset = key_ids.index(("P_CONTROL_SOFT_RESET_V1", 1))
+        assert ("P_DATA_V2", 0) in key_ids[:soft_reset] and ("P_DATA_V2", 1) in key_ids[soft_reset:]
+    else:
+        assert set(opcodes) == {"P_DATA_V2"}
+
+
+def test_the_long_capture_is_long():
+    capture = REAL["udp-midsession-flood.pcap"]
+    assert sum(1 for _ in openvpn_packets(capture)) > 25000
+
+
+
+def _udp_packets(capture):
+    """(client port, sender, OpenVPN packet) of each UDP datagram on the capture's (IPv4) port,
+    parsed with struct: Scapy's bound OpenVPN layer would take static-key bytes for a header."""
+    from scapy.utils import RawPcapReader
+
+    from captures import _ip_packet
+
+    port = capture["port"]
+    reader = RawPcapReader(str(CAPTURES / capture["file"]))
+    for data, _meta in reader:
+        ip = _ip_packet(reader.linktype, data)
+        if ip is None or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        udp = ip[(ip[0] & 0x0F) * 4:]
+        sport, dport = struct.unpack("!HH", udp[:4])
+        if port in (sport, dport):
+            yield (sport if dport == port else dport), ("client" if dport == port else "server"), udp[8:]
+
+
+def test_the_floating_client_keeps_its_peer_id_from_a_new_port_and_the_server_follows():
+    capture = REAL["udp-float.pcap"]
+    packets = list(_udp_packets(capture))
+    ports = [port for port, sender, _ in packets if sender == "client"]
+    runs = [port for i, port in enumerate(ports) if i == 0 or port != ports[i - 1]]
+    assert len(runs) == 2 and runs[0] != runs[1]  # one port, then another, never back
+    old, new = runs
+    peer_ids = {port: {data[1:4] for p, sender, data in packets if sender == "client" and p == port
+                       and data[0] >> 3 == 9} for port in runs}
+    assert len(peer_ids[old]) == 1 and peer_ids[new] == peer_ids[old]
+    assert not [data for p, _, data in packets if p == new and data[0] >> 3 in (7, 8)]  # no new session
+    assert any(p == new and sender == "server" and data[0] >> 3 == 9 for p, sender, data in packets)
+    assert "floated from" in (CAPTURES / "logs" / "udp-float.server.log").read_text()
+
+
+def test_the_try_keys_run_is_many_resets_from_one_socket_and_one_answer_per_right_setting():
+    packets = list(_udp_packets(REAL["udp-try-keys.pcap"]))
+    client = [data for _, sender, data in packets if sender == "client"]
+    answers = [data for _, sender, data in packets if sender == "server"]
+    assert len({port for port, _, _ in packets}) == 1 and len(client) >= 19
+    assert {data[0] >> 3 for data in client} == {7} and len({data[1:9] for data in client}) == len(client)
+    assert len({len(data) for data in client}) >= 5  # tls-crypt and five digests
+    assert answers and {data[0] >> 3 for data in answers} == {8}
+    assert len(answers[0]) == 9 + 64 + 8 + 1 + 4 + 8 + 4  # a SHA512 tls-auth server reset
+
+
+def test_static_key_packets_are_hmac_iv_and_cbc_blocks_without_an_opcode():
+    packets = list(_udp_packets(REAL["udp-static-key.pcap"]))
+    assert {sender for _, sender, _ in packets} == {"client", "server"} and len(packets) >= 6
+    assert all(len(data) >= 20 + 16 + 16 and (len(data) - 36) % 16 == 0 for _, _, data in packets)
+    assert len({data[0] >> 3 for _, _, data in packets}) > 1  # read as an opcode, it is noise
+    assert "option --secret is deprecated" in (CAPTURES / "logs" / "udp-static-key.server.log").read_text()
