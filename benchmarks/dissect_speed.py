@@ -37,10 +37,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = ROOT / "captures"
 
 
+SERVER_PORTS = {1194, 12345, 443}  # every other port is rewritten to the repetition's client port
+
+
 def ethernet_captures():
+    """The whole sessions recorded on loopback (the mid-session, float and flood captures
+    recorded between namespaces are left out, so the workload stays what it was)."""
     manifest = json.loads((CAPTURES / "manifest.json").read_text())
     return [CAPTURES / entry["file"] for entry in manifest
             if entry.get("linktype", 1) == 1 and entry.get("format", "pcap") == "pcap"
+            and entry.get("captured", "").startswith("tcpdump -i lo") and entry.get("port") in SERVER_PORTS
             and not entry.get("derived_from") and not entry.get("vlan") and not entry.get("fragmented")]
 
 
@@ -66,7 +72,7 @@ def transport_offset(frame):
 
 def build(target, out_path):
     """Repeat the captures until ``target`` packets; returns the count written."""
-    server_ports = {1194, 12345, 443}
+    server_ports = SERVER_PORTS
     sources = []
     for path in ethernet_captures():
         sources.append([(s + u / 1e6, frame) for s, u, frame in records(path)])

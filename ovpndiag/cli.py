@@ -566,20 +566,28 @@ def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:
         return False
     if outcome.error:
         click.echo(f"ovpndiag: error: {outcome.error}", err=True)
-    _tally_text(output, path, outcome.frames, outcome.not_openvpn, outcome.skipped)
+    _tally_text(output, path, outcome.frames, outcome.tally, outcome.skipped)
     return outcome.error is not None
 
 
 def _tally(output, transport, reader, path):
     """_tally_text for a file one reader read."""
     counts = transport.counts
-    _tally_text(output, path, counts.frames, reader.not_openvpn, counts.skipped)
+    _tally_text(output, path, counts.frames, reader.tally, counts.skipped)
 
 
-def _tally_text(output, path, frames, not_openvpn, skipped):
-    """What a file held besides OpenVPN: in the --sessions report, and on a terminal."""
-    text = (f"{path}: {frames:,} frames, {output.count:,} OpenVPN packets; skipped: "
-            f"{not_openvpn:,} payloads of other protocols, {skipped:,} frames without UDP or TCP")
+def _tally_text(output, path, frames, tally, skipped):
+    """What a file held, every payload counted: in the --sessions report, and on a
+    terminal; static-key traffic (never shown) is always said on stderr."""
+    undecided, static = tally.get("undecided", 0), tally.get("static", 0)
+    text = (f"{path}: {frames:,} frames, {output.count:,} OpenVPN packets"
+            + (f" ({undecided:,} in flows too short to be sure of)" if undecided else "")
+            + f"; skipped: {tally.get('other', 0):,} payloads of other protocols, "
+            + (f"{static:,} static-key OpenVPN payloads, " if static else "")
+            + f"{skipped:,} frames without UDP or TCP")
+    if static:
+        click.echo(f"ovpndiag: note: {path}: {static:,} payloads on an OpenVPN port are static-key (--secret) "
+                   "traffic: it has no control channel, so there is nothing to dissect", err=True)
     if output.sessions and not output.as_json:
         output.write(text + "\n")
     elif sys.stderr.isatty():

@@ -62,9 +62,11 @@ def candidates_for(kind: Optional[str] = None, digest: Optional[str] = None):
 
 
 class WrappingInference:
-    """Per flow: feed key-id-0 control packets until ``decided`` is set."""
+    """Per session (and, mid-session, for its renegotiations): feed control packets
+    until ``decided`` is set."""
 
-    def __init__(self, candidates=None):
+    def __init__(self, candidates=None, renegotiation: bool = False):
+        self.renegotiation = renegotiation  # for key ids 1-7 (their wrapping may differ from key 0's)
         self.candidates = list(candidates or CANDIDATES)
         self.decided = self.candidates[0] if len(self.candidates) == 1 else None
         self.seen = 0

@@ -15,7 +15,7 @@ line for every packet of every bundled capture and of thousands of mangled ones.
 
 from struct import Struct
 
-from ..protocol import CARRIES_WKC, MAX_ACKS, OPCODES, RESETS
+from ..protocol import CARRIES_WKC, CLIENT_RESETS, MAX_ACKS, OPCODES, RESETS
 from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
                            _wrapping_words, packet_line)
 from .decode import _AFTER_ACKS, _AFTER_ACKS_V1, _LAYOUTS, _layout
@@ -36,8 +36,8 @@ class RenderingReader(Reader):
         super().__init__(options)
         self.render = render
 
-    def _record(self, flow, frame, time, sender, data):
-        return frame, self.render(Reader._record(self, flow, frame, time, sender, data))
+    def _record(self, flow, frame, time, sender, data, inference):
+        return frame, self.render(Reader._record(self, flow, frame, time, sender, data, inference))
 
 
 class ListingReader(Reader):
@@ -52,6 +52,8 @@ class ListingReader(Reader):
         # Control packets take the fast path only where the record path would do nothing
         # more than decode them: key 0, no keys to open them, no client key (WKc) to read.
         self._fast_control = CONTROL_OPCODES.difference(CARRIES_WKC) if self.no_keys else frozenset()
+        # ...and, on arrival, not a client reset (it may start a session with another wrapping).
+        self._fast_arrival = self._fast_control.difference(CLIENT_RESETS)
         self._layouts = {}  # Wrapping -> _wrapping_layout()
 
     def _at_once(self, flow, frame, time, sender, data):
@@ -63,29 +65,31 @@ class ListingReader(Reader):
             line = self._data_line(flow, frame, time, sender, data, opcode)
             if line is not None:
                 return frame, line
-        elif opcode in self._fast_control and not first & 7 and len(data) >= 9:
+        elif opcode in self._fast_arrival and not first & 7 and len(data) >= 9:
             inference = flow.inference
             if inference is not None and inference.decided is not None:
                 session_id = _SESSION_ID(data)[0]
-                line = self._control_line(flow, frame, time, sender, data, opcode, session_id)
+                line = self._control_line(flow, frame, time, sender, data, opcode, session_id, inference.decided)
                 if line is not None:
                     flow.session_ids[sender] = session_id
                     return frame, line
         return Reader._at_once(self, flow, frame, time, sender, data)
 
-    def _record(self, flow, frame, time, sender, data):
+    def _record(self, flow, frame, time, sender, data, inference):
         if data:
             first = data[0]
             opcode = first >> 3
             if opcode == 9 or opcode == 6:
                 line = self._data_line(flow, frame, time, sender, data, opcode)
             elif opcode in self._fast_control and not first & 7 and len(data) >= 9:
-                line = self._control_line(flow, frame, time, sender, data, opcode, _SESSION_ID(data)[0])
+                inference = inference or flow.inference
+                wrapping = inference.decided if inference is not None and inference.decided is not None else PLAIN
+                line = self._control_line(flow, frame, time, sender, data, opcode, _SESSION_ID(data)[0], wrapping)
             else:
                 line = None
             if line is not None:
                 return frame, line
-        return frame, packet_line(Reader._record(self, flow, frame, time, sender, data), self.colour)
+        return frame, packet_line(Reader._record(self, flow, frame, time, sender, data, inference), self.colour)
 
     def _data_line(self, flow, frame, time, sender, data, opcode):
         if opcode == 6:
@@ -96,11 +100,9 @@ class ListingReader(Reader):
         return _DATA_V2 % (frame, time - self.first_time, flow.labels[sender], _P_DATA_V2, data[0] & 7,
                            int.from_bytes(data[1:4], "big"), len(data))
 
-    def _control_line(self, flow, frame, time, sender, data, opcode, session_id):
+    def _control_line(self, flow, frame, time, sender, data, opcode, session_id, wrapping):
         """A key-0 control packet's line (as decode then packet_line), or None for the
         record path: a malformed packet, a reset with TLVs."""
-        inference = flow.inference
-        wrapping = inference.decided if inference is not None and inference.decided is not None else PLAIN
         visible, header, words = self._layouts.get(wrapping) or self._wrapping_layout(wrapping)
         size = len(data)
         if size <= header:

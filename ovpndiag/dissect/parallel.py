@@ -8,11 +8,13 @@ here tagged with frame numbers. The parent merges them back into frame order -
 the order a single reader prints them in - using each worker's watermark: the
 frame up to which it will send nothing more.
 
-The output is the same as one reader's, with two exceptions in pathological
-captures: packets released by a TCP stream's idle timeout may be numbered with a
-later frame (each worker's reassembler only sees its own segments go by), and a
-flow still undecided when 20,000 packets wait (reader.MAX_QUEUE) is guessed when
-its own worker's queue is full, not the single reader's.
+The output is the same as one reader's: a reader decides each flow from that
+flow's own packets and the capture's clock (see ``reader``), never from the
+others. Two exceptions remain in pathological captures: packets released by a TCP
+stream's idle timeout may be numbered with a later frame (each worker's
+reassembler only sees its own segments go by), and a flow still undecided when
+reader.MAX_QUEUE packets wait behind it is guessed when its own worker's queue is
+full, not the single reader's.
 """
 
 import bisect
@@ -40,7 +42,7 @@ class Outcome(NamedTuple):
     """What the workers found besides the lines, for the summary line."""
     frames: int
     skipped: int  # frames without UDP or TCP
-    not_openvpn: int
+    tally: dict  # payloads by what they were (reader.Reader.tally)
     error: Optional[str]  # the capture's damage, after everything readable was sent
 
 
@@ -138,8 +140,11 @@ class Workers:
             if batch:
                 yield batch
         first = ends[0]
-        self.outcome = Outcome(frames=first[0], skipped=first[1],
-                               not_openvpn=sum(end[2] for end in ends),
+        tally = {}
+        for end in ends:
+            for name, count in end[2].items():
+                tally[name] = tally.get(name, 0) + count
+        self.outcome = Outcome(frames=first[0], skipped=first[1], tally=tally,
                                error=next((end[3] for end in ends if end[3]), None))
 
     def close(self):
@@ -203,7 +208,7 @@ def _work(connection, path, make_reader, shard, first_time):
             frames.append(frame)
             texts.append(text)
         counts = transport.counts
-        connection.send(("end", frames, texts, counts.frames, counts.skipped, reader.not_openvpn, error))
+        connection.send(("end", frames, texts, counts.frames, counts.skipped, dict(reader.tally), error))
     except (BrokenPipeError, ConnectionResetError):  # the parent stopped reading (e.g. -c)
         status = 1
     except BaseException:

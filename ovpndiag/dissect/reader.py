@@ -4,19 +4,26 @@
 payloads, in-order TCP stream bytes) and returns the records of the OpenVPN
 packets it completes, one per packet, in capture order. On the way it:
 
-- decides which flows are OpenVPN: UDP/TCP port 1194 and the ports given are;
-  a flow on any other port is held back until its own packets show it (a client
-  reset answered by a server reset, stable session ids each way) or show it is
-  not (an impossible first byte, a TCP length prefix that cannot be OpenVPN);
-- cuts TCP streams at OpenVPN's 2-byte lengths;
-- infers each flow's wrapping (``infer``), follows a 2.6 renegotiation into
-  dynamic tls-crypt, applies the user's keys (``keyring``);
+- decides which flows are OpenVPN (``recognise``), from whatever part of a
+  session they show: UDP/TCP port 1194 and the ports given are (TLS-mode or
+  static-key); a flow on any other port is held back until its own packets show
+  it is (a reset, session ids that answer each other, a data stream) or is not;
+- cuts TCP streams at OpenVPN's 2-byte lengths, resynchronising on them where a
+  stream is picked up in its middle or has a gap;
+- infers each session's wrapping (``infer``) from any of its control packets,
+  follows a 2.6 renegotiation into dynamic tls-crypt, applies the user's keys
+  (``keyring``);
 - follows the TLS inside each session's control channel (``tls``);
 - keeps one summary per session for ``--sessions``.
 
 Records are plain dicts whose keys are the JSON keys (see README); keys that
 start with ``_`` are for renderers only (raw bytes, the Wrapping used). Packets
-of flows not yet decided wait in a bounded queue, so output stays in frame order.
+of flows not yet decided wait in a queue, so output stays in frame order. Nothing
+waits for ever, and what decides a flow is only its own packets and the capture's
+clock: a flow is decided by its best guess after ``HOLD_PACKETS`` of its packets
+have waited or ``HOLD_TIME`` seconds have passed (``MAX_QUEUE`` is a last resort).
+``tally`` counts every payload: OpenVPN (shown), undecided (shown, on weak
+evidence), static-key and other protocols (not shown).
 """
 
 import collections
@@ -26,22 +33,27 @@ from typing import Dict, List, Optional
 from ..protocol import CARRIES_WKC, OPCODES
 from ..render.line import endpoint  # the listing's per-direction labels are made once per flow
 from .decode import decode
-from .infer import CANDIDATES, PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
+from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
+from .recognise import OTHER, OPENVPN, STATIC, Recognition
 from .tls import TLSStream
 
 OPENVPN_PORT = 1194
 _TCP_LENGTH = struct.Struct("!H").unpack_from  # OpenVPN's 2-byte frame length over TCP
 CONTROL_OPCODES = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
 CLIENT_RESET_OPCODES = (7, 10, 1)
-MAX_QUEUE = 20000  # packets held for undecided flows before guessing
+HOLD_PACKETS = 32  # packets of an undecided flow that wait before its best guess is taken
+HOLD_TIME = 1.0  # seconds of capture time a packet waits at most for its flow to be decided
+MAX_QUEUE = 50000  # packets waiting in all: beyond, the oldest waiting flow is guessed at once
 MAX_TCP_FRAME = 2048  # bigger first frames on an unknown port are not OpenVPN
-RECOGNITION_LIMIT = 12  # packets an unknown flow gets to show it is OpenVPN
+MAX_RESYNCS = 4  # deliveries of an unknown-port TCP flow searched for a frame boundary
 
 FLOW_IDLE = 300.0  # seconds of capture time after which an idle flow is forgotten
 EXPIRY_CHECK = 20000  # datagrams between looks for idle flows
 
-UNKNOWN, OPENVPN, OTHER = "unknown", "openvpn", "other"
+UNKNOWN = "unknown"  # (and OPENVPN, OTHER, STATIC from recognise)
+UNDECIDED = "undecided"  # shown as OpenVPN on weak evidence: no time was left to be sure
+PROVISIONAL = "provisional"  # on an OpenVPN port, shown before it proved TLS-mode: still watched for static-key
 
 
 class Options:
@@ -69,6 +81,7 @@ class Session:
         self.key_directions = {}
         self.tls = collections.Counter()
         self.malformed = 0
+        self.floats = []  # (address, port) the client went on from, in order
 
     def count(self, record):
         opcode = record.get("opcode", "malformed")
@@ -130,6 +143,8 @@ class Session:
             summary.update(self._handshake(flow))
         if self.malformed:
             summary["malformed"] = self.malformed
+        if self.floats:
+            summary["floated_to"] = [{"client": address, "client_port": port} for address, port in self.floats]
         if flow.keys is not None and self.client_session_id in flow.keys.v2_metadata:
             summary["wkc_metadata"] = flow.keys.v2_metadata[self.client_session_id]
         if any(key_id for key_id in self.key_ids) and flow.renegotiation:
@@ -145,18 +160,20 @@ class Flow:
         self.last = 0.0  # capture time of the latest packet, for expiry
         self.key = None  # in Reader.flows
         self.direction_keys = []  # in Reader.directions
-        self.inference = None
+        self.recognition = None  # Recognition while the flow is UNKNOWN
+        self.inference = None  # the current session's key-0 wrapping
+        self.reneg_inference = None  # key ids 1-7, when seen before key 0 was decided (mid-session)
         self.session_ids = {}  # sender -> its latest session id
         self.streams = {"client": b"", "server": b""}  # TCP bytes not yet a whole frame
+        self.synced = {"client": False, "server": False}  # TCP: on a frame boundary
         self.keys = None
         self.tls = {}
         self.renegotiation = {}  # key_id -> Wrapping its control packets have
         self.sessions: Dict[int, Session] = {}
         self.current = None  # the session data packets belong to
-        self.seen = 0
-        self.client_reset = None  # (sender, session id) of a client reset seen while unknown
-        self.stable = collections.Counter()  # sender -> control packets with its first session id
-        self.first_ids = {}
+        self.held = 0  # packets of this flow waiting for it to be decided
+        self.resyncs = 0  # TCP: times a frame boundary was looked for
+        self.floated_to = None  # the flow that goes on with this one's sessions (the client floated)
 
     def sender_of(self, address):
         return "client" if address == self.client else "server"
@@ -185,11 +202,22 @@ class Reader:
         self.directions: Dict[tuple, tuple] = {}  # (src, sport, dst, dport, transport) -> (flow, sender)
         self.ended: List[dict] = []  # summaries of the sessions of expired flows
         self.datagrams = 0
-        self.queue = collections.deque()  # (flow, frame, time, sender, data)
+        # (flow, frame, time, sender, data, inference): the inference that decides the
+        # packet's layout (None: it needs none), taken on arrival - a new session may
+        # bring a new one before the packet's turn comes.
+        self.queue = collections.deque()
+        self.waiting: Dict[Flow, float] = {}  # undecided flows with packets queued -> first one's time
         self.first_time = None
-        self.not_openvpn = 0  # transport payloads of flows found not to be OpenVPN
+        self.tally = collections.Counter()  # payloads by what they were: see TALLY
+        self.static_flows: List[Flow] = []
         self.no_keys = self.options.keys.empty
         self.sessions = self.options.sessions
+        self.session_flows = {}  # (server endpoint, transport, client session id) -> flow (floats)
+
+    @property
+    def not_openvpn(self) -> int:
+        """Transport payloads of flows found not to be OpenVPN."""
+        return self.tally[OTHER]
 
     # --- input ---------------------------------------------------------------
 
@@ -198,23 +226,27 @@ class Reader:
         frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, gap, _end = datagram
         if self.first_time is None:
             self.first_time = time
+        ready = self._overdue(time) if self.waiting else []
         direction = self.directions.get((src, sport, dst, dport, transport))
         flow, sender = direction or self._flow(datagram)
         flow.last = time
         self.datagrams += 1
         if self.datagrams % EXPIRY_CHECK == 0:
             self._expire(time)
-        if flow.state is OTHER:
-            self.not_openvpn += 1
-            return []
+        state = flow.state
+        if state is OTHER or state is STATIC:
+            if payload:
+                self.tally[state] += 1
+            return ready
         if transport == "udp":
-            if payload and flow.state is OPENVPN and not self.queue:
+            if payload and state is OPENVPN and not self.queue:
                 record = self._at_once(flow, frame, time, sender, payload)
-                return [] if record is None else [record]
+                if record is not None:
+                    ready.append(record)
+                return ready
             if payload:
                 self._packet(flow, frame, time, sender, payload)
-            return self._drain()
-        ready = []
+            return ready + self._drain() if ready else self._drain()
         self._tcp(flow, frame, time, payload, gap, sender, ready)
         if self.queue:
             ready += self._drain()
@@ -225,31 +257,31 @@ class Reader:
         now, unless it has to wait itself (as _packet then _drain would do, without
         the queue). None when it was queued."""
         if data[0] >> 3 not in CONTROL_OPCODES:
-            return self._record(flow, frame, time, sender, data)
+            return self._record(flow, frame, time, sender, data, None)
         inference = flow.inference
-        if inference is not None and inference.decided is not None:  # _learn, inlined
+        if inference is not None and inference.decided is not None and not data[0] & 7:  # _learn, inlined
             if len(data) >= 9:
                 flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
-            return self._record(flow, frame, time, sender, data)
-        self._learn(flow, sender, data, time)
-        if _ready(flow, data):
-            return self._record(flow, frame, time, sender, data)
-        self.queue.append((flow, frame, time, sender, data))
+            if data[0] >> 3 not in CLIENT_RESET_OPCODES:
+                return self._record(flow, frame, time, sender, data, inference)
+        inference = self._learn(flow, sender, data, time)
+        if inference is None or inference.decided is not None:
+            return self._record(flow, frame, time, sender, data, inference)
+        self._wait(flow, time)
+        self.queue.append((flow, frame, time, sender, data, inference))
         return None
 
     def finish(self) -> List[dict]:
         """End of input: decide what is still undecided and emit everything."""
-        for flow in self.flows.values():
-            if flow.state == UNKNOWN:
-                flow.state = OTHER
-            if flow.inference is not None:
-                flow.inference.best_guess()
+        for flow in list(self.flows.values()):
+            self._decide(flow)
         return self._drain()
 
     def summaries(self) -> List[dict]:
         """One summary per session (``Session.to_dict``): those of expired flows
-        first, then the open ones."""
-        return self.ended + [s.to_dict() for flow in self.flows.values() for s in flow.sessions.values()]
+        first, then the open ones (a client's sessions once, by the flow it floated to last)."""
+        return self.ended + [s.to_dict() for flow in self.flows.values() if flow.floated_to is None
+                             for s in flow.sessions.values()]
 
     def _flow(self, datagram):
         a, b = (datagram.src, datagram.sport), (datagram.dst, datagram.dport)
@@ -257,12 +289,14 @@ class Reader:
         flow = self.flows.get(key)
         if flow is None:
             ports = self.options.ports
-            if datagram.dport in ports or datagram.sport in ports:
+            known = datagram.dport in ports or datagram.sport in ports
+            if known:
                 server = b if datagram.dport in ports else a
                 client = a if server == b else b
-                flow = Flow(datagram.transport, client, server, OPENVPN)
-            else:
-                flow = Flow(datagram.transport, a, b, UNKNOWN)  # roles fixed once recognised
+            else:  # the side on an ephemeral port is the likely client; the first sender if neither
+                client, server = (b, a) if _ephemeral(datagram.dport) and not _ephemeral(datagram.sport) else (a, b)
+            flow = Flow(datagram.transport, client, server, UNKNOWN)
+            flow.recognition = Recognition(known)
             flow.key = key
             self.flows[key] = flow
         direction = (flow, flow.sender_of(a))
@@ -274,146 +308,238 @@ class Reader:
     def _expire(self, now):
         """Forget flows idle for FLOW_IDLE seconds of capture time, so memory stays
         flat over long captures; their sessions are kept for --sessions."""
-        idle = [flow for flow in self.flows.values() if now - flow.last > FLOW_IDLE]
-        if not idle:
-            return
-        waiting = {id(item[0]) for item in self.queue}
+        idle = [flow for flow in self.flows.values() if now - flow.last > FLOW_IDLE and flow not in self.waiting]
         for flow in idle:
-            if id(flow) in waiting:
-                continue
             del self.flows[flow.key]
             for key in flow.direction_keys:
                 self.directions.pop(key, None)
-            if self.options.sessions:  # summed up now, so the flow's state can go
+            if self.options.sessions and flow.floated_to is None:  # summed up now, so the flow's state can go
                 self.ended.extend(session.to_dict() for session in flow.sessions.values())
 
     def _tcp(self, flow, frame, time, payload, gap, sender, ready):
-        if gap:  # after a gap, frames restart unknown
-            buffered = payload[_resync(payload):]
+        buffered = flow.streams[sender]
+        if gap:  # what follows a gap starts anywhere in a frame
+            buffered, flow.synced[sender] = payload, False
+        elif buffered:
+            buffered = buffered + payload
         else:
-            buffered = flow.streams[sender]
-            buffered = buffered + payload if buffered else payload
+            buffered = payload
         offset = 0
+        limit = MAX_TCP_FRAME if flow.state is UNKNOWN and not flow.recognition.known_port else 0xFFFF
         while len(buffered) - offset >= 2:
             length = _TCP_LENGTH(buffered, offset)[0]
-            if flow.state == UNKNOWN and not 9 <= length <= MAX_TCP_FRAME:
-                flow.state = OTHER
-                self.not_openvpn += 1
-                return
+            if not flow.synced[sender] or not 1 <= length <= limit:
+                # A stream picked up in its middle, after a gap, or gone off the rails:
+                # the first offset where whole frames chain is a frame boundary.
+                flow.resyncs += 1
+                if limit == MAX_TCP_FRAME and (flow.synced[sender] or flow.resyncs > MAX_RESYNCS):
+                    self._other(flow)  # on an unknown port: not OpenVPN framing
+                    return
+                skip = _resync(buffered, offset)
+                if skip is None:
+                    break  # wait for more bytes (bounded below)
+                offset = skip
+                flow.synced[sender] = True
+                continue
             if len(buffered) - offset - 2 < length:
                 break
             data = buffered[offset + 2:offset + 2 + length]
-            if data and flow.state is OPENVPN and not self.queue:
+            if flow.state is OPENVPN and not self.queue:
                 record = self._at_once(flow, frame, time, sender, data)
                 if record is not None:
                     ready.append(record)
             else:
                 self._packet(flow, frame, time, sender, data)
             offset += 2 + length
-            if flow.state == OTHER:
+            if flow.state is OTHER or flow.state is STATIC:
                 return
-        flow.streams[sender] = buffered[offset:]
+        rest = buffered[offset:]
+        if not flow.synced[sender] and len(rest) > 2 * (MAX_TCP_FRAME + 2):
+            rest = rest[-(MAX_TCP_FRAME + 2):]  # no boundary found: keep what a frame could start in
+        flow.streams[sender] = rest
 
     def _packet(self, flow, frame, time, sender, data):
-        if not data and flow.state == UNKNOWN:  # an empty TCP frame: not OpenVPN here
-            flow.state = OTHER
-        if flow.state == UNKNOWN:
+        """A packet that may have to wait: its flow undecided, or others waiting before it."""
+        state = flow.state
+        if state is UNKNOWN or state is PROVISIONAL:
             sender = self._recognise(flow, sender, data, time)
-            if flow.state == OTHER:
-                self.not_openvpn += 1
+            state = flow.state
+            if state is OTHER or state is STATIC:
+                self.tally[state] += 1
                 return
-        self.queue.append((flow, frame, time, sender, data))
-        if flow.state == OPENVPN:
-            self._learn(flow, sender, data, time)
+        inference = None
+        if state is not UNKNOWN:
+            inference = self._learn(flow, sender, data, time)
+        if state is UNKNOWN or (inference is not None and inference.decided is None):
+            self._wait(flow, time)
+        self.queue.append((flow, frame, time, sender, data, inference))
 
     def _learn(self, flow, sender, data, time):
-        """What the wrapping inference and the session ids take from a packet on arrival."""
+        """What the wrapping inference and the session ids take from a control packet
+        on arrival; returns the inference that decides its layout (None for data)."""
         if not data or data[0] >> 3 not in CONTROL_OPCODES:
-            return
-        if flow.inference is not None and flow.inference.decided is not None:
-            session_id = session_id_of(data)
-            if session_id is not None:
-                flow.session_ids[sender] = session_id
-            return
-        if data[0] & 7 == 0:
-            if flow.inference is None:
-                flow.inference = WrappingInference(self.options.candidates)
-            peer = flow.session_ids.get("server" if sender == "client" else "client")
-            flow.inference.observe(data, peer, time)
+            return None
         session_id = session_id_of(data)
+        key_id = data[0] & 7
+        inference = flow.inference
+        if key_id and (flow.reneg_inference is not None or inference is None or inference.decided is None):
+            # A renegotiation seen before the session's key 0 was decided (a capture
+            # started mid-session): its own inference, every wrapping possible.
+            if flow.reneg_inference is None:
+                flow.reneg_inference = WrappingInference(self.options.candidates, renegotiation=True)
+            inference = flow.reneg_inference
+        elif inference is None or (session_id is not None and _new_session(flow, sender, data, session_id, time)):
+            # A flow's first session, or another one from the same client port (a
+            # reconnect, --try-keys) that the last session's wrapping does not fit.
+            inference = flow.inference = WrappingInference(self.options.candidates)
+            flow.reneg_inference, flow.renegotiation = None, {}
+        if inference.decided is None:
+            peer = flow.session_ids.get("server" if sender == "client" else "client")
+            inference.observe(data, peer, time)
         if session_id is not None:
             flow.session_ids[sender] = session_id
+        return inference
 
-    # --- which flows on other ports are OpenVPN ----------------------------------
+    # --- which flows are OpenVPN -----------------------------------------------
 
     def _recognise(self, flow, sender, data, time):
-        """Look at one more packet of a flow on an unknown port; returns the
+        """Show one more packet of an UNKNOWN flow to its recognition; returns the
         packet's sender, relabelled if recognition found the roles reversed."""
-        flow.seen += 1
-        opcode = data[0] >> 3
-        if opcode not in OPCODES or flow.seen > RECOGNITION_LIMIT:
-            flow.state = OTHER
+        if not data:
+            verdict = OTHER if not flow.recognition.known_port else None
+        else:
+            verdict = flow.recognition.observe(sender, data, time)
+        if verdict is None:
             return sender
-        session_id = session_id_of(data)
-        if session_id is None:
+        if flow.state is PROVISIONAL:  # its roles and inference stand
+            flow.state, flow.recognition = verdict, None
+            if verdict is STATIC:
+                self._other(flow, STATIC)
             return sender
-        flow.first_ids.setdefault(sender, session_id)
-        if flow.first_ids[sender] == session_id:
-            flow.stable[sender] += 1
-        client = None
-        if opcode in CLIENT_RESET_OPCODES and data[0] & 7 == 0 and _fits_some_wrapping(data, None, time):
-            flow.client_reset = (sender, session_id)
-        elif opcode == 8 and flow.client_reset and flow.client_reset[0] != sender \
-                and _fits_some_wrapping(data, flow.client_reset[1], time):
-            client = flow.client_reset[0]
-        elif flow.stable["client"] >= 2 and flow.stable["server"] >= 2:
-            client = "client"  # mid-session: keep the first packet's sender as the client
-        if client is None:
-            return sender
-        self._recognised(flow, swap=client == "server")
-        return ("server" if sender == "client" else "client") if client == "server" else sender
+        swap = verdict is OPENVPN and flow.recognition.client == "server"
+        self._settle(flow, verdict, swap)
+        return ("server" if sender == "client" else "client") if swap else sender
 
-    def _recognised(self, flow, swap):
-        """Mark a flow OpenVPN; relabel what is queued if the first packet came
-        from the server; let the wrapping inference see the queued packets."""
-        flow.state = OPENVPN
+    def _settle(self, flow, verdict, swap=False):
+        """The flow is what ``verdict`` says: mark it; relabel what is queued if the
+        first packet came from the server; let the wrapping inference see the queued
+        packets, in order."""
+        flow.state = verdict
+        if verdict is not PROVISIONAL:
+            flow.recognition = None
+        if verdict is OTHER or verdict is STATIC:
+            self._other(flow, verdict)
+            return
         flip = {"client": "server", "server": "client"}
         if swap:
             flow.set_roles(flow.server, flow.client)
             for key in flow.direction_keys:
                 self.directions[key] = (flow, flip[self.directions[key][1]])
-            self.queue = collections.deque((f, fr, t, flip[s] if f is flow else s, d)
-                                           for f, fr, t, s, d in self.queue)
-        for queued_flow, _frame, time, sender, data in list(self.queue):
-            if queued_flow is flow:
-                self._learn(flow, sender, data, time)
+        if any(item[0] is flow for item in self.queue):
+            learn = self._learn
+            self.queue = collections.deque(
+                (f, fr, t, s, d, i) if f is not flow else
+                (f, fr, t, flip[s] if swap else s, d, learn(f, flip[s] if swap else s, d, t))
+                for f, fr, t, s, d, i in self.queue)
+        self._float(flow)
+
+    def _other(self, flow, verdict=OTHER):
+        """Not OpenVPN TLS traffic: its queued payloads are counted as such and dropped."""
+        flow.state, flow.recognition = verdict, None
+        held = sum(1 for item in self.queue if item[0] is flow)
+        if held:
+            self.queue = collections.deque(item for item in self.queue if item[0] is not flow)
+            self.tally[verdict] += held
+        self.waiting.pop(flow, None)
+        if verdict is STATIC:
+            self.static_flows.append(flow)
+
+    def _float(self, flow):
+        """A client that floated (NAT rebinding): a new flow whose client session id is
+        one a flow to the same server already has goes on with that flow's sessions
+        (--sessions shows one session). What is shown does not depend on it."""
+        if not self.sessions:
+            return
+        session_id = flow.session_ids.get("client")
+        if session_id is None:
+            return
+        key = (flow.server, flow.transport, session_id)
+        old = self.session_flows.get(key)
+        self.session_flows[key] = flow
+        if old is not None and old is not flow and old.floated_to is None and not flow.sessions:
+            flow.sessions, flow.tls, flow.current, old.floated_to = old.sessions, old.tls, old.current, flow
+            for session in old.sessions.values():
+                session.floats.append(flow.client)
+
+    # --- waiting, and deciding what has waited long enough ------------------------
+
+    def _wait(self, flow, time):
+        if flow not in self.waiting:
+            self.waiting[flow] = time
+        flow.held += 1
+        if flow.held >= HOLD_PACKETS:
+            self._decide(flow)
+
+    def _overdue(self, now):
+        """Decide every flow whose first waiting packet is HOLD_TIME old (before this
+        datagram is looked at, so that the decision rests on the same packets in
+        every reader, whichever other flows it sees)."""
+        overdue = [flow for flow, since in self.waiting.items() if now - since > HOLD_TIME]
+        for flow in overdue:
+            self._decide(flow)
+        return self._drain() if overdue else []
+
+    def _decide(self, flow):
+        """No more waiting: the flow's best guesses stand."""
+        self.waiting.pop(flow, None)
+        flow.held = 0
+        if flow.state is UNKNOWN:
+            recognition = flow.recognition
+            verdict = recognition.give_up()
+            if verdict is OPENVPN and not recognition.known_port:
+                verdict = UNDECIDED  # shown, on what little there was, and counted apart
+            elif verdict is OPENVPN and not recognition.evidence:
+                verdict = PROVISIONAL  # the port says OpenVPN; its next packets may still say static-key
+            self._settle(flow, verdict, swap=recognition.client == "server")
+        if flow.inference is not None:
+            flow.inference.best_guess()
+        if flow.reneg_inference is not None:
+            flow.reneg_inference.best_guess()
+        for item in self.queue:  # (an earlier session's inference, replaced since)
+            if item[0] is flow and item[5] is not None:
+                item[5].best_guess()
 
     # --- output, in frame order --------------------------------------------------
 
     def _drain(self):
         queue, ready = self.queue, []
         while queue:
-            flow = queue[0][0]
-            if flow.state is OTHER:
-                queue.popleft()
-                continue
-            if flow.state is UNKNOWN or not _ready(flow, queue[0][4]):
+            flow, frame, time, sender, data, inference = queue[0]
+            if flow.state is UNKNOWN or (inference is not None and inference.decided is None):
                 if len(queue) < MAX_QUEUE:
                     break
-                if flow.state is UNKNOWN:
-                    flow.state = OTHER
-                    continue
-                flow.inference.best_guess()
-            ready.append(self._record(*queue.popleft()))
+                self._decide(flow)
+                continue
+            queue.popleft()
+            if flow.state is OTHER or flow.state is STATIC:
+                continue
+            if flow.state is UNDECIDED:
+                self.tally[UNDECIDED] += 1
+            if flow in self.waiting and not any(item[0] is flow for item in queue):
+                del self.waiting[flow]
+                flow.held = 0
+            ready.append(self._record(flow, frame, time, sender, data, inference))
         return ready
 
-    def _record(self, flow, frame, time, sender, data):
+    def _record(self, flow, frame, time, sender, data, inference):
         record = flow.bases[sender].copy()
         record["frame"], record["time"], record["length"] = frame, time, len(data)
         record["_data"], record["_relative"] = data, time - self.first_time
         opcode = data[0] >> 3 if data else None
         if opcode in CONTROL_OPCODES:
-            wrapping = flow.inference.decided if flow.inference and flow.inference.decided else PLAIN
+            if inference is None:  # (a short packet: no session id, nothing learnt)
+                inference = flow.inference
+            wrapping = inference.decided if inference and inference.decided else PLAIN
             if self.no_keys and not data[0] & 7 and opcode not in CARRIES_WKC:
                 # The common case of _control: the flow's own wrapping, nothing to open.
                 decode(data, wrapping, record)
@@ -421,7 +547,7 @@ class Reader:
                 if wrapping.kind != "none":
                     record["hmac_valid"] = None
             else:
-                self._control(flow, sender, data, record, wrapping)
+                self._control(flow, sender, data, record, wrapping, inference is not None and inference.renegotiation)
             if opcode == 4 or opcode == 11:
                 self._tls(flow, sender, record)
             tlvs = record.get("_tlvs")
@@ -433,13 +559,13 @@ class Reader:
             self._count(flow, sender, record)
         return record
 
-    def _control(self, flow, sender, data, record, wrapping):
+    def _control(self, flow, sender, data, record, wrapping, renegotiated=False):
         """Decode a control packet into the record under the right wrapping (the
         flow's, or what a renegotiation switched to), opened with the user's keys
-        where they apply."""
+        where they apply. ``renegotiated``: the wrapping is already the renegotiation's."""
         key_id = data[0] & 7
         dynamic = False
-        if key_id and wrapping.kind in ("none", "tls-auth"):
+        if key_id and not renegotiated and wrapping.kind in ("none", "tls-auth"):
             layout = flow.renegotiation.get(key_id)
             if layout is None:
                 peer = flow.session_ids.get("server" if sender == "client" else "client")
@@ -513,11 +639,17 @@ class Reader:
         session.count(record)
 
 
-def _ready(flow, data):
-    """Can this packet be decoded now (its flow's wrapping known, if it needs one)?"""
-    if not data or data[0] >> 3 not in CONTROL_OPCODES:
-        return True
-    return flow.inference is not None and flow.inference.decided is not None
+def _new_session(flow, sender, data, session_id, time):
+    """Is this a client reset of a new session that the flow's current wrapping cannot read?"""
+    inference = flow.inference
+    return (sender == "client" and data[0] >> 3 in CLIENT_RESET_OPCODES and not data[0] & 7
+            and inference.decided is not None and session_id != flow.session_ids.get("client")
+            and not plausible(decode(data, inference.decided), None, time))
+
+
+def _ephemeral(port):
+    """Ports clients send from (Linux's and IANA's dynamic ranges both start above this)."""
+    return port >= 32768
 
 
 def _tlv_name(tlv):
@@ -528,24 +660,22 @@ def _tlv_name(tlv):
     return f"TLV type {kind}" + (" (optional)" if optional else "") + f", {len(value)} bytes"
 
 
-def _fits_some_wrapping(data, peer_session_id, time):
-    candidates = [TLS_CRYPT_V2] if data[0] >> 3 in (10, 11) else CANDIDATES
-    return any(plausible(decode(data, w), peer_session_id, time) for w in candidates)
-
-
-def _resync(buffered):
-    """After a gap in a TCP stream: the first offset where two whole frames chain."""
-    for offset in range(min(len(buffered), 4096)):
+def _resync(buffered, start):
+    """A frame boundary in a TCP stream at or after ``start``: the first offset where
+    whole frames chain (two of them, or up to the end, or one then a plausible start);
+    None when none shows yet (more bytes may tell)."""
+    end = len(buffered)
+    for offset in range(start, end - 2):
         position, frames = offset, 0
-        while position + 3 <= len(buffered):
-            length = struct.unpack_from("!H", buffered, position)[0]
+        while position + 3 <= end:
+            length = _TCP_LENGTH(buffered, position)[0]
             if not 9 <= length <= MAX_TCP_FRAME or buffered[position + 2] >> 3 not in OPCODES:
                 break
             position += 2 + length
             frames += 1
-            if frames == 2 or position == len(buffered):
+            if frames == 2 or position == end:
                 return offset
         else:
-            continue
-    return len(buffered)
-
+            if frames:
+                return offset
+    return None
