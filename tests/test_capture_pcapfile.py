@@ -195,3 +195,34 @@ def test_a_bad_section_header():
     data = shb()
     frames, message = read_until_error(data[:8] + b"\x11\x22\x33\x44" + data[12:], "x.pcapng")
     assert not frames and "bad byte-order magic" in message and "frame 1" in message
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_pcapng_times_far_from_1970_keep_their_differences_exact(endian):
+    """if_tsoffset/if_tsresol can put frames in any year: where a float is coarser than a
+    microsecond the time is an Instant, whose differences are exact; elsewhere a float."""
+    import pickle
+    from fractions import Fraction
+
+    from ovpndiag.capture.pcapfile import Instant
+
+    frames = [frame for _s, _u, frame in RECORDS[:3]]
+    data = b"".join([
+        shb(endian),
+        idb(1, tsresol=6, tsoffset=10 ** 11, endian=endian),           # 0: year 5138 and on
+        idb(1, tsresol=9, tsoffset=-10 ** 11, endian=endian),          # 1: year -1199 and on
+        idb(1, tsresol=6, endian=endian),                              # 2: a plain 2026 time
+        epb(0, 359411, frames[0], endian=endian),
+        epb(0, 359760, frames[1], endian=endian),                      # 349 us later
+        epb(1, 7 * 10 ** 9 + 1, frames[2], endian=endian),
+        epb(2, 1795613847359411, frames[2], endian=endian),
+    ])
+    got = frames_of(data, "x.pcapng")
+    first, second, before, plain = (f.time for f in got)
+    assert (first.__class__, second.__class__, before.__class__, plain.__class__) == (Instant, Instant, Instant, float)
+    assert first.exact == 10 ** 11 + Fraction(359411, 10 ** 6) and first == float(first.exact)
+    assert second - first == 0.000349  # as floats, the difference would be 0.00035095...
+    assert float(second) - float(first) != 0.000349
+    assert before.exact == -10 ** 11 + 7 + Fraction(1, 10 ** 9) and before < 0
+    assert plain == 1795613847.359411
+    assert pickle.loads(pickle.dumps(second)).exact == second.exact
