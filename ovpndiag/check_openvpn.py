@@ -10,11 +10,15 @@ options or keys are UNKNOWN instead of CRITICAL.
 """
 
 import binascii
+import math
 import sys
 
 import click
 
-from .cli import PluginCommand, plugin
+from . import __version__
+from .cli import PluginCommand, plugin, plugin_print, run_plugin
+
+PROG = "check_openvpn"
 
 
 def _static_key_from_hmac_keys(client_hex, server_hex):
@@ -32,7 +36,25 @@ def _static_key_from_hmac_keys(client_hex, server_hex):
     return StaticKey(bytes(64) + slot(server) + bytes(64) + slot(client), "--digest-key-client/-server")
 
 
+def _unverified_replies():
+    from .wrap import TLSAuth
+
+    class UnverifiedReplies(TLSAuth):
+        """tls-auth with only the client's HMAC key: the probe signs with it and
+        reads the reply without verifying its HMAC (it says so in its checks)."""
+
+        checks_replies = False
+
+    return UnverifiedReplies
+
+
+def main():
+    """The console entry point: nothing it meets ends in a traceback."""
+    run_plugin(command, PROG)
+
+
 @click.command(cls=PluginCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name=f"{PROG} (ovpndiag)", message="%(prog)s %(version)s")
 @click.argument("host")
 @click.option("-p", "--port", type=click.IntRange(1, 65535), default=1194, show_default=True)
 @click.option("-t", "--tcp", is_flag=True, help="Use TCP instead of UDP.")
@@ -47,7 +69,7 @@ def _static_key_from_hmac_keys(client_hex, server_hex):
 @click.option("--retrycount", type=int, default=3, show_default=True, help="UDP resets to send.")
 @click.option("--no-validation", is_flag=True, help="Any reply is OK.")
 @plugin
-def main(host, port, tcp, timeout, digest, digest_size, digest_key_client, digest_key_server, tls_auth,
+def command(host, port, tcp, timeout, digest, digest_size, digest_key_client, digest_key_server, tls_auth,
          tls_auth_inverse, retrycount, no_validation):
     """Check that an OpenVPN server answers a client reset (check_openvpn compatible)."""
     from .check import evaluate
@@ -59,6 +81,8 @@ def main(host, port, tcp, timeout, digest, digest_size, digest_key_client, diges
 
     if retrycount < 1:
         raise SettingsError("--retrycount must be at least 1")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise SettingsError(f"--timeout must be a number of seconds more than 0 (per UDP packet), not {timeout}")
     if tls_auth and (digest_key_client or digest_key_server):
         raise SettingsError("--tls-auth cannot go with --digest-key-client/--digest-key-server")
     name = digest.upper().replace("-", "")
@@ -73,12 +97,14 @@ def main(host, port, tcp, timeout, digest, digest_size, digest_key_client, diges
                               retry_interval=timeout, tls_auth=tls_auth,
                               key_direction="0" if tls_auth_inverse else "1", auth=name,
                               validate=not no_validation)
-    if digest_key_client or digest_key_server:
-        if not (digest_key_client and digest_key_server):
-            raise SettingsError("give both --digest-key-client and --digest-key-server (the server's key "
-                                "validates the reply)")
-        settings.wrapper = TLSAuth(_static_key_from_hmac_keys(digest_key_client, digest_key_server), 1, name)
+    if digest_key_server and not digest_key_client:
+        raise SettingsError("--digest-key-server alone would send an unsigned reset: give --digest-key-client "
+                            "too (the server's key only validates the reply)")
+    if digest_key_client:
+        # Alone, as the classic plugin allowed: resets are signed, the reply is read unverified.
+        key = _static_key_from_hmac_keys(digest_key_client, digest_key_server or digest_key_client)
+        settings.wrapper = (TLSAuth if digest_key_server else _unverified_replies())(key, 1, name)
     result = probe(settings)
     outcome = evaluate(result, timeout=settings.timeout, max_attempts=retrycount if proto == "udp" else 1)
-    click.echo(plugin_output(outcome))
+    plugin_print(plugin_output(outcome), PROG)
     sys.exit(outcome.state)

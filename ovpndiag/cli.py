@@ -25,13 +25,64 @@ invalid, wrong session, or beyond -c), 3 UNKNOWN (bad options, unreadable key,
 unresolvable host, internal error)."""
 
 
+EX_SOFTWARE, EX_IOERR = 70, 74  # sysexits.h: an internal error; an input/output error
+
+
+class OutputError(Exception):
+    """The result could not be written where the user sent it (a full disk, a
+    closed standard output): theirs to know, not a bug to report."""
+
+
 def run():
-    """The console entry point: a bug is one line and exit status 70, never a traceback."""
+    """The console entry point: one line on stderr, never a traceback - an output or
+    system error says what failed (exit 74), a bug asks to be reported (exit 70)."""
     try:
-        main()
+        try:
+            main()
+        finally:
+            _flush_stdout()  # what is still buffered (the listing's last lines) must get out too
+    except OutputError as error:
+        _give_up("ovpndiag", f"cannot write the output: {error}", EX_IOERR)
+    except OSError as error:  # the system failed us, e.g. a disk filling up under a capture being written
+        where = f": {error.filename}" if error.filename else ""
+        _give_up("ovpndiag", f"{error.strerror or error}{where}", EX_IOERR)
     except Exception as error:  # click handles usage errors and exits itself
-        click.echo(f"ovpndiag: internal error: {type(error).__name__}: {error} (please report it)", err=True)
-        sys.exit(70)
+        _give_up("ovpndiag", f"internal error: {type(error).__name__}: {error} (please report it)", EX_SOFTWARE)
+
+
+def emit(text):
+    """click.echo to standard output, or OutputError saying why it could not be written."""
+    if sys.stdout is None:  # started with it closed (>&-): Python has no stdout object at all
+        raise OutputError("standard output is closed")
+    try:
+        click.echo(text)
+    except OSError as error:
+        raise OutputError(error.strerror or str(error)) from None
+
+
+def _flush_stdout():
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except OSError as error:
+        raise OutputError(error.strerror or str(error)) from None
+
+
+def _give_up(prog, message, status):
+    """One line on stderr and exit; what stdout still buffers goes nowhere, so that
+    Python does not fail on it again (with a traceback) as it exits."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    except OSError:
+        pass
+    try:
+        click.echo(f"{prog}: error: {message}", err=True)
+    except (OSError, ValueError):  # stderr is gone too: the status is all that is left
+        pass
+    sys.exit(status)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,15 +176,15 @@ def probe(as_json, try_keys, write_path, **options):
     except _user_errors() as error:
         raise UserError(str(error)) from None
     if as_json:
-        click.echo(json.dumps(result.to_dict()))
+        emit(json.dumps(result.to_dict()))
     elif try_keys:
         from .render.report import try_keys_report
 
-        click.echo(try_keys_report(result))
+        emit(try_keys_report(result))
     else:
         from .render.report import probe_report
 
-        click.echo(probe_report(result, settings))
+        emit(probe_report(result, settings))
     sys.exit(0 if result.ok else 1)
 
 
@@ -161,12 +212,31 @@ class PluginCommand(click.Command):
             _plugin_exit_unknown(error.format_message())
 
 
+def plugin_print(text, prog="ovpndiag"):
+    """A plugin's output: when it cannot be written, the monitoring system still gets
+    UNKNOWN and the reason on stderr (not WARNING, as click makes of a broken pipe)."""
+    from .monitoring import UNKNOWN
+
+    try:
+        emit(text)
+    except OutputError as error:
+        _give_up(prog, f"cannot write the output: {error}", UNKNOWN)
+
+
 def _plugin_exit_unknown(message):
     from .monitoring import Outcome, UNKNOWN
     from .render.nagios import plugin_output
 
-    click.echo(plugin_output(Outcome(UNKNOWN, message)))
+    plugin_print(plugin_output(Outcome(UNKNOWN, message)), _prog())
     sys.exit(UNKNOWN)
+
+
+def _prog():
+    """The name to sign stderr lines with: ovpndiag, or a plugin of its own (check_openvpn)."""
+    context = click.get_current_context(silent=True)
+    if context is None or context.find_root().command is main:
+        return "ovpndiag"
+    return context.find_root().info_name or "ovpndiag"
 
 
 def plugin(function):
@@ -184,7 +254,24 @@ def plugin(function):
     return run
 
 
+def run_plugin(command, prog):
+    """The entry point of a plugin of its own (check_openvpn): run() with monitoring
+    statuses - whatever goes wrong is one line and UNKNOWN, never a traceback."""
+    from .monitoring import UNKNOWN
+
+    try:
+        try:
+            command.main(prog_name=prog)
+        finally:
+            _flush_stdout()
+    except OutputError as error:
+        _give_up(prog, f"cannot write the output: {error}", UNKNOWN)
+    except Exception as error:  # the body is guarded by @plugin: this is click's own output failing
+        _give_up(prog, f"{type(error).__name__}: {error}", UNKNOWN)
+
+
 @main.command(cls=PluginCommand, epilog=CHECK_EPILOG)
+@click.version_option(__version__, "-V", "--version", prog_name="ovpndiag check", message="%(prog)s %(version)s")
 @probe_options
 @click.option("-w", "--warning", metavar="RANGE", help="Warning threshold on the response time, seconds.")
 @click.option("-c", "--critical", metavar="RANGE", help="Critical threshold on the response time, seconds.")
@@ -204,7 +291,7 @@ def check(warning, critical, warn_on_retry, verbose, **options):
     result = run_probe(settings)
     outcome = evaluate(result, warning_range, critical_range, settings.timeout,
                        1 + settings.retries if settings.proto == "udp" else 1, warn_on_retry)
-    click.echo(plugin_output(outcome, verbose))
+    plugin_print(plugin_output(outcome, verbose))
     sys.exit(outcome.state)
 
 

@@ -7,12 +7,17 @@ message is one line naming the file and what is wrong with it.
 
 import base64
 import binascii
+import os
 import re
-from pathlib import Path
+import stat
 
 STATIC_KEY_SIZE = 256  # two keys of cipher(64) | hmac(64)
 TLS_CRYPT_V2_SERVER_KEY_SIZE = 128  # Ke(64) | Ka(64), 32 bytes of each used
 TLS_CRYPT_V2_MAX_WKC_SIZE = 1024
+# The biggest key file is a tls-crypt-v2 client key with the largest WKc: under 2 KB of
+# base64. Comments make room for more, but nothing near this: /dev/zero or a capture
+# given by mistake is refused at once instead of read whole.
+MAX_KEY_FILE_SIZE = 64 * 1024
 
 STATIC_KEY_LABEL = "OpenVPN Static key V1"
 V2_CLIENT_LABEL = "OpenVPN tls-crypt-v2 client key"
@@ -117,18 +122,52 @@ def parse_key(text: str, source: str = "inline"):
 def read_key(path, expect=None):
     """Read a key file; ``expect`` (a key class or tuple of them) rejects other kinds."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
-        raise KeyFileError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"{source}: is a directory, not a key file") from None
-    except OSError as error:
-        raise KeyFileError(f"{source}: cannot read: {error.strerror or error}") from None
-    key = parse_key(text, source)
+    data = read_small_file(path, MAX_KEY_FILE_SIZE, "key file", KeyFileError)
+    key = parse_key(data.decode("ascii", "replace"), source)
     if expect is not None and not isinstance(key, expect):
         raise KeyFileError(f"{source}: holds {_kind(type(key))}, expected {_kinds(expect)}")
     return key
+
+
+def read_small_file(path, limit: int, what: str, error=KeyFileError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or ``error`` with one line.
+
+    A pipe or a device is refused before it is read: a FIFO without a writer would
+    block (opened non-blocking, so not even open() waits), /dev/zero never ends."""
+    source = str(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise error(_not_regular(source, os.stat(path).st_mode, what))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{source}: no such file") from None
+    except OSError as failure:
+        raise error(f"{source}: cannot read: {failure.strerror or failure}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # replaced between stat() and open()
+            raise error(_not_regular(source, mode, what))
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as failure:
+        raise error(f"{source}: cannot read: {failure.strerror or failure}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise error(f"{source}: is larger than a {what} can be (more than {limit // 1024} KiB)")
+    return b"".join(chunks)
+
+
+def _not_regular(source, mode, what):
+    if stat.S_ISDIR(mode):
+        return f"{source}: is a directory, not a {what}"
+    kind = "a pipe" if stat.S_ISFIFO(mode) else ("a socket" if stat.S_ISSOCK(mode) else "a device")
+    return f"{source}: is {kind}, not a regular file: give the {what} itself"
 
 
 def read_static_key(path) -> StaticKey:

@@ -6,6 +6,7 @@ Follows the Monitoring Plugins Development Guidelines: states 0 OK, 1 WARNING,
 """
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -15,6 +16,11 @@ STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNK
 
 class RangeError(ValueError):
     pass
+
+
+_NUMBER = r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # the perfdata's [-0-9.] and nothing else
+# @? then either "end" alone, or "start:" / "start:end" / ":end" with start a number or ~
+_RANGE = re.compile(rf"(@)?(?:({_NUMBER}|~)?(:))?({_NUMBER})?")
 
 
 @dataclass(frozen=True)
@@ -29,19 +35,21 @@ class Range:
 
     @classmethod
     def parse(cls, text: str) -> "Range":
-        spec, inside = (text[1:], True) if text.startswith("@") else (text, False)
-        try:
-            if ":" in spec:
-                low, high = spec.split(":", 1)
-                start = -math.inf if low == "~" else float(low or 0)
-                end = math.inf if high == "" else float(high)
-            else:
-                start, end = 0.0, float(spec)
-        except ValueError:
-            raise RangeError(f"'{text}' is not a threshold range (e.g. 10, 10:, ~:10, 10:20, @10:20)") from None
+        """Strictly the guidelines' ``[@][start:]end`` with ``~`` for minus infinity:
+        the text goes into the perfdata as given, so anything Python's float() would
+        also take ("nan", " 5", "infinity", "1e3", "1_0") is refused."""
+        match = _RANGE.fullmatch(text)
+        if not match or not (match.group(2) or match.group(4)):  # "", "@", ":" say nothing
+            raise RangeError(f"'{text}' is not a threshold range (e.g. 10, 10:, ~:10, 10:20, @10:20)")
+        inside, low, colon, high = match.groups()
+        if colon:
+            start = -math.inf if low == "~" else float(low or 0)
+            end = math.inf if not high else float(high)
+        else:
+            start, end = 0.0, float(high)
         if start > end:
             raise RangeError(f"threshold range '{text}' starts above its end")
-        return cls(text, start, end, inside)
+        return cls(text, start, end, bool(inside))
 
     def alerts(self, value: float) -> bool:
         within = self.start <= value <= self.end

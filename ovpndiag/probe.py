@@ -39,6 +39,7 @@ class Attempt:
     outcome: str  # "reply", "timeout", "refused", "closed", "reset", "not-openvpn", ...
     rtt: Optional[float] = None  # seconds from this send to the reply
     detail: str = ""
+    session_id: str = ""  # each attempt is its own session (hex)
 
 
 @dataclass
@@ -108,8 +109,11 @@ def probe(settings: ProbeSettings) -> ProbeResult:
         result.causes = ["a typo in the host name, or DNS is not answering for it"]
         return _finish(result, started)
     result.addresses = [str(a) for a in addresses]
-    for address in addresses:
-        _probe_address(settings, address, result, started, deadline)
+    for index, address in enumerate(addresses):
+        # Each address gets an equal share of what is left, the last one all of it:
+        # -t is the whole budget, and one silent address must not starve the next.
+        share = (deadline - time.monotonic()) / (len(addresses) - index)
+        _probe_address(settings, address, result, started, min(deadline, time.monotonic() + share))
         if result.verdict not in (NO_REPLY, PORT_CLOSED, NO_CONNECTION, UNREACHABLE) \
                 or time.monotonic() >= deadline:
             break
@@ -124,13 +128,13 @@ def _finish(result, started):
 
 
 def _probe_address(settings, address, result, started, deadline):
-    """Send resets to one address until a reply, a hard error, or the budget ends."""
-    session_id = new_session_id()
+    """Send resets to one address until a reply, a hard error, or its deadline.
+
+    Every attempt is a new session (its own session id), so a late reply is
+    credited to the reset it answers, with its true round-trip time. The last
+    attempt listens until the deadline: -t is the whole budget."""
     wrapper = settings.wrapper
     v3 = wrapper.wrapping.kind == "tls-crypt-v2"
-    plain = bytes(OpenVPNReset(opcode=7, session_id=session_id))
-    if v3:  # same plain layout, other opcode; wrap() appends the client's WKc
-        plain = bytes([10 << 3]) + plain[1:]
     net_time = int(time.time())
     attempts = 1 + settings.retries if settings.proto == "udp" else 1
     try:
@@ -139,35 +143,66 @@ def _probe_address(settings, address, result, started, deadline):
     except transport.TransportError as error:
         _record_failure(result, error, address, started)
         return
+    sent = {}  # session id -> (attempt, monotonic send time)
     try:
         for number in range(1, attempts + 1):
             if time.monotonic() >= deadline:
                 break
+            session_id = new_session_id()
+            plain = bytes(OpenVPNReset(opcode=7, session_id=session_id))
+            if v3:  # same plain layout, other opcode; wrap() appends the client's WKc
+                plain = bytes([10 << 3]) + plain[1:]
             replay_packet_id = (EARLY_NEG_START if v3 else 0) + number
             packet = wrapper.wrap(plain, replay_packet_id, net_time)
-            sent = time.monotonic()
-            attempt = Attempt(len(result.attempts) + 1, str(address), round(sent - started, 6), "timeout")
+            now = time.monotonic()
+            attempt = Attempt(len(result.attempts) + 1, str(address), round(now - started, 6), "timeout",
+                              session_id=f"{session_id:016x}")
             result.attempts.append(attempt)
+            sent[session_id] = (attempt, now)
             result.exchange.append((time.time(), link.local, (address.ip, address.port), settings.proto,
                                     packet, True))
             link.send(packet)
-            wait_until = min(deadline, sent + settings.retry_interval)
+            listen_until = deadline if number == attempts else min(deadline, now + settings.retry_interval)
             try:
-                reply = link.receive(wait_until)
+                reply = link.receive(listen_until)
             except transport.Timeout:
-                attempt.detail = f"no reply within {wait_until - sent:.1f} s"
                 continue
-            attempt.outcome, attempt.rtt = "reply", time.monotonic() - sent
+            received = time.monotonic()
             result.exchange.append((time.time(), (address.ip, address.port), link.local, settings.proto,
                                     reply, False))
-            result.address, result.rtt = str(address), attempt.rtt
-            validate_reply(reply, session_id, settings, result)
+            # A reply that echoes none of our sessions (or cannot be read) is judged
+            # against the latest reset, and validation says what is wrong with it.
+            answered, answered_at = sent.get(answered_session(reply, wrapper), (attempt, now))
+            answered.outcome, answered.rtt = "reply", received - answered_at
+            result.address, result.rtt = str(address), answered.rtt
+            validate_reply(reply, int(answered.session_id, 16), settings, result)
             return
+        for attempt, at in sent.values():
+            attempt.detail = f"no reply within {time.monotonic() - at:.1f} s"
         result.verdict = NO_REPLY
     except transport.TransportError as error:
         _record_failure(result, error, address, started)
     finally:
         link.close()
+
+
+def answered_session(reply: bytes, wrapper) -> Optional[int]:
+    """The session id a server reset echoes, when it can be read: through the
+    wrapping's layout (a tls-auth HMAC need not verify for this; tls-crypt must
+    decrypt). None for anything else."""
+    wire, wrapping = reply, wrapper.wrapping
+    if wrapping.is_tls_crypt:
+        from .wrap import WrapError
+
+        try:
+            wire = wrapper.unwrap(reply).decrypted or reply
+        except WrapError:
+            return None
+        wrapping = wrapping._replace(decrypted=True)
+    packet, problem = dissect(wire, wrapping)
+    if problem or packet.opcode not in SERVER_RESETS or not packet.acks:
+        return None
+    return packet.remote_session_id
 
 
 def _record_failure(result, error, address, started):
@@ -207,7 +242,10 @@ def validate_reply(reply: bytes, session_id: int, settings: ProbeSettings, resul
         checks.append(Check("validation", True, "skipped (--no-validation)"))
         return
     wrapper, wire = settings.wrapper, reply
-    if wrapper.wrapping.kind != "none":
+    if wrapper.wrapping.kind != "none" and not getattr(wrapper, "checks_replies", True):
+        # check_openvpn given only the client's HMAC key: the reply is read, not verified
+        checks.append(Check(_auth_name(wrapper), True, "not checked (no server key given)"))
+    elif wrapper.wrapping.kind != "none":
         from .wrap import WrapError
 
         try:
@@ -310,25 +348,15 @@ def explain(result: ProbeResult):
     if result.verdict == OK:
         return f"{where} answered in {result.rtt * 1000:.1f} ms ({_auth_summary(result)})", []
     if result.verdict == NO_REPLY:
-        causes = ["the port is filtered by a firewall, or the server is down"]
-        if "tls-auth" in wrapping:
-            causes.append("the tls-auth key, key-direction or --auth digest differs from the server's: it "
-                          "drops such resets without a word (its log shows 'packet HMAC authentication "
-                          "failed' or 'cannot locate HMAC in incoming packet'); --try-keys finds the "
-                          "combination it answers")
-        elif "tls-crypt-v2" in wrapping:
-            causes.append("the client key was not made with this server's tls-crypt-v2 key (server log: "
-                          "'Can not unwrap tls-crypt-v2 client key')")
-        elif "tls-crypt" in wrapping:
-            causes.append("the tls-crypt key differs from the server's (server log: 'tls-crypt unwrap "
-                          "error'); --try-keys also tries the key as tls-auth")
-        else:
-            causes.append("the server uses tls-auth or tls-crypt and silently drops resets without it: "
-                          "give the key with --tls-auth/--tls-crypt or --config PROFILE.ovpn")
         addresses = len(result.addresses)
-        return (f"no reply from {result.host}:{result.port}/{result.proto} to {sends} reset"
-                f"{'s' if sends != 1 else ''}" + (f" sent to {addresses} addresses" if addresses > 1 else "")
-                + f" in {result.elapsed:.1f} s", causes)
+        message = (f"no reply from {result.host}:{result.port}/{result.proto} to {sends} reset"
+                   f"{'s' if sends != 1 else ''}" + (f" sent to {addresses} addresses" if addresses > 1 else "")
+                   + f" in {result.elapsed:.1f} s")
+        if result.proto == "tcp":  # connected: a wrong key would have made OpenVPN close the connection
+            return message + " (the connection stayed open)", [
+                "the service on this port accepts connections but is not OpenVPN, or the OpenVPN server "
+                "is too busy to answer"]
+        return message, _silence_causes(wrapping_kind(wrapping))
     if result.verdict == PORT_CLOSED:
         if result.proto == "udp":
             return (f"{where}: nothing listens on that UDP port (ICMP port unreachable)",
@@ -365,11 +393,43 @@ def explain(result: ProbeResult):
     return result.verdict, []
 
 
+def wrapping_kind(wrapping: str) -> str:
+    """"none", "tls-auth", "tls-crypt" or "tls-crypt-v2" from a describe_wrapper() text."""
+    first = wrapping.split(" ")[0].rstrip(",")
+    return first if first.startswith("tls-") else "none"
+
+
+def _silence_causes(kind):
+    """Why a UDP server may have said nothing, most likely first."""
+    causes = ["the port is filtered by a firewall, or the server is down"]
+    if kind == "tls-auth":
+        causes.append("the tls-auth key, key-direction or --auth digest differs from the server's: it "
+                      "drops such resets without a word (its log shows 'packet HMAC authentication "
+                      "failed' or 'cannot locate HMAC in incoming packet'); --try-keys finds the "
+                      "combination it answers")
+    elif kind == "tls-crypt-v2":
+        causes.append("the client key was not made with this server's tls-crypt-v2 key (server log: "
+                      "'Can not unwrap tls-crypt-v2 client key')")
+    elif kind == "tls-crypt":
+        causes.append("the tls-crypt key differs from the server's (server log: 'tls-crypt unwrap "
+                      "error'); --try-keys also tries the key as tls-auth")
+    else:
+        causes.append("the server may need a key: it uses tls-auth or tls-crypt and silently drops "
+                      "resets without it; give the key with --tls-auth/--tls-crypt/--tls-crypt-v2 or "
+                      "--config PROFILE.ovpn")
+    causes.append("the server rate-limits new sessions (--connect-freq-initial, by default 100 per "
+                  "10 s) and drops resets beyond that without a word (its log: '--connect-freq-initial "
+                  "... rate limit exceeded'): many probes or clients at once (checks of many services, "
+                  "a --try-keys run) can go unanswered; try again when the period is over")
+    return causes
+
+
 def _auth_summary(result):
     check = next((c for c in result.checks if c.name in ("tls-auth HMAC", "tls-crypt tag", "tls-crypt-v2 tag")),
                  None)
     if check is None:
         return "no tls-auth/tls-crypt"
     label = result.wrapping.split(",")[0]
-    return f"{label}, {'HMAC' if 'HMAC' in check.name else 'tag'} valid"
+    state = "not checked" if check.detail.startswith("not checked") else "valid"
+    return f"{label}, {'HMAC' if 'HMAC' in check.name else 'tag'} {state}"
 

@@ -1,8 +1,8 @@
 """Read what ovpndiag needs from a client's .ovpn profile.
 
-Takes ``remote``, ``port``, ``proto``, ``auth``, ``key-direction`` and the
-control-channel keys, given as files (``tls-auth ta.key 1``) or inline blocks
-(``<tls-auth>...</tls-auth>``). Relative key paths are looked up beside the
+Takes ``remote``, ``port``, ``proto``, ``auth``, ``key-direction``, where a
+``secret`` (static-key mode) is, and the control-channel keys, given as files
+(``tls-auth ta.key 1``) or inline blocks (``<tls-auth>...</tls-auth>``). Relative key paths are looked up beside the
 profile first, then in the current directory, as users run OpenVPN from either.
 Everything else in the profile is ignored.
 """
@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .keys import (KeyFileError, StaticKey, TLSCryptV2ClientKey, parse_key, read_key)
+from .keys import (KeyFileError, StaticKey, TLSCryptV2ClientKey, parse_key, read_key, read_small_file)
 
 _INLINE_KEYS = ("tls-auth", "tls-crypt", "tls-crypt-v2")
+MAX_PROFILE_SIZE = 1024 * 1024  # inline certificates and keys make a profile tens of KB
 
 
 class ProfileError(KeyFileError):
@@ -39,16 +40,12 @@ class Profile:
     tls_auth: Optional[StaticKey] = None
     tls_crypt: Optional[StaticKey] = None
     tls_crypt_v2: Optional[TLSCryptV2ClientKey] = None
+    secret: Optional[str] = None  # where a static-key ("secret") line is: p2p mode, no TLS handshake
 
 
 def read_profile(path) -> Profile:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise ProfileError(f"{source}: no such file") from None
-    except OSError as error:
-        raise ProfileError(f"{source}: cannot read: {error.strerror or error}") from None
+    text = read_small_file(path, MAX_PROFILE_SIZE, "profile", ProfileError).decode("utf-8", "replace")
     return parse_profile(text, source, base_dir=Path(path).parent)
 
 
@@ -64,7 +61,9 @@ def parse_profile(text: str, source: str = "profile", base_dir: Optional[Path] =
         if line.startswith("<") and line.endswith(">") and not line.startswith("</"):
             tag = line[1:-1]
             body, index = _inline_block(lines, index, tag, f"{source}:{number}")
-            if tag in _INLINE_KEYS:
+            if tag == "secret":
+                profile.secret = profile.secret or f"{source}:{number}"
+            elif tag in _INLINE_KEYS:
                 _set_key(profile, tag, parse_key(body, f"{source}: <{tag}>"), f"{source}:{number}")
             continue
         try:
@@ -97,6 +96,8 @@ def _apply_option(profile, words, where, base_dir):
         profile.proto = args[0]
     elif option == "auth" and args:
         profile.auth = args[0]
+    elif option == "secret":
+        profile.secret = profile.secret or where
     elif option == "key-direction" and args:
         profile.key_direction = _direction(args[0], where)
     elif option in _INLINE_KEYS and args:

@@ -5,6 +5,7 @@ proto, key files, key-direction, digest, profile) into ``ProbeSettings``; the
 CLI, the check and the check_openvpn compatibility script all go through it.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -13,6 +14,7 @@ from .protocol import HMAC_SIZES
 from .profile import read_profile
 
 DEFAULT_PORT = 1194
+MAX_SECONDS = 86400  # a day: more is a typo, and sockets refuse some of the larger values
 
 
 class SettingsError(ValueError):
@@ -68,9 +70,12 @@ def probe_settings(host=None, port=None, proto=None, family=None, timeout=10.0, 
     Raises SettingsError or KeyFileError with a one-line message."""
     profile = read_profile(config) if config else None
     if profile:
-        remote = profile.remotes[0] if profile.remotes else None
-        if host is None and remote is not None:
-            host = remote.host
+        if profile.secret:
+            raise SettingsError(f"{profile.secret}: 'secret' is static-key mode: it has no TLS handshake, so "
+                                "no reset for a server to answer - there is nothing to probe")
+        remote = _remote_for(host, profile.remotes)
+        if remote is not None:
+            host = host or remote.host
             port = port or remote.port
             proto = proto or remote.proto
         port = port or profile.port
@@ -89,15 +94,33 @@ def probe_settings(host=None, port=None, proto=None, family=None, timeout=10.0, 
     family = family or proto_family
 
     wrapper = _wrapper(tls_auth, key_direction, auth, tls_crypt, tls_crypt_v2, profile)
-    if timeout <= 0:
-        raise SettingsError("--timeout must be more than 0 seconds")
-    if retries < 0 or retry_interval <= 0:
-        raise SettingsError("--retries must be 0 or more and --retry-interval more than 0")
+    if not _seconds(timeout):
+        raise SettingsError(f"--timeout must be a number of seconds more than 0 and at most {MAX_SECONDS}, "
+                            f"not {timeout}")
+    if retries < 0 or not _seconds(retry_interval):
+        raise SettingsError(f"--retries must be 0 or more and --retry-interval a number of seconds more "
+                            f"than 0 and at most {MAX_SECONDS}")
     if not 0 < (port or DEFAULT_PORT) < 65536:
         raise SettingsError(f"port {port} is out of range")
     return ProbeSettings(host=host, port=port or DEFAULT_PORT, proto=proto or "udp", family=family,
                          timeout=timeout, retries=retries, retry_interval=retry_interval,
                          wrapper=wrapper, validate=validate)
+
+
+def _seconds(value) -> bool:
+    """A usable time: nan and inf are floats too, and no deadline can be built from them."""
+    return math.isfinite(value) and 0 < value <= MAX_SECONDS
+
+
+def _remote_for(host, remotes):
+    """The profile's remote to take port and proto from: the first one, or the one
+    named like the host given on the command line (then a host given that is not
+    in the profile still gets the first remote's port and proto, as it is probably
+    the same server by another name or address)."""
+    if not remotes:
+        return None
+    named = [r for r in remotes if host and r.host.lower() == host.lower()]
+    return (named or remotes)[0]
 
 
 def _wrapper(tls_auth, key_direction, auth, tls_crypt, tls_crypt_v2, profile):

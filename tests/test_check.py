@@ -99,6 +99,13 @@ def test_failures_are_critical(servers, case):
     (["127.0.0.1", "--tls-auth", "/nonexistent/ta.key"], "/nonexistent/ta.key: no such file"),
     (["127.0.0.1", "--bogus-option"], "No such option"),
     (["127.0.0.1", "-w", "ten"], "'ten' is not a threshold range"),
+    (["127.0.0.1", "-w", "nan"], "'nan' is not a threshold range"),
+    (["127.0.0.1", "-c", " 5"], "' 5' is not a threshold range"),
+    (["127.0.0.1", "-w", "1:infinity"], "'1:infinity' is not a threshold range"),
+    (["127.0.0.1", "-t", "nan"], "--timeout must be a number of seconds more than 0"),
+    (["127.0.0.1", "-t", "inf"], "--timeout must be a number of seconds more than 0"),
+    (["127.0.0.1", "--retry-interval", "nan"], "--retry-interval a number of seconds"),
+    (["127.0.0.1", "--tls-auth", "/dev/zero"], "/dev/zero: is a device, not a regular file"),
     (["127.0.0.1", "--tls-auth", TA, "--tls-crypt", TA], "exclude each other"),
     (["127.0.0.1", "--auth", "SHA3", "--tls-auth", TA], "unknown --auth digest"),
     ([], "no host given"),
@@ -201,7 +208,9 @@ def test_threshold_ranges(text, alerts, quiet):
     assert all(limit.alerts(v) for v in alerts) and not any(limit.alerts(v) for v in quiet)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "20:10", "1:x", "@"])
+@pytest.mark.parametrize("text", ["", "abc", "20:10", "1:x", "@", ":", "~", "10:~",
+                                  # what float() takes but the guidelines' ranges (and perfdata) do not:
+                                  "nan", " 5", "5 ", "infinity", "inf", "-inf:", "1e3", "1_0", "+5", "NaN:"])
 def test_bad_ranges(text):
     with pytest.raises(RangeError):
         Range.parse(text)
@@ -223,3 +232,103 @@ def test_check_imports_neither_scapy_all_nor_tls_nor_ip_layers(servers):
             "print('RESULT', status, heavy)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert "RESULT 0 []" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [["--timeout", "nan"], ["--timeout", "inf"], ["--timeout", "-1"]])
+def test_check_openvpn_refuses_timeouts_that_are_no_time(args):
+    result = check_openvpn("127.0.0.1", *args)
+    assert result.returncode == 3 and "--timeout must be a number of seconds" in first_line(result)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_probe_refuses_timeouts_that_are_no_time(value):
+    result = ovpndiag("probe", "127.0.0.1", "-t", value)
+    assert result.returncode == 2 and "--timeout must be a number of seconds" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_fifo_key_does_not_hang_the_check(tmp_path):
+    import os
+
+    fifo = tmp_path / "ta.key"
+    os.mkfifo(fifo)
+    result = ovpndiag("check", "127.0.0.1", "--tls-auth", fifo, "-t", "2", timeout=10)
+    assert result.returncode == 3 and "is a pipe, not a regular file" in first_line(result)
+
+
+def test_a_static_key_profile_is_refused_in_one_line(tmp_path):
+    profile = tmp_path / "p2p.ovpn"
+    profile.write_text("remote 127.0.0.1 1194\ndev tun\nsecret static.key\n")
+    probed = ovpndiag("probe", "--config", profile)
+    assert probed.returncode == 2 and "'secret' is static-key mode" in probed.stderr
+    assert len(probed.stderr.splitlines()) == 1
+    checked = ovpndiag("check", "--config", profile)
+    assert checked.returncode == 3 and "nothing to probe" in first_line(checked)
+
+
+@pytest.mark.parametrize("command", [["ovpndiag", "check"], ["check_openvpn"]])
+def test_plugins_print_their_version(command):
+    from ovpndiag import __version__
+
+    for flag in ("-V", "--version"):
+        argv = [sys.executable, "-m", "ovpndiag", *command[1:]] if command[0] == "ovpndiag" else [str(BIN / command[0])]
+        result = subprocess.run(argv + [flag], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and result.stdout.split()[-1] == __version__, result.stdout + result.stderr
+        assert len(result.stdout.splitlines()) == 1
+
+
+def test_check_openvpn_takes_the_client_key_alone_as_the_classic_plugin_did(servers):
+    """The classic plugin signed with --digest-key-client and, without a server key,
+    validated the reply but its HMAC."""
+    server = servers.get(proto="udp", wrapping="tls-auth", auth="SHA256")
+    material = bytes.fromhex("".join(line for line in Path(TA).read_text().splitlines()
+                                     if line and not line.startswith(("#", "-"))))
+    ok = check_openvpn(server.host, "-p", server.port, "--digest", "sha256", "--digest-key-client",
+                       material[192:224].hex())
+    assert ok.returncode == 0 and "(tls-auth SHA256, HMAC not checked)" in first_line(ok), ok.stdout
+    wrong = check_openvpn(server.host, "-p", server.port, "--digest", "sha256", "--digest-key-client",
+                          material[64:96].hex(), "--retrycount", "1", "--timeout", "0.5")
+    assert wrong.returncode == 2 and "no reply" in first_line(wrong)
+    alone = check_openvpn(server.host, "--digest-key-server", material[64:96].hex())
+    assert alone.returncode == 3 and "give --digest-key-client too" in first_line(alone)
+
+
+# --- output that cannot be written ----------------------------------------------
+
+PLUGINS = {"check": [sys.executable, "-m", "ovpndiag", "check"], "check_openvpn": [str(BIN / "check_openvpn")]}
+
+
+def _run_with_stdout(argv, stdout):
+    """Run with stdout sent to /dev/full (a full disk) or closed."""
+    import shlex
+
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            return subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=30)
+    return subprocess.run(["sh", "-c", f"exec {shlex.join(argv)} >&-"], stderr=subprocess.PIPE, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("stdout,reason", [("full", "No space left on device"),
+                                           ("closed", "standard output is closed")])
+@pytest.mark.parametrize("plugin", ["check", "check_openvpn"])
+def test_plugin_output_errors_are_unknown_in_one_line(plugin, stdout, reason):
+    result = _run_with_stdout(PLUGINS[plugin] + ["127.0.0.1", "-p", str(free_port("udp"))], stdout)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == f"{plugin if plugin == 'check_openvpn' else 'ovpndiag'}: error: cannot write the " \
+                            f"output: {reason}\n"
+
+
+@pytest.mark.parametrize("plugin", ["check", "check_openvpn"])
+def test_plugin_usage_error_to_a_full_disk_is_unknown(plugin):
+    result = _run_with_stdout(PLUGINS[plugin] + ["127.0.0.1", "--bogus"], "full")
+    assert result.returncode == 3 and "cannot write the output: No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("stdout,reason", [("full", "No space left on device"),
+                                           ("closed", "standard output is closed")])
+def test_probe_output_errors_are_reported_as_such(stdout, reason):
+    argv = [sys.executable, "-m", "ovpndiag", "probe", "127.0.0.1", "-p", str(free_port("udp"))]
+    result = _run_with_stdout(argv, stdout)
+    assert result.returncode == 74 and result.stderr == f"ovpndiag: error: cannot write the output: {reason}\n"

@@ -130,3 +130,64 @@ def test_bad_profiles_name_the_file(tmp_path, text, message):
 def test_missing_profile():
     with pytest.raises(ProfileError, match="nowhere.ovpn: no such file"):
         read_profile("nowhere.ovpn")
+
+
+def _finishes(call, seconds=3.0):
+    """Run call() in a thread: (finished in time, the exception it raised)."""
+    import threading
+
+    outcome = {}
+
+    def work():
+        try:
+            call()
+        except Exception as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive(), outcome.get("error")
+
+
+@pytest.mark.parametrize("reader,error_class", [(read_key, KeyFileError), (read_profile, ProfileError)])
+def test_a_fifo_is_refused_at_once(tmp_path, reader, error_class):
+    """Nobody writes to it: reading it would wait for ever (a check must end within -t)."""
+    import os
+
+    fifo = tmp_path / "ta.key"
+    os.mkfifo(fifo)
+    try:
+        finished, error = _finishes(lambda: reader(fifo))
+        assert finished, "reading a FIFO blocked"
+        assert isinstance(error, error_class) and f"{fifo}: is a pipe, not a regular file" in str(error)
+    finally:  # free a reader left blocked in open() (only before the fix)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("reader", [read_key, read_profile])
+def test_a_device_is_refused_at_once(reader):
+    finished, error = _finishes(lambda: reader("/dev/zero"))
+    assert finished and isinstance(error, KeyFileError) and "/dev/zero: is a device" in str(error)
+
+
+def test_a_file_larger_than_any_key_file_is_refused_unread(tmp_path):
+    from ovpndiag.keys import MAX_KEY_FILE_SIZE
+
+    text = TA.read_text()
+    big = tmp_path / "big.key"  # a valid key, then comments no key file has
+    big.write_text(text + ("# " + "x" * 78 + "\n") * (MAX_KEY_FILE_SIZE // 81 + 1))  # 81-byte lines
+    with pytest.raises(KeyFileError, match=r"big.key: is larger than a key file can be \(more than 64 KiB\)"):
+        read_key(big)
+    fits = tmp_path / "fits.key"
+    fits.write_text(text + ("# " + "x" * 78 + "\n") * ((MAX_KEY_FILE_SIZE - len(text)) // 81))
+    assert read_key(fits) == read_static_key(TA)
+
+
+def test_profile_records_where_static_key_mode_is(tmp_path):
+    profile = parse_profile("dev tun\nremote 192.0.2.1\nsecret static.key 0\n", "p2p.ovpn")
+    assert profile.secret == "p2p.ovpn:3"
+    assert parse_profile("client\nremote 192.0.2.1\n", "client.ovpn").secret is None

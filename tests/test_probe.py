@@ -17,7 +17,7 @@ TA, TC = str(key_path("keys/ta.key")), str(key_path("keys/tc.key"))
 TA_WRONG, TC_WRONG = str(key_path("keys/ta-wrong.key")), str(key_path("keys/tc-wrong.key"))
 V2_CLIENT = str(key_path("keys/tcv2-client.key"))
 
-FAST = dict(timeout=4.0, retries=1, retry_interval=1.0)
+FAST = dict(timeout=2.0, retries=1, retry_interval=1.0)  # resets at 0 and 1 s, the last heard until 2 s
 
 
 def run(server, **options):
@@ -239,3 +239,60 @@ def test_result_json_has_no_key_material(servers):
     text = json.dumps(run(server, tls_auth=TA).to_dict())
     key = probe_settings(host="x", tls_auth=TA).wrapper.key
     assert not any(slot[:6].hex() in text for slot in (key.hmac(0), key.hmac(1), key.cipher(0), key.cipher(1)))
+
+
+def test_without_a_key_silence_says_the_server_may_need_one(servers):
+    """No key given: the advice is to give one - not that a key's direction or digest
+    differs, nor --try-keys, which needs a key."""
+    server = servers.get(proto="udp", wrapping="tls-auth", auth="SHA1")
+    result = run(server)
+    assert result.verdict == verdicts.NO_REPLY
+    assert any("the server may need a key" in c and "--tls-auth/--tls-crypt" in c for c in result.causes)
+    assert not any("differs" in c or "--try-keys finds" in c for c in result.causes), result.causes
+
+
+def test_rate_limited_resets_are_named_as_a_cause(servers):
+    """A server that answers one new session a minute: the second probe meets silence,
+    and its causes name the rate limit (which the server's log confirms)."""
+    server = servers.get(proto="udp", extra=("--connect-freq-initial", "1", "60"))
+    settings = dict(timeout=1.0, retries=0, retry_interval=1.0)
+    results = [run(server, **settings) for _ in range(2)]
+    assert [r.verdict for r in results] == [verdicts.OK, verdicts.NO_REPLY]
+    assert any("--connect-freq-initial" in c for c in results[1].causes)
+    time.sleep(0.2)
+    assert server.log_count("connect-freq-initial 1 60 rate limit exceeded") >= 1
+
+
+def test_rate_limits_are_not_blamed_where_they_cannot_be():
+    """A closed port answers with ICMP: no rate limit involved."""
+    result = probe(probe_settings(host="127.0.0.1", port=free_port("udp"), **FAST))
+    assert result.verdict == verdicts.PORT_CLOSED
+    assert not any("connect-freq" in c for c in result.causes)
+
+
+def test_a_host_given_with_a_profile_keeps_the_profiles_port_and_proto(servers, tmp_path):
+    server = servers.get(proto="tcp", wrapping="tls-auth", auth="SHA256")
+    profile = tmp_path / "office.ovpn"
+    profile.write_text(f"client\nremote vpn.example.invalid {server.port} tcp-client\nauth SHA256\n"
+                       f"key-direction 1\ntls-auth {key_path('keys/ta.key')}\n")
+    result = probe(probe_settings(host=server.host, config=str(profile), **FAST))
+    assert (result.verdict, result.port, result.proto) == (verdicts.OK, server.port, "tcp"), result.message
+
+
+def test_the_remote_named_on_the_command_line_gives_its_own_port(servers, tmp_path):
+    server = servers.get(proto="udp")
+    profile = tmp_path / "two.ovpn"
+    profile.write_text(f"client\nremote vpn1.example.invalid 1\nremote {server.host} {server.port} udp\n")
+    result = probe(probe_settings(host=server.host, config=str(profile), **FAST))
+    assert result.verdict == verdicts.OK and result.port == server.port
+
+
+@pytest.mark.parametrize("secret", ["secret static.key\n", "<secret>\n-----BEGIN OpenVPN Static key V1-----\n"
+                                                             "-----END OpenVPN Static key V1-----\n</secret>\n"])
+def test_a_static_key_profile_has_nothing_to_probe(tmp_path, secret):
+    from ovpndiag.settings import SettingsError
+
+    profile = tmp_path / "p2p.ovpn"
+    profile.write_text(f"remote 127.0.0.1 1194\ndev tun\n{secret}")
+    with pytest.raises(SettingsError, match=r"p2p.ovpn:3: 'secret' is static-key mode: it has no TLS handshake"):
+        probe_settings(config=str(profile))
