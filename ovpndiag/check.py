@@ -37,7 +37,8 @@ def detail_lines(result: ProbeResult):
     for attempt in result.attempts:
         rtt = f", reply after {attempt.rtt * 1000:.1f} ms" if attempt.rtt is not None else ""
         detail = f" ({attempt.detail})" if attempt.detail else ""
-        lines.append(f"attempt {attempt.number} at +{attempt.sent_at:.3f} s to {attempt.address}: "
+        session = f" (session {attempt.session_id})" if attempt.session_id else ""
+        lines.append(f"attempt {attempt.number} at +{attempt.sent_at:.3f} s to {attempt.address}{session}: "
                      f"{attempt.outcome}{rtt}{detail}")
     for check in result.checks:
         mark = "ok" if check.ok else ("warn" if check.severity == "warning" else "FAIL")

@@ -3,10 +3,12 @@
 Existing service definitions keep working: the same options and defaults
 (``-t`` is TCP here, ``--timeout`` counts per UDP packet, ``--retrycount`` is
 the number of resets sent, ``--tls-auth`` uses key-direction 1 and
-``--tls-auth-inverse`` 0). What changes is what the old plugin got wrong: the
-output follows ``ovpndiag check`` (status line with perfdata), an invalid HMAC
-is CRITICAL (the old plugin said WARNING, yet no client could connect), and bad
-options or keys are UNKNOWN instead of CRITICAL.
+``--tls-auth-inverse`` 0, ``--digest-key-client`` alone signs the resets and
+leaves the reply's HMAC unchecked). What changes is what the old plugin got
+wrong: the output follows ``ovpndiag check`` (status line with perfdata), an
+invalid HMAC is CRITICAL (the old plugin said WARNING, yet no client could
+connect), bad options or keys are UNKNOWN instead of CRITICAL, and whatever
+happens (even output that cannot be written) ends in one line, never a traceback.
 """
 
 import binascii

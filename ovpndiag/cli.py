@@ -15,14 +15,15 @@ from . import __version__
 
 PROBE_EPILOG = """\b
 Exit status: 0 the server answered a valid reset; 1 it did not (no reply, port
-closed, not OpenVPN, invalid HMAC or tag, wrong session); 2 bad options or key files."""
+closed, not OpenVPN, invalid HMAC or tag, wrong session); 2 bad options or key files;
+74 the output could not be written."""
 
 CHECK_EPILOG = """\b
 Exit status (Monitoring Plugins): 0 OK, 1 WARNING (response time beyond -w, a
 server clock or early-negotiation warning, or with --warn-on-retry an answer only
 after retries), 2 CRITICAL (no reply, port closed, reply not OpenVPN, HMAC/tag
 invalid, wrong session, or beyond -c), 3 UNKNOWN (bad options, unreadable key,
-unresolvable host, internal error)."""
+unresolvable host, output that cannot be written, internal error)."""
 
 
 EX_SOFTWARE, EX_IOERR = 70, 74  # sysexits.h: an internal error; an input/output error
@@ -106,7 +107,7 @@ def probe_options(command):
         click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
                      help="Extra UDP attempts."),
         click.option("--retry-interval", type=float, default=2.0, show_default=True,
-                     help="Seconds between UDP attempts."),
+                     help="Seconds between UDP attempts (the last one waits for the rest of -t)."),
         click.option("--tls-auth", "tls_auth", metavar="FILE", help="tls-auth static key."),
         click.option("--key-direction", type=click.Choice(["0", "1", "none"]),
                      help="tls-auth key direction of this client (default 1, or the profile's)."),

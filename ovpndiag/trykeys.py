@@ -99,7 +99,9 @@ def try_keys(settings: ProbeSettings, key) -> TryKeysResult:
         result.message = f"the server answers {result.working[0]}"
     elif not result.message:
         result.message = (f"{address}/{settings.proto} answered none of {len(wrappers)} combinations: "
-                          "another key, the port filtered, or the server down")
+                          "another key, the port filtered, the server down"
+                          + (", or its reset rate limit (--connect-freq-initial) reached by other probes"
+                             if settings.proto == "udp" else ""))
     return result
 
 
