@@ -78,13 +78,15 @@ def command(host, port, tcp, timeout, digest, digest_size, digest_key_client, di
     from .layers import HMAC_SIZES
     from .probe import probe
     from .render.nagios import plugin_output
-    from .settings import SettingsError, probe_settings
+    from .settings import MAX_SECONDS, SettingsError, probe_settings
     from .wrap import TLSAuth
 
     if retrycount < 1:
         raise SettingsError("--retrycount must be at least 1")
     if not (math.isfinite(timeout) and timeout > 0):
         raise SettingsError(f"--timeout must be a number of seconds more than 0 (per UDP packet), not {timeout}")
+    if timeout * retrycount > MAX_SECONDS:
+        raise SettingsError(f"--timeout {timeout:g} s times --retrycount {retrycount} is more than a day")
     if tls_auth and (digest_key_client or digest_key_server):
         raise SettingsError("--tls-auth cannot go with --digest-key-client/--digest-key-server")
     name = digest.upper().replace("-", "")

@@ -234,10 +234,15 @@ def test_check_imports_neither_scapy_all_nor_tls_nor_ip_layers(servers):
     assert "RESULT 0 []" in result.stdout, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("args", [["--timeout", "nan"], ["--timeout", "inf"], ["--timeout", "-1"]])
-def test_check_openvpn_refuses_timeouts_that_are_no_time(args):
+@pytest.mark.parametrize("args,expect", [
+    (["--timeout", "nan"], "--timeout must be a number of seconds"),
+    (["--timeout", "inf"], "--timeout must be a number of seconds"),
+    (["--timeout", "-1"], "--timeout must be a number of seconds"),
+    (["--timeout", "10", "--retrycount", "100000"], "--timeout 10 s times --retrycount 100000 is more than a day"),
+])
+def test_check_openvpn_refuses_timeouts_that_are_no_time(args, expect):
     result = check_openvpn("127.0.0.1", *args)
-    assert result.returncode == 3 and "--timeout must be a number of seconds" in first_line(result)
+    assert result.returncode == 3 and expect in first_line(result)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
