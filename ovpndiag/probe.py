@@ -36,7 +36,7 @@ class Attempt:
     number: int
     address: str
     sent_at: float  # seconds since the probe started
-    outcome: str  # "reply", "timeout", "refused", "closed", "reset", "not-openvpn", ...
+    outcome: str  # "reply", "timeout", "unanswered" (sent after the one answered), "refused", "closed", ...
     rtt: Optional[float] = None  # seconds from this send to the reply
     detail: str = ""
     session_id: str = ""  # each attempt is its own session (hex)
@@ -75,7 +75,8 @@ class ProbeResult:
     @property
     def retried(self) -> bool:
         """Answered, but not to the first reset sent to that address."""
-        return self.ok and any(a.outcome != "reply" for a in self.attempts if a.address == self.address)
+        mine = [a for a in self.attempts if a.address == self.address]
+        return self.ok and bool(mine) and mine[0].outcome != "reply"
 
     @property
     def warnings(self) -> List[Check]:
@@ -174,6 +175,8 @@ def _probe_address(settings, address, result, started, deadline):
             # against the latest reset, and validation says what is wrong with it.
             answered, answered_at = sent.get(answered_session(reply, wrapper), (attempt, now))
             answered.outcome, answered.rtt = "reply", received - answered_at
+            for later in result.attempts[result.attempts.index(answered) + 1:]:
+                later.outcome, later.detail = "unanswered", f"the reply to attempt {answered.number} came first"
             result.address, result.rtt = str(address), answered.rtt
             validate_reply(reply, int(answered.session_id, 16), settings, result)
             return
