@@ -299,4 +299,11 @@ def test_a_tls_crypt_v2_key_that_opens_nothing(tmp_path):
     result = ovpndiag("dissect", CAPTURES / name, "--tls-crypt-v2", server_key)
     assert text(result)[1] == (f"ovpndiag: note: the --tls-crypt-v2 key opened none of {control_packets(name)} "
                                f"packets: it does not belong to this traffic\n")
-    assert ovpndiag("dissect", CAPTURES / name, "--tls-crypt-v2", key_path("keys/tcv2-server.key")).stderr == b""
+    client_key = tmp_path / "client.key"  # a client key of that other server
+    subprocess.run(["openvpn", "--genkey", "tls-crypt-v2-client", str(client_key), "--tls-crypt-v2", str(server_key)],
+                   check=True, capture_output=True, timeout=60)
+    result = ovpndiag("dissect", CAPTURES / name, "--tls-crypt-v2", client_key)
+    assert text(result)[1] == (f"ovpndiag: note: the --tls-crypt-v2 key opened none of {control_packets(name)} "
+                               f"packets: it does not belong to this traffic\n")
+    for right in ("keys/tcv2-server.key", "keys/tcv2-client.key"):
+        assert ovpndiag("dissect", CAPTURES / name, "--tls-crypt-v2", key_path(right)).stderr == b""
