@@ -112,8 +112,9 @@ def _try_udp(address, wrappers, result, settings, deadline):
     except transport.TransportError as error:
         result.message = str(error)
         return
+    rounds = 1 + settings.retries
     try:
-        for _round in range(1 + settings.retries):
+        for number in range(1, rounds + 1):
             pending = [i for i, t in enumerate(result.tried) if t.outcome == "no answer"]
             if not pending or time.monotonic() >= deadline:
                 break
@@ -123,7 +124,8 @@ def _try_udp(address, wrappers, result, settings, deadline):
                 sent[index] = time.monotonic()
                 time.sleep(PACE)
             last_send = time.monotonic()
-            listen_until = min(deadline, last_send + settings.retry_interval)
+            # the last round listens for the rest of the budget (-t is the whole of it)
+            listen_until = deadline if number == rounds else min(deadline, last_send + settings.retry_interval)
             while time.monotonic() < listen_until:
                 try:
                     reply = link.receive(listen_until)
@@ -160,7 +162,9 @@ def _try_tcp(address, wrappers, result, settings, deadline):
             return
         try:
             link.send(_reset_for(wrapper, session_id))
-            reply = link.receive(min(deadline, time.monotonic() + settings.retry_interval))
+            # A wrong combination is closed at once; a slow server gets its share of what is left.
+            share = (deadline - time.monotonic()) / (len(wrappers) - index)
+            reply = link.receive(min(deadline, time.monotonic() + max(settings.retry_interval, share)))
             if _echoes(wrapper, reply, session_id):
                 result.tried[index].outcome, result.tried[index].works = "answered, reply verifies", True
             else:

@@ -170,3 +170,40 @@ def test_a_tcp_server_that_accepts_and_stays_silent_is_no_reply_after_the_budget
         assert 1.4 < elapsed < 2.0
     finally:
         listener.close()
+
+
+def test_try_keys_over_tcp_waits_for_a_slow_server(servers):
+    """Wrong combinations are closed at once; the right one is answered 2.5 s late and
+    must still be found (each combination waited only --retry-interval)."""
+    import json
+
+    from captures import key_path
+
+    server = servers.get(proto="tcp", wrapping="tls-auth", auth="SHA1")
+    proxy = DelayingTCPProxy(server.host, server.port)
+    try:
+        result = subprocess.run([sys.executable, "-m", "ovpndiag", "probe", "127.0.0.1", "-p", str(proxy.port),
+                                 "--proto", "tcp", "--tls-auth", str(key_path("keys/ta.key")), "--try-keys",
+                                 "-t", "60", "--json"], capture_output=True, text=True, timeout=90)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["working"] == ["tls-auth SHA1, key-direction 1"]
+    finally:
+        proxy.close()
+
+
+def test_try_keys_last_udp_round_listens_for_the_rest_of_the_budget(servers):
+    import json
+
+    from captures import key_path
+
+    server = servers.get(proto="udp", wrapping="tls-auth", auth="SHA1")
+    relay = DelayingUDPRelay(server.host, server.port)
+    try:
+        result = subprocess.run([sys.executable, "-m", "ovpndiag", "probe", "127.0.0.1", "-p", str(relay.port),
+                                 "--tls-auth", str(key_path("keys/ta.key")), "--try-keys", "--retries", "0",
+                                 "--retry-interval", "1", "-t", "5", "--json"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["working"] == ["tls-auth SHA1, key-direction 1"]
+    finally:
+        relay.close()
