@@ -43,7 +43,7 @@ _TCP_LENGTH = struct.Struct("!H").unpack_from  # OpenVPN's 2-byte frame length o
 CONTROL_OPCODES = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
 CLIENT_RESET_OPCODES = (7, 10, 1)
 HOLD_PACKETS = 32  # packets of an undecided flow that wait before its best guess is taken
-HOLD_TIME = 1.0  # seconds of capture time a packet waits at most for its flow to be decided
+HOLD_TIME = 2.0  # seconds of capture time a packet waits at most for its flow to be decided
 MAX_QUEUE = 50000  # packets waiting in all: beyond, the oldest waiting flow is guessed at once
 MAX_TCP_FRAME = 2048  # bigger first frames on an unknown port are not OpenVPN
 MAX_RESYNCS = 4  # deliveries of an unknown-port TCP flow searched for a frame boundary
@@ -149,6 +149,8 @@ class Session:
             summary["wkc_metadata"] = flow.keys.v2_metadata[self.client_session_id]
         if any(key_id for key_id in self.key_ids) and flow.renegotiation:
             summary["dynamic_tls_crypt"] = any(w.kind == "tls-crypt" for w in flow.renegotiation.values())
+        elif flow.reneg_inference is not None and flow.reneg_inference.decided is not None:  # seen mid-session
+            summary["dynamic_tls_crypt"] = flow.reneg_inference.decided.kind == "tls-crypt"
         return summary
 
 
@@ -174,6 +176,8 @@ class Flow:
         self.held = 0  # packets of this flow waiting for it to be decided
         self.resyncs = 0  # TCP: times a frame boundary was looked for
         self.floated_to = None  # the flow that goes on with this one's sessions (the client floated)
+        self.peer_id = None  # of its data packets (--sessions: to find a client that floated)
+        self.float_keys = []  # its entries in Reader.session_flows
 
     def sender_of(self, address):
         return "client" if address == self.client else "server"
@@ -259,11 +263,11 @@ class Reader:
         if data[0] >> 3 not in CONTROL_OPCODES:
             return self._record(flow, frame, time, sender, data, None)
         inference = flow.inference
-        if inference is not None and inference.decided is not None and not data[0] & 7:  # _learn, inlined
+        if inference is not None and inference.decided is not None and not data[0] & 7 \
+                and data[0] >> 3 not in CLIENT_RESET_OPCODES:  # _learn, inlined (a reset may start a new session)
             if len(data) >= 9:
                 flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
-            if data[0] >> 3 not in CLIENT_RESET_OPCODES:
-                return self._record(flow, frame, time, sender, data, inference)
+            return self._record(flow, frame, time, sender, data, inference)
         inference = self._learn(flow, sender, data, time)
         if inference is None or inference.decided is not None:
             return self._record(flow, frame, time, sender, data, inference)
@@ -315,6 +319,9 @@ class Reader:
                 self.directions.pop(key, None)
             if self.options.sessions and flow.floated_to is None:  # summed up now, so the flow's state can go
                 self.ended.extend(session.to_dict() for session in flow.sessions.values())
+            for key in flow.float_keys:
+                if self.session_flows.get(key) is flow:
+                    del self.session_flows[key]
 
     def _tcp(self, flow, frame, time, payload, gap, sender, ready):
         buffered = flow.streams[sender]
@@ -413,8 +420,9 @@ class Reader:
             return sender
         if flow.state is PROVISIONAL:  # its roles and inference stand
             flow.state, flow.recognition = verdict, None
-            if verdict is STATIC:
+            if verdict is STATIC:  # what was shown of it makes no session
                 self._other(flow, STATIC)
+                flow.sessions.clear()
             return sender
         swap = verdict is OPENVPN and flow.recognition.client == "server"
         self._settle(flow, verdict, swap)
@@ -441,7 +449,6 @@ class Reader:
                 (f, fr, t, s, d, i) if f is not flow else
                 (f, fr, t, flip[s] if swap else s, d, learn(f, flip[s] if swap else s, d, t))
                 for f, fr, t, s, d, i in self.queue)
-        self._float(flow)
 
     def _other(self, flow, verdict=OTHER):
         """Not OpenVPN TLS traffic: its queued payloads are counted as such and dropped."""
@@ -453,23 +460,6 @@ class Reader:
         self.waiting.pop(flow, None)
         if verdict is STATIC:
             self.static_flows.append(flow)
-
-    def _float(self, flow):
-        """A client that floated (NAT rebinding): a new flow whose client session id is
-        one a flow to the same server already has goes on with that flow's sessions
-        (--sessions shows one session). What is shown does not depend on it."""
-        if not self.sessions:
-            return
-        session_id = flow.session_ids.get("client")
-        if session_id is None:
-            return
-        key = (flow.server, flow.transport, session_id)
-        old = self.session_flows.get(key)
-        self.session_flows[key] = flow
-        if old is not None and old is not flow and old.floated_to is None and not flow.sessions:
-            flow.sessions, flow.tls, flow.current, old.floated_to = old.sessions, old.tls, old.current, flow
-            for session in old.sessions.values():
-                session.floats.append(flow.client)
 
     # --- waiting, and deciding what has waited long enough ------------------------
 
@@ -626,9 +616,20 @@ class Reader:
         """--sessions: add the packet to its session's summary."""
         session_id = record.get("session_id")
         client_id = session_id if sender == "client" else record.get("remote_session_id")
+        if not flow.sessions and flow.floated_to is None:
+            self._float(flow, client_id, record.get("peer_id"))
         session = flow.sessions.get(client_id) if client_id is not None else None
         if session is None and sender == "client" and session_id is not None:
-            session = flow.sessions[session_id] = Session(flow, session_id)
+            current = flow.current
+            if current is not None and current.client_session_id is None:
+                # Seen from its middle: what came before the client's session id was this session's.
+                del flow.sessions[None]
+                current.client_session_id = session_id
+                session = flow.sessions[session_id] = current
+                self._floats_by((flow.server, flow.transport, session_id), flow)
+            else:
+                session = flow.sessions[session_id] = Session(flow, session_id)
+                self._floats_by((flow.server, flow.transport, session_id), flow)
         if session is None:
             session = flow.current
         if session is None:
@@ -636,7 +637,37 @@ class Reader:
         flow.current = session
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id
+        peer_id = record.get("peer_id")
+        if peer_id is not None and flow.peer_id is None:
+            flow.peer_id = peer_id
+            self._floats_by((flow.server, flow.transport, "peer", peer_id), flow)
         session.count(record)
+
+    def _floats_by(self, key, flow):
+        """Remember which flow a client session id or peer-id is on, for _float."""
+        self.session_flows[key] = flow
+        flow.float_keys.append(key)
+
+    def _float(self, flow, client_id, peer_id):
+        """A client that floated (NAT rebinding) is a new flow whose first packet names a
+        client session id or peer-id that a flow to the same server already has: the new
+        flow goes on with that flow's sessions (--sessions shows one). Nothing shown
+        depends on it."""
+        old = None
+        if client_id is not None:
+            old = self.session_flows.get((flow.server, flow.transport, client_id))
+        if old is None and peer_id is not None:
+            old = self.session_flows.get((flow.server, flow.transport, "peer", peer_id))
+        if old is None or old is flow or old.floated_to is not None:
+            return
+        flow.sessions, flow.tls, flow.current, old.floated_to = old.sessions, old.tls, old.current, flow
+        flow.peer_id = old.peer_id
+        for key in old.float_keys:
+            if self.session_flows.get(key) is old:
+                self.session_flows[key] = flow
+        flow.float_keys += old.float_keys
+        for session in old.sessions.values():
+            session.floats.append(flow.client)
 
 
 def _new_session(flow, sender, data, session_id, time):

@@ -10,7 +10,8 @@ depend on other flows, so that parallel workers decide as one reader does):
 - control packets (any key id) whose session ids answer each other, or stay the
   same, both ways;
 - a data stream: P_DATA_V2 with one peer-id and key id, or P_DATA_V1, whose AEAD
-  packet-ids count up in each direction.
+  packet-ids count up in each direction (on OpenVPN's port, one peer-id and key id
+  suffice: a CBC cipher hides the packet-id).
 
 On OpenVPN's port, or a port given with ``-p``, the flow is OpenVPN whatever it
 shows (the user said so): recognition there only tells TLS-mode OpenVPN from
@@ -125,10 +126,11 @@ class Recognition:
             self.data_first = mark
         elif mark != self.data_first:
             return False
-        last = self.packet_ids.get(sender)
-        self.packet_ids[sender] = packet_id
-        if last is not None and not 0 < packet_id - last < PACKET_ID_STEP:
-            return False
+        if not self.known_port:  # (on OpenVPN's port the mark is enough: CBC hides the packet-id)
+            last = self.packet_ids.get(sender)
+            self.packet_ids[sender] = packet_id
+            if last is not None and not 0 < packet_id - last < PACKET_ID_STEP:
+                return False
         self.data_streak += 1
         if self.data_streak >= 2:
             self.evidence += 1

@@ -46,4 +46,6 @@ def session_text(number: int, summary: dict) -> str:
         lines.append(f"  TLS alert from {alert}")
     if summary.get("malformed"):
         lines.append(f"  malformed packets: {summary['malformed']}")
+    for moved in summary.get("floated_to", ()):
+        lines.append(f"  client floated to {endpoint(moved['client'], moved['client_port'])}")
     return "\n".join(lines)
