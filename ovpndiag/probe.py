@@ -173,12 +173,14 @@ def _probe_address(settings, address, result, started, deadline):
                                     reply, False))
             # A reply that echoes none of our sessions (or cannot be read) is judged
             # against the latest reset, and validation says what is wrong with it.
-            answered, answered_at = sent.get(answered_session(reply, wrapper), (attempt, now))
+            echoed = answered_session(reply, wrapper)
+            answered_id = echoed if echoed in sent else session_id
+            answered, answered_at = sent[answered_id]
             answered.outcome, answered.rtt = "reply", received - answered_at
             for later in result.attempts[result.attempts.index(answered) + 1:]:
                 later.outcome, later.detail = "unanswered", f"the reply to attempt {answered.number} came first"
             result.address, result.rtt = str(address), answered.rtt
-            validate_reply(reply, int(answered.session_id, 16), settings, result)
+            validate_reply(reply, answered_id, settings, result)
             return
         for attempt, at in sent.values():
             attempt.detail = f"no reply within {time.monotonic() - at:.1f} s"
