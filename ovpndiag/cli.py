@@ -207,10 +207,16 @@ class PluginCommand(click.Command):
     """A monitoring plugin: even a usage error is UNKNOWN (3) with one status line."""
 
     def parse_args(self, ctx, args):
+        from .monitoring import UNKNOWN
+
+        if sys.stdout is None:  # nothing it finds out could be told: say so at once
+            _give_up(_prog(), "cannot write the output: standard output is closed", UNKNOWN)
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as error:
             _plugin_exit_unknown(error.format_message())
+        except OSError as error:  # -V or --help printed to a full disk
+            _give_up(_prog(), f"cannot write the output: {error.strerror or error}", UNKNOWN)
 
 
 def plugin_print(text, prog="ovpndiag"):

@@ -324,9 +324,10 @@ def test_plugin_output_errors_are_unknown_in_one_line(plugin, stdout, reason):
                             f"output: {reason}\n"
 
 
+@pytest.mark.parametrize("args", [["127.0.0.1", "--bogus"], ["-V"], ["--help"]])
 @pytest.mark.parametrize("plugin", ["check", "check_openvpn"])
-def test_plugin_usage_error_to_a_full_disk_is_unknown(plugin):
-    result = _run_with_stdout(PLUGINS[plugin] + ["127.0.0.1", "--bogus"], "full")
+def test_plugin_usage_error_to_a_full_disk_is_unknown(plugin, args):
+    result = _run_with_stdout(PLUGINS[plugin] + args, "full")
     assert result.returncode == 3 and "cannot write the output: No space left on device" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
 
