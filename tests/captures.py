@@ -208,3 +208,82 @@ def mangled_packet(data, rng):
     elif choice == 5:
         data = bytearray(rng.randrange(256) for _ in range(rng.randrange(80)))
     return bytes(data)
+
+
+# ---- tshark as the oracle, and captures cut short (tests/test_realworld.py) -------------------
+
+HMAC_SIZES = {"MD5": 16, "SHA1": 20, "SHA224": 28, "SHA256": 32, "SHA384": 48, "SHA512": 64}
+
+
+def tshark_options(capture):
+    """Decode As on the capture's port plus the wrapping preferences captures/README.md names,
+    so that tshark dissects every OpenVPN packet there is."""
+    port = capture["port"]
+    options = ["-d", f"udp.port=={port},openvpn", "-d", f"tcp.port=={port},openvpn"]
+    if capture["wrapping"] == "tls-auth":
+        options += ["-o", "openvpn.tls_auth_detection_override:TRUE", "-o", "openvpn.tls_auth:TRUE",
+                    "-o", f"openvpn.tls_auth_hmac_size:{HMAC_SIZES[capture['auth']]}"]
+    elif capture["wrapping"] in ("tls-crypt", "tls-crypt-v2"):
+        options += ["-o", "openvpn.tls_crypt:TRUE"]
+    return tuple(options)
+
+
+class TsharkView(NamedTuple):
+    frames: int  # frames in the file
+    openvpn: frozenset  # frames tshark dissects as OpenVPN
+    flows: frozenset  # frames of the UDP/TCP conversations holding OpenVPN, and their IP fragments
+
+
+@functools.lru_cache(maxsize=None)
+def tshark_view(path, options):
+    """What tshark sees in a capture file (cached for the test run: tshark is the slow part)."""
+    import subprocess
+
+    fields = ["frame.number", "frame.protocols", "udp.stream", "tcp.stream", "ip.fragment", "ipv6.fragment"]
+    out = subprocess.run(["tshark", "-n", "-r", str(path), *options, "-T", "fields", "-E", "occurrence=a",
+                          *[arg for field in fields for arg in ("-e", field)]],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in out.splitlines()]
+    # An ICMP error quoting an OpenVPN datagram is dissected down to OpenVPN too; it is not one.
+    rows = [row for row in rows if not {"icmp", "icmpv6"} & set(row[1].split(":"))] + \
+        [[number, "icmp", "", "", "", ""] for number, protocols, *_ in rows
+         if {"icmp", "icmpv6"} & set(protocols.split(":"))]
+    openvpn, streams, fragments = set(), set(), set()
+    for number, protocols, udp, tcp, ip_fragments, ipv6_fragments in rows:
+        if "openvpn" in protocols.split(":"):
+            openvpn.add(int(number))
+            streams.add(("udp", udp) if udp else ("tcp", tcp))
+            fragments.update(int(f) for f in (ip_fragments + "," + ipv6_fragments).split(",") if f)
+    flows = {int(number) for number, _, udp, tcp, *_ in rows
+             if (udp and ("udp", udp) in streams) or (tcp and ("tcp", tcp) in streams)}
+    return TsharkView(len(rows), frozenset(openvpn), frozenset(flows | fragments))
+
+
+def cut_capture(path, first_frame):
+    """The capture file's bytes from frame ``first_frame`` (1-based) on, in the same format:
+    what tcpdump would have written had it been started then. pcapng keeps every block that
+    is not a packet (section, interfaces, statistics)."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x0a\x0d\x0d\x0a":  # classic pcap
+        endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        out, offset, frame = [data[:24]], 24, 0
+        while offset + 16 <= len(data):
+            length = 16 + struct.unpack(endian + "I", data[offset + 8:offset + 12])[0]
+            frame += 1
+            if frame >= first_frame:
+                out.append(data[offset:offset + length])
+            offset += length
+        return b"".join(out)
+    out, offset, frame, endian = [], 0, 0, "<"
+    while offset + 12 <= len(data):
+        if data[offset:offset + 4] == b"\x0a\x0d\x0d\x0a":  # a section header sets the byte order
+            endian = "<" if data[offset + 8:offset + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+        block_type, length = struct.unpack(endian + "II", data[offset:offset + 8])
+        if block_type in (2, 3, 6):  # packet, simple packet, enhanced packet blocks
+            frame += 1
+            if frame < first_frame:
+                offset += length
+                continue
+        out.append(data[offset:offset + length])
+        offset += length
+    return b"".join(out)
