@@ -44,9 +44,12 @@ def run():
             _flush_stdout()  # what is still buffered (the listing's last lines) must get out too
     except OutputError as error:
         _give_up("ovpndiag", f"cannot write the output: {error}", EX_IOERR)
-    except OSError as error:  # the system failed us, e.g. a disk filling up under a capture being written
+    except OSError as error:  # the system failed us: a listing's write to a full disk, a file being written
+        import errno
+
         where = f": {error.filename}" if error.filename else ""
-        _give_up("ovpndiag", f"{error.strerror or error}{where}", EX_IOERR)
+        writing = error.filename is None and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EPIPE)
+        _give_up("ovpndiag", f"{'cannot write: ' if writing else ''}{error.strerror or error}{where}", EX_IOERR)
     except Exception as error:  # click handles usage errors and exits itself
         _give_up("ovpndiag", f"internal error: {type(error).__name__}: {error} (please report it)", EX_SOFTWARE)
 
@@ -88,9 +91,12 @@ def _give_up(prog, message, status):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="ovpndiag")
-def main():
+@click.pass_context
+def main(context):
     """Packet-level OpenVPN diagnostics: probe servers the way a client would,
     check them from monitoring, read OpenVPN captures."""
+    if sys.stdout is None and context.invoked_subcommand != "check":  # (check says UNKNOWN itself)
+        raise OutputError("standard output is closed")  # (started with >&-): said before any work
 
 
 def probe_options(command):

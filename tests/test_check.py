@@ -338,3 +338,14 @@ def test_probe_output_errors_are_reported_as_such(stdout, reason):
     argv = [sys.executable, "-m", "ovpndiag", "probe", "127.0.0.1", "-p", str(free_port("udp"))]
     result = _run_with_stdout(argv, stdout)
     assert result.returncode == 74 and result.stderr == f"ovpndiag: error: cannot write the output: {reason}\n"
+
+
+@pytest.mark.parametrize("stdout,reason", [("full", "cannot write: No space left on device"),
+                                           ("closed", "cannot write the output: standard output is closed")])
+def test_every_command_reports_output_errors_in_one_line(stdout, reason):
+    """run() for the other commands too: a listing to a full disk or a closed stdout."""
+    from captures import CAPTURES
+
+    argv = [sys.executable, "-m", "ovpndiag", "dissect", str(CAPTURES / "udp-plain.pcap")]
+    result = _run_with_stdout(argv, stdout)
+    assert result.returncode == 74 and result.stderr == f"ovpndiag: error: {reason}\n"
