@@ -161,6 +161,14 @@ def test_unanswered_resets_on_any_port_are_shown_and_each_is_a_session(name):
     assert len(_sessions(name)) == len(records)
 
 
+@pytest.mark.parametrize("name", [n for n, c in BY_NAME.items() if c["group"] == "real-world"])
+def test_workers_print_what_one_process_prints_on_real_world_captures(name):
+    """(tests/test_parallel.py does this for the basic captures.)"""
+    alone = ovpndiag("dissect", "--json", "--jobs", "1", str(CAPTURES / name))
+    shared = ovpndiag("dissect", "--json", "--jobs", "3", str(CAPTURES / name))
+    assert alone[0] == 0 and (alone[1] or name in STATIC_KEY) and shared == alone
+
+
 # ---- captures cut short: a tcpdump started later
 
 CUTS_PER_CAPTURE = 8  # start frames per capture: every 10th frame, spread out in long captures
