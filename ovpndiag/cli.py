@@ -555,6 +555,8 @@ def dissect(files, write_decrypted, jobs, **options):
             reader, transport = output.reader(reader_options, records=writer is not None), Transport()
             try:
                 for number, datagram in enumerate(read_transport(_source(path), transport), start=1):
+                    if number == 1:
+                        reader.first_time = transport.first_time  # times count from the first frame, as tshark's
                     records = reader.feed(datagram)
                     if writer is not None:
                         records = list(_write_decrypted(records, writer))
@@ -645,7 +647,7 @@ def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:
     reader does the job, and says what is wrong)."""
     from .dissect import parallel
 
-    first_time = parallel.first_datagram_time(path)
+    first_time = parallel.first_frame_time(path)
     if first_time is None:
         return None
     workers = parallel.Workers(path, lambda: output.reader(reader_options), jobs, first_time)

@@ -110,7 +110,7 @@ def test_workers_stopped_early_are_ended_and_reaped(many_flows):
     from ovpndiag.dissect.reader import Options
 
     workers = parallel.Workers(str(many_flows), lambda: ListingReader(Options(sessions=False)), 2,
-                               parallel.first_datagram_time(str(many_flows)))
+                               parallel.first_frame_time(str(many_flows)))
     pids = list(workers.children)
     assert next(iter(workers.lines()))
     workers.close()
@@ -149,17 +149,17 @@ def test_a_pipe_is_read_by_one_process_even_when_workers_are_asked_for(tmp_path)
     assert piped.returncode == 0 and piped.stdout == run(capture, "-j", "1").output
 
 
-def test_the_first_datagram_is_looked_for_only_near_the_start(tmp_path, monkeypatch):
+def test_the_first_datagram_is_looked_for_only_near_the_start_and_times_count_from_the_first_frame(
+        tmp_path, monkeypatch):
     from capture_files import pcap, real_records
 
     udp_frames = real_records("udp-plain.pcap")
     arp = bytes(6) + bytes(6) + b"\x08\x06" + bytes(28)  # frames with no datagram
     late = tmp_path / "late.pcap"
     late.write_bytes(pcap([(1, 0, arp)] * 9000 + udp_frames))
-    seconds, micros, _frame = udp_frames[0]
-    assert parallel.first_datagram_time(str(late)) == (seconds * 1000000 + micros) / 1000000
+    assert parallel.first_frame_time(str(late)) == 1.0  # the first ARP frame's, as tshark counts
     monkeypatch.setattr(parallel, "FIRST_DATAGRAM_WITHIN", 5000)
-    assert parallel.first_datagram_time(str(late)) is None  # then one process reads the file
+    assert parallel.first_frame_time(str(late)) is None  # then one process reads the file
     assert run(late, "-j", "2").output == run(late, "-j", "1").output
 
 

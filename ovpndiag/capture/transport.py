@@ -83,6 +83,7 @@ class Transport:
         # (index, shards): deliver only the flows shard_of() gives this index; the
         # others are left to readers of the other shards (parallel dissection).
         self.shard = shard
+        self.first_time = None  # of the first frame, whatever it holds: what relative times count from
 
     @property
     def counts(self) -> Counts:
@@ -96,6 +97,8 @@ class Transport:
     def feed(self, number: int, time: float, linktype: int, data: bytes) -> List[Datagram]:
         """The datagrams one captured frame completes (usually one, possibly none or several)."""
         self._counts.frames += 1
+        if self.first_time is None:
+            self.first_time = time
         r = decode(linktype, data)
         if r[0] is UDP:
             return self._udp(r, number, time)
@@ -190,6 +193,8 @@ def _read_any(frames, tr, position):
     number = 0
     try:
         for number, time, linktype, data, _orig in frames:
+            if number == 1:
+                tr.first_time = time
             if sharded and not number % PROGRESS_EVERY:
                 yield Progress(number)
             r = decode(linktype, data)
@@ -233,6 +238,8 @@ def _read_pcap(f, name, header, tr, position):
                 number += 1
                 off = stop
                 last_sec, last_frac = sec, frac  # the time of the last whole frame, for flush()
+                if number == 1:
+                    tr.first_time = (sec * units + frac) / units
                 if shards and not number % PROGRESS_EVERY:
                     yield Progress(number)
                 if ethernet and incl >= 48:

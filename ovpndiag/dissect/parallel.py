@@ -63,15 +63,16 @@ def default_jobs(path) -> int:
     return min(usable_cpus(), MAX_JOBS) if size >= MIN_SIZE else 1
 
 
-def first_datagram_time(path) -> Optional[float]:
-    """The time of the capture's first transport payload, which the listing's relative
-    times count from; None when there is none early on or the file is damaged there
-    (then one reader does the job, and says what is wrong)."""
-    items = read_transport(path, Transport(shard=(0, 1)))  # one shard: every datagram, and Progress
+def first_frame_time(path) -> Optional[float]:
+    """The time of the capture's first frame, which the listing's relative times count
+    from (as tshark's); None when no transport payload comes early on or the file is
+    damaged there (then one reader does the job, and says what is wrong)."""
+    transport = Transport(shard=(0, 1))  # one shard: every datagram, and Progress
+    items = read_transport(path, transport)
     try:
         for item in items:
             if item.__class__ is not Progress:
-                return item.time
+                return transport.first_time
             if item.frame > FIRST_DATAGRAM_WITHIN:
                 return None
     except (CaptureError, OSError):

@@ -35,7 +35,7 @@ from ..render.line import endpoint  # the listing's per-direction labels are mad
 from .decode import decode
 from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
-from .recognise import OTHER, OPENVPN, STATIC, Recognition
+from .recognise import OTHER, OPENVPN, STATIC, UNDECIDED, Recognition
 from .tls import TLSStream
 
 OPENVPN_PORT = 1194
@@ -51,8 +51,7 @@ MAX_RESYNCS = 4  # deliveries of an unknown-port TCP flow searched for a frame b
 FLOW_IDLE = 300.0  # seconds of capture time after which an idle flow is forgotten
 EXPIRY_CHECK = 20000  # datagrams between looks for idle flows
 
-UNKNOWN = "unknown"  # (and OPENVPN, OTHER, STATIC from recognise)
-UNDECIDED = "undecided"  # shown as OpenVPN on weak evidence: no time was left to be sure
+UNKNOWN = "unknown"  # (and OPENVPN, OTHER, STATIC, UNDECIDED: recognise's verdicts)
 PROVISIONAL = "provisional"  # on an OpenVPN port, shown before it proved TLS-mode: still watched for static-key
 
 
@@ -211,7 +210,7 @@ class Reader:
         # bring a new one before the packet's turn comes.
         self.queue = collections.deque()
         self.waiting: Dict[Flow, float] = {}  # undecided flows with packets queued -> first one's time
-        self.first_time = None
+        self.first_time = None  # what relative times count from: the first frame's (set by the caller), or datagram's
         self.tally = collections.Counter()  # payloads by what they were: see TALLY
         self.static_flows: List[Flow] = []
         self.no_keys = self.options.keys.empty
@@ -424,7 +423,7 @@ class Reader:
                 self._other(flow, STATIC)
                 flow.sessions.clear()
             return sender
-        swap = verdict is OPENVPN and flow.recognition.client == "server"
+        swap = flow.recognition.client == "server"
         self._settle(flow, verdict, swap)
         return ("server" if sender == "client" else "client") if swap else sender
 
@@ -445,17 +444,17 @@ class Reader:
                 self.directions[key] = (flow, flip[self.directions[key][1]])
         if any(item[0] is flow for item in self.queue):
             learn = self._learn
-            self.queue = collections.deque(
-                (f, fr, t, s, d, i) if f is not flow else
-                (f, fr, t, flip[s] if swap else s, d, learn(f, flip[s] if swap else s, d, t))
-                for f, fr, t, s, d, i in self.queue)
+            items = [(f, fr, t, s, d, i) if f is not flow else
+                     (f, fr, t, flip[s] if swap else s, d, learn(f, flip[s] if swap else s, d, t))
+                     for f, fr, t, s, d, i in self.queue]
+            self._requeue(items)
 
     def _other(self, flow, verdict=OTHER):
         """Not OpenVPN TLS traffic: its queued payloads are counted as such and dropped."""
         flow.state, flow.recognition = verdict, None
         held = sum(1 for item in self.queue if item[0] is flow)
         if held:
-            self.queue = collections.deque(item for item in self.queue if item[0] is not flow)
+            self._requeue([item for item in self.queue if item[0] is not flow])
             self.tally[verdict] += held
         self.waiting.pop(flow, None)
         if verdict is STATIC:
@@ -486,9 +485,7 @@ class Reader:
         if flow.state is UNKNOWN:
             recognition = flow.recognition
             verdict = recognition.give_up()
-            if verdict is OPENVPN and not recognition.known_port:
-                verdict = UNDECIDED  # shown, on what little there was, and counted apart
-            elif verdict is OPENVPN and not recognition.evidence:
+            if verdict is OPENVPN and not recognition.evidence:
                 verdict = PROVISIONAL  # the port says OpenVPN; its next packets may still say static-key
             self._settle(flow, verdict, swap=recognition.client == "server")
         if flow.inference is not None:
@@ -647,6 +644,11 @@ class Reader:
         """Remember which flow a client session id or peer-id is on, for _float."""
         self.session_flows[key] = flow
         flow.float_keys.append(key)
+
+    def _requeue(self, items):
+        """The queue's items replaced in place (a _drain under way holds the same deque)."""
+        self.queue.clear()
+        self.queue.extend(items)
 
     def _float(self, flow, client_id, peer_id):
         """A client that floated (NAT rebinding) is a new flow whose first packet names a

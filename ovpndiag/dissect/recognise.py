@@ -27,11 +27,12 @@ from .decode import decode
 from .infer import CANDIDATES, TLS_CRYPT_V2, plausible, session_id_of
 
 LIMIT = 12  # packets a flow gets to show what it is
-DATA_STREAK = 3  # data packets of one stream that recognise a flow on any port
+DATA_STREAK = 3  # data packets of one stream, each one's packet-id above the last, that recognise a flow
 PACKET_ID_STEP = 1 << 16  # AEAD packet-ids of one direction climb by less than this between packets
 STATIC_AFTER = 2  # impossible opcodes that make a flow on an OpenVPN port static-key traffic
 
 OPENVPN, OTHER, STATIC = "openvpn", "other", "static"
+UNDECIDED = "undecided"  # looked like OpenVPN, but too little of it to be sure: shown, and counted apart
 _CONTROL = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
 
 
@@ -63,7 +64,7 @@ class Recognition:
         self.packet_ids = {}  # sender -> latest AEAD packet-id of its data packets
 
     def observe(self, sender: str, data: bytes, time: float) -> Optional[str]:
-        """OPENVPN, OTHER or STATIC once this packet settles it; None while it does not."""
+        """OPENVPN, OTHER, STATIC or UNDECIDED once this packet settles it; None while it does not."""
         self.seen += 1
         opcode = data[0] >> 3 if data else 0
         if opcode not in OPCODES:
@@ -86,7 +87,7 @@ class Recognition:
         """No more time to look: what the evidence so far says."""
         if self.known_port:
             return STATIC if self.impossible >= STATIC_AFTER and not self.evidence else OPENVPN
-        return OPENVPN if self.evidence else OTHER
+        return UNDECIDED if self.evidence else OTHER
 
     def _control(self, sender, data, opcode, time):
         session_id = session_id_of(data)
@@ -126,12 +127,14 @@ class Recognition:
             self.data_first = mark
         elif mark != self.data_first:
             return False
-        if not self.known_port:  # (on OpenVPN's port the mark is enough: CBC hides the packet-id)
-            last = self.packet_ids.get(sender)
-            self.packet_ids[sender] = packet_id
-            if last is not None and not 0 < packet_id - last < PACKET_ID_STEP:
-                return False
+        if self.known_port:  # the same peer-id and key id twice is enough (CBC hides the packet-id)
+            self.data_streak += 1
+            return self.data_streak >= 2
+        # Elsewhere a packet counts when it follows its sender's last with a higher packet-id.
+        last = self.packet_ids.get(sender)
+        self.packet_ids[sender] = packet_id
+        if last is None or not 0 < packet_id - last < PACKET_ID_STEP:
+            return False
         self.data_streak += 1
-        if self.data_streak >= 2:
-            self.evidence += 1
-        return self.data_streak >= (2 if self.known_port else DATA_STREAK)
+        self.evidence += 1
+        return self.data_streak >= DATA_STREAK - 1
