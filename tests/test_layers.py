@@ -68,7 +68,10 @@ def test_no_remote_session_id_without_acks():
 def test_ack_has_no_message_packet_id():
     wire = bytes(OpenVPNAck(session_id=CLIENT_SID, acks=[7], remote_session_id=SERVER_SID))
     assert wire == b"\x28" + struct.pack("!QBIQ", CLIENT_SID, 1, 7, SERVER_SID)
-    assert not hasattr(OpenVPN(wire), "message_packet_id") or "message_packet_id" not in OpenVPNAck().fieldtype
+    # Four more bytes, where a control packet's message packet-id would be: an ACK leaves them.
+    back = OpenVPN(wire + b"\x00\x00\x00\x09")
+    assert isinstance(back, OpenVPNAck) and (back.acks, back.remote_session_id) == ([7], SERVER_SID)
+    assert not hasattr(back, "message_packet_id") and back[Raw].load == b"\x00\x00\x00\x09"
 
 
 @pytest.mark.parametrize("digest,size", [("MD5", 16), ("SHA1", 20), ("SHA224", 28), ("SHA256", 32),
@@ -193,8 +196,26 @@ def test_summary_names_opcode_session_and_acks():
     assert "P_CONTROL_HARD_RESET_SERVER_V2" in text and "a1a2a3a4a5a6a7a8" in text and "acks=[0]" in text
 
 
-def test_every_opcode_has_a_name():
-    assert sorted(OPCODES) == list(range(1, 12))
+# protocol.md's table of first bytes: opcode, name, and the layer a packet of it dissects as.
+OPCODE_TABLE = [
+    (1, "P_CONTROL_HARD_RESET_CLIENT_V1", OpenVPNReset), (2, "P_CONTROL_HARD_RESET_SERVER_V1", OpenVPNReset),
+    (3, "P_CONTROL_SOFT_RESET_V1", OpenVPNControl), (4, "P_CONTROL_V1", OpenVPNControl),
+    (5, "P_ACK_V1", OpenVPNAck), (6, "P_DATA_V1", OpenVPNDataV1),
+    (7, "P_CONTROL_HARD_RESET_CLIENT_V2", OpenVPNReset), (8, "P_CONTROL_HARD_RESET_SERVER_V2", OpenVPNReset),
+    (9, "P_DATA_V2", OpenVPNDataV2), (10, "P_CONTROL_HARD_RESET_CLIENT_V3", OpenVPNReset),
+    (11, "P_CONTROL_WKC_V1", OpenVPNControl),
+]
+
+
+def test_every_opcode_has_its_name_and_layer():
+    assert OPCODES == {opcode: name for opcode, name, _ in OPCODE_TABLE}
+    for opcode, name, layer in OPCODE_TABLE:
+        # key_id 5 in the low bits; zeros after (a reset's 13 bytes), and for V3 and WKC_V1, whose
+        # layout is tls-crypt-v2's, room for the tag and a WKc length that fits
+        rest = bytes(58) + b"\x00\x04" if opcode in (10, 11) else bytes(13)
+        pkt = OpenVPN(bytes([opcode << 3 | 5]) + rest)
+        assert type(pkt) is layer and (pkt.opcode, pkt.key_id) == (opcode, 5), name
+        assert pkt.get_field("opcode").i2repr(pkt, pkt.opcode) == name and name in pkt.summary()
 
 
 def test_wrapping_names_the_digest():
