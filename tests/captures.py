@@ -190,23 +190,33 @@ def wrapping_of(capture, packet):
 
 
 def mangled_packet(data, rng):
-    """One OpenVPN packet mangled at random: cut short, bytes flipped, a new first byte
-    (opcode and key id), an ACK count that may fit, bytes appended, or all new bytes."""
+    """One OpenVPN packet mangled at random - the tests' one packet mangler: cut short,
+    bytes flipped, a new first byte (opcode and key id), an ACK count that may fit, bytes
+    appended, all new bytes, one byte dropped or inserted, a piece of itself repeated, or
+    new first two bytes (a TCP length prefix, where framing is not removed)."""
     data = bytearray(data)
-    choice = rng.randrange(6)
+    choice = rng.randrange(10)
     if choice == 0:
         data = data[:rng.randrange(len(data) + 1)]
     elif choice == 1 and data:
-        for _flip in range(rng.randint(1, 3)):
+        for _flip in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
     elif choice == 2 and data:
         data[0] = rng.randrange(256)
     elif choice == 3 and len(data) > 10:
         data[9 + rng.randrange(min(60, len(data) - 9))] = rng.randrange(12)  # plausible ACK counts
     elif choice == 4:
-        data += bytes(rng.randrange(256) for _ in range(rng.randrange(8)))
+        data += bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
     elif choice == 5:
         data = bytearray(rng.randrange(256) for _ in range(rng.randrange(80)))
+    elif choice == 6 and data:
+        del data[rng.randrange(len(data))]
+    elif choice == 7:
+        data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
+    elif choice == 8:
+        data += data[:rng.randrange(len(data) + 1)]
+    elif choice == 9 and len(data) > 2:
+        data[:2] = rng.randrange(65536).to_bytes(2, "big")
     return bytes(data)
 
 

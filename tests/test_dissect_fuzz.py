@@ -4,7 +4,7 @@ escapes but the reader's own CaptureError."""
 
 import random
 
-from captures import CAPTURES, MANIFEST, key_path
+from captures import CAPTURES, MANIFEST, key_path, mangled_packet
 from ovpndiag.capture.pcapfile import CaptureError
 from ovpndiag.capture.transport import read_transport
 from ovpndiag.dissect.keyring import KeyRing
@@ -18,23 +18,6 @@ from ovpndiag.render.tree import packet_tree
 KEYS = KeyRing(tls_auth=read_key(key_path("keys/ta.key")), tls_crypt=read_key(key_path("keys/tc.key")),
                tls_crypt_v2=read_key(key_path("keys/tcv2-server.key")))
 DATAGRAMS = [d for c in MANIFEST for d in read_transport(str(CAPTURES / c["file"]))]
-
-
-def mutate(rng, payload):
-    data = bytearray(payload)
-    choice = rng.randrange(6)
-    if choice == 0 and data:
-        del data[rng.randrange(len(data)):]
-    elif choice == 1 and data:
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-    elif choice == 2 and data:
-        data[0] = rng.randrange(256)
-    elif choice == 3:
-        data += bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
-    elif choice == 4 and len(data) > 2:
-        data[:2] = rng.randrange(65536).to_bytes(2, "big")  # TCP length prefixes
-    return bytes(data)
 
 
 def run_reader(datagrams, keys, tree_every=0):
@@ -57,7 +40,7 @@ def test_mangled_datagrams_never_escape():
     rng = random.Random(20261125)
     fed = 0
     for round_number in range(60):
-        mangled = [d._replace(payload=mutate(rng, d.payload)) if rng.random() < 0.5 else d for d in DATAGRAMS]
+        mangled = [d._replace(payload=mangled_packet(d.payload, rng)) if rng.random() < 0.5 else d for d in DATAGRAMS]
         run_reader(mangled, KEYS if round_number % 2 else KeyRing(), tree_every=25)
         fed += len(mangled)
     assert fed > 20000
