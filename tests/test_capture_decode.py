@@ -172,17 +172,64 @@ def test_fragments_are_handed_on():
     assert dont_fragment[0] == UDP
 
 
-def test_no_exception_from_any_bytes():
+SKIP_REASONS = {NON_IP, OTHER_PROTOCOL, UNDECODABLE, UNSUPPORTED_LINKTYPE}
+
+
+def _well_formed(result, data):
+    """A skip reason, or a tuple of the documented shape whose payload is bytes of the frame."""
+    if isinstance(result, str):
+        return result in SKIP_REASONS
+    kind, payload = result[0], result[5]
+    sizes = {UDP: 7, TCP: 9, FRAGMENT: 8}
+    if kind not in sizes or len(result) != sizes[kind] or not isinstance(payload, bytes) or payload not in data:
+        return False
+    if kind == FRAGMENT:
+        return True
+    socket.inet_pton(socket.AF_INET6 if ":" in result[1] else socket.AF_INET, result[1])  # a real address
+    return 0 <= result[3] < 65536 and 0 <= result[4] < 65536 and result[6] >= 0
+
+
+def test_damaged_ip_decodes_alike_under_every_link_type():
+    """Damaged IP packets (bytes changed, cut short) never raise, give a skip reason or a
+    well-formed tuple, and the same one whichever link-layer header carries them: Ethernet's
+    fast path and the general path agree on damage too."""
     rng = random.Random(4)
+    outcomes = set()
     for frame in REAL:
         for _ in range(300):
+            ethertype, packet = ethernet_payload(frame)
+            data = bytearray(packet)
+            for _ in range(rng.randint(1, 3)):
+                if rng.random() < 0.5:  # a length field (IPv4 total, IPv6 payload, UDP) near its truth
+                    at = rng.choice([2, 24] if data[0] >> 4 == 4 else [4, 44])
+                    data[at:at + 2] = max(0, len(data) + rng.randint(-30, 10)).to_bytes(2, "big")
+                else:  # any byte of the headers, mostly
+                    position = rng.randrange(min(len(data), 64 if rng.random() < 0.8 else len(data)))
+                    value = rng.randrange(256)
+                    data[position] = value if position else (data[0] & 0xF0) | (value & 0x0F)  # keep the version
+            if rng.random() < 0.3:
+                data = data[:rng.randint(1, len(data))]
+            data = bytes(data)
+            expected = decode(101, data)
+            assert _well_formed(expected, data), (data.hex(), expected)
+            for linktype in (113, 276, 0, 108):
+                assert decode(linktype, rewrap(ethernet(data), linktype)) == expected, (linktype, data.hex())
+            assert decode(1, ethernet(data, ethertype=ethertype)) == expected, data.hex()
+            outcomes.add(expected if isinstance(expected, str) else expected[0])
+    assert outcomes >= {UDP, TCP, UNDECODABLE, OTHER_PROTOCOL}  # the damage reached every branch
+
+
+def test_any_bytes_under_any_link_type_give_a_skip_reason_or_a_well_formed_tuple():
+    rng = random.Random(5)
+    for frame in REAL:
+        for _ in range(200):
             data = bytearray(frame)
             for _ in range(rng.randint(1, 6)):
                 data[rng.randrange(len(data))] = rng.randrange(256)
             data = bytes(data[:rng.randint(0, len(data))])
-            for linktype in (1, 113, 276, 101, 0, 108):
+            for linktype in (1, 113, 276, 101, 0, 108, 147):
                 result = decode(linktype, data)
-                assert isinstance(result, (str, tuple))
+                assert _well_formed(result, data), (linktype, data.hex(), result)
 
 
 def test_ipv6_addresses_are_written_as_tshark_writes_them(tmp_path):
