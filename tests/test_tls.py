@@ -536,13 +536,28 @@ def test_mangled_streams_never_raise():
         pids = list(range(1, len(payloads) + 1))
         if how == 5:  # packet-ids anywhere
             pids = [rng.choice([0, 1, 2, 3, 2 ** 32 - 1, rng.randrange(100)]) for _ in pids]
+        named = []
         for pid, p in zip(pids, payloads):
             names = stream.add(pid, bytes(p), pid)
-            assert isinstance(names, list)
+            assert isinstance(names, list) and all(isinstance(name, str) and name for name in names)
             assert stream.pending <= MAX_RECORD + 5 and stream.held <= 64
+            named += names
+        if how != 5:
+            # The same bytes in one piece name the same records: packet boundaries do not
+            # change what the stream holds, mangled or not.
+            whole = TLSStream()
+            assert whole.add(1, b"".join(payloads)) == named and (whole.broken is None) == (stream.broken is None)
+            # Delivered in any order, the packets are put back in packet-id order: the same names.
+            shuffled = TLSStream(max_held_packets=len(payloads))
+            order = list(zip(pids, payloads))
+            rng.shuffle(order)
+            assert [n for pid, p in order for n in shuffled.add(pid, bytes(p), pid)] == named
+            assert shuffled.retransmissions == 0 and shuffled.held == 0
         if case % 50 == 0:
-            for detail in stream.details():
-                assert isinstance(detail["name"], str)
+            details = stream.details()
+            assert [detail["name"] for detail in details] == named[:len(details)]
+            assert len(details) + stream.omitted == len(named)
+            for detail in details:
                 json.dumps(detail)
         cases += 1
     elapsed = time.perf_counter() - start
