@@ -297,3 +297,32 @@ def cut_capture(path, first_frame):
         out.append(data[offset:offset + length])
         offset += length
     return b"".join(out)
+
+
+def mangled_capture(data, rng):
+    """A capture file's bytes mangled at random - the tests' one capture-file mangler: bytes
+    changed, a length-sized field set to an extreme, cut, a slice repeated or removed,
+    garbage appended or inserted, or the header mangled."""
+    data = bytearray(data)
+    kind = rng.randrange(6)
+    if kind == 0:                                   # random bytes changed
+        for _ in range(rng.randint(1, 12)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif kind == 1:                                 # a length-sized field set to an extreme
+        at = rng.randrange(0, len(data) - 4)
+        data[at:at + 4] = struct.pack("<I", rng.choice([0, 1, 7, 2**31, 2**32 - 1, rng.randrange(2**32)]))
+    elif kind == 2:                                 # cut anywhere
+        del data[rng.randrange(len(data)):]
+    elif kind == 3:                                 # a slice repeated or removed
+        a = rng.randrange(len(data))
+        b = min(len(data), a + rng.randint(1, 400))
+        data[a:a] = data[a:b] if rng.random() < 0.5 else b""
+        if rng.random() < 0.5:
+            del data[a:b]
+    elif kind == 4:                                 # garbage appended or inserted
+        at = rng.randrange(len(data) + 1)
+        data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    else:                                           # the header mangled
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(min(len(data), 64))] = rng.randrange(256)
+    return bytes(data)

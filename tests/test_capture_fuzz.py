@@ -5,36 +5,10 @@ import io
 import random
 import struct
 
-from captures import CAPTURES, MANIFEST
+from captures import CAPTURES, MANIFEST, mangled_capture
 from ovpndiag.capture import CaptureError, Transport, read_frames, read_transport
 
 FILES = {c["file"]: (CAPTURES / c["file"]).read_bytes() for c in MANIFEST}
-
-
-def mangle(data, rng):
-    data = bytearray(data)
-    kind = rng.randrange(6)
-    if kind == 0:                                   # random bytes changed
-        for _ in range(rng.randint(1, 12)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-    elif kind == 1:                                 # a length-sized field set to an extreme
-        at = rng.randrange(0, len(data) - 4)
-        data[at:at + 4] = struct.pack("<I", rng.choice([0, 1, 7, 2**31, 2**32 - 1, rng.randrange(2**32)]))
-    elif kind == 2:                                 # cut anywhere
-        del data[rng.randrange(len(data)):]
-    elif kind == 3:                                 # a slice repeated or removed
-        a = rng.randrange(len(data))
-        b = min(len(data), a + rng.randint(1, 400))
-        data[a:a] = data[a:b] if rng.random() < 0.5 else b""
-        if rng.random() < 0.5:
-            del data[a:b]
-    elif kind == 4:                                 # garbage appended or inserted
-        at = rng.randrange(len(data) + 1)
-        data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
-    else:                                           # the header mangled
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(min(len(data), 64))] = rng.randrange(256)
-    return bytes(data)
 
 
 def test_mangled_captures_raise_only_capture_errors():
@@ -43,7 +17,7 @@ def test_mangled_captures_raise_only_capture_errors():
     outcomes = {"clean": 0, "error": 0}
     for case in range(5000):
         name = names[case % len(names)]
-        f = io.BytesIO(mangle(FILES[name], rng))
+        f = io.BytesIO(mangled_capture(FILES[name], rng))
         f.name = name
         transport = Transport()
         try:
@@ -101,7 +75,7 @@ def test_mangled_captures_read_the_same_on_the_fused_and_the_general_path():
     classic = sorted(name for name, data in FILES.items() if not data.startswith(b"\x0a\x0d\x0d\x0a"))
     for case in range(1500):
         name = classic[case % len(classic)]
-        data = mangle(FILES[name], rng)
+        data = mangled_capture(FILES[name], rng)
         fast, general = fast_path(io.BytesIO(data)), general_path(io.BytesIO(data))
         assert fast[0] == general[0] and fast[1] == general[1], (name, case)
         assert fast[2].as_dict() == general[2].as_dict()

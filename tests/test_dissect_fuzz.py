@@ -4,7 +4,7 @@ escapes but the reader's own CaptureError."""
 
 import random
 
-from captures import CAPTURES, MANIFEST, key_path, mangled_packet
+from captures import CAPTURES, MANIFEST, key_path, mangled_capture, mangled_packet
 from ovpndiag.capture.pcapfile import CaptureError
 from ovpndiag.capture.transport import read_transport
 from ovpndiag.dissect.keyring import KeyRing
@@ -66,14 +66,8 @@ def test_mangled_capture_files_raise_only_capture_errors(tmp_path):
     sources = [(CAPTURES / c["file"]).read_bytes() for c in MANIFEST]
     errors = 0
     for number in range(300):
-        data = bytearray(rng.choice(sources))
-        for _ in range(rng.randint(1, 6)):
-            position = rng.randrange(min(len(data), 200 if rng.random() < 0.5 else len(data)))
-            data[position] = rng.randrange(256)
-        if rng.random() < 0.3:
-            del data[rng.randrange(len(data)):]
         path = tmp_path / f"m{number}.pcap"
-        path.write_bytes(bytes(data))
+        path.write_bytes(mangled_capture(rng.choice(sources), rng))
         try:
             run_reader(read_transport(str(path)), KEYS)
         except CaptureError as error:
