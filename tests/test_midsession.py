@@ -71,10 +71,19 @@ def test_followed_by_twenty_thousand_data_packets_it_neither_crashes_nor_loses_a
     assert frames_shown(result) == list(range(1, 22 + 20000 + 1))
 
 
+def _other_client_port(frame, port=40000):
+    """The frame as sent from (or to) another client port (the UDP checksum zeroed: not checked)."""
+    frame = bytearray(frame)
+    sport, dport = struct.unpack_from("!HH", frame, 34)
+    struct.pack_into("!HHxxH", frame, 34, port if sport != 1194 else sport, port if dport != 1194 else dport, 0)
+    return bytes(frame)
+
+
 def test_a_stray_renegotiation_ack_before_a_whole_session_empties_nothing(tmp_path):
+    """The last packet of an earlier session from another port, then a whole session."""
     stray = RENEG[25]  # P_ACK_V1 key id 1, under dynamic tls-crypt
     assert stray[2][42] >> 3 == 5 and stray[2][42] & 7 == 1  # (Ethernet, IPv4, UDP: the first byte at 42)
-    path = write(tmp_path, "stray.pcap", [later(RENEG[0], -0.5)[:2] + (stray[2],)] + RENEG)
+    path = write(tmp_path, "stray.pcap", [later(RENEG[0], -0.5)[:2] + (_other_client_port(stray[2]),)] + RENEG)
     result = dissect(path)
     assert result.exit_code == 0
     assert frames_shown(result) == list(range(1, len(RENEG) + 2))
@@ -200,7 +209,12 @@ def test_a_tcp_stream_picked_up_inside_a_frame_resynchronises(tmp_path, ports):
     complete = [json.loads(line) for line in dissect(whole, "--json", *ports).output.splitlines()]
     assert len(complete) >= 20
     # Start the capture at a segment that begins inside a frame, well into the session.
-    start = next(n for n, record in enumerate(records) if n > len(records) // 3 and len(record[2]) > 66 + 40)
+    def inside_a_frame(frame):  # its payload cannot start an OpenVPN frame (Ethernet, IPv4, TCP: at 66)
+        payload = frame[66:]
+        return len(payload) > 40 and not (9 <= struct.unpack_from("!H", payload)[0] <= 2048 and payload[2] >> 3 in
+                                          (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11))
+
+    start = next(n for n, record in enumerate(records) if n > len(records) // 3 and inside_a_frame(record[2]))
     cut = write(tmp_path, "cut.pcap", records[start:])
     shown = [json.loads(line) for line in dissect(cut, "--json", *ports).output.splitlines()]
     later_packets = [r for r in complete if r["frame"] > start + 4]  # those whole after the cut, with margin

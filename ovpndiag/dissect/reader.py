@@ -46,7 +46,7 @@ HOLD_PACKETS = 32  # packets of an undecided flow that wait before its best gues
 HOLD_TIME = 2.0  # seconds of capture time a packet waits at most for its flow to be decided
 MAX_QUEUE = 50000  # packets waiting in all: beyond, the oldest waiting flow is guessed at once
 MAX_TCP_FRAME = 2048  # bigger first frames on an unknown port are not OpenVPN
-MAX_RESYNCS = 4  # deliveries of an unknown-port TCP flow searched for a frame boundary
+RESYNC_WITHIN = 2 * (MAX_TCP_FRAME + 2)  # stream bytes searched for a frame boundary (then: not OpenVPN, or drop)
 
 FLOW_IDLE = 300.0  # seconds of capture time after which an idle flow is forgotten
 EXPIRY_CHECK = 20000  # datagrams between looks for idle flows
@@ -173,7 +173,6 @@ class Flow:
         self.sessions: Dict[int, Session] = {}
         self.current = None  # the session data packets belong to
         self.held = 0  # packets of this flow waiting for it to be decided
-        self.resyncs = 0  # TCP: times a frame boundary was looked for
         self.floated_to = None  # the flow that goes on with this one's sessions (the client floated)
         self.peer_id = None  # of its data packets (--sessions: to find a client that floated)
         self.float_keys = []  # its entries in Reader.session_flows
@@ -337,8 +336,7 @@ class Reader:
             if not flow.synced[sender] or not 1 <= length <= limit:
                 # A stream picked up in its middle, after a gap, or gone off the rails:
                 # the first offset where whole frames chain is a frame boundary.
-                flow.resyncs += 1
-                if limit == MAX_TCP_FRAME and (flow.synced[sender] or flow.resyncs > MAX_RESYNCS):
+                if limit == MAX_TCP_FRAME and (flow.synced[sender] or len(buffered) > RESYNC_WITHIN):
                     self._other(flow)  # on an unknown port: not OpenVPN framing
                     return
                 skip = _resync(buffered, offset)
@@ -360,7 +358,7 @@ class Reader:
             if flow.state is OTHER or flow.state is STATIC:
                 return
         rest = buffered[offset:]
-        if not flow.synced[sender] and len(rest) > 2 * (MAX_TCP_FRAME + 2):
+        if not flow.synced[sender] and len(rest) > RESYNC_WITHIN:
             rest = rest[-(MAX_TCP_FRAME + 2):]  # no boundary found: keep what a frame could start in
         flow.streams[sender] = rest
 
@@ -694,21 +692,21 @@ def _tlv_name(tlv):
 
 
 def _resync(buffered, start):
-    """A frame boundary in a TCP stream at or after ``start``: the first offset where
-    whole frames chain (two of them, or up to the end, or one then a plausible start);
-    None when none shows yet (more bytes may tell)."""
+    """A frame boundary in a TCP stream at or after ``start``: the first offset from
+    which three whole frames chain, or whole frames up to the very end of what we
+    have (a segment's end, where OpenVPN's own writes end); None until one shows.
+    (Random bytes chain two plausible frames once in some ten thousand offsets:
+    too often inside a big frame; three, or an exact end, hardly ever.)"""
     end = len(buffered)
     for offset in range(start, end - 2):
         position, frames = offset, 0
         while position + 3 <= end:
             length = _TCP_LENGTH(buffered, position)[0]
-            if not 9 <= length <= MAX_TCP_FRAME or buffered[position + 2] >> 3 not in OPCODES:
+            if not 9 <= length <= MAX_TCP_FRAME or buffered[position + 2] >> 3 not in OPCODES \
+                    or position + 2 + length > end:
                 break
             position += 2 + length
             frames += 1
-            if frames == 2 or position == end:
-                return offset
-        else:
-            if frames:
+            if frames == 3 or position == end:
                 return offset
     return None
