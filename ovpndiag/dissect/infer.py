@@ -50,6 +50,13 @@ def plausible(fields: dict, peer_session_id: Optional[int], now: float) -> bool:
     return True
 
 
+def readable_as(data: bytes, wrapping: Wrapping, peer_session_id: Optional[int], now: float) -> bool:
+    """Does this control packet read as sense under this wrapping? (The cheap checks first:
+    its size, then its replay packet-id and net time, and only then a decode.)"""
+    return (len(data) >= shortest(wrapping) and not _clock_rules_out(data, wrapping, now)
+            and plausible(decode(data, wrapping), peer_session_id, now))
+
+
 def candidates_for(kind: Optional[str] = None, digest: Optional[str] = None):
     """The candidates left by ``--wrapping`` and ``--auth`` (None: not given)."""
     if digest:
@@ -78,10 +85,7 @@ class WrappingInference:
         if opcode in (10, 11):  # only tls-crypt-v2 has these
             self.decided = TLS_CRYPT_V2
             return self.decided
-        size = len(data)
-        survivors = [w for w in self.candidates
-                     if size >= shortest(w) and not _clock_rules_out(data, w, now)
-                     and plausible(decode(data, w), peer_session_id, now)]
+        survivors = [w for w in self.candidates if readable_as(data, w, peer_session_id, now)]
         self.seen += 1
         if survivors:
             self.candidates = survivors

@@ -228,7 +228,6 @@ class Reader:
         frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, gap, _end = datagram
         if self.first_time is None:
             self.first_time = time
-        ready = self._overdue(time) if self.waiting else []
         direction = self.directions.get((src, sport, dst, dport, transport))
         flow, sender = direction or self._flow(datagram)
         flow.last = time
@@ -236,16 +235,15 @@ class Reader:
         if self.datagrams % EXPIRY_CHECK == 0:
             self._expire(time)
         state = flow.state
+        if transport == "udp" and state is OPENVPN and payload and not self.queue:  # the common case
+            record = self._at_once(flow, frame, time, sender, payload)
+            return [] if record is None else [record]
+        ready = self._overdue(time) if self.waiting else []  # (the common case never has any waiting)
         if state is OTHER or state is STATIC:
             if payload:
                 self.tally[state] += 1
             return ready
         if transport == "udp":
-            if payload and state is OPENVPN and not self.queue:
-                record = self._at_once(flow, frame, time, sender, payload)
-                if record is not None:
-                    ready.append(record)
-                return ready
             if payload:
                 self._packet(flow, frame, time, sender, payload)
             return ready + self._drain() if ready else self._drain()

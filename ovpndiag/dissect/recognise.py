@@ -23,8 +23,7 @@ opcodes that do not exist. Elsewhere a flow that shows none of the above within
 from typing import Optional
 
 from ..protocol import CLIENT_RESETS, OPCODES, SERVER_RESETS
-from .decode import decode
-from .infer import CANDIDATES, TLS_CRYPT_V2, plausible, session_id_of
+from .infer import CANDIDATES, TLS_CRYPT_V2, readable_as, session_id_of
 
 LIMIT = 12  # packets a flow gets to show what it is
 DATA_STREAK = 3  # data packets of one stream, each one's packet-id above the last, that recognise a flow
@@ -39,7 +38,7 @@ _CONTROL = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
 def fits(data: bytes, peer_session_id: Optional[int], time: float) -> bool:
     """Does this control packet read as sense under some wrapping?"""
     candidates = (TLS_CRYPT_V2,) if data[0] >> 3 in (10, 11) else CANDIDATES
-    return any(plausible(decode(data, w), peer_session_id, time) for w in candidates)
+    return any(readable_as(data, w, peer_session_id, time) for w in candidates)
 
 
 class Recognition:
