@@ -393,47 +393,33 @@ class _Output:
         self.write = sys.stdout.write
         self.pending = []
         self.key_names = {}  # wrapping -> how its key was given, e.g. "--tls-crypt key"
-        self.opened = None  # wrapping -> [packets the key opened, packets it applied to]
+        self.file_start = 0  # self.count when the current file began
 
     def watch_keys(self, keys, options):
-        """Count, per wrapping the user gave a key for, the packets the key opened or
-        verified, so that ``key_notes`` can say when it opened none (a key that does
-        not belong to the traffic, which otherwise only shows as BAD on every line)."""
+        """Name the keys the user gave, so that ``key_notes`` can say when one opened or
+        verified none of the packets it applies to (a key that does not belong to the
+        traffic, which otherwise only shows as BAD on every line)."""
         given = (("tls-auth", keys.tls_auth, "tls_auth"), ("tls-crypt", keys.tls_crypt, "tls_crypt"),
                  ("tls-crypt-v2", keys.v2_server or keys.v2_client, "tls_crypt_v2"))
         self.key_names = {kind: f"--{kind} key" if options[option] else f"{kind} key of {options['config']}"
                           for kind, key, option in given if key is not None}
-        self.opened = {kind: [0, 0] for kind in self.key_names} if self.key_names else None
         # What the user pinned for tls-auth may be the culprit, not the key.
         pinned = ([f"key-direction {keys.client_key_direction}"] if keys.client_key_direction else []) + \
                  ([f"--auth {options['auth']}"] if options["auth"] else [])
         self.tls_auth_doubt = (f", or {' and '.join(pinned)} {'is' if len(pinned) == 1 else 'are'} wrong for it"
                                if pinned else "")
 
-    def _count_opened(self, records):
-        opened, names = self.opened, self.key_names
-        for record in records:
-            kind = record.get("wrapping")
-            # (a renegotiation under dynamic tls-crypt has a key of its own, never the user's)
-            if kind in names and not record.get("dynamic"):
-                counts = opened[kind]
-                counts[1] += 1
-                if record.get("hmac_valid"):  # a tls-crypt-v2 key that opens no WKc leaves it None
-                    counts[0] += 1
-
-    def key_notes(self, path):
-        """Once per file, on stderr: each key that opened none of the packets it applies to."""
-        if not self.opened:
-            return
-        for kind, (opened, applied) in self.opened.items():
-            if applied and not opened:
+    def key_notes(self, path, verdicts):
+        """Once per file, on stderr: each key that opened none of the packets it applies to
+        (``verdicts``: the reader's key_verdicts)."""
+        for kind, (opened, applied) in verdicts.items():
+            if kind in self.key_names and applied and not opened:
                 where = f"{path}: " if self.many else ""
                 verb = "verified" if kind == "tls-auth" else "opened"
                 packets = f"{applied:,} packet{'s' if applied != 1 else ''}"
                 doubt = self.tls_auth_doubt if kind == "tls-auth" else ""
                 click.echo(f"ovpndiag: note: {where}the {self.key_names[kind]} {verb} none of {packets}: "
                            f"it does not belong to this traffic{doubt}", err=True)
-            self.opened[kind] = [0, 0]
 
     def reader(self, reader_options, records=False):
         """A reader for this output. Its records come out rendered, as (frame, text)
@@ -444,7 +430,7 @@ class _Output:
         from .dissect.listing import ListingReader, RenderingReader
         from .dissect.reader import Reader
 
-        if records or reader_options.sessions or self.opened is not None:  # (keys: records to count)
+        if records or reader_options.sessions:
             self.take = self.render
             return Reader(reader_options)
         self.take = itemgetter(1)
@@ -460,14 +446,10 @@ class _Output:
         """What the reader made by reader() gives: records, or (frame, text) pairs."""
         if self.sessions:
             self.count += len(records)
-            if self.opened is not None:
-                self._count_opened(records)
             return
         if self.limit is not None:
             records = records[:max(0, self.limit - self.count)]
         self.count += len(records)
-        if self.opened is not None:
-            self._count_opened(records)
         self.pending.extend(map(self.take, records))
         if len(self.pending) >= 4096:
             self.flush()
@@ -541,7 +523,7 @@ def dissect(files, write_decrypted, jobs, **options):
     _collect_less()
     try:
         for path in files:
-            output.file = path
+            output.file, output.file_start = path, output.count
             if output.many and not options["as_json"] and not options["sessions"]:
                 output.write(f"==> {path} <==\n")
             workers = _workers(path, jobs, write_decrypted, options, output)
@@ -578,7 +560,7 @@ def dissect(files, write_decrypted, jobs, **options):
                 click.echo(f"ovpndiag: error: {path}: {error.strerror or error}", err=True)
                 failed = True
             output.summaries(reader)
-            output.key_notes(path)
+            output.key_notes(path, reader.key_verdicts)
             _tally(output, transport, reader, path)
             if output.full:
                 break
@@ -629,11 +611,10 @@ def _collect_less():
 
 def _workers(path, jobs, write_decrypted, options, output) -> int:
     """How many processes share this file: for the listing and JSON of a big enough
-    file (or as -j asks), not for what needs every flow in one place (nor with keys,
-    whose verdicts are counted here, from records)."""
+    file (or as -j asks), not for what needs every flow in one place."""
     import os.path
 
-    if (jobs == 1 or write_decrypted or options["sessions"] or options["verbose"] or output.opened is not None
+    if (jobs == 1 or write_decrypted or options["sessions"] or options["verbose"]
             or path == "-" or not os.path.isfile(path)):
         return 1  # (standard input, a pipe or a device cannot be read by several processes at once)
     from .dissect import parallel
@@ -668,6 +649,7 @@ def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:
         return False
     if outcome.error:
         click.echo(f"ovpndiag: error: {outcome.error}", err=True)
+    output.key_notes(path, outcome.key_verdicts)
     _tally_text(output, path, outcome.frames, outcome.tally, outcome.skipped)
     return outcome.error is not None
 
@@ -682,7 +664,7 @@ def _tally_text(output, path, frames, tally, skipped):
     """What a file held, every payload counted: in the --sessions report, and on a
     terminal; static-key traffic (never shown) is always said on stderr."""
     undecided, static = tally.get("undecided", 0), tally.get("static", 0)
-    text = (f"{path}: {frames:,} frames, {output.count:,} OpenVPN packets"
+    text = (f"{path}: {frames:,} frames, {output.count - output.file_start:,} OpenVPN packets"
             + (f" ({undecided:,} in flows too short to be sure of)" if undecided else "")
             + f"; skipped: {tally.get('other', 0):,} payloads of other protocols, "
             + (f"{static:,} static-key OpenVPN payloads, " if static else "")

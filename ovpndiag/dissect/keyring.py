@@ -41,6 +41,12 @@ class KeyRing:
     def empty(self):
         return not (self.tls_auth or self.tls_crypt or self.v2_server or self.v2_client)
 
+    @property
+    def kinds(self):
+        """The wrappings there are keys for."""
+        return [kind for kind, key in (("tls-auth", self.tls_auth), ("tls-crypt", self.tls_crypt),
+                                       ("tls-crypt-v2", self.v2_server or self.v2_client)) if key is not None]
+
     def for_flow(self) -> "FlowKeys":
         return FlowKeys(self)
 

@@ -43,6 +43,7 @@ class Outcome(NamedTuple):
     frames: int
     skipped: int  # frames without UDP or TCP
     tally: dict  # payloads by what they were (reader.Reader.tally)
+    key_verdicts: dict  # what the user's keys opened (reader.Reader.key_verdicts)
     error: Optional[str]  # the capture's damage, after everything readable was sent
 
 
@@ -141,11 +142,14 @@ class Workers:
             if batch:
                 yield batch
         first = ends[0]
-        tally = {}
+        tally, verdicts = {}, {}
         for end in ends:
             for name, count in end[2].items():
                 tally[name] = tally.get(name, 0) + count
-        self.outcome = Outcome(frames=first[0], skipped=first[1], tally=tally,
+            for kind, (opened, applied) in end[4].items():
+                total = verdicts.setdefault(kind, [0, 0])
+                total[0], total[1] = total[0] + opened, total[1] + applied
+        self.outcome = Outcome(frames=first[0], skipped=first[1], tally=tally, key_verdicts=verdicts,
                                error=next((end[3] for end in ends if end[3]), None))
 
     def close(self):
@@ -209,7 +213,7 @@ def _work(connection, path, make_reader, shard, first_time):
             frames.append(frame)
             texts.append(text)
         counts = transport.counts
-        connection.send(("end", frames, texts, counts.frames, counts.skipped, dict(reader.tally), error))
+        connection.send(("end", frames, texts, counts.frames, counts.skipped, dict(reader.tally), error, reader.key_verdicts))
     except (BrokenPipeError, ConnectionResetError):  # the parent stopped reading (e.g. -c)
         status = 1
     except BaseException:

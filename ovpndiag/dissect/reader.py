@@ -213,6 +213,8 @@ class Reader:
         self.tally = collections.Counter()  # payloads by what they were: see TALLY
         self.static_flows: List[Flow] = []
         self.no_keys = self.options.keys.empty
+        # wrapping -> [packets the user's key for it opened or verified, packets it applied to]
+        self.key_verdicts = {kind: [0, 0] for kind in self.options.keys.kinds}
         self.sessions = self.options.sessions
         self.session_flows = {}  # (server endpoint, transport, client session id) -> flow (floats)
 
@@ -578,6 +580,11 @@ class Reader:
         record["_wrapping"] = wrapping
         if dynamic:
             record["dynamic"] = True
+        else:  # (a renegotiation under dynamic tls-crypt has a key of its own, never the user's)
+            verdicts = self.key_verdicts.get(wrapping.kind)
+            if verdicts is not None:
+                verdicts[1] += 1
+                verdicts[0] += bool(opened.valid)  # (a tls-crypt-v2 key that opens no WKc leaves it None)
         if wrapping.kind != "none":
             record["hmac_valid"] = opened.valid
         if opened.key_direction is not None:
