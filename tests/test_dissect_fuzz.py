@@ -2,6 +2,8 @@
 through the capture reader, the OpenVPN reader and every renderer: nothing
 escapes but the reader's own CaptureError."""
 
+import base64
+import json
 import random
 
 from captures import CAPTURES, MANIFEST, key_path, mangled_capture, mangled_packet
@@ -20,19 +22,45 @@ KEYS = KeyRing(tls_auth=read_key(key_path("keys/ta.key")), tls_crypt=read_key(ke
 DATAGRAMS = [d for c in MANIFEST for d in read_transport(str(CAPTURES / c["file"]))]
 
 
+def _key_pieces():
+    """16-byte pieces of the keys' material in hex (as a dump would show them), and the
+    base64 lines of the tls-crypt-v2 key: none may ever be printed."""
+    pieces = set()
+    for name in ("ta.key", "tc.key", "tcv2-server.key"):
+        lines = [line.strip() for line in key_path(f"keys/{name}").read_text().splitlines()
+                 if line.strip() and not line.startswith(("#", "-"))]
+        material = bytes.fromhex("".join(lines)) if name != "tcv2-server.key" else base64.b64decode("".join(lines))
+        pieces |= {material[at:at + 16].hex() for at in range(0, len(material) - 15, 16)}
+        if name == "tcv2-server.key":
+            pieces |= set(lines)
+    return pieces
+
+
+KEY_PIECES = _key_pieces()
+
+
+def _no_key_in(text):
+    assert not any(piece in text.lower() or piece in text for piece in KEY_PIECES), "key material printed"
+
+
 def run_reader(datagrams, keys, tree_every=0):
+    """Every record rendered: one line led by its frame number, a JSON object of that frame,
+    a tree on request; sessions summarised; no key material in any of it."""
     reader = Reader(Options(ports=(12345, 443), keys=keys))
     records = []
     for datagram in datagrams:
         records.extend(reader.feed(datagram))
     records.extend(reader.finish())
     for number, record in enumerate(records):
-        packet_line(record)
-        packet_json(record)
+        line = packet_line(record)
+        assert "\n" not in line and line.split()[0] == str(record["frame"]), line
+        document = json.loads(packet_json(record))
+        assert document["frame"] == record["frame"] and ("opcode" in document or "malformed" in document)
+        _no_key_in(line + packet_json(record))
         if tree_every and number % tree_every == 0:
-            packet_tree(record)
+            _no_key_in(packet_tree(record))
     for number, summary in enumerate(reader.summaries(), start=1):
-        session_text(number, summary)
+        _no_key_in(session_text(number, summary))
     return records
 
 
