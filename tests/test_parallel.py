@@ -11,7 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from captures import CAPTURES, MANIFEST, key_path
+from captures import ALL_CAPTURES, CAPTURES, key_path
 from ovpndiag.capture.transport import Progress, Transport, read_transport, shard_of
 from ovpndiag.cli import main
 from ovpndiag.dissect import parallel
@@ -48,7 +48,7 @@ def key_options(capture):
 
 
 @pytest.mark.parametrize("mode", [[], ["--json"]], ids=["listing", "json"])
-@pytest.mark.parametrize("capture", MANIFEST, ids=[c["file"] for c in MANIFEST])
+@pytest.mark.parametrize("capture", ALL_CAPTURES, ids=[c["file"] for c in ALL_CAPTURES])
 def test_every_capture_reads_the_same_with_workers(capture, mode):
     args = [CAPTURES / capture["file"], *mode, *key_options(capture)]
     alone = run(*args, "--jobs", "1")
