@@ -4,9 +4,11 @@ Nothing on the wire says it, so every candidate layout - none, tls-auth with
 each HMAC size, tls-crypt - is tried on each control packet, and the ones that
 read as sense survive: replay packet-ids small and net time near the capture's
 clock, resets with the ACKs, message packet-id and empty payload they must
-have, ACKs that name the other side's session id. Decided per flow (a capture
-may mix SHA1 and SHA512 servers) as soon as one candidate is left, or after a
-few packets by preference. A key, when given, settles it by verifying.
+have, ACKs that name the other side's session id. Decided per session (a capture
+may mix SHA1 and SHA512 servers, one client port may try several) as soon as one
+candidate is left, or after a few packets by preference; the renegotiations of a
+session seen from its middle get an inference of their own. A key, when given,
+settles it by verifying.
 """
 
 from struct import Struct

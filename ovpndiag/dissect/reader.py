@@ -22,8 +22,9 @@ of flows not yet decided wait in a queue, so output stays in frame order. Nothin
 waits for ever, and what decides a flow is only its own packets and the capture's
 clock: a flow is decided by its best guess after ``HOLD_PACKETS`` of its packets
 have waited or ``HOLD_TIME`` seconds have passed (``MAX_QUEUE`` is a last resort).
-``tally`` counts every payload: OpenVPN (shown), undecided (shown, on weak
-evidence), static-key and other protocols (not shown).
+``tally`` counts the payloads that are not plain OpenVPN packets shown: undecided
+(shown, on weak evidence), static-key and other protocols (not shown); the caller
+counts what it shows.
 """
 
 import collections
