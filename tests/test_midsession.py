@@ -258,3 +258,14 @@ def test_module_runs_as_a_script_on_a_cut_capture(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ovpndiag", "dissect", str(path)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and result.stderr == "" and len(result.stdout.splitlines()) == 22
+
+
+@pytest.mark.parametrize("name", ["udp-tls-auth-sha256.pcap", "tcp-tls-crypt.pcap"])
+def test_a_capture_clock_that_was_never_set_does_not_hide_the_wrapping(tmp_path, name):
+    """A router without NTP captures in 1970: the peers' net times cannot be judged by it."""
+    records = real_records(name)
+    shift = records[0][0] - 100
+    path = write(tmp_path, "1970.pcap", [(sec - shift, usec, frame) for sec, usec, frame in records])
+    args = ["-p", str(next(c["port"] for c in ALL_CAPTURES if c["file"] == name))]
+    right = [line.split(None, 2)[2] for line in dissect(CAPTURES / name, *args).output.splitlines()]
+    assert right and [line.split(None, 2)[2] for line in dissect(path, *args).output.splitlines()] == right

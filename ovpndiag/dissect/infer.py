@@ -23,6 +23,9 @@ TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
 CANDIDATES = [Wrapping.tls_auth(size) for size in (20, 32, 64, 16, 28, 48)] + [TLS_CRYPT, PLAIN]
 
 MAX_SKEW = 5 * 365 * 86400  # a peer's clock this far off is not a clock: the bytes are something else
+# A capture clock outside 2000-2100 judges no peer's clock (a device that never set its own, a
+# pcapng if_tsoffset gone wrong): then net time is not looked at.
+CLOCK_FROM, CLOCK_UNTIL = 946684800, 4102444800
 REPLAY_LIMIT = 1 << 20  # replay packet-ids count packets of one key; they do not get this high
 DECIDE_AFTER = 6  # control packets looked at before ties are broken by preference
 
@@ -35,7 +38,7 @@ def plausible(fields: dict, peer_session_id: Optional[int], now: float) -> bool:
     if replay is not None:
         if not (0 < replay < REPLAY_LIMIT or EARLY_NEG_START < replay < EARLY_NEG_START + REPLAY_LIMIT):
             return False
-        if now and abs(fields["net_time"] - now) > MAX_SKEW:
+        if CLOCK_FROM < now < CLOCK_UNTIL and abs(fields["net_time"] - now) > MAX_SKEW:
             return False
     acks = fields.get("acks")
     if acks is None:
@@ -121,7 +124,7 @@ def _clock_rules_out(data: bytes, wrapping: Wrapping, now: float) -> bool:
     replay, net_time = _REPLAY_AND_TIME(data, offset)
     if not (0 < replay < REPLAY_LIMIT or EARLY_NEG_START < replay < EARLY_NEG_START + REPLAY_LIMIT):
         return True
-    return bool(now) and abs(net_time - now) > MAX_SKEW
+    return CLOCK_FROM < now < CLOCK_UNTIL and abs(net_time - now) > MAX_SKEW
 
 
 def session_id_of(data: bytes) -> Optional[int]:
