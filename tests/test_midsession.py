@@ -269,3 +269,18 @@ def test_a_capture_clock_that_was_never_set_does_not_hide_the_wrapping(tmp_path,
     args = ["-p", str(next(c["port"] for c in ALL_CAPTURES if c["file"] == name))]
     right = [line.split(None, 2)[2] for line in dissect(CAPTURES / name, *args).output.splitlines()]
     assert right and [line.split(None, 2)[2] for line in dissect(path, *args).output.splitlines()] == right
+
+
+def test_live_a_lone_packet_is_shown_once_the_clock_moves_on_without_more_traffic():
+    """sniff on a quiet interface: a packet that waits to be decided waits for no later packet."""
+    reader = Reader(Options(sessions=False))
+    lone = [d for d in read_transport(str(CAPTURES / "udp-unanswered-4444.pcap"))][0]
+    reader.first_time = lone.time
+    shown = reader.feed(lone)
+    assert [r["frame"] for r in shown] == [lone.frame]  # a lone reset is known at once
+    ack = list(read_transport(str(CAPTURES / "udp-reneg.pcap")))[25]  # a renegotiation's ACK, alone
+    assert reader.feed(ack._replace(sport=50000, dport=50001, time=lone.time + 0.1)) == []
+    assert reader.tick(lone.time + 1) == [] and reader.queue
+    late = reader.tick(lone.time + 0.1 + reader_module.HOLD_TIME + 0.01)
+    assert [(r["frame"], r["opcode"]) for r in late] == [(ack.frame, "P_ACK_V1")] and not reader.queue
+    assert reader.tally["undecided"] == 1  # shown, on what little there was

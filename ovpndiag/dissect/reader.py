@@ -274,6 +274,11 @@ class Reader:
         self.queue.append((flow, frame, time, sender, data, inference))
         return None
 
+    def tick(self, now: float) -> List[dict]:
+        """Live capture: the clock moved on to ``now`` with no packet (a quiet interface),
+        so what has waited HOLD_TIME is decided and shown."""
+        return self._overdue(now) if self.waiting else []
+
     def finish(self) -> List[dict]:
         """End of input: decide what is still undecided and emit everything."""
         for flow in list(self.flows.values()):
