@@ -695,52 +695,139 @@ def _write_decrypted(records, writer):
 @dissect_options
 @click.option("--duration", type=float, help="Stop after this many seconds.")
 @click.option("--write", "write_path", metavar="FILE.pcap", help="Also save what was captured (never overwrites).")
-def sniff(interface, duration, write_path, **options):
-    """Dissect OpenVPN traffic live on an interface; Ctrl-C stops with a summary.
+@click.option("--buffer", "buffer_mib", type=click.IntRange(1, 4096), default=64, show_default=True, metavar="MIB",
+              help="Kernel capture buffer, MiB: it holds the packets not yet read in a burst.")
+def sniff(interface, duration, write_path, buffer_mib, **options):
+    """Dissect OpenVPN traffic live on an interface; Ctrl-C (or SIGTERM) stops
+    with a summary, after showing what was already captured.
 
     \b
-    Exit status: 0 stopped (Ctrl-C, -c or --duration), 1 the interface could not
-    be read, 2 bad options or key files."""
-    from .capture.live import LiveError, frames, open_interface
+    Exit status: 0 stopped (Ctrl-C, SIGTERM, -c or --duration), 1 the interface
+    could not be read, 2 bad options or key files."""
+    import math
+    import time
+
+    from .capture.live import LiveError, open_interface
     from .capture.transport import Transport
 
     try:
+        if duration is not None and not (math.isfinite(duration) and duration > 0):
+            raise UserError(f"--duration must be a number of seconds above 0, not {duration}")
         reader_options = _reader_options(options)
-        reader_options.sessions = True  # live rates are low: keep summaries for the closing line
-        sock = open_interface(interface)
-        writer = None
-        if write_path:
-            from .pcapout import PcapWriter
-
-            writer = PcapWriter(write_path)
+        reader_options.sessions = True  # keep summaries for the closing line
+        capture = open_interface(interface, buffer_mib)
     except LiveError as error:
         click.echo(f"ovpndiag: error: {error}", err=True)
         sys.exit(1)
     except _user_errors() as error:
         raise UserError(str(error)) from None
-    output, transport = _Output(options, False), Transport()
-    reader = output.reader(reader_options)
-    interrupted, number, stamp = False, 0, 0.0
     try:
-        for number, stamp, linktype, packet in frames(sock, duration, lambda: output.full):
-            if writer is not None:
-                writer.write_ip(stamp, packet)
-            for datagram in transport.feed(number, stamp, linktype, packet):
-                output.packets(reader.feed(datagram))
-            output.flush()  # live: show each packet as it comes
+        writer = None
+        if write_path:
+            from .pcapout import PcapWriter
+
+            writer = PcapWriter(write_path)
+    except _user_errors() as error:
+        capture.close()
+        raise UserError(str(error)) from None
+    click.echo(f"ovpndiag: listening on {interface} (UDP and TCP, {buffer_mib} MiB buffer); Ctrl-C stops", err=True)
+    output, transport = _Output(options, False), Transport()
+    output.write = _unbuffered_stdout()
+    reader = output.reader(reader_options)
+    signals = _StopOnSignals(capture)
+    number, stamp = 0, 0.0
+    try:
+        for batch in capture.batches(duration):
+            if not batch:  # quiet: flows waiting to be recognised are decided in time all the same
+                output.packets(reader.tick(time.time()))
+            for number, stamp, linktype, packet in batch:
+                if writer is not None:
+                    writer.write_ip(stamp, packet)
+                for datagram in transport.feed(number, stamp, linktype, packet):
+                    output.packets(reader.feed(datagram))
+                if output.full:
+                    break
+            output.flush()  # live: show each block of packets as it comes
             sys.stdout.flush()
-    except KeyboardInterrupt:
-        interrupted = True
+            if output.full:
+                break
+        for datagram in transport.flush(number, stamp):  # TCP bytes still held, and stream ends
+            output.packets(reader.feed(datagram))
+        output.packets(reader.finish())
+        output.summaries(reader)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        sock.close()
+        stats = capture.stats()
+        capture.close()
         if writer is not None:
             writer.close()
-    for datagram in transport.flush(number, stamp):  # TCP bytes still held, and stream ends
-        output.packets(reader.feed(datagram))
-    output.packets(reader.finish())
-    output.summaries(reader)
-    sys.stdout.flush()
     sessions = reader.summaries()
-    click.echo(f"{'interrupted: ' if interrupted else ''}{transport.counts.frames} frames, {output.count} OpenVPN "
-               f"packets in {len(sessions)} session{'s' if len(sessions) != 1 else ''}"
-               + (f", {reader.not_openvpn} other payloads skipped" if reader.not_openvpn else ""), err=True)
+    text = (f"{'interrupted: ' if signals.received else ''}{transport.counts.frames} frames, {output.count} OpenVPN "
+            f"packets in {len(sessions)} session{'s' if len(sessions) != 1 else ''}"
+            + (f", {reader.not_openvpn} other payloads skipped" if reader.not_openvpn else "")
+            + f"; {stats.dropped} packets dropped by kernel")
+    if stats.dropped:
+        text += " (the capture buffer was full: a larger --buffer holds longer bursts)"
+    if stats.unread and not output.full:
+        text += f"; {stats.unread} captured packets not read (stopped at once by a second signal)"
+    click.echo(text, err=True)
+    signals.restore()
+
+
+def _unbuffered_stdout():
+    """A write function for standard output straight to its file descriptor: when a
+    signal handler runs during a long write to a full pipe, CPython 3.11's buffered
+    writer loses part of what it was given (seen: 256 KiB of lines), and a stopping
+    signal is what sniff expects while its reader lags."""
+    import io
+    import os
+
+    stdout = sys.stdout
+    try:
+        descriptor = stdout.fileno()
+    except (AttributeError, io.UnsupportedOperation):  # not a real file (tests in-process)
+        return stdout.write
+    stdout.flush()
+    encoding, errors = stdout.encoding or "utf-8", stdout.errors or "strict"
+
+    def write(text):
+        view = memoryview(text.encode(encoding, errors))
+        while view:
+            view = view[os.write(descriptor, view):]
+    return write
+
+
+class _StopOnSignals:
+    """SIGINT and SIGTERM stop a live capture the same way: the first lets it show
+    what the kernel already holds, the second stops it at once, a third is left to
+    the signal's default action."""
+
+    def __init__(self, capture):
+        import signal
+
+        self.capture, self.received = capture, 0
+        self.previous = {number: signal.signal(number, self.handle) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, number, _frame):
+        import os
+        import signal
+
+        self.received += 1
+        if self.received == 1:
+            self.capture.stop()
+        elif self.received == 2:
+            self.capture.abandon()
+        else:
+            self.restore()
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+
+    def restore(self):
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
