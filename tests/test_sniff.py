@@ -239,3 +239,32 @@ def test_sniff_shows_a_short_burst_on_a_quiet_interface_while_it_runs():
         server.close()
     assert running and line is not None, err
     assert "P_DATA_V2" in line
+
+
+def test_sniff_stopped_twice_stops_at_once_and_counts_what_it_left_unread():
+    """-V is slow (a field tree per packet): a burst leaves most of it in the ring. The
+    first SIGINT would show it all; the second stops at once, and the summary counts
+    what was never read, so read + dropped + unread still accounts for every packet."""
+    client, server = sniff_load.bound_socket(), sniff_load.bound_socket()
+    port = server.getsockname()[1]
+    sniffer = start_sniff("-p", port, "-V")
+    try:
+        sent, _seconds = sniff_load.send(sniff_load.packets(50_000), 1_000_000, client, server)
+        time.sleep(0.3)
+        sniffer.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        stopped = time.monotonic()
+        sniffer.send_signal(signal.SIGINT)
+        _out, err = sniffer.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if sniffer.poll() is None:
+            sniffer.kill()
+        client.close()
+        server.close()
+    assert sniffer.returncode == 0, err
+    frames, _packets, dropped = summary_counts(err)
+    unread = re.search(r"; (\d+) captured packets not read \(stopped at once", err)
+    assert unread and int(unread.group(1)) > 0, err
+    assert frames + dropped + int(unread.group(1)) >= sent, err
+    assert took < 5, err
