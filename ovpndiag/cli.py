@@ -772,8 +772,9 @@ def sniff(interface, duration, write_path, buffer_mib, **options):
             + f"; {stats.dropped} packets dropped by kernel")
     if stats.dropped:
         text += " (the capture buffer was full: a larger --buffer holds longer bursts)"
-    if stats.unread and not output.full:
-        text += f"; {stats.unread} captured packets not read (stopped at once by a second signal)"
+    if stats.unread and not output.full:  # (-c stops reading on purpose)
+        how = "stopped at once by a second signal" if signals.received > 1 else "stopped before reading them"
+        text += f"; {stats.unread} captured packets not read ({how})"
     click.echo(text, err=True)
     signals.restore()
 
