@@ -1,0 +1,458 @@
+"""The data channel of the staged handshake: keys, AEAD packets, an ICMP echo, the exit notification.
+
+After PUSH_REPLY both peers hold 256 bytes of key material, ``key2``:
+
+- from the TLS exporter (RFC 5705, label ``EXPORTER-OpenVPN-datakeys``) when both
+  announced TLS key export (we put TLS_KEY_EXPORT in IV_PROTO, the PUSH_REPLY says
+  ``protocol-flags ... tls-ekm``) - what 2.6 peers do;
+- otherwise from OpenVPN's PRF, the TLS 1.0 PRF (P_MD5 xor P_SHA1) over the
+  key-method-2 randoms (ssl.c, ``generate_key_expansion_openvpn_prf``)::
+
+    master = PRF(pre_master, "OpenVPN master secret" | c.random1 | s.random1, 48)
+    key2   = PRF(master, "OpenVPN key expansion" | c.random2 | s.random2 | c.sid | s.sid, 256)
+
+``key2`` is two keys ``cipher(64) | hmac(64)``: the client sends with key 0 and
+receives with key 1 (the server the other way round). AEAD ciphers use the first
+16 or 32 bytes of the cipher slot as key and the first 8 bytes of the hmac slot as
+the implicit IV (ssl.c, ``init_key_contexts``).
+
+An AEAD data packet (crypto.c, ``openvpn_encrypt_aead``)::
+
+    header | packet-id(4) | tag(16) | ciphertext
+    nonce = packet-id | implicit IV (12 bytes); AD = header | packet-id
+
+where the header is P_DATA_V2's 4 bytes (opcode/key-id, peer-id) - empty in the AD
+for P_DATA_V1, whose opcode byte is added after encryption. Packet-ids count from 1
+per direction; a received one is accepted once, within a 64-packet window.
+
+The plaintext is an IP packet, the keepalive ping magic, or an OCC message (the
+explicit-exit-notify is ``occ_magic | OCC_EXIT``, occ.c). The data stage sends
+ICMP echoes from the pushed ifconfig address to the route-gateway (or
+``--ping-target``) and counts the authenticated replies.
+
+What this module uses from the Client (``_client_view`` is the one place that reads it):
+``settings``, ``transport_send(bytes)``, ``transport_recv(timeout) -> bytes|None``,
+``tls_export(label, length) -> bytes|None``, ``key_export_announced``, ``session_id``,
+``remote_session_id``, ``key_source`` / ``server_key_source`` (key-method-2 randoms),
+``push_reply`` (parsed options), ``key_id``, ``deadline`` (monotonic), ``elapsed()``,
+and optionally ``handle_control(bytes)`` for control packets that arrive meanwhile.
+No key material is ever put in a Stage, a log or an exception message.
+"""
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import struct
+import time
+from typing import Optional
+
+from . import Stage
+
+KEY_EXPORT_LABEL = "EXPORTER-OpenVPN-datakeys"
+KEY2_SIZE = 256  # two keys of cipher(64) | hmac(64)
+SLOT = 64
+IMPLICIT_IV_SIZE = 8
+TAG_SIZE = 16
+PACKET_ID_SIZE = 4
+REPLAY_WINDOW = 64  # OpenVPN's default --replay-window
+
+# The keepalive ping (ping.c, ping_string) and the OCC messages (occ.c, occ_magic).
+PING_MAGIC = bytes.fromhex("2a187bf3641eb4cb07ed2d0a981fc748")
+OCC_MAGIC = bytes.fromhex("287f346bd4ef7a812d56b8d3afc5459c")
+OCC_EXIT = 6
+EXIT_NOTIFY = OCC_MAGIC + bytes([OCC_EXIT])
+
+# cipher name -> key size in bytes (all with a 16-byte tag and a 12-byte nonce)
+AEAD_KEY_SIZES = {"AES-128-GCM": 16, "AES-192-GCM": 24, "AES-256-GCM": 32, "CHACHA20-POLY1305": 32}
+
+ECHO_INTERVAL = 1.0  # seconds to wait for one echo's reply before sending the next (like ping)
+
+
+class DataChannelError(ValueError):
+    """A data packet we cannot accept, or keys we cannot make; the message says why (never the keys)."""
+
+
+# --- key derivation ------------------------------------------------------------------
+
+def _p_hash(digest, secret: bytes, seed: bytes, length: int) -> bytes:
+    """RFC 2246 P_hash: HMAC(secret, A(i) | seed) for A(i) = HMAC(secret, A(i-1)), A(0) = seed."""
+    out, a = b"", seed
+    while len(out) < length:
+        a = hmac.new(secret, a, digest).digest()
+        out += hmac.new(secret, a + seed, digest).digest()
+    return out[:length]
+
+
+def tls1_prf(secret: bytes, seed: bytes, length: int) -> bytes:
+    """The TLS 1.0/1.1 PRF: P_MD5 over the first half of the secret xor P_SHA1 over
+    the second half (the halves overlap by a byte when the length is odd). ``seed``
+    is label | seed, as OpenVPN passes it."""
+    half = (len(secret) + 1) // 2
+    md5 = _p_hash(hashlib.md5, secret[:half], seed, length)
+    sha1 = _p_hash(hashlib.sha1, secret[len(secret) - half:], seed, length)
+    return bytes(x ^ y for x, y in zip(md5, sha1))
+
+
+def openvpn_prf_key2(pre_master: bytes, client_random1: bytes, server_random1: bytes,
+                     client_random2: bytes, server_random2: bytes,
+                     client_sid: bytes, server_sid: bytes) -> bytes:
+    """key2 the way OpenVPN derives it when TLS key export is not used."""
+    master = tls1_prf(pre_master, b"OpenVPN master secret" + client_random1 + server_random1, 48)
+    return tls1_prf(master, b"OpenVPN key expansion" + client_random2 + server_random2 + client_sid + server_sid,
+                    KEY2_SIZE)
+
+
+class DirectionKeys:
+    """One direction's AEAD key and implicit IV, cut from one 128-byte key of key2."""
+
+    __slots__ = ("aead", "implicit_iv")
+
+    def __init__(self, cipher: str, key: bytes):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+        size = AEAD_KEY_SIZES[cipher]
+        self.aead = (ChaCha20Poly1305 if cipher == "CHACHA20-POLY1305" else AESGCM)(key[:size])
+        self.implicit_iv = key[SLOT:SLOT + IMPLICIT_IV_SIZE]
+
+    def __repr__(self):  # never the key
+        return "DirectionKeys(<secret>)"
+
+
+def split_key2(key2: bytes, cipher: str, server: bool = False):
+    """(send, receive) DirectionKeys: a client sends with key 0, a server with key 1."""
+    if len(key2) != KEY2_SIZE:
+        raise DataChannelError(f"data-channel key material is {len(key2)} bytes, {KEY2_SIZE} expected")
+    if cipher not in AEAD_KEY_SIZES:
+        raise DataChannelError(f"cipher {cipher} is not supported (only AEAD: {', '.join(AEAD_KEY_SIZES)})")
+    keys = (DirectionKeys(cipher, key2[:128]), DirectionKeys(cipher, key2[128:]))
+    return (keys[1], keys[0]) if server else keys
+
+
+# --- packets ---------------------------------------------------------------------------
+
+class ReplayWindow:
+    """Packet-ids seen in one direction: each accepted once, none older than the window."""
+
+    def __init__(self, size: int = REPLAY_WINDOW):
+        self.size, self.highest, self.seen = size, 0, 0  # seen: bit i = highest - i arrived
+
+    def check(self, packet_id: int):
+        """Raise DataChannelError for a replayed or too old packet-id (does not record it)."""
+        if packet_id == 0:
+            raise DataChannelError("packet-id 0 (OpenVPN counts from 1)")
+        if packet_id > self.highest:
+            return
+        age = self.highest - packet_id
+        if age >= self.size:
+            raise DataChannelError(f"packet-id {packet_id} is older than the replay window ({self.highest} seen)")
+        if self.seen >> age & 1:
+            raise DataChannelError(f"packet-id {packet_id} replayed")
+
+    def record(self, packet_id: int):
+        if packet_id > self.highest:
+            shift = packet_id - self.highest
+            self.seen = ((self.seen << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self.highest = packet_id
+        else:
+            self.seen |= 1 << (self.highest - packet_id)
+
+
+class DataChannel:
+    """Seals plaintexts into data packets and opens the peer's, for one key_id.
+
+    ``peer_id`` None means P_DATA_V1 (the server pushed no peer-id)."""
+
+    def __init__(self, key2: bytes, cipher: str, peer_id: Optional[int] = None, key_id: int = 0,
+                 server: bool = False):
+        from ..layers import OpenVPNDataV1, OpenVPNDataV2
+
+        self.cipher, self.peer_id, self.key_id = cipher, peer_id, key_id
+        self.send_keys, self.recv_keys = split_key2(key2, cipher, server)
+        # The header is the same for every packet: built once through the layers.
+        if peer_id is None:
+            self.header, self.layer = bytes(OpenVPNDataV1(key_id=key_id)), OpenVPNDataV1
+        else:
+            if not 0 <= peer_id <= 0xFFFFFF:
+                raise DataChannelError(f"peer-id {peer_id} does not fit in 3 bytes")
+            self.header, self.layer = bytes(OpenVPNDataV2(key_id=key_id, peer_id=peer_id)), OpenVPNDataV2
+        self.ad_header = self.header if peer_id is not None else b""
+        self.next_packet_id = 1
+        self.replay = ReplayWindow()
+
+    @property
+    def format(self) -> str:
+        return "P_DATA_V1" if self.peer_id is None else "P_DATA_V2"
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """One data packet carrying ``plaintext``, with the next packet-id."""
+        packet_id = struct.pack("!I", self.next_packet_id)
+        self.next_packet_id += 1
+        keys = self.send_keys
+        sealed = keys.aead.encrypt(packet_id + keys.implicit_iv, plaintext, self.ad_header + packet_id)
+        # cryptography appends the tag; OpenVPN puts it before the ciphertext
+        return self.header + packet_id + sealed[-TAG_SIZE:] + sealed[:-TAG_SIZE]
+
+    def open(self, packet: bytes) -> bytes:
+        """The plaintext of the peer's data packet, authenticated and not replayed.
+
+        Raises DataChannelError saying what is wrong."""
+        from ..layers import dissect
+
+        parsed, malformed = dissect(packet)
+        if malformed:
+            raise DataChannelError(f"malformed packet: {malformed}")
+        if not isinstance(parsed, self.layer):
+            raise DataChannelError(f"{parsed.opcode_name} where {self.format} was expected")
+        if parsed.key_id != self.key_id:
+            raise DataChannelError(f"key_id {parsed.key_id}, ours is {self.key_id}")
+        if self.peer_id is not None and parsed.peer_id != self.peer_id:
+            raise DataChannelError(f"peer-id {parsed.peer_id}, ours is {self.peer_id}")
+        body = bytes(parsed.payload)
+        if len(body) < PACKET_ID_SIZE + TAG_SIZE:
+            raise DataChannelError(f"{len(body)} bytes after the header: too short for packet-id and tag")
+        packet_id, tag, ciphertext = body[:4], body[4:4 + TAG_SIZE], body[4 + TAG_SIZE:]
+        number = struct.unpack("!I", packet_id)[0]
+        self.replay.check(number)
+        keys = self.recv_keys
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            plaintext = keys.aead.decrypt(packet_id + keys.implicit_iv, ciphertext + tag,
+                                          self.ad_header + packet_id)
+        except InvalidTag:
+            raise DataChannelError(f"authentication tag does not verify ({self.cipher}, packet-id {number})") from None
+        self.replay.record(number)
+        return plaintext
+
+
+def is_data_packet(packet: bytes) -> bool:
+    return bool(packet) and packet[0] >> 3 in (6, 9)
+
+
+# --- ICMP echo (IPv4) ----------------------------------------------------------------------
+
+def internet_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def icmp_echo_request(source: str, target: str, ident: int, seq: int, payload: bytes = b"") -> bytes:
+    """An IPv4 packet carrying an ICMP echo request, checksums filled in."""
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
+    icmp = icmp[:2] + struct.pack("!H", internet_checksum(icmp)) + icmp[4:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ident, 0x4000, 64, 1, 0,
+                         ipaddress.IPv4Address(source).packed, ipaddress.IPv4Address(target).packed)
+    header = header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:]
+    return header + icmp
+
+
+def parse_icmp_echo_reply(packet: bytes):
+    """(source, destination, ident, seq, payload) of an IPv4 ICMP echo reply whose
+    checksums verify, else None."""
+    if len(packet) < 28 or packet[0] >> 4 != 4:
+        return None
+    header_len = (packet[0] & 0x0F) * 4
+    total = struct.unpack("!H", packet[2:4])[0]
+    if header_len < 20 or total > len(packet) or total < header_len + 8 or packet[9] != 1:
+        return None
+    if internet_checksum(packet[:header_len]) != 0:
+        return None
+    icmp = packet[header_len:total]
+    if icmp[0] != 0 or icmp[1] != 0 or internet_checksum(icmp) != 0:
+        return None
+    ident, seq = struct.unpack("!HH", icmp[4:8])
+    return (str(ipaddress.IPv4Address(packet[12:16])), str(ipaddress.IPv4Address(packet[16:20])),
+            ident, seq, icmp[8:])
+
+
+# --- what we read from the Client and its push reply -----------------------------------------
+
+def _option(push_reply: dict, name: str):
+    value = (push_reply or {}).get(name)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+        value = value[0]  # an option given several times: the first
+    return value
+
+
+def _words(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return str(value).split()
+
+
+def _field(source, name):
+    return source[name] if isinstance(source, dict) else getattr(source, name)
+
+
+def _peer_id(push_reply):
+    words = _words(_option(push_reply, "peer-id"))
+    return int(words[0]) if words else None
+
+
+def _protocol_flags(push_reply) -> list:
+    return _words(_option(push_reply, "protocol-flags"))
+
+
+def _cipher(client) -> str:
+    words = _words(_option(client.push_reply, "cipher"))
+    if words:
+        return words[0].upper()
+    ciphers = client.settings.data_ciphers or ["AES-256-GCM"]
+    return ciphers[0].upper()
+
+
+def uses_key_export(client) -> bool:
+    """Both sides announced TLS key export: the PUSH_REPLY carries protocol-flags tls-ekm
+    (or the older key-derivation tls-ekm) and we announced it in IV_PROTO."""
+    server = "tls-ekm" in _protocol_flags(client.push_reply) or \
+        _words(_option(client.push_reply, "key-derivation"))[:1] == ["tls-ekm"]
+    return bool(getattr(client, "key_export_announced", True)) and server
+
+
+def derive_key2(client):
+    """(key2, "tls-ekm" | "prf") for the client's session. Raises DataChannelError."""
+    if uses_key_export(client):
+        key2 = client.tls_export(KEY_EXPORT_LABEL, KEY2_SIZE)
+        if not key2:
+            raise DataChannelError("the server uses TLS key export (tls-ekm) but the TLS exporter is unavailable")
+        return bytes(key2), "tls-ekm"
+    ours, theirs = client.key_source, client.server_key_source
+    try:
+        key2 = openvpn_prf_key2(_field(ours, "pre_master"), _field(ours, "random1"), _field(theirs, "random1"),
+                                _field(ours, "random2"), _field(theirs, "random2"),
+                                bytes(client.session_id), bytes(client.remote_session_id))
+    except ValueError as error:  # FIPS-restricted MD5
+        raise DataChannelError(f"OpenVPN's PRF (TLS 1.0 PRF) is unavailable here: {error}") from None
+    return key2, "prf"
+
+
+def data_channel(client) -> "DataChannel":
+    """The client's DataChannel, made on first use (kept as ``client.data_channel``)."""
+    channel = getattr(client, "data_channel", None)
+    if channel is None:
+        key2, derivation = derive_key2(client)
+        channel = DataChannel(key2, _cipher(client), _peer_id(client.push_reply), getattr(client, "key_id", 0))
+        channel.key_derivation = derivation
+        client.data_channel = channel
+    return channel
+
+
+def _addresses(client):
+    """(source, target) for the echo: the pushed ifconfig address, and --ping-target, else the
+    route-gateway, else (net30/p2p) the ifconfig remote end."""
+    push = client.push_reply or {}
+    ifconfig = _words(_option(push, "ifconfig"))
+    source = ifconfig[0] if ifconfig else None
+    target = client.settings.ping_target or (_words(_option(push, "route-gateway")) or [None])[0]
+    if target is None and len(ifconfig) > 1 and not ifconfig[1].startswith("255."):
+        target = ifconfig[1]
+    return source, target
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+def run_data_stage(client) -> Stage:
+    """Send ``settings.count`` ICMP echoes through the data channel and count the authenticated replies."""
+    facts = {"cipher": None, "key_derivation": None, "sent": 0, "received": 0, "rtt": None}
+
+    def stage(ok, detail):
+        return Stage("data", ok, client.elapsed(), detail, facts)
+
+    try:
+        channel = data_channel(client)
+    except DataChannelError as error:
+        facts["cipher"] = _cipher(client)
+        return stage(False, f"no data channel: {error}")
+    facts.update(cipher=channel.cipher, key_derivation=channel.key_derivation, format=channel.format,
+                 peer_id=channel.peer_id)
+    source, target = _addresses(client)
+    if source is None or target is None:
+        missing = "ifconfig" if source is None else "route-gateway (give --ping-target)"
+        return stage(False, f"nothing to ping: the PUSH_REPLY has no {missing}")
+    try:
+        ipaddress.IPv4Address(source), ipaddress.IPv4Address(target)
+    except ValueError:
+        return stage(False, f"cannot ping {target} from {source}: only IPv4 echoes are sent")
+    facts.update(source=source, target=target)
+
+    ident = int.from_bytes(os.urandom(2), "big")
+    count = max(1, int(client.settings.count or 1))
+    # Over UDP an echo or its answer may be lost: when none came back, try as often as the probe retries.
+    probe = getattr(client.settings, "probe", None)
+    extra = int(getattr(probe, "retries", 0) or 0) if getattr(probe, "proto", "udp") == "udp" else 0
+    pending, rtts, rejected, pings = {}, [], [], 0
+    seq = 0
+    while seq < count or (not rtts and seq < count + extra):
+        seq += 1
+        if time.monotonic() >= client.deadline:
+            break
+        payload = os.urandom(16) + struct.pack("!d", time.time())  # like ping: something to match
+        pending[seq] = (payload, time.monotonic())
+        client.transport_send(channel.seal(icmp_echo_request(source, target, ident, seq, payload)))
+        facts["sent"] += 1
+        until = min(client.deadline, time.monotonic() + ECHO_INTERVAL)
+        # wait for this echo's reply (a late one for an earlier echo still counts)
+        while seq in pending and (now := time.monotonic()) < until:
+            packet = client.transport_recv(until - now)
+            if packet is None:
+                continue
+            received = time.monotonic()
+            if not is_data_packet(packet):
+                handle = getattr(client, "handle_control", None)
+                if handle:
+                    handle(packet)
+                continue
+            try:
+                plaintext = channel.open(packet)
+            except DataChannelError as error:
+                rejected.append(str(error))
+                continue
+            if plaintext == PING_MAGIC:
+                pings += 1
+                continue
+            reply = parse_icmp_echo_reply(plaintext)
+            if reply is None:
+                continue
+            answer_from, answer_to, answer_ident, answer_seq, answer_payload = reply
+            sent = pending.get(answer_seq)
+            if (answer_ident == ident and answer_from == target and answer_to == source and sent
+                    and sent[0] == answer_payload):
+                del pending[answer_seq]
+                rtts.append(received - sent[1])
+    facts["received"] = len(rtts)
+    if rtts:
+        facts.update(rtt=sum(rtts) / len(rtts), rtt_min=min(rtts), rtt_max=max(rtts))
+    facts["loss"] = round(100.0 * (facts["sent"] - len(rtts)) / facts["sent"], 1) if facts["sent"] else None
+    facts["keepalive_pings"] = pings
+    facts["rejected"] = len(rejected)
+    how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}"
+    if rtts:
+        return stage(True, f"{how}: {len(rtts)}/{facts['sent']} echoes to {target} answered, "
+                           f"rtt {facts['rtt'] * 1000:.2f} ms")
+    if rejected:
+        return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered; {len(rejected)} packets from "
+                            f"the server failed: {rejected[0]} (keys or cipher differ)")
+    return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered, nothing came back "
+                        "through the data channel")
+
+
+def send_exit_notify(client, copies: Optional[int] = None) -> bool:
+    """The explicit-exit-notify (OCC_EXIT) through the data channel, as OpenVPN sends it when the
+    server did not announce cc-exit. Over UDP it is sent 3 times (a datagram may be lost; the
+    server acts on the first). True when sent; False when no data channel can be made."""
+    try:
+        channel = data_channel(client)
+    except (DataChannelError, AttributeError, KeyError, TypeError):
+        return False
+    if copies is None:
+        copies = 3 if getattr(client.settings.probe, "proto", "udp") == "udp" else 1
+    for _ in range(copies):
+        client.transport_send(channel.seal(EXIT_NOTIFY))
+    return True

@@ -1,0 +1,317 @@
+"""The data channel's pieces against independent references: the TLS 1.0 PRF against
+OpenSSL's vectors, AEAD packets against a construction written here with the
+`cryptography` primitives, ICMP against Scapy's IP layer, and the stage against an
+in-memory peer for what a real server cannot be made to do (forged and replayed packets)."""
+
+import struct
+import time
+import types
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from ovpndiag.client import datachannel as dc
+from ovpndiag.client.datachannel import (
+    DataChannel, DataChannelError, ReplayWindow, icmp_echo_request, openvpn_prf_key2,
+    parse_icmp_echo_reply, tls1_prf,
+)
+
+CIPHERS = ["AES-128-GCM", "AES-256-GCM", "CHACHA20-POLY1305"]
+KEY2 = bytes((i * 7 + 3) % 256 for i in range(256))
+
+
+# --- the PRF ---------------------------------------------------------------------------------
+
+# OpenSSL's test/recipes/30-test_evp_data/evpkdf_tls11_prf.txt (NIST CAVP vectors for the TLS 1.0/1.1 PRF):
+# the seed is label | client_random | server_random for the master secret, label | server | client after.
+NIST_MASTER = dict(
+    secret="bded7fa5c1699c010be23dd06ada3a48349f21e5f86263d512c0c5cc379f0e780ec55d9844b2f1db02a96453513568d0",
+    seed=b"master secret" + bytes.fromhex("e5acaf549cd25c22d964c0d930fa4b5261d2507fad84c33715b7b9a864020693"
+                                          "135e4d557fdf3aa6406d82975d5c606a9734c9334b42136e96990fbd5358cdb2"),
+    out="2f6962dfbc744c4b2138bb6b3d33054c5ecc14f24851d9896395a44ab3964efc2090c5bf51a0891209f46c1e1e998f62")
+NIST_EXPANSION = dict(
+    secret=NIST_MASTER["out"],
+    seed=b"key expansion" + bytes.fromhex("67267e650eb32444119d222a368c191af3082888dc35afe8368e638c828874be"
+                                          "d58a7b1cd4fedaa232159df652ce188f9d997e061b9bf48e83b62990440931f6"),
+    out="3088825988e77fce68d19f756e18e43eb7fe672433504feaf99b3c503d9091b164f166db301d70c9fc0870b4a94563907bee1a61"
+        "fb786cb717576890bcc51cb9ead97e01d0a2fea99c953377b195205ff07b369589178796edc963fd80fdbe518a2fc1c35c18ae8d")
+
+
+@pytest.mark.parametrize("vector", [NIST_MASTER, NIST_EXPANSION], ids=["master", "expansion"])
+def test_tls1_prf_matches_the_nist_vectors(vector):
+    out = bytes.fromhex(vector["out"])
+    assert tls1_prf(bytes.fromhex(vector["secret"]), vector["seed"], len(out)) == out
+
+
+def test_tls1_prf_with_an_odd_secret_overlaps_the_halves():
+    # `openssl kdf -keylen 20 -kdfopt digest:MD5-SHA1 -kdfopt secret:secret -kdfopt seed:labelseed TLS1-PRF`
+    # (also the textbook "secret"/"label"/"seed" example), and a 5-byte secret the same way
+    assert tls1_prf(b"secret", b"labelseed", 20).hex() == "b5baf4722b91851a8816d22ebd8c1d8cc2e94d55"
+    assert tls1_prf(bytes.fromhex("0102030405"), b"labelseed", 20).hex() == \
+        "3f3064bbbf4ed9aa52f11cc12dbd3f5b0d3086b3"
+
+
+def test_openvpn_key_expansion_matches_openssl():
+    # Both steps computed with `openssl kdf ... TLS1-PRF` (the PRF OpenVPN itself calls) over OpenVPN's labels
+    # and seed order (ssl.c generate_key_expansion_openvpn_prf): randoms client first, then the session ids.
+    key2 = openvpn_prf_key2(bytes(range(48)), bytes(range(100, 132)), bytes(range(200, 232)),
+                            bytes(range(32, 64)), bytes(range(132, 164)),
+                            bytes.fromhex("0102030405060708"), bytes.fromhex("a1a2a3a4a5a6a7a8"))
+    assert key2.hex() == (
+        "fa696401ee1b99f43a09b6da1c1caaf7a588a28680f877c2290a6bb0bb8f01eba8c7bdabfd035d63efab79644483f013"
+        "35cac96e6f3bf2d6fcfa318a2db7f56625dfbc8af25141238c7a51a29a18f5cd7194b3f147925d2f1b40db75036edb9a"
+        "b93ea82828c1f3849298aaeaf72f72ce11dcda44f79f811f4f200d43c6fd49843b33c368e0fe28a64bd15167e38a6959"
+        "a0bd9806279ced3a11a7866ce6998101920bf3aa01e7f54cd40fe30ab60b7580b26d9422d43e977dddedd3deb7075863"
+        "3a153c986454701bb8aa6c47bd3b9b054882f5cd1f2ec2d41fe07aee3b8176466fa44b5f932b3f4a08601ca0a6e98861"
+        "7a730e07c254e6a7fcbc447b01afbbfc")
+
+
+# --- AEAD packets --------------------------------------------------------------------------------
+
+def _reference_open(packet, key2, cipher, v2, receiver_is_server):
+    """An AEAD data packet opened the way crypto.c lays it out, written without the module."""
+    key = key2[0:128] if receiver_is_server else key2[128:256]  # the client sends with key 0
+    size = {"AES-128-GCM": 16, "AES-256-GCM": 32, "CHACHA20-POLY1305": 32}[cipher]
+    aead = (ChaCha20Poly1305 if cipher.startswith("CHACHA") else AESGCM)(key[:size])
+    header_len = 4 if v2 else 1
+    pid = packet[header_len:header_len + 4]
+    tag, ciphertext = packet[header_len + 4:header_len + 20], packet[header_len + 20:]
+    ad = (packet[:4] if v2 else b"") + pid
+    return struct.unpack("!I", pid)[0], aead.decrypt(pid + key[64:72], ciphertext + tag, ad)
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+@pytest.mark.parametrize("peer_id", [None, 0, 0xABCDEF])
+def test_sealed_packets_have_openvpns_layout(cipher, peer_id):
+    channel = DataChannel(KEY2, cipher, peer_id=peer_id, key_id=2)
+    first, second = channel.seal(b"hello"), channel.seal(b"world!")
+    if peer_id is None:
+        assert first[0] == 6 << 3 | 2 and len(first) == 1 + 4 + 16 + 5
+    else:
+        assert first[0] == 9 << 3 | 2 and first[1:4] == peer_id.to_bytes(3, "big") and len(first) == 4 + 4 + 16 + 5
+    assert _reference_open(first, KEY2, cipher, peer_id is not None, True) == (1, b"hello")
+    assert _reference_open(second, KEY2, cipher, peer_id is not None, True) == (2, b"world!")
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+@pytest.mark.parametrize("peer_id", [None, 7])
+def test_round_trip_between_client_and_server(cipher, peer_id):
+    client = DataChannel(KEY2, cipher, peer_id=peer_id)
+    server = DataChannel(KEY2, cipher, peer_id=peer_id, server=True)
+    for n in range(3):
+        assert server.open(client.seal(b"up %d" % n)) == b"up %d" % n
+        assert client.open(server.seal(b"down %d" % n)) == b"down %d" % n
+    # a client cannot open its own packets: each direction has its own key
+    with pytest.raises(DataChannelError, match="tag does not verify"):
+        client.open(client.seal(b"mirror"))
+
+
+def test_opening_refuses_tampering_replay_and_the_wrong_header():
+    client = DataChannel(KEY2, "AES-256-GCM", peer_id=5)
+    server = DataChannel(KEY2, "AES-256-GCM", peer_id=5, server=True)
+    packet = server.seal(b"payload")
+    for position in (0 + 4, 4 + 4, 4 + 4 + 16):  # packet-id, tag, ciphertext
+        forged = bytearray(packet)
+        forged[position] ^= 1
+        with pytest.raises(DataChannelError):
+            client.open(bytes(forged))
+    # the peer-id is authenticated too, and checked before
+    with pytest.raises(DataChannelError, match="peer-id 6"):
+        client.open(packet[:3] + b"\x06" + packet[4:])
+    with pytest.raises(DataChannelError, match="key_id 1"):
+        client.open(bytes([packet[0] | 1]) + packet[1:])
+    with pytest.raises(DataChannelError, match="P_DATA_V1"):
+        client.open(DataChannel(KEY2, "AES-256-GCM", server=True).seal(b"v1"))
+    with pytest.raises(DataChannelError, match="too short"):
+        client.open(packet[:20])
+    assert client.open(packet) == b"payload"
+    with pytest.raises(DataChannelError, match="replayed"):
+        client.open(packet)
+
+
+def test_v1_and_v2_authenticate_different_data():
+    """V2 puts its 4-byte header in the AD, V1 nothing: re-heading a packet must fail."""
+    v1 = DataChannel(KEY2, "AES-128-GCM", server=True).seal(b"x")
+    client_v2 = DataChannel(KEY2, "AES-128-GCM", peer_id=0)
+    with pytest.raises(DataChannelError, match="tag"):
+        client_v2.open(bytes([9 << 3]) + b"\0\0\0" + v1[1:])
+
+
+def test_replay_window():
+    window = ReplayWindow(size=8)
+    for number in (1, 3, 2, 10):
+        window.check(number)
+        window.record(number)
+    for number in (1, 2, 3, 10):
+        with pytest.raises(DataChannelError):
+            window.check(number)  # 1 is also older than the window now
+    window.check(9)  # never seen, inside the window
+    window.check(4)
+    with pytest.raises(DataChannelError, match="older"):
+        window.check(2)
+    with pytest.raises(DataChannelError, match="packet-id 0"):
+        window.check(0)
+    window.record(100)  # a jump past the window forgets the bitmap but not the highest
+    with pytest.raises(DataChannelError):
+        window.check(100)
+    window.check(99)
+
+
+def test_the_magic_messages_are_openvpns():
+    # ping.c ping_string and occ.c occ_magic, OCC_EXIT = 6 (occ.h)
+    assert dc.PING_MAGIC == bytes([0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb,
+                                   0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48])
+    assert dc.EXIT_NOTIFY == bytes([0x28, 0x7f, 0x34, 0x6b, 0xd4, 0xef, 0x7a, 0x81,
+                                    0x2d, 0x56, 0xb8, 0xd3, 0xaf, 0xc5, 0x45, 0x9c, 6])
+
+
+# --- ICMP ------------------------------------------------------------------------------------------
+
+def test_echo_request_is_what_scapy_reads_with_valid_checksums():
+    from scapy.layers.inet import ICMP, IP
+
+    raw = icmp_echo_request("10.8.0.2", "10.8.0.1", 0x1234, 7, b"abcdefghi")  # odd length on purpose
+    packet = IP(raw)
+    assert (packet.src, packet.dst, packet.ttl, packet.proto, packet.len) == ("10.8.0.2", "10.8.0.1", 64, 1, len(raw))
+    assert (packet[ICMP].type, packet[ICMP].code, packet[ICMP].id, packet[ICMP].seq) == (8, 0, 0x1234, 7)
+    assert bytes(packet[ICMP].payload) == b"abcdefghi"
+    rebuilt = IP(raw)
+    del rebuilt.chksum, rebuilt[ICMP].chksum
+    assert bytes(rebuilt) == raw  # Scapy's checksums are the same as ours
+
+
+def test_echo_reply_parsing_checks_type_and_checksums():
+    from scapy.layers.inet import ICMP, IP
+
+    reply = bytes(IP(src="10.8.0.1", dst="10.8.0.2") / ICMP(type=0, id=99, seq=3) / b"payload")
+    assert parse_icmp_echo_reply(reply) == ("10.8.0.1", "10.8.0.2", 99, 3, b"payload")
+    with_options = bytes(IP(src="10.8.0.1", dst="10.8.0.2", options=b"\x01\x01\x01\x00") /
+                         ICMP(type=0, id=99, seq=3) / b"p")
+    assert parse_icmp_echo_reply(with_options) == ("10.8.0.1", "10.8.0.2", 99, 3, b"p")
+    assert parse_icmp_echo_reply(bytes(IP(src="10.8.0.1", dst="10.8.0.2") / ICMP(type=8, id=99, seq=3))) is None
+    for position in (11, len(reply) - 1):  # IP header checksum, ICMP payload
+        broken = bytearray(reply)
+        broken[position] ^= 0x40
+        assert parse_icmp_echo_reply(bytes(broken)) is None
+    assert parse_icmp_echo_reply(bytes(IP(dst="10.8.0.2", proto=17) / (b"\0" * 20))) is None  # not ICMP
+    assert parse_icmp_echo_reply(reply[:27]) is None
+
+
+# --- the stage against an in-memory peer -----------------------------------------------------------
+
+class FakePeer:
+    """Stands for the Client and a server behind it: answers echoes, and can add a keepalive
+    ping, a forged packet, a replayed one or a wrong answer before the right one."""
+
+    def __init__(self, extras=(), answer=True, **push):
+        self.server = DataChannel(KEY2, "CHACHA20-POLY1305", peer_id=3, server=True)
+        self.push_reply = {"cipher": "CHACHA20-POLY1305", "peer-id": "3", "protocol-flags": ["tls-ekm"],
+                           "ifconfig": "10.9.0.2 255.255.255.0", "route-gateway": "10.9.0.1", **push}
+        self.settings = types.SimpleNamespace(count=2, ping_target=None, data_ciphers=[],
+                                              probe=types.SimpleNamespace(proto="udp", retries=0))
+        self.key_export_announced, self.key_id = True, 0
+        self.deadline = time.monotonic() + 5
+        self.extras, self.answer, self.queue, self.seen, self.exported = list(extras), answer, [], [], []
+
+    def elapsed(self):
+        return 0.5
+
+    def tls_export(self, label, length):
+        self.exported.append((label, length))
+        return KEY2
+
+    def transport_send(self, packet):
+        plaintext = self.server.open(packet)
+        self.seen.append(plaintext)
+        if plaintext[:1] != b"\x45":  # not an IPv4 packet: the exit notification
+            return
+        for extra in self.extras:
+            self.queue.append(extra(self.server, plaintext))
+        if self.answer:
+            self.queue.append(self.server.seal(_as_reply(plaintext)))
+
+    def transport_recv(self, timeout):
+        if self.queue:
+            return self.queue.pop(0)
+        time.sleep(min(timeout, 0.01))
+        return None
+
+
+def _as_reply(request):
+    """The kernel's answer to an echo request: addresses swapped, type 0, checksums redone."""
+    from scapy.layers.inet import ICMP, IP
+
+    packet = IP(request)
+    return bytes(IP(src=packet.dst, dst=packet.src) / ICMP(type=0, id=packet[ICMP].id, seq=packet[ICMP].seq) /
+                 bytes(packet[ICMP].payload))
+
+
+def test_stage_counts_answered_echoes_and_ignores_keepalive():
+    ping = lambda server, request: server.seal(dc.PING_MAGIC)  # noqa: E731
+    peer = FakePeer(extras=[ping])
+    stage = dc.run_data_stage(peer)
+    assert stage.ok and stage.name == "data"
+    assert peer.exported == [("EXPORTER-OpenVPN-datakeys", 256)]
+    facts = stage.facts
+    assert (facts["cipher"], facts["key_derivation"], facts["sent"], facts["received"]) == \
+        ("CHACHA20-POLY1305", "tls-ekm", 2, 2)
+    assert facts["keepalive_pings"] == 2 and facts["format"] == "P_DATA_V2" and facts["loss"] == 0.0
+    assert 0 < facts["rtt"] < 0.5
+    assert (facts["source"], facts["target"]) == ("10.9.0.2", "10.9.0.1")
+    assert "2/2 echoes to 10.9.0.1 answered" in stage.detail
+
+
+def test_stage_counts_only_authentic_matching_replies():
+    def forged(server, request):
+        packet = bytearray(server.seal(_as_reply(request)))
+        packet[-1] ^= 1
+        return bytes(packet)
+
+    def wrong_ident(server, request):
+        reply = bytearray(_as_reply(request))
+        reply[24] ^= 0xFF  # the ICMP id (checksum now wrong too; fix it the way a real peer would)
+        from scapy.layers.inet import ICMP, IP
+
+        packet = IP(bytes(reply))
+        del packet.chksum, packet[ICMP].chksum
+        return server.seal(bytes(packet))
+
+    peer = FakePeer(extras=[forged, wrong_ident], answer=False)
+    peer.settings.count = 1
+    stage = dc.run_data_stage(peer)
+    assert not stage.ok
+    assert (stage.facts["sent"], stage.facts["received"], stage.facts["rejected"]) == (1, 0, 1)
+    assert "tag does not verify" in stage.detail
+
+
+def test_stage_sends_more_echoes_over_udp_when_none_was_answered():
+    peer = FakePeer(answer=False)
+    peer.settings.count, peer.settings.probe.retries = 1, 2
+    dc.ECHO_INTERVAL, saved = 0.05, dc.ECHO_INTERVAL
+    try:
+        stage = dc.run_data_stage(peer)
+    finally:
+        dc.ECHO_INTERVAL = saved
+    assert not stage.ok and (stage.facts["sent"], stage.facts["received"], stage.facts["loss"]) == (3, 0, 100.0)
+    assert "nothing came back" in stage.detail
+
+
+def test_exit_notify_goes_through_the_data_channel():
+    peer = FakePeer()
+    assert dc.send_exit_notify(peer)
+    assert peer.seen == [dc.EXIT_NOTIFY] * 3  # UDP: three copies, each its own packet-id
+    peer.settings.probe.proto = "tcp"
+    peer.seen.clear()
+    assert dc.send_exit_notify(peer) and peer.seen == [dc.EXIT_NOTIFY]
+
+
+def test_prf_is_used_when_tls_ekm_is_not_announced():
+    pre, r = bytes(range(48)), [bytes([i]) * 32 for i in range(4)]
+    peer = FakePeer(**{"protocol-flags": ["cc-exit"]})
+    peer.key_source = {"pre_master": pre, "random1": r[0], "random2": r[1]}
+    peer.server_key_source = types.SimpleNamespace(random1=r[2], random2=r[3])
+    peer.session_id, peer.remote_session_id = b"c" * 8, b"s" * 8
+    key2 = openvpn_prf_key2(pre, r[0], r[2], r[1], r[3], b"c" * 8, b"s" * 8)
+    peer.server = DataChannel(key2, "CHACHA20-POLY1305", peer_id=3, server=True)
+    stage = dc.run_data_stage(peer)
+    assert stage.ok and stage.facts["key_derivation"] == "prf" and peer.exported == []
