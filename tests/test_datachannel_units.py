@@ -205,11 +205,11 @@ class FakePeer:
 
     def __init__(self, extras=(), answer=True, **push):
         self.server = DataChannel(KEY2, "CHACHA20-POLY1305", peer_id=3, server=True)
-        self.push_reply = {"cipher": "CHACHA20-POLY1305", "peer-id": "3", "protocol-flags": ["tls-ekm"],
-                           "ifconfig": "10.9.0.2 255.255.255.0", "route-gateway": "10.9.0.1", **push}
+        self.push_reply = {"cipher": "CHACHA20-POLY1305", "peer_id": 3, "protocol_flags": ["cc-exit", "tls-ekm"],
+                           "ifconfig": ["10.9.0.2", "255.255.255.0"], "route_gateway": "10.9.0.1", **push}
         self.settings = types.SimpleNamespace(count=2, ping_target=None, data_ciphers=[],
                                               probe=types.SimpleNamespace(proto="udp", retries=0))
-        self.key_export_announced, self.key_id = True, 0
+        self.proto, self.key_derivation = "udp", "tls-ekm"
         self.deadline = time.monotonic() + 5
         self.extras, self.answer, self.queue, self.seen, self.exported = list(extras), answer, [], [], []
 
@@ -300,18 +300,53 @@ def test_exit_notify_goes_through_the_data_channel():
     peer = FakePeer()
     assert dc.send_exit_notify(peer)
     assert peer.seen == [dc.EXIT_NOTIFY] * 3  # UDP: three copies, each its own packet-id
-    peer.settings.probe.proto = "tcp"
+    peer.proto = "tcp"
     peer.seen.clear()
-    assert dc.send_exit_notify(peer) and peer.seen == [dc.EXIT_NOTIFY]
+    assert dc.send_explicit_exit_notify(peer) and peer.seen == [dc.EXIT_NOTIFY]
+    before_push = FakePeer()
+    before_push.push_reply = None
+    assert not dc.send_exit_notify(before_push) and before_push.seen == []
 
 
-def test_prf_is_used_when_tls_ekm_is_not_announced():
+def test_a_lost_connection_ends_the_stage_with_what_was_measured():
+    from ovpndiag.transport import TransportError
+
+    peer = FakePeer()
+    peer.settings.count = 3
+    answered = []
+
+    def recv(timeout):
+        if peer.queue and not answered:
+            answered.append(1)
+            return peer.queue.pop(0)
+        raise TransportError("connection reset by the server")
+
+    peer.transport_recv = recv
+    stage = dc.run_data_stage(peer)
+    assert not stage.ok and "connection reset by the server" in stage.detail
+    assert (stage.facts["sent"], stage.facts["received"]) == (2, 1) and peer.data_result is stage.facts
+
+
+def test_prf_is_used_when_tls_ekm_is_not_agreed():
     pre, r = bytes(range(48)), [bytes([i]) * 32 for i in range(4)]
-    peer = FakePeer(**{"protocol-flags": ["cc-exit"]})
-    peer.key_source = {"pre_master": pre, "random1": r[0], "random2": r[1]}
-    peer.server_key_source = types.SimpleNamespace(random1=r[2], random2=r[3])
+    peer = FakePeer(protocol_flags=["cc-exit"])
+    peer.key_derivation = "prf"
+    peer.key_exchange = types.SimpleNamespace(client_pre_master=pre, client_random1=r[0], client_random2=r[1],
+                                              server_random1=r[2], server_random2=r[3])
     peer.session_id, peer.remote_session_id = b"c" * 8, b"s" * 8
     key2 = openvpn_prf_key2(pre, r[0], r[2], r[1], r[3], b"c" * 8, b"s" * 8)
     peer.server = DataChannel(key2, "CHACHA20-POLY1305", peer_id=3, server=True)
     stage = dc.run_data_stage(peer)
     assert stage.ok and stage.facts["key_derivation"] == "prf" and peer.exported == []
+
+
+def test_targets_come_from_the_push_reply_or_the_user():
+    peer = FakePeer()
+    assert dc._addresses(peer) == ("10.9.0.2", "10.9.0.1")
+    peer.push_reply = {"ifconfig": ["10.8.0.6", "10.8.0.5"]}  # net30 / p2p: the remote end
+    assert dc._addresses(peer) == ("10.8.0.6", "10.8.0.5")
+    peer.settings.ping_target = "192.0.2.7"
+    assert dc._addresses(peer) == ("10.8.0.6", "192.0.2.7")
+    peer.push_reply = {"ifconfig": ["10.8.0.6", "255.255.255.0"]}
+    peer.settings.ping_target = None
+    assert dc._addresses(peer) == ("10.8.0.6", None)

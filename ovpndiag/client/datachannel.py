@@ -30,12 +30,13 @@ explicit-exit-notify is ``occ_magic | OCC_EXIT``, occ.c). The data stage sends
 ICMP echoes from the pushed ifconfig address to the route-gateway (or
 ``--ping-target``) and counts the authenticated replies.
 
-What this module uses from the Client (``_client_view`` is the one place that reads it):
-``settings``, ``transport_send(bytes)``, ``transport_recv(timeout) -> bytes|None``,
-``tls_export(label, length) -> bytes|None``, ``key_export_announced``, ``session_id``,
-``remote_session_id``, ``key_source`` / ``server_key_source`` (key-method-2 randoms),
-``push_reply`` (parsed options), ``key_id``, ``deadline`` (monotonic), ``elapsed()``,
-and optionally ``handle_control(bytes)`` for control packets that arrive meanwhile.
+What this module uses from the Client (as helper-core publishes it, notes/handshake.md):
+``settings`` (count, ping_target, data_ciphers), ``proto``, ``transport_send(bytes)``,
+``transport_recv(timeout) -> bytes|None`` (data packets; control ones are handled there),
+``tls_export(label, length) -> bytes|None``, ``key_derivation`` ("tls-ekm"|"prf"),
+``key_exchange`` (key-method-2 randoms), ``session_id``, ``remote_session_id``,
+``push_reply`` (parsed options), ``deadline`` (monotonic) and ``elapsed()``. The
+stage leaves its facts in ``client.data_result`` too.
 No key material is ever put in a Stage, a log or an exception message.
 """
 
@@ -272,11 +273,13 @@ def parse_icmp_echo_reply(packet: bytes):
 
 # --- what we read from the Client and its push reply -----------------------------------------
 
-def _option(push_reply: dict, name: str):
-    value = (push_reply or {}).get(name)
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
-        value = value[0]  # an option given several times: the first
-    return value
+def _option(push_reply, *names):
+    """The first of ``names`` present in the parsed push reply (e.g. "peer_id", then "peer-id")."""
+    for name in names:
+        value = (push_reply or {}).get(name)
+        if value is not None:
+            return value
+    return None
 
 
 def _words(value) -> list:
@@ -287,48 +290,42 @@ def _words(value) -> list:
     return str(value).split()
 
 
-def _field(source, name):
-    return source[name] if isinstance(source, dict) else getattr(source, name)
-
-
 def _peer_id(push_reply):
-    words = _words(_option(push_reply, "peer-id"))
+    words = _words(_option(push_reply, "peer_id", "peer-id"))
     return int(words[0]) if words else None
-
-
-def _protocol_flags(push_reply) -> list:
-    return _words(_option(push_reply, "protocol-flags"))
 
 
 def _cipher(client) -> str:
     words = _words(_option(client.push_reply, "cipher"))
     if words:
         return words[0].upper()
-    ciphers = client.settings.data_ciphers or ["AES-256-GCM"]
+    ciphers = client.settings.data_ciphers or ["AES-256-GCM"]  # no NCP: the first one we offered
     return ciphers[0].upper()
 
 
-def uses_key_export(client) -> bool:
-    """Both sides announced TLS key export: the PUSH_REPLY carries protocol-flags tls-ekm
-    (or the older key-derivation tls-ekm) and we announced it in IV_PROTO."""
-    server = "tls-ekm" in _protocol_flags(client.push_reply) or \
-        _words(_option(client.push_reply, "key-derivation"))[:1] == ["tls-ekm"]
-    return bool(getattr(client, "key_export_announced", True)) and server
+def key_derivation(client) -> str:
+    """"tls-ekm" when both sides announced TLS key export (we in IV_PROTO, the server in
+    the PUSH_REPLY's protocol-flags), else "prf"; the Client decides."""
+    decided = getattr(client, "key_derivation", None)
+    if decided in ("tls-ekm", "prf"):
+        return decided
+    flags = _words(_option(client.push_reply, "protocol_flags", "protocol-flags"))
+    return "tls-ekm" if "tls-ekm" in flags else "prf"
 
 
 def derive_key2(client):
     """(key2, "tls-ekm" | "prf") for the client's session. Raises DataChannelError."""
-    if uses_key_export(client):
+    if key_derivation(client) == "tls-ekm":
         key2 = client.tls_export(KEY_EXPORT_LABEL, KEY2_SIZE)
-        if not key2:
+        if not key2 or len(key2) != KEY2_SIZE:
             raise DataChannelError("the server uses TLS key export (tls-ekm) but the TLS exporter is unavailable")
         return bytes(key2), "tls-ekm"
-    ours, theirs = client.key_source, client.server_key_source
+    keys = client.key_exchange
     try:
-        key2 = openvpn_prf_key2(_field(ours, "pre_master"), _field(ours, "random1"), _field(theirs, "random1"),
-                                _field(ours, "random2"), _field(theirs, "random2"),
+        key2 = openvpn_prf_key2(keys.client_pre_master, keys.client_random1, keys.server_random1,
+                                keys.client_random2, keys.server_random2,
                                 bytes(client.session_id), bytes(client.remote_session_id))
-    except ValueError as error:  # FIPS-restricted MD5
+    except ValueError as error:  # e.g. MD5 refused by a FIPS policy
         raise DataChannelError(f"OpenVPN's PRF (TLS 1.0 PRF) is unavailable here: {error}") from None
     return key2, "prf"
 
@@ -338,10 +335,14 @@ def data_channel(client) -> "DataChannel":
     channel = getattr(client, "data_channel", None)
     if channel is None:
         key2, derivation = derive_key2(client)
-        channel = DataChannel(key2, _cipher(client), _peer_id(client.push_reply), getattr(client, "key_id", 0))
+        channel = DataChannel(key2, _cipher(client), _peer_id(client.push_reply), getattr(client, "key_id", 0) or 0)
         channel.key_derivation = derivation
         client.data_channel = channel
     return channel
+
+
+def _proto(client) -> str:
+    return getattr(client, "proto", None) or getattr(getattr(client.settings, "probe", None), "proto", "udp")
 
 
 def _addresses(client):
@@ -350,7 +351,7 @@ def _addresses(client):
     push = client.push_reply or {}
     ifconfig = _words(_option(push, "ifconfig"))
     source = ifconfig[0] if ifconfig else None
-    target = client.settings.ping_target or (_words(_option(push, "route-gateway")) or [None])[0]
+    target = client.settings.ping_target or (_words(_option(push, "route_gateway", "route-gateway")) or [None])[0]
     if target is None and len(ifconfig) > 1 and not ifconfig[1].startswith("255."):
         target = ifconfig[1]
     return source, target
@@ -360,7 +361,10 @@ def _addresses(client):
 
 def run_data_stage(client) -> Stage:
     """Send ``settings.count`` ICMP echoes through the data channel and count the authenticated replies."""
+    from ..transport import TransportError
+
     facts = {"cipher": None, "key_derivation": None, "sent": 0, "received": 0, "rtt": None}
+    client.data_result = facts
 
     def stage(ok, detail):
         return Stage("data", ok, client.elapsed(), detail, facts)
@@ -382,77 +386,106 @@ def run_data_stage(client) -> Stage:
         return stage(False, f"cannot ping {target} from {source}: only IPv4 echoes are sent")
     facts.update(source=source, target=target)
 
-    ident = int.from_bytes(os.urandom(2), "big")
-    count = max(1, int(client.settings.count or 1))
-    # Over UDP an echo or its answer may be lost: when none came back, try as often as the probe retries.
-    probe = getattr(client.settings, "probe", None)
-    extra = int(getattr(probe, "retries", 0) or 0) if getattr(probe, "proto", "udp") == "udp" else 0
-    pending, rtts, rejected, pings = {}, [], [], 0
-    seq = 0
-    while seq < count or (not rtts and seq < count + extra):
-        seq += 1
-        if time.monotonic() >= client.deadline:
-            break
-        payload = os.urandom(16) + struct.pack("!d", time.time())  # like ping: something to match
-        pending[seq] = (payload, time.monotonic())
-        client.transport_send(channel.seal(icmp_echo_request(source, target, ident, seq, payload)))
-        facts["sent"] += 1
-        until = min(client.deadline, time.monotonic() + ECHO_INTERVAL)
-        # wait for this echo's reply (a late one for an earlier echo still counts)
-        while seq in pending and (now := time.monotonic()) < until:
-            packet = client.transport_recv(until - now)
-            if packet is None:
-                continue
-            received = time.monotonic()
-            if not is_data_packet(packet):
-                handle = getattr(client, "handle_control", None)
-                if handle:
-                    handle(packet)
-                continue
-            try:
-                plaintext = channel.open(packet)
-            except DataChannelError as error:
-                rejected.append(str(error))
-                continue
-            if plaintext == PING_MAGIC:
-                pings += 1
-                continue
-            reply = parse_icmp_echo_reply(plaintext)
-            if reply is None:
-                continue
-            answer_from, answer_to, answer_ident, answer_seq, answer_payload = reply
-            sent = pending.get(answer_seq)
-            if (answer_ident == ident and answer_from == target and answer_to == source and sent
-                    and sent[0] == answer_payload):
-                del pending[answer_seq]
-                rtts.append(received - sent[1])
+    echo = _Echo(client, channel, source, target)
+    lost = None
+    try:
+        echo.run(facts)
+    except TransportError as error:
+        lost = str(error)
+    rtts = echo.rtts
     facts["received"] = len(rtts)
     if rtts:
         facts.update(rtt=sum(rtts) / len(rtts), rtt_min=min(rtts), rtt_max=max(rtts))
     facts["loss"] = round(100.0 * (facts["sent"] - len(rtts)) / facts["sent"], 1) if facts["sent"] else None
-    facts["keepalive_pings"] = pings
-    facts["rejected"] = len(rejected)
+    facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected))
     how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}"
-    if rtts:
+    if rtts and not lost:
         return stage(True, f"{how}: {len(rtts)}/{facts['sent']} echoes to {target} answered, "
                            f"rtt {facts['rtt'] * 1000:.2f} ms")
-    if rejected:
-        return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered; {len(rejected)} packets from "
-                            f"the server failed: {rejected[0]} (keys or cipher differ)")
+    if lost:
+        return stage(False, f"{how}: connection lost after {facts['sent']} echoes to {target} "
+                            f"({len(rtts)} answered): {lost}")
+    if echo.rejected:
+        return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered; {len(echo.rejected)} packets "
+                            f"from the server failed: {echo.rejected[0]} (keys or cipher differ)")
     return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered, nothing came back "
                         "through the data channel")
+
+
+class _Echo:
+    """Echoes sent one at a time, each waited for up to ECHO_INTERVAL (a late answer to an
+    earlier one still counts); what came back sorted into answers, keepalive pings and rejects."""
+
+    def __init__(self, client, channel, source, target):
+        self.client, self.channel, self.source, self.target = client, channel, source, target
+        self.ident = int.from_bytes(os.urandom(2), "big")
+        self.pending, self.rtts, self.rejected, self.pings = {}, [], [], 0
+
+    def run(self, facts):
+        client = self.client
+        count = max(1, int(client.settings.count or 1))
+        # Over UDP an echo or its answer may be lost: when none came back, try as often as the probe retries.
+        extra = int(getattr(getattr(client.settings, "probe", None), "retries", 0) or 0) \
+            if _proto(client) == "udp" else 0
+        seq = 0
+        while seq < count or (not self.rtts and seq < count + extra):
+            if time.monotonic() >= client.deadline:
+                break
+            seq += 1
+            payload = os.urandom(16) + struct.pack("!d", time.time())  # like ping's: ours to match
+            self.pending[seq] = (payload, time.monotonic())
+            client.transport_send(self.channel.seal(
+                icmp_echo_request(self.source, self.target, self.ident, seq, payload)))
+            facts["sent"] += 1
+            until = min(client.deadline, time.monotonic() + ECHO_INTERVAL)
+            while seq in self.pending and (now := time.monotonic()) < until:
+                packet = client.transport_recv(until - now)
+                if packet is not None:
+                    self.take(packet, time.monotonic())
+
+    def take(self, packet, arrived):
+        if not is_data_packet(packet):
+            return  # the Client handles control packets; none should come here
+        try:
+            plaintext = self.channel.open(packet)
+        except DataChannelError as error:
+            self.rejected.append(str(error))
+            return
+        if plaintext == PING_MAGIC:
+            self.pings += 1
+            return
+        reply = parse_icmp_echo_reply(plaintext)
+        if reply is None:
+            return
+        answer_from, answer_to, ident, seq, payload = reply
+        sent = self.pending.get(seq)
+        if (ident == self.ident and answer_from == self.target and answer_to == self.source and sent
+                and sent[0] == payload):
+            del self.pending[seq]
+            self.rtts.append(arrived - sent[1])
 
 
 def send_exit_notify(client, copies: Optional[int] = None) -> bool:
     """The explicit-exit-notify (OCC_EXIT) through the data channel, as OpenVPN sends it when the
     server did not announce cc-exit. Over UDP it is sent 3 times (a datagram may be lost; the
-    server acts on the first). True when sent; False when no data channel can be made."""
+    server acts on the first and drops the rest). True when sent; False when no data channel
+    can be made (before push) or the connection is gone."""
+    from ..transport import TransportError
+
+    if getattr(client, "push_reply", None) is None:
+        return False  # no data channel before push
     try:
         channel = data_channel(client)
-    except (DataChannelError, AttributeError, KeyError, TypeError):
+    except DataChannelError:
         return False
     if copies is None:
-        copies = 3 if getattr(client.settings.probe, "proto", "udp") == "udp" else 1
-    for _ in range(copies):
-        client.transport_send(channel.seal(EXIT_NOTIFY))
+        copies = 3 if _proto(client) == "udp" else 1
+    try:
+        for _ in range(copies):
+            client.transport_send(channel.seal(EXIT_NOTIFY))
+    except (TransportError, OSError):
+        return False
     return True
+
+
+send_explicit_exit_notify = send_exit_notify  # the name the Client's close() looks for
