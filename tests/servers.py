@@ -42,18 +42,37 @@ class OpenVPNProcess:
         raise NotImplementedError
 
     def start(self, timeout=20.0):
+        self.launch()
+        if not self.wait_for("Initialization Sequence Completed", timeout):
+            raise RuntimeError(f"{self.role} did not start in {timeout} s: {self.log_text()[-2000:]}")
+        return self
+
+    def launch(self):
+        """Starts the process without waiting for it to be up (e.g. a client expected to fail)."""
         if shutil.which("openvpn") is None:
             raise RuntimeError("openvpn is not installed: apt-get install -y openvpn")
         self.process = subprocess.Popen(self.argv(), cwd=CAPTURES, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.STDOUT)
+        return self
+
+    def wait_for(self, pattern, timeout=10.0):
+        """True once the log matches ``pattern`` (a regular expression); False after ``timeout``
+        seconds. Raises if the process exits first without it."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "Initialization Sequence Completed" in self.log_text():
-                return self
+        while True:
+            if re.search(pattern, self.log_text()):
+                return True
             if self.process.poll() is not None:
+                if re.search(pattern, self.log_text()):  # written just before it exited
+                    return True
                 raise RuntimeError(f"{self.role} exited: {self.log_text()[-2000:]}")
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        raise RuntimeError(f"{self.role} did not start in {timeout} s: {self.log_text()[-2000:]}")
+
+    @property
+    def pid(self):
+        return self.process.pid
 
     def log_text(self):
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -78,8 +97,9 @@ class OpenVPNServer(OpenVPNProcess):
     role = "openvpn server"
 
     def __init__(self, proto="udp", family=4, wrapping="none", auth="SHA1", key_direction=0,
-                 key=None, extra=()):
+                 key=None, extra=(), ca="keys/ca.crt", cert="keys/server.crt", cert_key="keys/server.key"):
         self.proto, self.family, self.wrapping = proto, family, wrapping
+        self.ca, self.cert, self.cert_key = ca, cert, cert_key  # the server's PKI (e.g. from tests/pki.py)
         self.auth, self.key_direction, self.extra = auth, key_direction, list(extra)
         self.key = key or {"tls-auth": "keys/ta.key", "tls-crypt": "keys/tc.key",
                            "tls-crypt-v2": "keys/tcv2-server.key"}.get(wrapping)
@@ -95,7 +115,7 @@ class OpenVPNServer(OpenVPNProcess):
         argv = ["openvpn", "--server", subnet, "255.255.255.0", "--topology", "subnet",
                 "--local", self.host, "--port", str(self.port), "--proto", proto,
                 "--dev", f"ovs{_TAG}n{self.number}", "--dev-type", "tun",
-                "--ca", "keys/ca.crt", "--cert", "keys/server.crt", "--key", "keys/server.key",
+                "--ca", self.ca, "--cert", self.cert, "--key", self.cert_key,
                 "--dh", "none", "--disable-dco", "--verb", "3", "--log", str(self.log)]
         if self.wrapping == "tls-auth":
             argv += ["--tls-auth", self.key] + ([] if self.key_direction is None else [str(self.key_direction)])
@@ -256,8 +276,10 @@ class OpenVPNClient(OpenVPNProcess):
 
     role = "openvpn client"
 
-    def __init__(self, server: OpenVPNServer, extra=()):
+    def __init__(self, server: OpenVPNServer, extra=(), ca="keys/ca.crt", cert="keys/client.crt",
+                 cert_key="keys/client.key"):
         self.server = server
+        self.ca, self.cert, self.cert_key = ca, cert, cert_key
         self.number = next(_counter)
         self.log = Path(tempfile.mkdtemp(prefix="ovpndiag-client-")) / "client.log"
         self.extra = list(extra)
@@ -267,8 +289,8 @@ class OpenVPNClient(OpenVPNProcess):
         server = self.server
         proto = {"udp": f"udp{server.family}", "tcp": f"tcp{server.family}-client"}[server.proto]
         argv = ["openvpn", "--client", "--remote", server.host, str(server.port), "--proto", proto, "--nobind",
-                "--dev", f"ovc{_TAG}n{self.number}", "--dev-type", "tun", "--ca", "keys/ca.crt",
-                "--cert", "keys/client.crt", "--key", "keys/client.key", "--remote-cert-tls", "server",
+                "--dev", f"ovc{_TAG}n{self.number}", "--dev-type", "tun", "--ca", self.ca,
+                "--cert", self.cert, "--key", self.cert_key, "--remote-cert-tls", "server",
                 "--ping", "1", "--disable-dco", "--verb", "3", "--log", str(self.log)]
         if server.wrapping == "tls-auth":
             direction = None if server.key_direction is None else 1 - server.key_direction
@@ -279,3 +301,182 @@ class OpenVPNClient(OpenVPNProcess):
         elif server.wrapping == "tls-crypt-v2":
             argv += ["--tls-crypt-v2", "keys/tcv2-client.key"]
         return argv + self.extra
+
+
+# --- Failure scenarios for the staged handshake (issue 11) --------------------------------------
+# Servers on the throwaway PKI of tests/pki.py, each failing a client one way; the relays below put
+# a lossy link or a server that stops in the middle. protocol.md ("How real handshakes fail on the
+# wire") says what each leaves on the wire; tests/test_failure_servers.py proves each against the
+# openvpn binary as a client.
+
+AUTH_USER, AUTH_PASSWORD = "alice", "correct horse"  # the one account auth_script_server accepts
+AUTH_FAILED_REASON = "unknown user or wrong password"  # what its script tells the client
+
+
+def pki_server(cert="valid", extra=(), **config) -> OpenVPNServer:
+    """A server (not started) with the test PKI's CA and its server certificate ``cert``
+    (a name from tests/pki.py: valid, expired, not-yet-valid, ends-5d, no-eku, other-cn, ...)."""
+    from pki import get_pki
+
+    pki = get_pki()
+    return OpenVPNServer(ca=pki.ca, cert=pki.server[cert], cert_key=pki.server_key[cert], extra=extra, **config)
+
+
+def crl_server(**config) -> OpenVPNServer:
+    """Checks client certificates against the test CRL, which revokes pki.client["revoked"]."""
+    from pki import get_pki
+
+    return pki_server(extra=["--crl-verify", get_pki().crl], **config)
+
+
+def tls13_server(**config) -> OpenVPNServer:
+    """Refuses TLS below 1.3 (a client capped at 1.2 cannot connect)."""
+    return pki_server(extra=["--tls-version-min", "1.3"], **config)
+
+
+def cipher_server(ciphers="AES-128-GCM", **config) -> OpenVPNServer:
+    """Offers only ``ciphers`` for the data channel (and no fallback), so a client without one of
+    them gets AUTH_FAILED,Data channel cipher negotiation failed (no shared cipher)."""
+    return pki_server(extra=["--data-ciphers", ciphers], **config)
+
+
+def max_clients_server(**config) -> OpenVPNServer:
+    """Takes one client only: connect an OpenVPNClient first to fill it."""
+    return pki_server(extra=["--max-clients", "1"], **config)
+
+
+def auth_script_server(**config) -> OpenVPNServer:
+    """Checks username/password with an --auth-user-pass-verify script (via-file) that accepts
+    AUTH_USER/AUTH_PASSWORD only, and gives AUTH_FAILED_REASON to the others (2.6 sends the
+    reason written to $auth_failed_reason_file as AUTH_FAILED,reason)."""
+    import shlex
+
+    server = pki_server(**config)
+    script = server.log.parent / "verify.sh"  # removed with the log by stop()
+    script.write_text(
+        "#!/bin/sh\n"
+        "# $1: a file with the username on line 1 and the password on line 2\n"
+        "{ IFS= read -r user; IFS= read -r password; } < \"$1\"\n"
+        f"if [ \"$user\" = {shlex.quote(AUTH_USER)} ] && [ \"$password\" = {shlex.quote(AUTH_PASSWORD)} ]; then\n"
+        "    exit 0\n"
+        "fi\n"
+        "[ -n \"$auth_failed_reason_file\" ] && "
+        f"printf '%s' {shlex.quote(AUTH_FAILED_REASON)} > \"$auth_failed_reason_file\"\n"
+        "exit 1\n")
+    script.chmod(0o700)
+    server.extra += ["--script-security", "2", "--auth-user-pass-verify", str(script), "via-file"]
+    return server
+
+
+def pki_client(server, client="valid", extra=(), **kwargs) -> "OpenVPNClient":
+    """The openvpn binary as a client of ``server`` with the test PKI's CA and client
+    certificate ``client`` (valid, other-ca, revoked)."""
+    from pki import get_pki
+
+    pki = get_pki()
+    return OpenVPNClient(server, extra=extra, ca=kwargs.pop("ca", pki.ca), cert=pki.client[client],
+                         cert_key=pki.client_key[client], **kwargs)
+
+
+class UDPRelay:
+    """A UDP relay on 127.0.0.1 in front of a loopback server, for one client at a time.
+    ``passes(direction, data)`` decides each datagram ("up": client -> server, "down": server ->
+    client); the counters say what was passed and dropped each way. Close it after use."""
+
+    def __init__(self, target_host, target_port):
+        if target_host not in ("127.0.0.1", "localhost"):
+            raise ValueError("the test relays only relay to loopback")
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.host, self.port = "127.0.0.1", self.sock.getsockname()[1]
+        self.upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.upstream.connect((target_host, target_port))
+        self.client = None
+        self.passed = {"up": 0, "down": 0}
+        self.dropped = {"up": 0, "down": 0}
+        self.closed = False
+        self.threads = [threading.Thread(target=self._pump, args=(d,), daemon=True) for d in ("up", "down")]
+        for thread in self.threads:
+            thread.start()
+
+    def passes(self, direction, data) -> bool:
+        return True
+
+    def _pump(self, direction):
+        source = self.sock if direction == "up" else self.upstream
+        source.settimeout(0.2)  # so the thread notices close() soon
+        while not self.closed:
+            try:
+                if direction == "up":
+                    data, self.client = source.recvfrom(65535)
+                else:
+                    data = source.recv(65535)
+            except socket.timeout:
+                continue
+            except OSError:  # closed, or ICMP port unreachable from a peer that is gone
+                if self.closed:
+                    return
+                continue
+            if not self.passes(direction, data):
+                self.dropped[direction] += 1
+                continue
+            self.passed[direction] += 1
+            try:
+                if direction == "up":
+                    self.upstream.send(data)
+                elif self.client is not None:
+                    self.sock.sendto(data, self.client)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        for thread in self.threads:
+            thread.join(2)
+        self.sock.close()
+        self.upstream.close()
+
+
+class LossyRelay(UDPRelay):
+    """Drops ``loss`` of the datagrams each way, chosen by a seeded random generator (the same
+    run drops the same packets), but never more than ``max_run`` in a row in one direction, so
+    a client that retransmits always gets through in bounded time."""
+
+    def __init__(self, target_host, target_port, loss=0.2, seed=11, max_run=2):
+        import random
+
+        self.loss, self.max_run = loss, max_run
+        self.random = {"up": random.Random(seed), "down": random.Random(seed + 1)}
+        self.run = {"up": 0, "down": 0}
+        super().__init__(target_host, target_port)
+
+    def passes(self, direction, data):
+        drop = self.random[direction].random() < self.loss and self.run[direction] < self.max_run
+        self.run[direction] = self.run[direction] + 1 if drop else 0
+        return not drop
+
+
+P_CONTROL_HARD_RESET_SERVER_V2 = 8
+
+
+class StopAfterResetRelay(UDPRelay):
+    """Stops the server (SIGSTOP) as its first reset answer goes by - after forwarding it - so the
+    client sees the reset answered and then silence, as from a server that hangs mid-handshake.
+    close() lets the server go on (SIGCONT)."""
+
+    def __init__(self, server: OpenVPNServer):
+        self.server, self.stopped = server, False
+        super().__init__(server.host, server.port)
+
+    def passes(self, direction, data):
+        if self.stopped:
+            return direction == "up"  # (nothing comes down from a stopped server anyway)
+        if direction == "down" and data and data[0] >> 3 == P_CONTROL_HARD_RESET_SERVER_V2:
+            os.kill(self.server.pid, signal.SIGSTOP)
+            self.stopped = True
+        return True
+
+    def close(self):
+        if self.stopped and self.server.process.poll() is None:
+            os.kill(self.server.pid, signal.SIGCONT)
+        super().close()
