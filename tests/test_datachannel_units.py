@@ -350,3 +350,16 @@ def test_targets_come_from_the_push_reply_or_the_user():
     peer.push_reply = {"ifconfig": ["10.8.0.6", "255.255.255.0"]}
     peer.settings.ping_target = None
     assert dc._addresses(peer) == ("10.8.0.6", None)
+
+
+def test_key_export_is_recognised_in_both_ways_a_2_6_server_announces_it():
+    """2.6 servers push "protocol-flags ... tls-ekm" to clients announcing CC_EXIT_NOTIFY in IV_PROTO,
+    "key-derivation tls-ekm" to the others (seen against 2.6.14); the Client's own decision wins."""
+    peer = types.SimpleNamespace(push_reply={"protocol_flags": ["cc-exit", "tls-ekm"]})
+    assert dc.key_derivation(peer) == "tls-ekm"
+    peer.push_reply = {"key-derivation": "tls-ekm"}
+    assert dc.key_derivation(peer) == "tls-ekm"
+    peer.push_reply = {"protocol_flags": ["cc-exit"]}
+    assert dc.key_derivation(peer) == "prf"
+    peer.push_reply, peer.key_derivation = {"key_derivation": "tls-ekm"}, "prf"  # we did not announce it
+    assert dc.key_derivation(peer) == "prf"

@@ -309,7 +309,9 @@ def key_derivation(client) -> str:
     decided = getattr(client, "key_derivation", None)
     if decided in ("tls-ekm", "prf"):
         return decided
-    flags = _words(_option(client.push_reply, "protocol_flags", "protocol-flags"))
+    # 2.6 servers say "protocol-flags ... tls-ekm" to 2.6 clients, "key-derivation tls-ekm" to older ones
+    flags = _words(_option(client.push_reply, "protocol_flags", "protocol-flags")) + \
+        _words(_option(client.push_reply, "key_derivation", "key-derivation"))
     return "tls-ekm" if "tls-ekm" in flags else "prf"
 
 
