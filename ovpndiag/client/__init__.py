@@ -21,6 +21,11 @@ from typing import List, Optional, Tuple
 STAGES = ("reset", "tls", "auth", "push", "data")
 
 
+class CredentialsError(ValueError):
+    """An unreadable or unusable CA, certificate, key or passphrase (one line; UNKNOWN).
+    Raised by ``Client(settings)`` before anything is sent."""
+
+
 @dataclass
 class Stage:
     name: str  # one of STAGES
@@ -110,4 +115,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["STAGES", "Stage", "HandshakeResult", "HandshakeSettings", "Client"]
+__all__ = ["STAGES", "CredentialsError", "Stage", "HandshakeResult", "HandshakeSettings", "Client"]

@@ -1,29 +1,623 @@
-"""The Client: drives the handshake stage by stage (skeleton; being written)."""
+"""The Client: one OpenVPN session driven stage by stage, always ended cleanly.
 
+    reset  the hard resets (any wrapping; tls-crypt-v2 early negotiation, WKc resent)
+    tls    TLS over the reliable control channel; done when our last flight is ACKed
+    auth   key-method 2 both ways (our key source, options, credentials, peer-info)
+    push   PUSH_REQUEST -> PUSH_REPLY, or AUTH_FAILED / AUTH_PENDING / RESTART / HALT
+    data   ovpndiag.client.datachannel.run_data_stage(client)
+
+Each stage method returns a ``Stage``; ``run`` chains them and fills a
+``HandshakeResult`` with a verdict from ovpndiag.verdicts. Silence is judged by
+what was last sent: no answer to our ClientHello means the server refused it (no
+common TLS version or cipher, or max-clients); no ACK of our certificate flight
+means it refused our certificate - unless the server is not answering anybody any
+more (a fresh reset goes unanswered too): then it stopped.
+
+Packets go through ``reliable.ControlChannel`` (the Scapy layers and the
+session's wrapper) over ovpndiag.transport's sockets; ``exchange`` keeps every
+packet sent and received for ``--write``, as the probe's does.
+"""
+
+import os
+import socket
+import time
+from typing import List, Optional
+
+from .. import transport
 from . import STAGES, HandshakeResult, HandshakeSettings, Stage
+from .keymethod import KeyExchange, KeyMethodError, client_message, iv_proto_names, options_string, \
+    parse_server_message, peer_info
+from .push import EXIT, PUSH_REQUEST, MessageReader, PushReply, classify, parse_options
+from .reliable import P_CONTROL_HARD_RESET_SERVER_V2, ControlChannel, ProtocolError, early_negotiation_flags
+from .tlslayer import CERTIFICATE_ALERTS, HELLO_ALERTS, TLSClient, TLSFailure, exporter_available
+
+EXPORTER_LABEL = "EXPORTER-OpenVPN-datakeys"
+PUSH_RETRY = 3.0  # PUSH_REQUEST again when unanswered this long (the server may be slow to authenticate)
+LIVENESS_RESERVE = 1.0  # seconds kept at the end of the budget to ask whether the server still answers
+CLOSE_BUDGET = 1.0  # seconds close() may take to get EXIT acknowledged, beyond the stages' budget
+
+
+class _StageFailed(Exception):
+    def __init__(self, verdict, message, facts=None, advice=()):
+        super().__init__(message)
+        self.verdict, self.message, self.facts, self.advice = verdict, message, facts or {}, list(advice)
 
 
 class Client:
     def __init__(self, settings: HandshakeSettings):
         self.settings = settings
+        probe = settings.probe
+        self.proto, self.wrapper = probe.proto, probe.wrapper
+        # Credentials are read now: a bad CA/cert/key is a CredentialsError before anything is sent.
+        self.tls_client = TLSClient(ca=settings.ca, cert=settings.cert, key=settings.key,
+                                    key_password=settings.key_password, remote_cert_tls=settings.remote_cert_tls,
+                                    verify_x509_name=settings.verify_x509_name, keylog=settings.keylog,
+                                    tls_version_max=settings.tls_version_max)
+        self.result = HandshakeResult(probe.host, probe.port, probe.proto, wrapping=probe.wrapping_name)
+        self.key_exchange = KeyExchange()
+        self.key_export = exporter_available()
+        self.link = None
+        self.channel: Optional[ControlChannel] = None
+        self.started: Optional[float] = None  # monotonic time of the first packet sent
+        self.deadline: Optional[float] = None
+        self.server_key_message = None
+        self.push_reply: Optional[dict] = None
+        self.control_messages: List[str] = []
+        self.outcome = None  # push.Outcome once the server said something final
+        self.exchange: list = []  # (time, local, remote, proto, bytes, sent), as the probe's
+        self.data_result: Optional[dict] = None
+        self._data_queue: List[bytes] = []
+        self._reader = MessageReader()
+        self._push_parts = PushReply()
+        self._done: List[str] = []
+        self._closed = False
+        self._tls_bytes_in = 0
+        self._hello_sent_packets = 0  # control packets our ClientHello took
+        self._client_flight_sent = False
+        self._km_sent = False
 
-    def run(self, stage="data") -> HandshakeResult:
-        raise NotImplementedError("the staged handshake is being written")
+    # --- what datachannel.py uses ---------------------------------------------------------
+
+    @property
+    def session_id(self) -> Optional[bytes]:
+        return self.channel.session_id.to_bytes(8, "big") if self.channel else None
+
+    @property
+    def remote_session_id(self) -> Optional[bytes]:
+        if self.channel is None or self.channel.remote_session_id is None:
+            return None
+        return self.channel.remote_session_id.to_bytes(8, "big")
+
+    @property
+    def key_derivation(self) -> str:
+        flags = (self.push_reply or {}).get("protocol_flags") or []
+        return "tls-ekm" if self.key_export and "tls-ekm" in flags else "prf"
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started if self.started else 0.0
+
+    def transport_send(self, packet: bytes):
+        self._send_wire(packet)
+
+    def transport_recv(self, timeout: float) -> Optional[bytes]:
+        """The next data-channel packet, or None after ``timeout`` seconds; control
+        packets that come meanwhile are ACKed and their messages kept."""
+        until = time.monotonic() + max(0.0, timeout)
+        while not self._data_queue:
+            self._flush()
+            try:
+                wire = self.link.receive(max(until, time.monotonic() + 1e-4)) if time.monotonic() < until else None
+            except transport.Timeout:
+                wire = None
+            if wire is None:
+                return None
+            self._handle(wire)
+        return self._data_queue.pop(0)
+
+    def tls_export(self, label: str, length: int) -> Optional[bytes]:
+        return self.tls_client.export(label, length) if self.key_export else None
+
+    # --- the stages ------------------------------------------------------------------------
+
+    def run(self, stage: str = "data") -> HandshakeResult:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage '{stage}' (one of {', '.join(STAGES)})")
+        try:
+            for name in STAGES[:STAGES.index(stage) + 1]:
+                if not getattr(self, name)().ok:
+                    break
+        finally:
+            self.close()
+        return self.result
 
     def reset(self) -> Stage:
-        raise NotImplementedError
+        return self._stage("reset", self._reset)
 
     def tls(self) -> Stage:
-        raise NotImplementedError
+        return self._stage("tls", self._tls)
 
     def auth(self) -> Stage:
-        raise NotImplementedError
+        return self._stage("auth", self._auth)
 
     def push(self) -> Stage:
-        raise NotImplementedError
+        return self._stage("push", self._push)
 
     def data(self) -> Stage:
-        raise NotImplementedError
+        if not self._ready_for("data"):
+            return self.result.stages[-1]
+        try:
+            from .datachannel import run_data_stage
+        except ImportError:
+            run_data_stage = None
+        if run_data_stage is None:
+            stage = Stage("data", False, self.elapsed(), "the data stage is not implemented yet", {})
+            self.result.stages.append(stage)
+            self._verdict("data-one-way", "the data stage is not implemented yet")
+            return stage
+        stage = run_data_stage(self)
+        if stage not in self.result.stages:
+            self.result.stages.append(stage)
+        if self.data_result is not None:
+            self.result.data = self.data_result
+        if stage.ok:
+            self._done.append("data")
+            self._verdict("ok", stage.detail)
+        elif self.result.verdict == "ok":
+            self._verdict(stage.facts.get("verdict", "data-one-way"), stage.detail)
+        return stage
+
+    def _ready_for(self, name) -> bool:
+        """Run the stages before ``name`` that have not run; False if one failed."""
+        for earlier in STAGES[:STAGES.index(name)]:
+            if earlier in self._done:
+                continue
+            if any(s.name == earlier and not s.ok for s in self.result.stages):
+                return False
+            if not getattr(self, earlier)().ok:
+                return False
+        return not any(not s.ok for s in self.result.stages)
+
+    def _stage(self, name, work) -> Stage:
+        done = next((s for s in self.result.stages if s.name == name), None)
+        if done is not None:
+            return done
+        if not self._ready_for(name):
+            return self.result.stages[-1]
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.settings.probe.timeout
+        try:
+            detail, facts = work()
+            stage = Stage(name, True, self.elapsed(), detail, facts)
+            self._done.append(name)
+            self._verdict("ok", detail)
+        except _StageFailed as failure:
+            stage = Stage(name, False, self.elapsed(), failure.message, {**failure.facts, "verdict": failure.verdict})
+            self._verdict(failure.verdict, failure.message, failure.advice)
+        except transport.TransportError as error:
+            verdict = _transport_verdict(error, self.proto, name)
+            stage = Stage(name, False, self.elapsed(), str(error), {"verdict": verdict})
+            self._verdict(verdict, f"{self._where()}: {error}")
+        self.result.stages.append(stage)
+        self.result.elapsed = stage.elapsed
+        return stage
+
+    def _verdict(self, verdict, message, advice=()):
+        from .. import verdicts
+
+        self.result.verdict, self.result.message = verdict, message
+        known = verdicts.VERDICTS.get(verdict)
+        self.result.advice = list(advice) + (list(known.advice) if known and verdict != "ok" else [])
+
+    def _where(self):
+        return f"{self.result.address or self.result.host}/{self.proto}"
+
+    # reset -----------------------------------------------------------------------------------
+
+    def _reset(self):
+        probe = self.settings.probe
+        try:
+            addresses = transport.resolve_within(probe.host, probe.port, probe.proto, probe.family,
+                                                 self.deadline - time.monotonic())
+        except (OSError, UnicodeError, transport.Timeout) as error:
+            raise _StageFailed("unresolvable", f"cannot resolve {probe.host}: "
+                                               f"{getattr(error, 'strerror', None) or error}") from None
+        failure = None
+        for index, address in enumerate(addresses):
+            share = (self.deadline - time.monotonic()) / (len(addresses) - index)
+            try:
+                return self._reset_address(address, min(self.deadline, time.monotonic() + share))
+            except (_StageFailed, transport.TransportError) as error:
+                failure = error
+                verdict = error.verdict if isinstance(error, _StageFailed) else \
+                    _transport_verdict(error, self.proto, "reset")
+                if verdict not in ("server-silent", "port-closed", "no-connection", "unreachable") \
+                        or time.monotonic() >= self.deadline:
+                    break
+                self._close_link()
+        raise failure
+
+    def _reset_address(self, address, until):
+        self.result.address = str(address)
+        if self.proto == "udp":
+            self.link = transport.UDPTransport(address)
+        else:
+            self.link = transport.TCPTransport(address, until)
+            # OpenVPN's small control packets would otherwise wait on Nagle and delayed ACKs.
+            self.link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.family = 6 if address.family == socket.AF_INET6 else 4
+        self.channel = ControlChannel(self.wrapper, _new_session_id(), self.proto)
+        self.channel.reset()
+        if self.started is None:
+            self.started = time.monotonic()
+        self._server_reset = None
+        if not self._pump(lambda: self._server_reset is not None, until):
+            sends = self.channel.packets_sent
+            raise _StageFailed("server-silent", f"no reply from {address}/{self.proto} to {sends} reset"
+                               f"{'s' if sends != 1 else ''} in {self.elapsed():.1f} s",
+                               {"resets_sent": sends})
+        reply = self._server_reset
+        facts = {"session_id": f"{self.channel.session_id:016x}",
+                 "remote_session_id": f"{reply.session_id:016x}", "rtt": self.channel.srtt,
+                 "resets_sent": self.channel.packets_sent, "wrapping": self.result.wrapping}
+        if self.channel.resend_wkc:
+            facts["early_negotiation"] = "RESEND_WKC"
+        rtt = f" in {self.channel.srtt * 1000:.1f} ms" if self.channel.srtt is not None else ""
+        return f"{address}/{self.proto} answered{rtt} ({self.result.wrapping})", facts
+
+    # tls ---------------------------------------------------------------------------------------
+
+    def _tls(self):
+        tls = self.tls_client
+        self._tls_step()  # the ClientHello
+        try:
+            ok = self._pump(lambda: tls.handshake_done and self.channel.idle, self._silence_deadline())
+        except (transport.Closed, transport.Reset) as error:  # TCP: the server dropped the session
+            self._judge_tls_silence(closed=str(error))
+        if not ok:
+            self._judge_tls_silence()
+        facts = tls.tls_facts()
+        certificate = tls.server_certificate()
+        self.result.tls = facts
+        self.result.server_certificate = certificate
+        facts = {**facts, "server_certificate": certificate, "alerts": tls.alerts,
+                 "retransmissions": self.channel.retransmissions}
+        who = f"server cert {certificate['subject']}" if certificate else "no server certificate"
+        trust = "verified" if certificate and certificate["verified"] else "NOT verified (no --ca)" \
+            if not tls.ca_given else "not verified"
+        return f"{facts['version']} {facts['cipher']}, {who}, {trust}", facts
+
+    def _tls_step(self):
+        """Advance TLS with what arrived; queue what it has to send."""
+        tls = self.tls_client
+        try:
+            if not tls.handshake_done:
+                tls.handshake()
+                if tls.handshake_done:
+                    self._client_flight_sent = True
+            if tls.handshake_done:
+                for record in tls.records():
+                    self._on_record(record)
+        except TLSFailure as failure:
+            self._queue_tls_output()  # our alert, so the server's log says why
+            self._flush()
+            raise self._tls_failure(failure) from None
+        self._queue_tls_output()
+
+    def _queue_tls_output(self):
+        data = self.tls_client.outgoing()
+        if data:
+            if not self._hello_sent_packets:
+                self._hello_sent_packets = self.channel.next_packet_id + (len(data) - 1) // 1100
+            self.channel.send_bytes(data)
+
+    def _tls_failure(self, failure: TLSFailure) -> _StageFailed:
+        facts = {"alerts": failure.alerts, "server_certificate": self.tls_client.server_certificate()}
+        self.result.server_certificate = facts["server_certificate"]
+        received = [a["description"] for a in failure.alerts if a["direction"] == "received"]
+        if failure.kind == "server-certificate-rejected":
+            return _StageFailed("server-certificate-rejected", failure.args[0], facts)
+        if received and received[-1] in CERTIFICATE_ALERTS and self.tls_client.connection.get_peer_certificate():
+            return _StageFailed("client-certificate-rejected",
+                                f"the server refused our certificate: TLS alert {received[-1]}", facts)
+        if received and received[-1] in HELLO_ALERTS and not self._tls_bytes_in_after_hello():
+            return _StageFailed("client-hello-rejected", f"the server refused our ClientHello: TLS alert "
+                                                         f"{received[-1]}", facts)
+        return _StageFailed("tls-error", failure.args[0], facts)
+
+    def _tls_bytes_in_after_hello(self):
+        return self.tls_client.connection.get_peer_certificate() is not None
+
+    def _silence_deadline(self):
+        """Keep time at the end to ask whether the server still answers anybody."""
+        budget = self.deadline - time.monotonic()
+        return self.deadline - min(LIVENESS_RESERVE, budget / 4)
+
+    def _judge_tls_silence(self, closed=None):
+        tls, channel = self.tls_client, self.channel
+        stalled = min(channel.unacked) if channel.unacked else None
+        facts = {"unacknowledged": sorted(channel.unacked), "retransmissions": channel.retransmissions,
+                 "server_tls_bytes": self._tls_bytes_in, "alerts": tls.alerts}
+        if not self._tls_bytes_in:
+            what, verdict = "our ClientHello", "client-hello-rejected"
+            detail = "no TLS answer" + (" and no ACK" if stalled is not None and stalled <= self._hello_sent_packets
+                                         else "")
+        elif self._client_flight_sent:
+            what, verdict = "our certificate" if self.settings.cert else "our (empty) certificate flight", \
+                "client-certificate-rejected"
+            detail = "never ACKed" if stalled is not None else "no answer"
+        else:
+            what, verdict, detail = "part of the server's TLS flight", "server-stopped", "the rest never came"
+        facts["server_certificate"] = tls.server_certificate()
+        self.result.server_certificate = facts["server_certificate"]
+        if closed:
+            detail, facts["closed"] = "the server closed the connection", closed
+        if verdict != "server-stopped" and not closed and not self._server_alive():
+            verdict = "server-stopped"
+            raise _StageFailed(verdict, f"the server stopped answering after {what} ({detail}), and a new reset "
+                                        f"is not answered either", facts)
+        if verdict == "client-hello-rejected":
+            message = f"the server went silent after our ClientHello ({detail}): no common TLS version or " \
+                      f"cipher suite, or max-clients reached"
+        elif verdict == "client-certificate-rejected":
+            message = f"the server went silent after {what} ({detail}): it refused our certificate " \
+                      f"(untrusted, revoked or expired{', or none given' if not self.settings.cert else ''})"
+        else:
+            message = f"the server stopped answering half-way through TLS ({what}: {detail})"
+        raise _StageFailed(verdict, message, facts)
+
+    def _server_alive(self) -> bool:
+        """Does the server answer a fresh reset (from a new socket)? Tells a refusal
+        (our session dropped) from a server that stopped answering at all."""
+        from ..probe import OK, probe
+        from ..settings import ProbeSettings
+
+        left = self.deadline - time.monotonic()
+        if left <= 0.05:
+            return True  # no time to ask: assume the usual, a refusal
+        host = self.result.address.rsplit(":", 1)[0].strip("[]")
+        settings = ProbeSettings(host=host, port=self.settings.probe.port, proto=self.proto, timeout=left,
+                                 retries=1, retry_interval=left / 2, wrapper=self.wrapper)
+        return probe(settings).verdict == OK
+
+    # auth --------------------------------------------------------------------------------------
+
+    def _auth(self):
+        settings = self.settings
+        user, password = settings.auth_user_pass or (None, None)
+        info = peer_info(settings.data_ciphers, self.proto, self.key_export, _gui_version())
+        message = client_message(self.key_exchange, options_string(self.proto, self.family,
+                                                                   self.wrapper.wrapping.kind == "tls-auth"),
+                                 user, password, info)
+        self.tls_client.send(message)
+        self._km_sent = True
+        self._queue_tls_output()
+        if not self._pump(lambda: self.server_key_message is not None or self.outcome is not None,
+                          self._silence_deadline()):
+            if not self._server_alive():
+                raise _StageFailed("server-stopped", "the server stopped answering after our key-method 2 message")
+            raise _StageFailed("stopped-after-tls", "TLS completed, but the server never sent its key-method 2 "
+                                                    "message")
+        if self.server_key_message is None:
+            self._raise_outcome()
+        server = self.server_key_message
+        facts = {"peer_info_sent": {k: v for k, v in info.items()},
+                 "iv_proto": iv_proto_names(int(info["IV_PROTO"])), "server_options": server.options,
+                 "server_peer_info": server.peer_info, "username": user}
+        return f"key-method 2 exchanged{' (user ' + user + ')' if user else ''}; server options " \
+               f"'{server.options[:60]}'", facts
+
+    # push --------------------------------------------------------------------------------------
+
+    def _push(self):
+        while self.outcome is None and time.monotonic() < self.deadline:
+            self._send_text(PUSH_REQUEST)
+            self._pump(lambda: self.outcome is not None, min(self.deadline, time.monotonic() + PUSH_RETRY))
+        if self.outcome is None:
+            raise _StageFailed("push-timeout", f"no PUSH_REPLY to PUSH_REQUEST within {self.elapsed():.1f} s")
+        if self.outcome.kind != "push-reply":
+            self._raise_outcome()
+        reply = self.push_reply
+        parts = []
+        if reply.get("ifconfig"):
+            parts.append("ifconfig " + "/".join(reply["ifconfig"]))
+        for name in ("route_gateway", "peer_id", "cipher"):
+            if reply.get(name) is not None:
+                parts.append(f"{name.replace('_', '-')} {reply[name]}")
+        if reply.get("protocol_flags"):
+            parts.append("protocol-flags " + " ".join(reply["protocol_flags"]))
+        return "PUSH_REPLY: " + ", ".join(parts), {"push_reply": reply}
+
+    def _raise_outcome(self):
+        outcome = self.outcome
+        text = outcome.text
+        if outcome.kind == "auth-failed":
+            if "cipher negotiation failed" in text:
+                raise _StageFailed("no-shared-cipher", f"AUTH_FAILED: {text}", {"reason": text})
+            raise _StageFailed("auth-failed", f"authentication failed (AUTH_FAILED{': ' + text if text else ''})",
+                               {"reason": text})
+        if outcome.kind == "auth-pending":
+            raise _StageFailed("auth-pending", f"the server waits for an extra authentication (AUTH_PENDING"
+                                               f"{': ' + text if text else ''})", {"reason": text})
+        if outcome.kind == "restart":
+            raise _StageFailed("server-restart", f"the server said RESTART{': ' + text if text else ''}",
+                               {"reason": text})
+        raise _StageFailed("server-halted", f"the server said {outcome.kind.upper()}{': ' + text if text else ''}",
+                           {"reason": text})
+
+    # close -----------------------------------------------------------------------------------
 
     def close(self):
-        pass
+        """End the session the way the server expects, then close the socket.
+        Never raises; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.link is not None and self.channel is not None and self._km_sent \
+                    and self.outcome is None or (self.outcome and self.outcome.kind == "push-reply"):
+                self._say_goodbye()
+        except (transport.TransportError, TLSFailure, _StageFailed, OSError):
+            pass
+        finally:
+            self._close_link()
+            self.result.exit_sent = self.result.exit_sent
+            if self.data_result is not None:
+                self.result.data = self.data_result
+
+    def _say_goodbye(self):
+        flags = (self.push_reply or {}).get("protocol_flags") or []
+        if "cc-exit" in flags:
+            self._send_text(EXIT)
+            self._pump(lambda: self.channel.idle, time.monotonic() + CLOSE_BUDGET)
+            self.result.exit_sent = "cc-exit"
+            return
+        if self.push_reply is not None:
+            try:
+                from .datachannel import send_explicit_exit_notify
+            except ImportError:
+                return
+            if send_explicit_exit_notify(self):
+                self.result.exit_sent = "explicit-exit-notify"
+
+    def _close_link(self):
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
+    # moving packets -----------------------------------------------------------------------------
+
+    def _send_text(self, message: bytes):
+        self.tls_client.send(message)
+        self._queue_tls_output()
+        self._flush()
+
+    def _send_wire(self, packet: bytes):
+        if self.started is None:
+            self.started = time.monotonic()
+        self.exchange.append((time.time(), self.link.local, (self.link.address.ip, self.link.address.port),
+                              self.proto, packet, True))
+        self.link.send(packet)
+
+    def _flush(self):
+        for packet in self.channel.outgoing():
+            self._send_wire(packet)
+
+    def _pump(self, done, until) -> bool:
+        """Send what is due, read and handle packets, until ``done()`` or ``until``."""
+        while True:
+            self._flush()
+            if done():
+                return True
+            now = time.monotonic()
+            if now >= until:
+                return False
+            due = self.channel.next_due()
+            wait_until = until if due is None else max(min(until, due), now + 1e-4)
+            try:
+                wire = self.link.receive(wait_until)
+            except transport.Timeout:
+                continue
+            self._handle(wire)
+
+    def _handle(self, wire: bytes):
+        from ..wrap import WrapError
+
+        self.exchange.append((time.time(), (self.link.address.ip, self.link.address.port), self.link.local,
+                              self.proto, wire, False))
+        if wire and wire[0] >> 3 in (6, 9):  # data channel: datachannel.py reads it
+            self._data_queue.append(wire)
+            return
+        try:
+            received = self.channel.read(wire)
+        except WrapError as error:
+            if self._server_reset is None and not self.channel.packets_received:
+                self._first_reply_unreadable(wire, error)
+            self.channel.ignored.append(str(error))
+            return
+        if received.key_id != 0:
+            self.channel.ignored.append(f"key_id {received.key_id} (renegotiation is not done here)")
+            return
+        if received.opcode == P_CONTROL_HARD_RESET_SERVER_V2:
+            if self._server_reset is None:
+                if received.acks and received.acks[0] != 0 or (received.acks and received.packet.remote_session_id
+                                                               != self.channel.session_id):
+                    raise _StageFailed("wrong-reply", "the server's reset does not answer ours "
+                                                      "(another session id)")
+                self._server_reset = received
+                self.channel.resend_wkc = bool(early_negotiation_flags(received.tlvs) & 1)
+        elif self._server_reset is None:
+            self.channel.ignored.append(f"{received.packet.opcode_name} before the server's reset")
+            return
+        try:
+            data = self.channel.receive(received)
+        except ProtocolError as error:
+            self.channel.ignored.append(str(error))
+            return
+        if data:
+            self._tls_bytes_in += len(data)
+            self.tls_client.feed(data)
+            self._tls_step()
+
+    def _first_reply_unreadable(self, wire, error):
+        from ..probe import _looks_like_server_reset
+
+        if self.wrapper.wrapping.kind != "none" and _looks_like_server_reset(wire):
+            raise _StageFailed("bad-authentication", f"the server answered, but its reply does not verify with "
+                                                     f"our key ({error})")
+        raise _StageFailed("not-openvpn", f"the reply is not OpenVPN ({wire[:16].hex(' ')}...)")
+
+    def _on_record(self, record: bytes):
+        if self._km_sent and self.server_key_message is None:
+            try:
+                self.server_key_message = parse_server_message(record)
+            except KeyMethodError as error:
+                raise _StageFailed("tls-error", f"the server's key-method 2 message cannot be read: {error}") \
+                    from None
+            self.key_exchange.server_random1 = record[5:37]
+            self.key_exchange.server_random2 = record[37:69]
+            return
+        for message in self._reader.feed(record):
+            self.control_messages.append(_redact(message))
+            if message.startswith("PUSH_REPLY"):
+                if self._push_parts.add(message) and self.outcome is None:
+                    from .push import Outcome
+
+                    self.push_reply = parse_options(self._push_parts.parts)
+                    self.result.push_reply = self.push_reply
+                    self.outcome = Outcome("push-reply", reply=self.push_reply)
+                continue
+            outcome = classify(message)
+            if outcome is not None and (self.outcome is None or outcome.kind in ("restart", "halt", "exit")):
+                if self.outcome is None or self.outcome.kind != "push-reply":
+                    self.outcome = outcome
+
+
+def _redact(message: str) -> str:
+    if message.startswith("PUSH_REPLY"):
+        return ",".join("auth-token [hidden]" if part.startswith("auth-token") else part
+                        for part in message.split(","))
+    return message
+
+
+def _new_session_id() -> int:
+    while True:
+        value = int.from_bytes(os.urandom(8), "big")
+        if value:
+            return value
+
+
+def _gui_version():
+    from .. import __version__
+
+    return f"ovpndiag_{__version__}"
+
+
+def _transport_verdict(error, proto, stage):
+    kind = getattr(error, "kind", "error")
+    if stage == "reset":
+        return {"refused": "port-closed", "timeout": "no-connection" if proto == "tcp" else "server-silent",
+                "closed": "connection-closed", "reset": "connection-reset", "not-openvpn": "not-openvpn",
+                "unreachable": "unreachable"}.get(kind, "unreachable")
+    if kind in ("closed", "reset"):
+        return "server-stopped"
+    return "server-stopped" if kind != "refused" else "server-stopped"
