@@ -283,29 +283,140 @@ def run_plugin(command, prog):
         _give_up(prog, f"{type(error).__name__}: {error}", UNKNOWN)
 
 
+def handshake_options(default_stage):
+    """The staged handshake's options, shared by handshake and check (after probe_options)."""
+    from .client import STAGES
+
+    def decorate(command):
+        options = [
+            click.option("--stage", type=click.Choice(STAGES), default=default_stage, show_default=True,
+                         help="How far to go: reset (the server's answer), tls (the control channel's TLS and "
+                              "the server certificate), auth (key-method 2 and credentials), push (PUSH_REPLY), "
+                              "data (an ICMP echo through the tunnel)."),
+            click.option("--ca", metavar="FILE", help="CA certificate(s) to verify the server with (PEM)."),
+            click.option("--cert", metavar="FILE", help="Client certificate (PEM)."),
+            click.option("--key", metavar="FILE", help="Client private key (PEM)."),
+            click.option("--askpass", metavar="FILE", help="The private key's passphrase, first line of FILE."),
+            click.option("--auth-user-pass", "auth_user_pass", metavar="FILE",
+                         help="Username (line 1) and password (line 2), as OpenVPN reads them."),
+            click.option("--remote-cert-tls", "remote_cert_tls", type=click.Choice(["server"]),
+                         help="Require the serverAuth extended key usage in the server certificate."),
+            click.option("--verify-x509-name", "verify_x509_name", metavar="NAME",
+                         help="Require this server certificate name (see --verify-x509-type)."),
+            click.option("--verify-x509-type", "verify_x509_type",
+                         type=click.Choice(["subject", "name", "name-prefix"]),
+                         help="How --verify-x509-name compares: the whole subject, the CN, or a CN prefix "
+                              "(default: subject when NAME holds '=', else name)."),
+            click.option("--data-ciphers", "data_ciphers", metavar="LIST",
+                         help="Data-channel ciphers to offer, ':'-separated (default AES-256-GCM:AES-128-GCM:"
+                              "CHACHA20-POLY1305)."),
+            click.option("--ping-target", "ping_target", metavar="IP",
+                         help="Where the data stage's ICMP echo goes (default: the pushed route-gateway)."),
+            click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True,
+                         help="ICMP echoes to send in the data stage (loss and RTT)."),
+            click.option("--cert-warning", "cert_warning", type=click.FloatRange(0), default=30.0,
+                         show_default=True, metavar="DAYS",
+                         help="WARNING when the server certificate ends within DAYS."),
+            click.option("--cert-critical", "cert_critical", type=click.FloatRange(0), default=7.0,
+                         show_default=True, metavar="DAYS",
+                         help="CRITICAL when it ends within DAYS (or has expired)."),
+            click.option("--keylog", metavar="FILE",
+                         help="Append the control channel's TLS secrets to FILE (NSS key log: Wireshark then "
+                              "decrypts a --write capture)."),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _handshake_settings(options):
+    """HandshakeSettings from the command line (and its --config profile)."""
+    from .handshake_settings import handshake_settings
+
+    return handshake_settings(
+        _settings(options), ca=options["ca"], cert=options["cert"], key=options["key"],
+        askpass=options["askpass"], auth_user_pass=options["auth_user_pass"],
+        remote_cert_tls=options["remote_cert_tls"], verify_x509_name=options["verify_x509_name"],
+        verify_x509_type=options["verify_x509_type"], data_ciphers=options["data_ciphers"],
+        stage=options["stage"], ping_target=options["ping_target"], count=options["count"],
+        keylog=options["keylog"], write=options.get("write_path"), config=options["config"])
+
+
+HANDSHAKE_EPILOG = """\b
+Exit status: 0 the handshake went as far as --stage and the server certificate
+is not within --cert-warning days of its end; 1 it stopped earlier (the report
+says where and why) or the certificate ends soon; 2 bad options, or an
+unreadable or malformed CA, certificate, key, passphrase or credentials file;
+74 the output could not be written."""
+
+
+@main.command(epilog=HANDSHAKE_EPILOG)
+@probe_options
+@handshake_options("data")
+@click.option("--write", "write_path", metavar="FILE.pcap", help="Save every packet as a capture (never overwrites).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def handshake(as_json, **options):
+    """Walk the whole OpenVPN handshake with HOST as a client would, stage by
+    stage (reset, tls, auth, push, data), and say where it stops and why."""
+    from .handshake_check import judge, to_dict
+
+    try:
+        settings = _handshake_settings(options)
+    except _user_errors() as error:
+        raise UserError(str(error)) from None
+    from .client import Client
+
+    result = Client(settings).run(settings.stage)
+    judgement = judge(result, options["cert_warning"], options["cert_critical"])
+    if as_json:
+        emit(json.dumps(to_dict(result, judgement)))
+    else:
+        from .render.handshake import handshake_report
+
+        emit(handshake_report(result, judgement, settings.stage))
+    sys.exit(0 if judgement.state == 0 else 1)
+
+
 @main.command(cls=PluginCommand, epilog=CHECK_EPILOG)
 @click.version_option(__version__, "-V", "--version", prog_name="ovpndiag check", message="%(prog)s %(version)s")
 @probe_options
+@handshake_options("reset")
 @click.option("-w", "--warning", metavar="RANGE", help="Warning threshold on the response time, seconds.")
 @click.option("-c", "--critical", metavar="RANGE", help="Critical threshold on the response time, seconds.")
-@click.option("--warn-on-retry", is_flag=True, help="WARNING when only a retried reset was answered.")
+@click.option("--warn-on-retry", is_flag=True, help="WARNING when only a retried reset was answered (--stage reset).")
 @click.option("-v", "--verbose", is_flag=True, help="Add the probe's detail lines after the status line.")
 @plugin
 def check(warning, critical, warn_on_retry, verbose, **options):
-    """Nagios/Icinga plugin: probe HOST and report OK/WARNING/CRITICAL/UNKNOWN with perfdata."""
-    from .check import evaluate
+    """Nagios/Icinga plugin: probe HOST and report OK/WARNING/CRITICAL/UNKNOWN with perfdata.
+    With --stage beyond reset, walk the handshake that far (see 'ovpndiag handshake')."""
     from .monitoring import Range
-    from .probe import probe as run_probe
     from .render.nagios import plugin_output
 
     warning_range = Range.parse(warning) if warning else None
     critical_range = Range.parse(critical) if critical else None
-    settings = _settings(options)
-    result = run_probe(settings)
-    outcome = evaluate(result, warning_range, critical_range, settings.timeout,
-                       1 + settings.retries if settings.proto == "udp" else 1, warn_on_retry)
+    if options["stage"] != "reset":  # the client (TLS, cryptography) only when asked for
+        outcome = _check_handshake(options, warning_range, critical_range)
+    else:
+        from .check import evaluate
+        from .probe import probe as run_probe
+
+        settings = _settings(options)
+        result = run_probe(settings)
+        outcome = evaluate(result, warning_range, critical_range, settings.timeout,
+                           1 + settings.retries if settings.proto == "udp" else 1, warn_on_retry)
     plugin_print(plugin_output(outcome, verbose))
     sys.exit(outcome.state)
+
+
+def _check_handshake(options, warning_range, critical_range):
+    from .client import Client
+    from .handshake_check import evaluate
+
+    settings = _handshake_settings(options)
+    result = Client(settings).run(settings.stage)
+    return evaluate(result, settings.stage, warning_range, critical_range, settings.probe.timeout,
+                    options["cert_warning"], options["cert_critical"])
 
 
 # --- dissect and sniff ------------------------------------------------------------

@@ -4,17 +4,23 @@ Takes ``remote``, ``port``, ``proto``, ``auth``, ``key-direction``, where a
 ``secret`` (static-key mode) is, and the control-channel keys, given as files
 (``tls-auth ta.key 1``) or inline blocks (``<tls-auth>...</tls-auth>``). Relative key paths are looked up beside the
 profile first, then in the current directory, as users run OpenVPN from either.
+For the staged handshake it also takes ``ca``, ``cert``, ``key`` and ``auth-user-pass``
+(files or inline blocks: kept as a path or the block's bytes, read and checked by
+ovpndiag.handshake_settings), ``askpass``, ``remote-cert-tls``, ``verify-x509-name``,
+``data-ciphers`` (or the older ``ncp-ciphers``), and where a ``pkcs12`` is.
 Everything else in the profile is ignored.
 """
 
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from .keys import (KeyFileError, StaticKey, TLSCryptV2ClientKey, parse_key, read_key, read_small_file)
 
 _INLINE_KEYS = ("tls-auth", "tls-crypt", "tls-crypt-v2")
+_PEM_BLOCKS = ("ca", "cert", "key")  # kept as given (a path or inline bytes); read when used
+_X509_NAME_KINDS = ("subject", "name", "name-prefix")
 MAX_PROFILE_SIZE = 1024 * 1024  # inline certificates and keys make a profile tens of KB
 
 
@@ -41,6 +47,18 @@ class Profile:
     tls_crypt: Optional[StaticKey] = None
     tls_crypt_v2: Optional[TLSCryptV2ClientKey] = None
     secret: Optional[str] = None  # where a static-key ("secret") line is: p2p mode, no TLS handshake
+    ca: Union[Path, bytes, None] = None  # a file's path, or an inline block's bytes
+    cert: Union[Path, bytes, None] = None
+    key: Union[Path, bytes, None] = field(default=None, repr=False)  # (a private key: never shown)
+    # auth-user-pass: a file's path, an inline block's bytes, or True when the profile
+    # asks for them at a prompt (auth-user-pass alone)
+    auth_user_pass: Union[Path, bytes, bool, None] = field(default=None, repr=False)  # (holds a password)
+    askpass: Union[Path, bool, None] = None  # the private key's passphrase file, or True (a prompt)
+    remote_cert_tls: Optional[str] = None
+    verify_x509_name: Optional[Tuple[str, str]] = None  # (name, "subject"|"name"|"name-prefix")
+    data_ciphers: Optional[List[str]] = None
+    pkcs12: Optional[str] = None  # where a pkcs12 line or block is (not supported: says so when used)
+    where: Dict[str, str] = field(default_factory=dict)  # option -> "profile:line" it came from
 
 
 def read_profile(path) -> Profile:
@@ -65,6 +83,11 @@ def parse_profile(text: str, source: str = "profile", base_dir: Optional[Path] =
                 profile.secret = profile.secret or f"{source}:{number}"
             elif tag in _INLINE_KEYS:
                 _set_key(profile, tag, parse_key(body, f"{source}: <{tag}>"), f"{source}:{number}")
+            elif tag in _PEM_BLOCKS or tag == "auth-user-pass":
+                setattr(profile, tag.replace("-", "_"), body.encode("utf-8", "replace"))
+                profile.where[tag] = f"{source}:{number}: <{tag}>"
+            elif tag == "pkcs12":
+                profile.pkcs12 = f"{source}:{number}"
             continue
         try:
             words = shlex.split(line, comments=True)
@@ -109,6 +132,33 @@ def _apply_option(profile, words, where, base_dir):
             except KeyFileError as error:
                 raise ProfileError(f"{where}: {option} {error}") from None
             _set_key(profile, option, key, where)
+    elif option in _PEM_BLOCKS and args:
+        if args[0] != "[inline]":
+            setattr(profile, option, _find(args[0], base_dir))
+            profile.where[option] = f"{where}: {option}"
+    elif option == "auth-user-pass":
+        if not args:
+            profile.auth_user_pass = profile.auth_user_pass or True  # (a block may come later)
+        elif args[0] != "[inline]":
+            profile.auth_user_pass = _find(args[0], base_dir)
+            profile.where[option] = f"{where}: {option}"
+    elif option == "askpass":
+        profile.askpass = _find(args[0], base_dir) if args else True
+        profile.where[option] = f"{where}: {option}"
+    elif option == "remote-cert-tls" and args:
+        if args[0] not in ("server", "client"):
+            raise ProfileError(f"{where}: remote-cert-tls must be server or client, not '{args[0]}'")
+        profile.remote_cert_tls = args[0]
+    elif option == "verify-x509-name" and args:
+        kind = args[1] if len(args) > 1 else "subject"
+        if kind not in _X509_NAME_KINDS:
+            raise ProfileError(f"{where}: verify-x509-name type must be one of {', '.join(_X509_NAME_KINDS)}, "
+                               f"not '{kind}'")
+        profile.verify_x509_name = (args[0], kind)
+    elif option in ("data-ciphers", "ncp-ciphers") and args:
+        profile.data_ciphers = [name for name in args[0].split(":") if name]
+    elif option == "pkcs12":
+        profile.pkcs12 = where
 
 
 def _set_key(profile, option, key, where):

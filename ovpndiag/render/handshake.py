@@ -1,0 +1,155 @@
+"""A staged handshake as a report for people at a terminal, in the probe report's
+style: one line per stage with its time and outcome, the server certificate, TLS,
+the pushed options, the data channel, then the verdict and what to try.
+
+It prints a HandshakeResult and its Judgement (ovpndiag.handshake_check); it
+decides nothing. No key material or password ever reaches a result.
+"""
+
+import click
+
+from ..client import STAGES
+from ..handshake_check import where
+
+STATE_COLOURS = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "magenta"}
+# The pushed options people look for first, in this order; the rest follow as pushed.
+PUSH_ORDER = ("ifconfig", "ifconfig-ipv6", "route-gateway", "topology", "route", "route-ipv6", "redirect-gateway",
+              "dhcp-option", "dns", "peer-id", "cipher", "protocol-flags", "ping", "ping-restart", "key-derivation")
+
+
+def handshake_report(result, judgement, stage="data") -> str:
+    """``stage`` is the last stage asked for: the ones after a failure show as not reached."""
+    lines = [click.style(f"Handshake with {result.host} port {result.port}/{result.proto}"
+                         + (f" with {result.wrapping}" if result.wrapping else ""), bold=True)]
+    if result.address and result.address != result.host:
+        lines.append(f"  address {result.address}")
+    lines += _stages(result, stage)
+    lines += _certificate(result.server_certificate)
+    if result.tls:
+        tls = result.tls
+        lines.append("TLS: " + ", ".join(str(tls[k]) for k in ("version", "cipher") if tls.get(k))
+                     + "".join(f", {k} {v}" for k, v in tls.items() if k not in ("version", "cipher") and _shown(v)))
+    lines += _push(result.push_reply)
+    lines += _data(result.data)
+    if result.exit_sent:
+        how = {"cc-exit": "EXIT through the control channel (cc-exit)",
+               "explicit-exit-notify": "explicit-exit-notify on the data channel"}.get(result.exit_sent,
+                                                                                       result.exit_sent)
+        lines.append(f"Closed with {how}")
+    colour = STATE_COLOURS.get(judgement.state_name)
+    lines.append(click.style("Verdict: ", bold=True) + click.style(f"{judgement.state_name} {judgement.verdict}",
+                                                                   fg=colour, bold=True)
+                 + f" - {judgement.message}")
+    if judgement.advice:
+        lines.append("What to try:")
+        lines.extend(f"  - {advice}" for advice in judgement.advice)
+    return "\n".join(lines)
+
+
+def _stages(result, stage):
+    lines = ["Stages:"]
+    asked = STAGES[:STAGES.index(stage) + 1] if stage in STAGES else STAGES
+    width = max(len(name) for name in asked)
+    for reached in result.stages:
+        word, colour = ("ok", "green") if reached.ok else ("FAIL", "red")
+        mark = click.style(f"[{word}]", fg=colour)
+        lines.append(f"  {mark}{' ' * (4 - len(word))} {reached.name:<{width}}  +{reached.elapsed:.4f} s  "
+                     f"{reached.detail}")
+    for name in asked:
+        if result.stage(name) is None:
+            lines.append(f"  [--]   {name:<{width}}  not reached")
+    return lines
+
+
+def _shown(value) -> bool:
+    return value not in (None, "", [], {})
+
+
+def _certificate(certificate):
+    if not certificate:
+        return []
+    lines = ["Server certificate:"]
+    rows = [("subject", certificate.get("subject")), ("issuer", certificate.get("issuer")),
+            ("serial", certificate.get("serial"))]
+    if certificate.get("not_before") or certificate.get("not_after"):
+        days = certificate.get("days_left")
+        left = ""
+        if days is not None:
+            left = f" ({days:.0f} days left)" if days >= 0 else f" (EXPIRED {-days:.0f} days ago)"
+        rows.append(("valid", f"{certificate.get('not_before', '?')} to {certificate.get('not_after', '?')}{left}"))
+    rows += [("key", certificate.get("key")), ("signature", certificate.get("signature_algorithm"))]
+    verified = certificate.get("verified")
+    if verified is not None:
+        rows.append(("verified", _verified(verified, certificate)))
+    chain = certificate.get("chain")
+    if chain:
+        rows.append(("chain", " <- ".join(_subject(link) for link in chain)))
+    known = {"subject", "issuer", "serial", "not_before", "not_after", "days_left", "key", "signature_algorithm",
+             "verified", "chain", "verify_error", "not_yet_valid"}
+    rows += [(name, value) for name, value in certificate.items() if name not in known]
+    width = max(len(name) for name, value in rows if _shown(value)) if rows else 0
+    lines += [f"  {name:<{width}}  {_text(value)}" for name, value in rows if _shown(value)]
+    return lines
+
+
+def _verified(verified, certificate):
+    if verified is True:
+        return "yes, against the CA given"
+    reason = certificate.get("verify_error")
+    if verified is False and reason:
+        return f"NO: {reason}"
+    return "no (no --ca given: not checked)" if verified is False else str(verified)
+
+
+def _subject(link):
+    if isinstance(link, dict):
+        return str(link.get("subject") or link)
+    return str(link)
+
+
+def _text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_text(v)}" for k, v in value.items())
+    if value is True:
+        return "yes"
+    return str(value)
+
+
+def _push(push_reply):
+    if not push_reply:
+        return []
+    options = {name: value for name, value in push_reply.items() if name != "raw"}
+    names = [name for name in PUSH_ORDER if name in options] + [n for n in options if n not in PUSH_ORDER]
+    lines = ["Pushed options:"]
+    for name in names:
+        value = options[name]
+        if isinstance(value, list) and value and all(isinstance(item, (str, list, tuple)) for item in value) \
+                and name in ("route", "route-ipv6", "dhcp-option", "dns", "redirect-gateway"):
+            lines += [f"  {name} {_text(item)}" for item in value]  # one line each, as OpenVPN logs them
+        else:
+            lines.append(f"  {name} {_text(value)}".rstrip())
+    if len(lines) == 1 and push_reply.get("raw"):
+        lines.append(f"  {push_reply['raw']}")
+    return lines
+
+
+def _data(data):
+    if not data:
+        return []
+    parts = [str(data.get("cipher", "?"))]
+    if data.get("key_derivation"):
+        parts[0] += f" (keys from {'the TLS exporter' if data['key_derivation'] == 'tls-ekm' else 'the PRF'})"
+    sent, received = data.get("sent"), data.get("received")
+    if sent is not None:
+        lost = f", {100 * (sent - (received or 0)) / sent:.0f}% lost" if sent else ""
+        parts.append(f"{sent} echo{'es' if sent != 1 else ''} sent, {received or 0} answered{lost}")
+    rtt = data.get("rtt")
+    if isinstance(rtt, dict):
+        parts.append("rtt " + " / ".join(f"{k} {v * 1000:.2f} ms" for k, v in rtt.items() if isinstance(v, (int, float))))
+    elif isinstance(rtt, (int, float)):
+        parts.append(f"rtt {rtt * 1000:.2f} ms")
+    if data.get("target"):
+        parts.append(f"to {data['target']}")
+    return ["Data channel: " + ", ".join(parts)]
