@@ -90,8 +90,11 @@ class Client:
 
     @property
     def key_derivation(self) -> str:
-        flags = (self.push_reply or {}).get("protocol_flags") or []
-        return "tls-ekm" if self.key_export and "tls-ekm" in flags else "prf"
+        reply = self.push_reply or {}
+        # 2.6 servers say "protocol-flags ... tls-ekm" (or "key-derivation tls-ekm" to clients
+        # that do not announce cc-exit)
+        announced = "tls-ekm" in (reply.get("protocol_flags") or []) or reply.get("key_derivation") == "tls-ekm"
+        return "tls-ekm" if self.key_export and announced else "prf"
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started if self.started else 0.0
@@ -513,11 +516,22 @@ class Client:
                 return False
             due = self.channel.next_due()
             wait_until = until if due is None else max(min(until, due), now + 1e-4)
+            self._quickack()
             try:
                 wire = self.link.receive(wait_until)
             except transport.Timeout:
                 continue
             self._handle(wire)
+
+    def _quickack(self):
+        """TCP: ACK the server's segments at once. The server does not set TCP_NODELAY,
+        so with our delayed ACKs its next small packet would wait ~40 ms on Nagle
+        (Linux clears the flag after use: set again before each read)."""
+        if self.proto == "tcp" and hasattr(socket, "TCP_QUICKACK"):
+            try:
+                self.link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                pass
 
     def _handle(self, wire: bytes):
         from ..wrap import WrapError
