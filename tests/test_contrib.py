@@ -70,11 +70,12 @@ def test_icinga2_validates_the_check_command_and_its_example_service(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning/" not in result.stdout + result.stderr and "critical/" not in result.stdout + result.stderr
-    # The example apply rule gave the "example" host its service: four probes and one example.
+    # The example apply rules gave the "example" host its services: four probes and two examples.
     objects = subprocess.run(["icinga2", "object", "list", "--type", "Service", *defines],
                              capture_output=True, text=True, timeout=60).stdout
     assert "Object 'example!openvpn' of type 'Service'" in objects
-    assert objects.count("of type 'Service'") == len(HOSTS) + 1
+    assert "Object 'example!openvpn-handshake' of type 'Service'" in objects
+    assert objects.count("of type 'Service'") == len(HOSTS) + 2
 
 
 def test_icinga2_gives_the_plugin_the_hosts_ipv4_or_ipv6_address(tmp_path):
@@ -126,7 +127,7 @@ def test_nagios4_validates_the_commands_and_example_in_a_stock_configuration(tmp
     assert "Total Warnings: 0" in result.stdout and "Total Errors:   0" in result.stdout, result.stdout
     _, stock = _nagios_verify(tmp_path)
     assert (counts["commands"], counts["hosts"], counts["services"]) == (
-        stock["commands"] + 2, stock["hosts"] + 1, stock["services"] + 1)
+        stock["commands"] + 3, stock["hosts"] + 1, stock["services"] + 2)
 
 
 def test_nagios_commands_take_the_plugin_from_user1():

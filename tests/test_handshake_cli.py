@@ -314,3 +314,19 @@ def test_a_pkcs12_profile_is_refused_in_one_line(tmp_path):
     path.write_text("client\nremote 127.0.0.1 9\npkcs12 client.p12\n")
     result = one_line_error(ovpndiag("handshake", "--config", path), 2)
     assert "p12.ovpn:3: pkcs12 is not supported" in result
+
+
+def test_contrib_files_use_only_options_check_has():
+    """A misspelt option in a CheckCommand fails only when the service runs: catch it here."""
+    from pathlib import Path
+
+    from ovpndiag.cli import check
+
+    root = Path(__file__).resolve().parent.parent
+    known = {name for param in check.params for name in getattr(param, "opts", [])}
+    icinga = re.findall(r'^\s*"(-[-\w]+)" = \{', (root / "contrib/icinga2/ovpndiag.conf").read_text(), re.M)
+    nagios = re.findall(r"\s(--[\w-]+)", "\n".join(
+        line for line in (root / "contrib/nagios/ovpndiag.cfg").read_text().splitlines() if "command_line" in line))
+    assert {"--stage", "--ca", "--cert", "--key", "--auth-user-pass", "--cert-warning", "--cert-critical"} <= set(icinga)
+    assert {"--config", "--stage", "--cert-warning", "--cert-critical"} <= set(nagios)
+    assert set(icinga) | set(nagios) <= known, (set(icinga) | set(nagios)) - known
