@@ -142,7 +142,8 @@ _ALL = [
             "TLS completed, but no data channel followed, and the reason is inside TLS (not readable here)",
             ("read the server's log for this client: AUTH_FAILED, a cipher or option mismatch",
              "a capture with our --keylog shows the messages inside TLS")),
-    Verdict("auth-failed", "auth",
+    # push, not auth: AUTH_FAILED answers PUSH_REQUEST on the wire; key-method 2 has passed by then
+    Verdict("auth-failed", "push",
             "the server refused the session: AUTH_FAILED (username/password, auth script or plugin)",
             ("check the username and password (--auth-user-pass: the user on line 1, the password on "
              "line 2)",
