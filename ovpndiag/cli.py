@@ -146,12 +146,13 @@ class UserError(click.ClickException):
 
 
 def _user_errors():
+    from .client import CredentialsError
     from .keys import KeyFileError
     from .monitoring import RangeError
     from .pcapout import WriteError
     from .settings import SettingsError
 
-    return KeyFileError, SettingsError, RangeError, WriteError
+    return KeyFileError, SettingsError, RangeError, WriteError, CredentialsError
 
 
 @main.command(epilog=PROBE_EPILOG)
@@ -363,11 +364,22 @@ def handshake(as_json, **options):
 
     try:
         settings = _handshake_settings(options)
+        from .client import Client
+        from .pcapout import PcapWriter
+
+        client = Client(settings)  # reads the credentials: their errors come before anything is sent
+        writer = PcapWriter(settings.write) if settings.write else None
     except _user_errors() as error:
         raise UserError(str(error)) from None
-    from .client import Client
-
-    result = Client(settings).run(settings.stage)
+    try:
+        result = client.run(settings.stage)
+    except BaseException:
+        if writer is not None:
+            writer.close(failed=True)
+        raise
+    if writer is not None:  # nothing sent (no address, TCP refused): no file
+        writer.write_exchange(client.exchange)
+        writer.close(failed=not client.exchange)
     judgement = judge(result, options["cert_warning"], options["cert_critical"])
     if as_json:
         emit(json.dumps(to_dict(result, judgement)))

@@ -78,8 +78,10 @@ def _days(days) -> str:
 
 
 def where(result) -> str:
-    host = result.address or result.host
-    host = f"[{host}]" if ":" in host else host
+    """e.g. 192.0.2.1:1194/udp: the address that answered (address:port), else the host."""
+    if result.address:
+        return f"{result.address}/{result.proto}"
+    host = f"[{result.host}]" if ":" in result.host else result.host
     return f"{host}:{result.port}/{result.proto}"
 
 

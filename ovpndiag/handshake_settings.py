@@ -75,8 +75,6 @@ def handshake_settings(probe, *, ca=None, cert=None, key=None, askpass=None, aut
             raise SettingsError(f"--ping-target must be an IP address, not '{ping_target}'") from None
     if count < 1:
         raise SettingsError("--count must be at least 1")
-    if write and Path(write).exists():  # refused before anything is sent, as the probe's --write
-        raise SettingsError(f"{write}: already exists; remove it or choose another name")
     settings.count, settings.keylog, settings.write = count, keylog, write
     return settings
 

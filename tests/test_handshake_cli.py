@@ -114,8 +114,32 @@ def test_check_at_the_reset_stage_reads_no_credentials(tmp_path):
 
 # --- rendering a HandshakeResult ---------------------------------------------------------------
 
-def _result(verdict="ok", days=200.0, stages=("reset", "tls", "auth", "push", "data"), failed=None, **extra):
-    result = HandshakeResult("vpn.example.net", 1194, "udp", "192.0.2.1", wrapping="tls-crypt")
+SERVER_CERT = key_path("keys/server.crt")
+PUSHED = ["route-gateway 10.8.0.1", "topology subnet", "ifconfig 10.8.0.2 255.255.255.0", "route 10.9.0.0 255.255.0.0",
+          "route 10.10.0.0 255.255.0.0", "dhcp-option DNS 10.8.0.53", "peer-id 0", "cipher AES-256-GCM",
+          "protocol-flags cc-exit tls-ekm", "auth-token SECRET-TOKEN", "tun-mtu 1500"]
+
+
+def _certificate(days):
+    """The facts the client gives of the bundled server certificate, seen ``days`` before it ends."""
+    import datetime
+
+    from cryptography import x509
+
+    from ovpndiag.client.tlslayer import certificate_facts
+
+    certificate = x509.load_pem_x509_certificate(SERVER_CERT.read_bytes())
+    now = certificate.not_valid_after_utc - datetime.timedelta(days=days, hours=1)
+    facts = certificate_facts(certificate, now)
+    facts.update(verified=True, chain=[{"subject": facts["subject"], "issuer": facts["issuer"]},
+                                       {"subject": facts["issuer"], "issuer": facts["issuer"]}])
+    return facts
+
+
+def _result(verdict="ok", days=200, stages=("reset", "tls", "auth", "push", "data"), failed=None, **extra):
+    from ovpndiag.client.push import parse_options
+
+    result = HandshakeResult("vpn.example.net", 1194, "udp", "192.0.2.1:1194", wrapping="tls-crypt")
     time = 0.0
     for name in stages:
         time += 0.002
@@ -123,15 +147,10 @@ def _result(verdict="ok", days=200.0, stages=("reset", "tls", "auth", "push", "d
     result.elapsed = time
     result.verdict, result.message = verdict, extra.pop("message", "all done")
     if "tls" in stages:
-        result.server_certificate = {
-            "subject": "CN=server", "issuer": "CN=Test CA", "serial": "0x1f", "not_before": "2026-01-01 00:00:00",
-            "not_after": "2027-06-01 00:00:00", "days_left": days, "verified": True, "key": "EC P-256",
-            "signature_algorithm": "ecdsa-with-SHA256", "chain": ["CN=server", "CN=Test CA"]}
+        result.server_certificate = _certificate(days)
         result.tls = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
     if "push" in stages and failed != "push":
-        result.push_reply = {"ifconfig": "10.8.0.2 255.255.255.0", "route-gateway": "10.8.0.1",
-                             "route": ["10.9.0.0 255.255.0.0", "10.10.0.0 255.255.0.0"], "peer-id": 0,
-                             "cipher": "AES-256-GCM", "raw": "PUSH_REPLY,route-gateway 10.8.0.1,..."}
+        result.push_reply = parse_options(PUSHED)
     if "data" in stages and failed != "data":
         result.data = {"cipher": "AES-256-GCM", "sent": 4, "received": 3, "rtt": 0.0004, "key_derivation": "tls-ekm"}
         result.exit_sent = "cc-exit"
@@ -147,16 +166,21 @@ def plain(text):
 def test_report_of_a_success_shows_every_stage_certificate_push_data_and_verdict():
     result = _result()
     report = plain(handshake_report(result, judge(result), "data")).splitlines()
-    assert report[0] == "Handshake with vpn.example.net port 1194/udp with tls-crypt"
+    assert report[:2] == ["Handshake with vpn.example.net port 1194/udp with tls-crypt", "  address 192.0.2.1:1194"]
     stages = [line.split()[:3] for line in report if line.startswith("  [")]
     assert stages == [["[ok]", "reset", "+0.0020"], ["[ok]", "tls", "+0.0040"], ["[ok]", "auth", "+0.0060"],
                       ["[ok]", "push", "+0.0080"], ["[ok]", "data", "+0.0100"]]
     text = "\n".join(report)
-    assert "  subject    CN=server" in text and "  issuer     CN=Test CA" in text
-    assert "(200 days left)" in text and "chain      CN=server <- CN=Test CA" in text
+    assert "  subject    O=ovpndiag test material, CN=ovpndiag-test-server\n" in text
+    assert "  issuer     O=ovpndiag test material, CN=ovpndiag-test-ca\n" in text
+    assert "to 2056-11-17T13:33:45Z (200 days left)" in text and "  verified   yes, against the CA given" in text
+    assert "  chain      O=ovpndiag test material, CN=ovpndiag-test-server <- O=ovpndiag test material, " \
+           "CN=ovpndiag-test-ca" in text
     assert "TLS: TLSv1.3, TLS_AES_256_GCM_SHA384" in text
-    assert "  route 10.9.0.0 255.255.0.0\n  route 10.10.0.0 255.255.0.0" in text
-    assert "  ifconfig 10.8.0.2 255.255.255.0" in text and "PUSH_REPLY," not in text
+    assert "Pushed options:\n  ifconfig 10.8.0.2 255.255.255.0\n  route-gateway 10.8.0.1\n  topology subnet\n" \
+           "  route 10.9.0.0 255.255.0.0\n  route 10.10.0.0 255.255.0.0\n  dhcp-option DNS 10.8.0.53\n  peer-id 0\n" \
+           "  cipher AES-256-GCM\n  protocol-flags cc-exit tls-ekm\n  auth-token [hidden]\n  tun-mtu 1500\n" in text
+    assert "SECRET-TOKEN" not in text
     assert "Data channel: AES-256-GCM (keys from the TLS exporter), 4 echoes sent, 3 answered, 25% lost, " \
            "rtt 0.40 ms" in text
     assert "Closed with EXIT through the control channel (cc-exit)" in text
@@ -216,7 +240,9 @@ def test_check_status_line_and_perfdata_of_a_success():
 
     line = plugin_output(evaluate(_result(), "data", timeout=10)).splitlines()[0]
     assert STATUS.match(line), line
-    assert line.startswith("OPENVPN OK - 192.0.2.1:1194/udp: handshake OK up to data in 10.0 ms (TLSv1.3 ")
+    assert line.startswith("OPENVPN OK - 192.0.2.1:1194/udp: handshake OK up to data in 10.0 ms (TLSv1.3 "
+                           "TLS_AES_256_GCM_SHA384; server O=ovpndiag test material, CN=ovpndiag-test-server valid "
+                           "200 days more; AES-256-GCM echo 3/4) | "), line
     perf = line.split(" | ")[1].split()
     assert perf == ["time=0.01s;;;0;10", "reset=0.002s", "tls=0.004s", "auth=0.006s", "push=0.008s",
                     "data=0.01s", "cert_days=200;30:;7:"]
@@ -330,3 +356,136 @@ def test_contrib_files_use_only_options_check_has():
     assert {"--stage", "--ca", "--cert", "--key", "--auth-user-pass", "--cert-warning", "--cert-critical"} <= set(icinga)
     assert {"--config", "--stage", "--cert-warning", "--cert-critical"} <= set(nagios)
     assert set(icinga) | set(nagios) <= known, (set(icinga) | set(nagios)) - known
+
+
+# --- against real OpenVPN 2.6 servers --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def live():
+    """Real servers with the test PKI, started on first use, stopped after this module."""
+    from servers import auth_script_server, pki_server
+
+    factories = {"valid": lambda: pki_server("valid"), "valid-tcp": lambda: pki_server("valid", proto="tcp"),
+                 "ends-20d": lambda: pki_server("ends-20d"), "ends-5d": lambda: pki_server("ends-5d"),
+                 "auth": lambda: auth_script_server()}
+    running = {}
+
+    def get(name):
+        if name not in running:
+            running[name] = factories[name]().start()
+        return running[name]
+
+    yield get
+    for server in running.values():
+        server.stop()
+
+
+def pki_options(client="valid"):
+    from pki import get_pki
+
+    pki = get_pki()
+    return ["--ca", pki.ca, "--cert", pki.client[client], "--key", pki.client_key[client]]
+
+
+def credentials(tmp_path, password):
+    from servers import AUTH_USER
+
+    path = tmp_path / "login.txt"
+    path.write_text(f"{AUTH_USER}\n{password}\n")
+    return path
+
+
+def test_handshake_report_against_a_real_server(live):
+    server = live("valid")
+    result = ovpndiag("handshake", server.host, "-p", server.port, *pki_options(), "-t", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Handshake with {server.host} port {server.port}/udp with no tls-auth/tls-crypt"
+    stages = [line.split()[:2] for line in lines if line.startswith("  [")]
+    assert stages == [["[ok]", name] for name in ("reset", "tls", "auth", "push", "data")], result.stdout
+    assert "  verified   yes, against the CA given" in lines and "Closed with EXIT through the control channel (cc-exit)" \
+        in lines
+    assert any(line.startswith("Data channel: AES-256-GCM (keys from the TLS exporter), 1 echo sent, 1 answered")
+               for line in lines), result.stdout
+    assert lines[-1].startswith("Verdict: OK ok - ")
+    assert server.wait_for(r"exit message received by peer", 2)
+
+
+def test_handshake_json_over_tcp(live, tmp_path):
+    server = live("valid-tcp")
+    capture = tmp_path / "handshake.pcap"
+    result = ovpndiag("handshake", server.host, "-p", server.port, "--proto", "tcp", *pki_options(), "--json",
+                      "--count", "3", "--write", capture)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert (data["state"], data["verdict"], data["proto"], data["port"]) == ("OK", "ok", "tcp", server.port)
+    assert data["address"] == f"127.0.0.1:{server.port}"
+    assert [s["name"] for s in data["stages"]] == ["reset", "tls", "auth", "push", "data"]
+    assert all(s["ok"] and s["elapsed"] > 0 for s in data["stages"])
+    assert [s["elapsed"] for s in data["stages"]] == sorted(s["elapsed"] for s in data["stages"])
+    certificate = data["server_certificate"]
+    assert certificate["subject"].endswith("CN=server") and certificate["verified"] is True
+    assert 360 <= certificate["days_left"] <= 366 and len(certificate["chain"]) >= 1
+    assert data["tls"]["version"] == "TLSv1.3" and data["push_reply"]["cipher"] == "AES-256-GCM"
+    assert (data["data"]["sent"], data["data"]["received"]) == (3, 3) and data["data"]["rtt"] is not None
+    # the capture holds the exchange, and tshark reads it as OpenVPN over TCP
+    shown = subprocess.run(["tshark", "-r", capture, "-d", f"tcp.port=={server.port},openvpn", "-T", "fields",
+                            "-e", "openvpn.type"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and len(shown.stdout.split()) >= 10, shown.stdout + shown.stderr
+    again = ovpndiag("handshake", server.host, "-p", server.port, "--proto", "tcp", *pki_options(), "--write",
+                     capture)
+    assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten, nothing sent
+
+
+def test_check_stage_push_is_ok_with_perfdata(live):
+    server = live("valid")
+    result = ovpndiag("check", server.host, "-p", server.port, "--stage", "push", *pki_options())
+    line = result.stdout.splitlines()[0]
+    assert result.returncode == 0 and STATUS.match(line), result.stdout + result.stderr
+    assert line.startswith(f"OPENVPN OK - 127.0.0.1:{server.port}/udp: handshake OK up to push in ")
+    perf = dict(item.split("=", 1) for item in line.split(" | ")[1].split())
+    assert list(perf) == ["time", "reset", "tls", "auth", "push", "cert_days"]
+    times = [float(perf[name].split(";")[0].rstrip("s")) for name in ("reset", "tls", "auth", "push")]
+    assert times == sorted(times) and 0 < times[0] and times[-1] <= float(perf["time"].split(";")[0].rstrip("s"))
+    days, warning, critical = perf["cert_days"].split(";")
+    assert 360 <= int(days) <= 366 and (warning, critical) == ("30:", "7:")
+    assert server.wait_for(r"exit message received by peer", 2)
+
+
+@pytest.mark.parametrize("name, status, word", [("ends-20d", 1, "WARNING"), ("ends-5d", 2, "CRITICAL")])
+def test_check_warns_before_the_server_certificate_ends(live, name, status, word):
+    server = live(name)
+    result = ovpndiag("check", server.host, "-p", server.port, "--stage", "tls", *pki_options())
+    line = result.stdout.splitlines()[0]
+    assert result.returncode == status and line.startswith(f"OPENVPN {word} - "), result.stdout
+    assert "the server certificate ends in " in line
+    days = int(re.search(r"cert_days=(-?\d+);30:;7:", line).group(1))
+    assert days == (19 if name == "ends-20d" else 4) or days == (20 if name == "ends-20d" else 5)
+    relaxed = ovpndiag("check", server.host, "-p", server.port, "--stage", "tls", *pki_options(),
+                       "--cert-warning", "3", "--cert-critical", "1")
+    assert relaxed.returncode == 0, relaxed.stdout
+
+
+def test_auth_failed_names_the_stage_and_never_shows_the_password(live, tmp_path):
+    from servers import AUTH_FAILED_REASON, AUTH_PASSWORD
+
+    server = live("auth")
+    wrong = credentials(tmp_path, PASSWORD)
+    checked = ovpndiag("check", server.host, "-p", server.port, "--stage", "push", *pki_options(),
+                       "--auth-user-pass", wrong, "-v")
+    line = checked.stdout.splitlines()[0]
+    assert checked.returncode == 2 and STATUS.match(line), checked.stdout
+    assert re.match(rf"OPENVPN CRITICAL - 127.0.0.1:{server.port}/udp: (auth|push) stage failed: authentication "
+                    rf"failed \(AUTH_FAILED: {AUTH_FAILED_REASON}\)", line), line
+    report = ovpndiag("handshake", server.host, "-p", server.port, *pki_options(), "--auth-user-pass", wrong)
+    assert report.returncode == 1 and "Verdict: CRITICAL auth-failed" in report.stdout
+    as_json = ovpndiag("handshake", server.host, "-p", server.port, *pki_options(), "--auth-user-pass", wrong,
+                       "--json")
+    assert json.loads(as_json.stdout)["verdict"] == "auth-failed"
+    for result in (checked, report, as_json):
+        assert PASSWORD not in result.stdout + result.stderr
+    right = credentials(tmp_path, AUTH_PASSWORD)
+    ok = ovpndiag("handshake", server.host, "-p", server.port, *pki_options(), "--auth-user-pass", right, "--json",
+                  "--stage", "push")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["state"] == "OK", ok.stdout
+    assert AUTH_PASSWORD not in ok.stdout + ok.stderr

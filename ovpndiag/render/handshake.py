@@ -9,19 +9,23 @@ decides nothing. No key material or password ever reaches a result.
 import click
 
 from ..client import STAGES
-from ..handshake_check import where
 
 STATE_COLOURS = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "magenta"}
-# The pushed options people look for first, in this order; the rest follow as pushed.
-PUSH_ORDER = ("ifconfig", "ifconfig-ipv6", "route-gateway", "topology", "route", "route-ipv6", "redirect-gateway",
-              "dhcp-option", "dns", "peer-id", "cipher", "protocol-flags", "ping", "ping-restart", "key-derivation")
+# The pushed options as ovpndiag.client.push.parse_options gives them, shown under
+# OpenVPN's names in this order: (fact, option name, one line per item).
+PUSHED = (("ifconfig", "ifconfig", False), ("ifconfig_ipv6", "ifconfig-ipv6", False),
+          ("route_gateway", "route-gateway", False), ("topology", "topology", False), ("routes", "route", True),
+          ("routes_ipv6", "route-ipv6", True), ("redirect_gateway", "redirect-gateway", False),
+          ("dhcp_options", "dhcp-option", True), ("peer_id", "peer-id", False), ("cipher", "cipher", False),
+          ("protocol_flags", "protocol-flags", False), ("key_derivation", "key-derivation", False),
+          ("ping", "ping", False), ("ping_restart", "ping-restart", False))
 
 
 def handshake_report(result, judgement, stage="data") -> str:
     """``stage`` is the last stage asked for: the ones after a failure show as not reached."""
     lines = [click.style(f"Handshake with {result.host} port {result.port}/{result.proto}"
                          + (f" with {result.wrapping}" if result.wrapping else ""), bold=True)]
-    if result.address and result.address != result.host:
+    if result.address:
         lines.append(f"  address {result.address}")
     lines += _stages(result, stage)
     lines += _certificate(result.server_certificate)
@@ -85,7 +89,7 @@ def _certificate(certificate):
     if chain:
         rows.append(("chain", " <- ".join(_subject(link) for link in chain)))
     known = {"subject", "issuer", "serial", "not_before", "not_after", "days_left", "key", "signature_algorithm",
-             "verified", "chain", "verify_error", "not_yet_valid"}
+             "verified", "chain", "verify_errors", "name_problem", "not_yet_valid"}
     rows += [(name, value) for name, value in certificate.items() if name not in known]
     width = max(len(name) for name, value in rows if _shown(value)) if rows else 0
     lines += [f"  {name:<{width}}  {_text(value)}" for name, value in rows if _shown(value)]
@@ -95,10 +99,9 @@ def _certificate(certificate):
 def _verified(verified, certificate):
     if verified is True:
         return "yes, against the CA given"
-    reason = certificate.get("verify_error")
-    if verified is False and reason:
-        return f"NO: {reason}"
-    return "no (no --ca given: not checked)" if verified is False else str(verified)
+    reasons = list(certificate.get("verify_errors") or []) + ([certificate["name_problem"]]
+                                                             if certificate.get("name_problem") else [])
+    return "NO: " + "; ".join(reasons) if reasons else "no"
 
 
 def _subject(link):
@@ -120,19 +123,26 @@ def _text(value) -> str:
 def _push(push_reply):
     if not push_reply:
         return []
-    options = {name: value for name, value in push_reply.items() if name != "raw"}
-    names = [name for name in PUSH_ORDER if name in options] + [n for n in options if n not in PUSH_ORDER]
     lines = ["Pushed options:"]
-    for name in names:
-        value = options[name]
-        if isinstance(value, list) and value and all(isinstance(item, (str, list, tuple)) for item in value) \
-                and name in ("route", "route-ipv6", "dhcp-option", "dns", "redirect-gateway"):
-            lines += [f"  {name} {_text(item)}" for item in value]  # one line each, as OpenVPN logs them
+    for fact, name, each in PUSHED:
+        value = push_reply.get(fact)
+        if not _shown(value):
+            continue
+        if each:
+            lines += [f"  {name} {_words(item)}" for item in value]  # one line each, as OpenVPN logs them
         else:
-            lines.append(f"  {name} {_text(value)}".rstrip())
-    if len(lines) == 1 and push_reply.get("raw"):
-        lines.append(f"  {push_reply['raw']}")
+            lines.append(f"  {name} {_words(value)}".rstrip())
+    if push_reply.get("auth_token"):
+        lines.append("  auth-token [hidden]")
+    lines += [f"  {option}" for option in push_reply.get("other") or []]
     return lines
+
+
+def _words(value) -> str:
+    """An option's arguments as OpenVPN writes them: separated by spaces."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(item) for item in value)
+    return str(value)
 
 
 def _data(data):
