@@ -24,6 +24,8 @@ class Judgement:
     advice: List[str] = field(default_factory=list)
     failed_stage: Optional[str] = None  # the stage that did not complete
     cert_days: Optional[float] = None
+    cert_note: str = ""  # what the certificate's dates mean, when they matter
+    elapsed: Optional[float] = None  # when the last stage reached ended (seconds from the first packet)
 
     @property
     def state_name(self) -> str:
@@ -41,6 +43,7 @@ def judge(result, cert_warning=30.0, cert_critical=7.0) -> Judgement:
     days = certificate.get("days_left")
     cert_state, cert_verdict = verdicts.certificate_state(days, cert_warning, cert_critical,
                                                          _not_yet_valid(certificate))
+    note = ""
     if cert_verdict is not None:
         note = _certificate_note(cert_verdict, days, certificate)
         if verdict == "ok" or state < cert_state:
@@ -53,7 +56,8 @@ def judge(result, cert_warning=30.0, cert_critical=7.0) -> Judgement:
             state = max(state, cert_state)
         elif note not in message:
             message = f"{message}; {note}"
-    return Judgement(state, verdict, message, advice, failed, days)
+    elapsed = max((stage.elapsed for stage in result.stages), default=None)
+    return Judgement(state, verdict, message, advice, failed, days, note, elapsed)
 
 
 def _not_yet_valid(certificate) -> bool:
@@ -96,9 +100,10 @@ def evaluate(result, stage, warning=None, critical=None, timeout=10.0, cert_warn
     elif state == UNKNOWN or not result.stages:
         text = f"{where(result)}: {judgement.message}"
     else:
-        text = (f"{where(result)}: handshake OK up to {stage} in {result.elapsed * 1000:.1f} ms"
-                + _ok_summary(result) + (f" - {judgement.message}" if judgement.verdict != "ok" else ""))
-    time_value = result.elapsed if result.stages and not judgement.failed_stage else None
+        news = judgement.cert_note if judgement.verdict.startswith("certificate-") else judgement.message
+        text = (f"{where(result)}: handshake OK up to {stage} in {judgement.elapsed * 1000:.1f} ms"
+                + _ok_summary(result) + (f" - {news}" if judgement.verdict != "ok" else ""))
+    time_value = judgement.elapsed if result.stages and not judgement.failed_stage else None
     if time_value is not None and judgement.verdict in ("ok", "certificate-expiring"):
         time_state = threshold_state(time_value, warning, critical)
         if time_state != OK:
@@ -126,10 +131,10 @@ def _ok_summary(result) -> str:
     if certificate.get("subject"):
         days = certificate.get("days_left")
         parts.append(f"server {certificate['subject']}"
-                     + (f" valid {_days(days)} more" if days is not None and days >= 0 else ""))
+                     + (f", ends in {_days(days)}" if days is not None and days >= 0 else ""))
     if result.data:
         data = result.data
-        parts.append(f"{data.get('cipher', '?')} echo {data.get('received', 0)}/{data.get('sent', 0)}")
+        parts.append(f"{data.get('cipher', '?')}, {data.get('received', 0)}/{data.get('sent', 0)} echoes answered")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
