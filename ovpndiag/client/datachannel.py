@@ -410,6 +410,10 @@ def run_data_stage(client) -> Stage:
     if echo.rejected:
         return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered; {len(echo.rejected)} packets "
                             f"from the server failed: {echo.rejected[0]} (keys or cipher differ)")
+    if echo.pings:  # the server's own packets authenticate: keys are right, the target is silent
+        return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered, but {echo.pings} keepalive "
+                            f"pings from the server authenticated: the data channel works, {target} does not "
+                            "answer (try --ping-target)")
     return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered, nothing came back "
                         "through the data channel")
 

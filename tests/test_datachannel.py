@@ -1,0 +1,114 @@
+"""The data stage against real OpenVPN 2.6 servers on loopback: each AEAD cipher the server is
+limited to (--data-ciphers), keys from the TLS exporter and from OpenVPN's PRF, over UDP and
+TCP. An answered echo proves the keys, the cipher and the packet layout are the server's: with
+anything wrong its tags would not verify (the server drops our echo, we reject its answer)."""
+
+import re
+import time
+
+import pytest
+
+from captures import CAPTURES
+from ovpndiag.client import Client, HandshakeSettings
+from ovpndiag.client import datachannel
+from ovpndiag.settings import probe_settings
+
+KEYS = CAPTURES / "keys"
+CIPHERS = ["AES-128-GCM", "AES-256-GCM", "CHACHA20-POLY1305"]
+
+
+def _client(server, derivation="tls-ekm", count=2, ping_target=None):
+    settings = HandshakeSettings(probe=probe_settings(host=server.host, port=server.port, proto=server.proto,
+                                                      timeout=8),
+                                 ca=str(KEYS / "ca.crt"), cert=str(KEYS / "client.crt"), key=str(KEYS / "client.key"),
+                                 count=count, ping_target=ping_target)
+    client = Client(settings)
+    # Not announcing TLS_KEY_EXPORT in IV_PROTO makes a 2.6 server fall back to OpenVPN's PRF.
+    client.key_export = derivation == "tls-ekm"
+    return client
+
+
+def _server_lines(server, client_port, pattern):
+    """The server log's lines about our session (they carry our address:port) matching pattern."""
+    return [line for line in server.log_text().splitlines()
+            if f"127.0.0.1:{client_port} " in line and re.search(pattern, line)]
+
+
+def _wait_for(server, client_port, pattern, timeout=3.0):
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        lines = _server_lines(server, client_port, pattern)
+        if lines:
+            return lines
+        time.sleep(0.02)
+    return []
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize("derivation", ["tls-ekm", "prf"])
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_echo_answered_through_the_data_channel(servers, cipher, derivation, proto):
+    server = servers.get(proto=proto, extra=("--data-ciphers", cipher))
+    client = _client(server, derivation)
+    try:
+        assert client.push().ok, client.result.message
+        assert client.key_derivation == derivation
+        stage = client.data()
+        assert stage.ok, stage.detail
+        facts = stage.facts
+        assert (facts["cipher"], facts["key_derivation"], facts["sent"], facts["received"]) == \
+            (cipher, derivation, 2, 2)
+        assert facts["format"] == "P_DATA_V2" and facts["rejected"] == 0
+        assert 0 < facts["rtt_min"] <= facts["rtt"] <= facts["rtt_max"] < 0.5
+        assert facts["target"] == client.push_reply["route_gateway"]
+        port = client.link.local[1]
+        # The server's side: what it pushed to us (cipher; tls-ekm only when we announced key export),
+        # and no packet of ours failed its checks.
+        [push_reply] = _server_lines(server, port, "SENT CONTROL.*PUSH_REPLY")
+        assert f",cipher {cipher}," in push_reply
+        assert ("tls-ekm" in push_reply) == (derivation == "tls-ekm")
+        assert not _server_lines(server, port, "Authenticate/Decrypt packet error|bad packet ID|replay")
+        # The explicit-exit-notify: what close() sends when the server did not announce cc-exit (a 2.6
+        # server always does to a client that announces CC_EXIT_NOTIFY, so take it out of what we saw).
+        client.push_reply["protocol_flags"] = [f for f in client.push_reply["protocol_flags"] if f != "cc-exit"]
+        client.close()
+        assert client.result.exit_sent == "explicit-exit-notify"
+        assert _wait_for(server, port, "OCC exit message received by peer")
+        assert _wait_for(server, port, r"SIGUSR1\[soft,remote-exit\]")
+        assert client.result.verdict == "ok" and client.result.data["received"] == 2
+    finally:
+        client.close()
+
+
+def test_keepalive_pings_are_recognised_when_the_target_is_silent(servers):
+    """A target inside the VPN that nobody answers for: the echoes go unanswered, but the server's
+    keepalive pings (--ping 1) arrive, authenticate, are counted and not taken for answers."""
+    server = servers.get(proto="tcp", extra=("--data-ciphers", "AES-256-GCM", "--ping", "1"))
+    client = _client(server, count=2, ping_target=None)
+    try:
+        assert client.push().ok, client.result.message
+        gateway = client.push_reply["route_gateway"]
+        client.settings.ping_target = gateway.rsplit(".", 1)[0] + ".77"  # in the subnet, no such client
+        stage = client.data()
+        facts = stage.facts
+        assert not stage.ok
+        assert (facts["sent"], facts["received"], facts["rejected"]) == (2, 0, 0)
+        assert facts["target"].endswith(".77") and facts["keepalive_pings"] >= 1
+        assert "keepalive pings from the server authenticated" in stage.detail
+    finally:
+        client.close()
+
+
+def test_exit_notify_alone_ends_the_servers_session(servers):
+    """send_exit_notify's bytes (occ.c: occ_magic, OCC_EXIT) are what the server acts on: after it,
+    our session is gone from the server even though we sent nothing else."""
+    server = servers.get(proto="udp", extra=("--data-ciphers", "AES-256-GCM"))
+    client = _client(server)
+    try:
+        assert client.push().ok, client.result.message
+        port = client.link.local[1]
+        assert datachannel.send_exit_notify(client)
+        assert _wait_for(server, port, "OCC exit message received by peer")
+        assert not _server_lines(server, port, "CC-EEN exit message")
+    finally:
+        client.close()
