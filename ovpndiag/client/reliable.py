@@ -129,7 +129,7 @@ class ControlChannel:
             return self.clock()
         return min(dues) if dues else None
 
-    def outgoing(self) -> List[bytes]:
+    def outgoing(self, acks=True) -> List[bytes]:
         """The wire packets to send now: new and timed-out control packets (with
         ACKs piggybacked), or a P_ACK_V1 when only ACKs are owed."""
         now = self.clock()
@@ -148,7 +148,7 @@ class ControlChannel:
             entry.later_acks = 0
             # Exponential backoff per packet, as reliable.c does.
             entry.due = now + min(MAX_RTO, self.rto * (2 ** (entry.sent - 1)))
-        if self.to_ack and self.remote_session_id is not None:
+        if acks and self.to_ack and self.remote_session_id is not None:
             packets.append(self._build_ack())
         return packets
 

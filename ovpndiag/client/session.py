@@ -501,16 +501,19 @@ class Client:
                               self.proto, packet, True))
         self.link.send(packet)
 
-    def _flush(self):
-        for packet in self.channel.outgoing():
+    def _flush(self, acks=True):
+        for packet in self.channel.outgoing(acks):
             self._send_wire(packet)
 
     def _pump(self, done, until) -> bool:
-        """Send what is due, read and handle packets, until ``done()`` or ``until``."""
+        """Send what is due, read and handle packets, until ``done()`` or ``until``.
+        ACKs still owed when done wait for our next packet (so the server's reset is
+        ACKed in our ClientHello's packet, as OpenVPN does) or for close()."""
         while True:
-            self._flush()
             if done():
+                self._flush(acks=False)
                 return True
+            self._flush()
             now = time.monotonic()
             if now >= until:
                 return False

@@ -213,8 +213,8 @@ class TLSClient:
             context.use_certificate(crypto.X509.from_cryptography(chain[0]))
             for extra in chain[1:]:
                 context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-            context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))
             try:
+                context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))
                 context.check_privatekey()
             except SSL.Error:
                 raise CredentialsError(f"{_source(key, 'key')}: the private key does not match the certificate "

@@ -1,0 +1,311 @@
+"""The staged handshake client (ovpndiag.client) against real OpenVPN 2.6 servers on
+loopback: reset -> tls -> auth -> push with every wrapping over UDP and TCP, each
+proven from the server's side (its log shows the peer initiated, the PUSH_REPLY
+sent and our EXIT received), and the control channel's reliability through a
+relay that loses, duplicates and reorders packets."""
+
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from captures import key_path
+from ovpndiag.client import STAGES, Client, CredentialsError, HandshakeResult, HandshakeSettings
+from ovpndiag.settings import probe_settings
+from servers import LossyRelay, UDPRelay
+
+KEYS = {name: str(key_path(f"keys/{name}")) for name in
+        ("ca.crt", "client.crt", "client.key", "ta.key", "tc.key", "tcv2-client.key", "rogue-ca.crt")}
+TA, TC, V2 = KEYS["ta.key"], KEYS["tc.key"], KEYS["tcv2-client.key"]
+
+
+def settings_for(host, port, proto="udp", timeout=5.0, **options):
+    credentials = {name: options.pop(name) for name in ("ca", "cert", "key", "remote_cert_tls", "verify_x509_name",
+                                                         "auth_user_pass") if name in options}
+    credentials.setdefault("ca", KEYS["ca.crt"])
+    credentials.setdefault("cert", KEYS["client.crt"])
+    credentials.setdefault("key", KEYS["client.key"])
+    return HandshakeSettings(probe=probe_settings(host=host, port=port, proto=proto, timeout=timeout, **options),
+                             **credentials)
+
+
+def local_port(client):
+    """The port our packets came from, as the server's log names the peer."""
+    return client.exchange[0][1][1]
+
+
+def wait_for_log(server, pattern, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, server.log_text()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def assert_server_saw_a_whole_session(server, client, exit_sent="cc-exit", port=None):
+    """The server's log, from the line where it names our port: the peer initiated,
+    the PUSH_REPLY sent to it, our EXIT received. (Over IPv6 the later lines name
+    the peer without its port: they are taken after that line, as tests run one at a time.)"""
+    port = port or local_port(client)
+    initiated = rf"(\S+) \[[^\]]+\] Peer Connection Initiated with \[AF_INET6?\]\S*:{port}\b"
+    assert wait_for_log(server, initiated), server.log_text()[-2000:]
+    deadline = time.monotonic() + 3.0
+    while True:
+        log = server.log_text()
+        found = list(re.finditer(initiated, log))[-1]
+        peer = re.escape(found.group(1).split("/")[-1])
+        after = log[found.end():]
+        pushed = re.search(rf"(/{peer}(:{port})? |\d )SENT CONTROL \[[^\]]+\]: 'PUSH_REPLY", after)
+        exited = re.search(rf"/{peer}(:{port})? (CC-EEN )?exit message received by peer", after)
+        if pushed and (exited or exit_sent != "cc-exit"):
+            return
+        assert time.monotonic() < deadline, f"PUSH_REPLY sent: {bool(pushed)}, EXIT received: {bool(exited)}\n" \
+                                            + after[-2000:]
+        time.sleep(0.05)
+
+
+SERVERS_AND_KEYS = [
+    (dict(proto="udp"), {}),
+    (dict(proto="tcp"), {}),
+    (dict(proto="udp", family=6), {}),
+    (dict(proto="udp", wrapping="tls-auth", auth="SHA1"), dict(tls_auth=TA)),
+    (dict(proto="udp", wrapping="tls-auth", auth="SHA256"), dict(tls_auth=TA, auth="SHA256")),
+    (dict(proto="tcp", wrapping="tls-auth", auth="SHA512"), dict(tls_auth=TA, auth="SHA512")),
+    (dict(proto="udp", wrapping="tls-auth", auth="SHA1", key_direction=None), dict(tls_auth=TA, key_direction="none")),
+    (dict(proto="udp", wrapping="tls-auth", auth="SHA256", key_direction=1), dict(tls_auth=TA, auth="SHA256",
+                                                                                   key_direction="0")),
+    (dict(proto="udp", wrapping="tls-crypt"), dict(tls_crypt=TC)),
+    (dict(proto="tcp", wrapping="tls-crypt"), dict(tls_crypt=TC)),
+    (dict(proto="udp", wrapping="tls-crypt-v2"), dict(tls_crypt_v2=V2)),
+    (dict(proto="tcp", wrapping="tls-crypt-v2"), dict(tls_crypt_v2=V2)),
+    # force-cookie: the server keeps no state until our first control packet brings the WKc again
+    (dict(proto="udp", extra=("--tls-crypt-v2", "keys/tcv2-server.key", "force-cookie")), dict(tls_crypt_v2=V2)),
+]
+
+
+def _id(server_config, options):
+    wrapping = server_config.get("wrapping") or ("tls-crypt-v2-force-cookie" if server_config.get("extra") else "none")
+    direction = server_config.get("key_direction", 0) if wrapping == "tls-auth" else ""
+    return f"{server_config['proto']}{server_config.get('family', 4)}-{wrapping}-{server_config.get('auth', '')}" \
+           f"{'' if direction == '' else f'-dir{direction}'}"
+
+
+@pytest.mark.parametrize("server_config,options", SERVERS_AND_KEYS,
+                         ids=[_id(s, o) for s, o in SERVERS_AND_KEYS])
+def test_push_reached_with_every_wrapping(servers, server_config, options):
+    server = servers.get(**server_config)
+    client = Client(settings_for(server.host, server.port, server_config["proto"], **options))
+    started = time.monotonic()
+    result = client.run("push")
+    assert result.verdict == "ok", result.message
+    assert [s.name for s in result.stages] == ["reset", "tls", "auth", "push"]
+    assert all(s.ok for s in result.stages)
+    elapsed = [s.elapsed for s in result.stages]
+    assert elapsed == sorted(elapsed) and elapsed[-1] < 2.0
+    assert time.monotonic() - started < 3.5
+    # what the server told us, parsed
+    reply = result.push_reply
+    assert reply["peer_id"] is not None and reply["cipher"] in ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305")
+    assert len(reply["ifconfig"]) == 2 and reply["route_gateway"]
+    assert "cc-exit" in reply["protocol_flags"] and "tls-ekm" in reply["protocol_flags"]
+    assert result.tls["version"] == "TLSv1.3" and result.tls["cipher"].startswith("TLS_")
+    certificate = result.server_certificate
+    assert certificate["subject"] == "O=ovpndiag test material, CN=ovpndiag-test-server"
+    assert certificate["issuer"] == "O=ovpndiag test material, CN=ovpndiag-test-ca"
+    assert certificate["verified"] is True and certificate["key"] == "EC secp256r1"
+    assert certificate["days_left"] > 365 and len(certificate["chain"]) >= 1
+    assert result.exit_sent == "cc-exit"
+    assert client.key_derivation == "tls-ekm" and len(client.tls_export("EXPORTER-OpenVPN-datakeys", 256)) == 256
+    assert len(client.session_id) == 8 and len(client.remote_session_id) == 8
+    assert len(client.key_exchange.server_random1) == 32 and len(client.key_exchange.server_random2) == 32
+    assert_server_saw_a_whole_session(server, client)
+    if server_config.get("extra"):  # force-cookie: our first control packet carried the WKc again
+        assert result.stages[0].facts["early_negotiation"] == "RESEND_WKC"
+        assert any(packet[0] >> 3 == 11 for _, _, _, _, packet, sent in client.exchange if sent)
+
+
+def test_stages_one_by_one_and_the_json(servers):
+    server = servers.get(proto="udp")
+    client = Client(settings_for(server.host, server.port))
+    reset = client.reset()
+    assert reset.ok and reset.name == "reset" and client.remote_session_id is not None
+    assert client.tls_export("EXPORTER-OpenVPN-datakeys", 16) is None  # no TLS yet
+    tls = client.tls()
+    assert tls.ok and tls.facts["version"] == "TLSv1.3" and "verified" in tls.detail
+    assert client.auth().ok and client.server_key_message.options.startswith("V4,")
+    push = client.push()
+    assert push.ok and push.detail.startswith("PUSH_REPLY: ifconfig ")
+    assert client.tls() is tls  # a stage runs once
+    client.close()
+    client.close()
+    data = client.result.to_dict()
+    assert [s["name"] for s in data["stages"]] == ["reset", "tls", "auth", "push"]
+    assert data["verdict"] == "ok" and data["exit_sent"] == "cc-exit" and data["ok"] is True
+    assert_server_saw_a_whole_session(server, client)
+
+
+def test_a_later_stage_runs_the_earlier_ones(servers):
+    server = servers.get(proto="tcp")
+    client = Client(settings_for(server.host, server.port, "tcp"))
+    try:
+        assert client.auth().ok
+        assert [s.name for s in client.result.stages] == ["reset", "tls", "auth"]
+    finally:
+        client.close()
+
+
+def test_credentials_are_never_in_the_result_or_its_repr(servers):
+    server = servers.get(proto="udp")
+    settings = settings_for(server.host, server.port, auth_user_pass=("alice", "s3cret-pw"))
+    client = Client(settings)
+    result = client.run("push")  # the server has no auth script: the password is sent and ignored
+    assert result.verdict == "ok"
+    assert result.stages[2].facts["username"] == "alice"
+    text = repr(result.to_dict()) + repr(settings) + repr(client.key_exchange) + " ".join(client.control_messages)
+    assert "s3cret-pw" not in text
+    assert "BEGIN" not in text and client.key_exchange.client_pre_master.hex() not in text
+
+
+def test_peer_info_announces_what_we_support(servers):
+    server = servers.get(proto="udp")
+    client = Client(settings_for(server.host, server.port))
+    result = client.run("auth")
+    info = result.stages[2].facts["peer_info_sent"]
+    assert int(info["IV_PROTO"]) & (1 << 1 | 1 << 2 | 1 << 3 | 1 << 7) == (1 << 1 | 1 << 2 | 1 << 3 | 1 << 7)
+    assert info["IV_NCP"] == "2" and info["IV_CIPHERS"] == "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"
+    port = local_port(client)
+    assert wait_for_log(server, rf":{port} peer info: IV_PROTO={info['IV_PROTO']}")
+    assert wait_for_log(server, rf":{port} peer info: IV_CIPHERS=AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305")
+
+
+def test_without_a_ca_the_server_certificate_is_shown_not_verified(servers):
+    server = servers.get(proto="udp")
+    settings = settings_for(server.host, server.port)
+    settings.ca = None
+    result = Client(settings).run("tls")
+    assert result.verdict == "ok"
+    assert result.server_certificate["verified"] is False
+    assert "no CA given" in result.server_certificate["verify_errors"][0]
+    assert "NOT verified" in result.stages[1].detail
+
+
+def test_untrusted_server_ca_is_refused_by_us(servers):
+    server = servers.get(proto="udp")
+    result = Client(settings_for(server.host, server.port, ca=KEYS["rogue-ca.crt"])).run("push")
+    assert result.verdict == "server-certificate-rejected"
+    assert [s.ok for s in result.stages] == [True, False]
+    # the server sends its CA too: that one is self-signed and not ours
+    assert result.message == "server certificate verify failed: self-signed certificate in certificate chain " \
+                             "(depth 1, O=ovpndiag test material, CN=ovpndiag-test-ca)"
+    assert result.server_certificate["verified"] is False
+    assert result.exit_sent is None
+
+
+@pytest.mark.parametrize("name,kind,ok", [
+    ("O=ovpndiag test material, CN=ovpndiag-test-server", "subject", True),
+    ("ovpndiag-test-server", "name", True),
+    ("ovpndiag-test-", "name-prefix", True),
+    ("ovpndiag-test-serv", "name", False),
+    ("CN=ovpndiag-test-server", "subject", False),
+    ("other", "name-prefix", False),
+])
+def test_verify_x509_name(servers, name, kind, ok):
+    server = servers.get(proto="udp")
+    result = Client(settings_for(server.host, server.port, verify_x509_name=(name, kind),
+                                 remote_cert_tls="server")).run("tls")
+    assert result.verdict == ("ok" if ok else "server-certificate-rejected"), result.message
+    if not ok:
+        assert result.message.startswith("verify-x509-name: ")
+
+
+def test_bad_credentials_are_one_line_errors_before_anything_is_sent(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    settings = settings_for("127.0.0.1", 9, ca=str(bad))
+    with pytest.raises(CredentialsError, match="no PEM certificate"):
+        Client(settings)
+    with pytest.raises(CredentialsError, match="cannot read"):
+        Client(settings_for("127.0.0.1", 9, key=str(tmp_path / "missing.key")))
+    with pytest.raises(CredentialsError, match="does not match"):
+        Client(settings_for("127.0.0.1", 9, key=str(key_path("keys/rogue-client.key"))))
+
+
+class ShufflingRelay(UDPRelay):
+    """Passes every datagram from the server twice, and holds each P_CONTROL_V1 until the
+    next one comes (then sends the later first) or 60 ms pass: duplicates and reordering,
+    no loss."""
+
+    def __init__(self, host, port):
+        self.held, self.lock = None, threading.Lock()
+        super().__init__(host, port)
+
+    def passes(self, direction, data):
+        if direction == "up":
+            return True
+        if data[0] >> 3 != 4:
+            self._send(data, data)
+            return False
+        with self.lock:
+            if self.held is None:
+                self.held = data
+                threading.Timer(0.06, self._release, args=(data,)).start()
+                return False
+            first, self.held = self.held, None
+        self._send(data, data, first, first)
+        return False
+
+    def _send(self, *packets):
+        for packet in packets:
+            try:
+                self.sock.sendto(packet, self.client)
+            except OSError:
+                pass
+
+    def _release(self, data):
+        with self.lock:
+            if self.held is not data:
+                return
+            self.held = None
+        self._send(data, data)
+
+
+def test_duplicates_and_reordering_are_handled(servers):
+    server = servers.get(proto="udp")
+    relay = ShufflingRelay(server.host, server.port)
+    try:
+        client = Client(settings_for(relay.host, relay.port))
+        result = client.run("push")
+    finally:
+        relay.close()
+    assert result.verdict == "ok", result.message
+    assert client.channel.duplicates >= 3 and client.channel.out_of_order >= 1
+    assert result.exit_sent == "cc-exit"
+
+
+def test_twenty_percent_loss_each_way_is_survived_by_retransmission(servers):
+    server = servers.get(proto="udp")
+    relay = LossyRelay(server.host, server.port, loss=0.2, seed=2)
+    relay_port = relay.upstream.getsockname()[1]  # the server sees us from there
+    try:
+        client = Client(settings_for(relay.host, relay.port, timeout=20))
+        result = client.run("push")
+    finally:
+        relay.close()
+    assert result.verdict == "ok", result.message
+    assert relay.dropped["up"] >= 1 and relay.dropped["down"] >= 1
+    assert client.channel.retransmissions >= 1
+    assert_server_saw_a_whole_session(server, client, port=relay_port)
+
+
+def test_the_result_api_is_importable_without_scapy_or_tls():
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport ovpndiag.client as c\nassert c.STAGES == ('reset', 'tls', 'auth', 'push', 'data')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('scapy', 'OpenSSL', 'ssl'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert STAGES[-1] == "data" and HandshakeResult("h", 1, "udp").to_dict()["stages"] == []
