@@ -148,7 +148,7 @@ _ALL = [
             ("check the username and password (--auth-user-pass: the user on line 1, the password on "
              "line 2)",
              "read the server's log: the auth script or plugin says why it refused")),
-    Verdict("auth-pending", "auth",
+    Verdict("auth-pending", "push",  # (like AUTH_FAILED, it comes while the client asks for the push)
             "the server waits for an extra authentication (web or 2FA, AUTH_PENDING): a check cannot "
             "complete it",
             ("complete it as a user would, or monitor only up to --stage tls, or use an account "
