@@ -1,0 +1,264 @@
+"""How the staged handshake (ovpndiag.client.Client) names each way a real
+OpenVPN 2.6 server makes it fail.
+
+Each test starts a real server on loopback that fails clients one way (the
+fixtures of tests/servers.py, proven against the openvpn binary in
+tests/test_failure_servers.py), runs the Client against it, and checks the
+verdict (ovpndiag/verdicts.py's vocabulary), the stage that failed and the
+evidence in the message; and, where the server can tell, that the server saw
+the failure the same way (its log line). Where it proves something, a control
+run with one thing changed shows that the failure comes from that thing.
+"""
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pki import get_pki
+from servers import (AUTH_FAILED_REASON, AUTH_PASSWORD, AUTH_USER, LossyRelay, StopAfterResetRelay,
+                     auth_script_server, cipher_server, crl_server,
+                     pki_server, tls13_server)
+
+from ovpndiag import verdicts
+from ovpndiag.client import STAGES, Client, HandshakeSettings
+from ovpndiag.settings import ProbeSettings
+
+# Failures that end in silence last as long as the budget: keep it short. Loopback
+# answers in milliseconds, so 3 s leaves the client room to retransmit.
+TIMEOUT = 3.0
+
+
+class Target:
+    """Where the client connects: a server, or a relay in front of one."""
+
+    def __init__(self, host, port, proto="udp"):
+        self.host, self.port, self.proto = host, port, proto
+
+
+def handshake(target, stage="data", client="valid", timeout=TIMEOUT, **options) -> "HandshakeResult":
+    """Runs the Client with the test PKI's CA and client certificate ``client`` against ``target``."""
+    pki = get_pki()
+    probe = ProbeSettings(host=target.host, port=target.port, proto=target.proto, family=4, timeout=timeout,
+                          retry_interval=0.5)
+    settings = HandshakeSettings(probe=probe, ca=pki.ca, cert=pki.client[client], key=pki.client_key[client],
+                                 stage=stage, **options)
+    return Client(settings).run(stage)
+
+
+def assert_fails(result, verdict, stage, *evidence):
+    """The handshake went through every stage before ``stage``, failed there with ``verdict``,
+    and the message holds each piece of ``evidence``."""
+    summary = f"{result.verdict}: {result.message} | " + " | ".join(
+        f"{s.name} {'ok' if s.ok else 'FAIL'} {s.detail}" for s in result.stages)
+    assert result.verdict == verdict, summary
+    assert [s.name for s in result.stages] == list(STAGES[:STAGES.index(stage) + 1]), summary
+    assert all(s.ok for s in result.stages[:-1]) and not result.stages[-1].ok, summary
+    assert verdicts.get(verdict).stage in (stage, None), "the vocabulary names another stage"
+    assert not result.ok and verdicts.state_of(verdict) != verdicts.OK_STATE
+    for text in evidence:
+        assert text in result.message, summary
+
+
+@pytest.fixture
+def started():
+    """Starts servers (and relays, clients) for one test and stops them all after it."""
+    running = []
+
+    def start(thing):
+        running.append(thing)
+        return thing.start() if hasattr(thing, "start") else thing  # (relays run from creation)
+
+    yield start
+    for thing in reversed(running):
+        (thing.close if hasattr(thing, "close") else thing.stop)()
+
+
+def server_target(server):
+    return Target(server.host, server.port, server.proto)
+
+
+# --- the server's certificate, refused by us ---------------------------------------------------
+
+def test_control_the_same_client_connects_to_a_valid_server(started):
+    """The client set-up every failure below starts from works: a failure is the server's doing."""
+    server = started(pki_server("valid"))
+    result = handshake(server_target(server), verify_x509_name=("server", "name"), remote_cert_tls="server")
+    assert result.verdict == "ok", result.message
+    assert [s.name for s in result.stages] == list(STAGES) and all(s.ok for s in result.stages)
+    assert result.server_certificate["verified"] is True
+    assert result.server_certificate["subject"] == "O=ovpndiag throwaway test PKI, CN=server"
+    assert server.wait_for(r"Peer Connection Initiated", 2)
+
+
+def test_untrusted_server_ca(started):
+    server = started(pki_server("other-ca"))
+    result = handshake(server_target(server))
+    assert_fails(result, "server-certificate-rejected", "tls", "unable to get local issuer certificate")
+    assert result.server_certificate["verified"] is False
+    assert result.server_certificate["issuer"] == "O=ovpndiag throwaway test PKI, CN=ovpndiag throwaway untrusted CA"
+    assert "Peer Connection Initiated" not in server.log_text()
+
+
+def test_expired_server_certificate(started):
+    from ovpndiag.handshake_check import judge
+
+    server = started(pki_server("expired"))
+    result = handshake(server_target(server))
+    assert_fails(result, "server-certificate-rejected", "tls", "certificate has expired")
+    assert result.server_certificate["days_left"] == -2 and result.server_certificate["verified"] is False
+    judgement = judge(result)
+    assert judgement.state == verdicts.CRITICAL_STATE and "expired" in judgement.message
+
+
+def test_server_certificate_not_yet_valid(started):
+    server = started(pki_server("not-yet-valid"))
+    result = handshake(server_target(server))
+    assert_fails(result, "server-certificate-rejected", "tls", "certificate is not yet valid")
+    assert result.server_certificate["not_yet_valid"] is True
+
+
+def test_verify_x509_name_mismatch(started):
+    server = started(pki_server("other-cn"))
+    target = server_target(server)
+    result = handshake(target, verify_x509_name=("server", "name"))
+    assert_fails(result, "server-certificate-rejected", "tls", "verify-x509-name", "other-server")
+    control = handshake(target, stage="tls", verify_x509_name=("other-server", "name"))
+    assert control.verdict == "ok", control.message
+
+
+def test_remote_cert_tls_server_against_a_certificate_without_server_auth(started):
+    server = started(pki_server("no-eku"))
+    target = server_target(server)
+    result = handshake(target, remote_cert_tls="server")
+    assert_fails(result, "server-certificate-rejected", "tls", "remote-cert-tls server")
+    control = handshake(target, stage="tls")  # without the option the same certificate passes
+    assert control.verdict == "ok", control.message
+
+
+# --- our certificate, refused by the server --------------------------------------------------
+
+def test_client_certificate_from_another_ca(started):
+    server = started(pki_server("valid"))
+    result = handshake(server_target(server), client="other-ca")
+    assert_fails(result, "client-certificate-rejected", "tls", "after our certificate", "refused our certificate")
+    facts = result.stage("tls").facts
+    assert facts["server_tls_bytes"] > 0 and facts["unacknowledged"], facts  # its flight came, ours was not ACKed
+    assert server.wait_for(r"VERIFY ERROR: depth=0, error=unable to get local issuer certificate: "
+                           r"O=ovpndiag throwaway test PKI, CN=client", 1)
+    assert result.server_certificate["verified"] is True  # we accepted theirs: the refusal is theirs
+
+
+def test_revoked_client_certificate(started):
+    server = started(crl_server())
+    target = server_target(server)
+    result = handshake(target, client="revoked")
+    assert_fails(result, "client-certificate-rejected", "tls", "after our certificate", "refused our certificate")
+    assert server.wait_for(r"VERIFY ERROR: depth=0, error=certificate revoked: "
+                           r"O=ovpndiag throwaway test PKI, CN=revoked-client", 1)
+    control = handshake(target, stage="tls")  # a certificate the CRL does not list
+    assert control.verdict == "ok", control.message
+
+
+# --- TLS itself --------------------------------------------------------------------------------
+
+def test_tls_version_mismatch(started):
+    server = started(tls13_server())
+    target = server_target(server)
+    result = handshake(target, tls_version_max="1.2")
+    assert_fails(result, "client-hello-rejected", "tls", "after our ClientHello", "no common TLS version")
+    assert result.stage("tls").facts["server_tls_bytes"] == 0 and result.server_certificate is None
+    assert server.wait_for(r"TLS error: Unsupported protocol", 1)
+    control = handshake(target, stage="tls")
+    assert control.verdict == "ok" and control.tls["version"] == "TLSv1.3", control.message
+
+
+# --- after TLS: credentials and options -------------------------------------------------------
+
+def test_rejected_username_and_password(started):
+    server = started(auth_script_server())
+    target = server_target(server)
+    wrong = "wrong " + AUTH_PASSWORD
+    result = handshake(target, auth_user_pass=(AUTH_USER, wrong))
+    # AUTH_FAILED answers PUSH_REQUEST: key-method 2 (auth) passed, push is what fails
+    assert_fails(result, "auth-failed", "push", "AUTH_FAILED", AUTH_FAILED_REASON)
+    assert server.wait_for(r"Auth Username/Password verification failed", 1)
+    assert wrong not in json.dumps(result.to_dict()) and wrong not in result.message
+    control = handshake(target, stage="push", auth_user_pass=(AUTH_USER, AUTH_PASSWORD))
+    assert control.verdict == "ok", control.message
+
+
+def test_no_shared_data_cipher(started):
+    server = started(cipher_server("AES-128-GCM"))
+    result = handshake(server_target(server), data_ciphers=["CHACHA20-POLY1305"])
+    assert_fails(result, "no-shared-cipher", "push",
+                 "AUTH_FAILED", "Data channel cipher negotiation failed (no shared cipher)")
+    assert server.wait_for(r"No common cipher between server and client. Server data-ciphers: 'AES-128-GCM', "
+                           r"client supported ciphers 'CHACHA20-POLY1305'", 1)
+
+
+# --- the server's state ----------------------------------------------------------------------
+
+def test_server_stopped_mid_handshake(started):
+    server = started(pki_server("valid"))
+    relay = started(StopAfterResetRelay(server))
+    begun = time.monotonic()
+    result = handshake(Target(relay.host, relay.port))
+    took = time.monotonic() - begun
+    assert relay.stopped and relay.passed["down"] == 1  # its reset came through, then nothing
+    assert_fails(result, "server-stopped", "tls", "stopped answering", "a new reset is not answered")
+    assert took < TIMEOUT + 1.5, f"{took:.1f} s: the budget is {TIMEOUT} s"
+
+
+def test_twenty_percent_loss_each_way_still_completes(started):
+    server = started(pki_server("valid", extra=["--tls-timeout", "1"]))
+    relay = started(LossyRelay(server.host, server.port, loss=0.2, seed=11))
+    result = handshake(Target(relay.host, relay.port), timeout=15.0)
+    assert result.verdict == "ok", f"{result.message} dropped {relay.dropped}"
+    assert [s.name for s in result.stages] == list(STAGES) and all(s.ok for s in result.stages)
+    assert relay.dropped["up"] >= 1 and relay.dropped["down"] >= 1, relay.dropped
+    assert result.data["received"] >= 1
+    # and it said goodbye: the server saw our exit through the loss (or will, on its retransmission)
+    assert server.wait_for(r"exit message received by peer|SIGTERM\[soft,remote-exit\]", 3)
+
+
+# --- the certificate's end, as monitoring sees it ---------------------------------------------
+
+def check_stage(target, *options):
+    """``ovpndiag check --stage data`` as a monitoring system runs it: (exit status, first line)."""
+    pki = get_pki()
+    argv = [sys.executable, "-m", "ovpndiag", "check", target.host, "-p", str(target.port), "-4",
+            "-t", str(TIMEOUT), "--stage", "data", "--ca", pki.ca, "--cert", pki.client["valid"],
+            "--key", pki.client_key["valid"], *options]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT + 15)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout.splitlines()[0] if done.stdout else ""
+
+
+def test_server_certificate_ending_within_the_warning_window(started):
+    from ovpndiag.handshake_check import judge
+
+    server = started(pki_server("ends-20d"))
+    target = server_target(server)
+    result = handshake(target)
+    assert result.verdict == "ok", result.message  # the handshake itself works
+    assert result.server_certificate["days_left"] == 20
+    judgement = judge(result, cert_warning=30, cert_critical=7)
+    assert (judgement.state, judgement.verdict) == (verdicts.WARNING_STATE, "certificate-expiring")
+    assert "20 days" in judgement.message
+
+    status, line = check_stage(target)
+    assert status == 1 and line.startswith("OPENVPN WARNING - "), line
+    assert "20 days" in line and re.search(r"cert_days=20;30:;7:", line), line
+    status, line = check_stage(target, "--cert-warning", "10")  # outside a shorter window: OK
+    assert status == 0 and line.startswith("OPENVPN OK - "), line
+
+
+def test_server_certificate_ending_within_the_critical_window(started):
+    server = started(pki_server("ends-5d"))
+    status, line = check_stage(server_target(server))
+    assert status == 2 and line.startswith("OPENVPN CRITICAL - "), line
+    assert "5 days" in line and re.search(r"cert_days=5;30:;7:", line), line
