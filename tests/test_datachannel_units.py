@@ -258,7 +258,7 @@ def test_stage_counts_answered_echoes_and_ignores_keepalive():
     assert facts["keepalive_pings"] == 2 and facts["format"] == "P_DATA_V2" and facts["loss"] == 0.0
     assert 0 < facts["rtt"] < 0.5
     assert (facts["source"], facts["target"]) == ("10.9.0.2", "10.9.0.1")
-    assert "2/2 echoes to 10.9.0.1 answered" in stage.detail
+    assert "2/2 echoes to 10.9.0.1 answered" in stage.detail and "verdict" not in facts
 
 
 def test_stage_counts_only_authentic_matching_replies():
@@ -281,7 +281,7 @@ def test_stage_counts_only_authentic_matching_replies():
     stage = dc.run_data_stage(peer)
     assert not stage.ok
     assert (stage.facts["sent"], stage.facts["received"], stage.facts["rejected"]) == (1, 0, 1)
-    assert "tag does not verify" in stage.detail
+    assert "tag does not verify" in stage.detail and stage.facts["verdict"] == "data-keys-mismatch"
 
 
 def test_stage_sends_more_echoes_over_udp_when_none_was_answered():
@@ -293,7 +293,7 @@ def test_stage_sends_more_echoes_over_udp_when_none_was_answered():
     finally:
         dc.ECHO_INTERVAL = saved
     assert not stage.ok and (stage.facts["sent"], stage.facts["received"], stage.facts["loss"]) == (3, 0, 100.0)
-    assert "nothing came back" in stage.detail
+    assert "nothing came back" in stage.detail and stage.facts["verdict"] == "data-one-way"
 
 
 def test_exit_notify_goes_through_the_data_channel():
@@ -309,7 +309,7 @@ def test_exit_notify_goes_through_the_data_channel():
 
 
 def test_a_lost_connection_ends_the_stage_with_what_was_measured():
-    from ovpndiag.transport import TransportError
+    from ovpndiag.transport import Reset
 
     peer = FakePeer()
     peer.settings.count = 3
@@ -319,12 +319,13 @@ def test_a_lost_connection_ends_the_stage_with_what_was_measured():
         if peer.queue and not answered:
             answered.append(1)
             return peer.queue.pop(0)
-        raise TransportError("connection reset by the server")
+        raise Reset("connection reset by the server")
 
     peer.transport_recv = recv
     stage = dc.run_data_stage(peer)
     assert not stage.ok and "connection reset by the server" in stage.detail
     assert (stage.facts["sent"], stage.facts["received"]) == (2, 1) and peer.data_result is stage.facts
+    assert stage.facts["verdict"] == "connection-reset"
 
 
 def test_prf_is_used_when_tls_ekm_is_not_agreed():

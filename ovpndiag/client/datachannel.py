@@ -374,26 +374,28 @@ def run_data_stage(client) -> Stage:
     try:
         channel = data_channel(client)
     except DataChannelError as error:
-        facts["cipher"] = _cipher(client)
+        facts.update(cipher=_cipher(client), verdict="data-keys-mismatch")
         return stage(False, f"no data channel: {error}")
     facts.update(cipher=channel.cipher, key_derivation=channel.key_derivation, format=channel.format,
                  peer_id=channel.peer_id)
     source, target = _addresses(client)
     if source is None or target is None:
         missing = "ifconfig" if source is None else "route-gateway (give --ping-target)"
+        facts["verdict"] = "echo-unanswered"
         return stage(False, f"nothing to ping: the PUSH_REPLY has no {missing}")
     try:
         ipaddress.IPv4Address(source), ipaddress.IPv4Address(target)
     except ValueError:
+        facts["verdict"] = "echo-unanswered"
         return stage(False, f"cannot ping {target} from {source}: only IPv4 echoes are sent")
     facts.update(source=source, target=target)
 
     echo = _Echo(client, channel, source, target)
-    lost = None
+    lost = lost_kind = None
     try:
         echo.run(facts)
     except TransportError as error:
-        lost = str(error)
+        lost, lost_kind = str(error), error.kind
     rtts = echo.rtts
     facts["received"] = len(rtts)
     if rtts:
@@ -401,6 +403,12 @@ def run_data_stage(client) -> Stage:
     facts["loss"] = round(100.0 * (facts["sent"] - len(rtts)) / facts["sent"], 1) if facts["sent"] else None
     facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected))
     how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}"
+    # the verdict (ovpndiag.verdicts) the Client takes when the stage fails
+    if lost:
+        facts["verdict"] = _LOST_VERDICTS.get(lost_kind, "data-one-way")
+    elif not rtts:
+        facts["verdict"] = "data-keys-mismatch" if echo.rejected else "echo-unanswered" if echo.pings \
+            else "data-one-way"
     if rtts and not lost:
         return stage(True, f"{how}: {len(rtts)}/{facts['sent']} echoes to {target} answered, "
                            f"rtt {facts['rtt'] * 1000:.2f} ms")
@@ -416,6 +424,10 @@ def run_data_stage(client) -> Stage:
                             "answer (try --ping-target)")
     return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered, nothing came back "
                         "through the data channel")
+
+
+_LOST_VERDICTS = {"reset": "connection-reset", "closed": "connection-closed", "unreachable": "unreachable",
+                  "refused": "port-closed"}
 
 
 class _Echo:
