@@ -75,8 +75,25 @@ def handshake_settings(probe, *, ca=None, cert=None, key=None, askpass=None, aut
             raise SettingsError(f"--ping-target must be an IP address, not '{ping_target}'") from None
     if count < 1:
         raise SettingsError("--count must be at least 1")
+    if keylog:
+        _writable_keylog(keylog)
     settings.count, settings.keylog, settings.write = count, keylog, write
     return settings
+
+
+def _writable_keylog(path):
+    """A key log is appended to (as SSLKEYLOGFILE is): say now, not after the handshake,
+    when it cannot be. Opening for append leaves an existing file as it was."""
+    import os
+    import stat
+
+    try:
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise SettingsError(f"--keylog {path}: is not a regular file")
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        raise SettingsError(f"--keylog {path}: cannot write: {error.strerror or error}") from None
 
 
 def _given(option, from_profile, where, name):

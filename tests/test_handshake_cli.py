@@ -81,10 +81,12 @@ def bad_inputs(tmp_path):
         (["--auth-user-pass", empty_user], "no username on the first line"),
         (["--data-ciphers", "AES-256-CBC"], "data cipher 'AES-256-CBC' is not one"),
         (["--ping-target", "gateway"], "--ping-target must be an IP address"),
+        (["--keylog", tmp_path / "no-such-dir" / "keys.log"], "keys.log: cannot write: No such file or directory"),
+        (["--keylog", tmp_path], "is not a regular file"),
     ]
 
 
-@pytest.mark.parametrize("index", range(16))
+@pytest.mark.parametrize("index", range(18))
 def test_bad_input_is_one_line_and_exit_2_for_handshake_unknown_for_check(tmp_path, index):
     options, expect = bad_inputs(tmp_path)[index]
     handshake = one_line_error(ovpndiag("handshake", "127.0.0.1", "-p", "9", *options), 2)
@@ -96,7 +98,7 @@ def test_bad_input_is_one_line_and_exit_2_for_handshake_unknown_for_check(tmp_pa
 
 
 def test_bad_inputs_cover_every_case(tmp_path):
-    assert len(bad_inputs(tmp_path)) == 16
+    assert len(bad_inputs(tmp_path)) == 18
 
 
 def test_check_at_the_reset_stage_reads_no_credentials(tmp_path):
