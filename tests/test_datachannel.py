@@ -113,3 +113,47 @@ def test_exit_notify_alone_ends_the_servers_session(servers):
         assert not _server_lines(server, port, "CC-EEN exit message")
     finally:
         client.close()
+
+
+class _PRFAnyway(Client):
+    """Announces key export (the server then takes tls-ekm) but derives with the PRF, as a broken
+    client would."""
+
+    key_derivation = "prf"
+
+
+def test_keys_that_differ_from_the_servers_are_diagnosed_over_udp(servers):
+    """The server drops our echoes (its log says why) and its keepalive pings fail our tag check:
+    data-keys-mismatch, not a silent target."""
+    server = servers.get(proto="udp", extra=("--data-ciphers", "AES-256-GCM", "--ping", "1"))
+    client = _PRFAnyway(_client(server).settings)
+    client.settings.probe.retries = 0
+    try:
+        assert client.push().ok, client.result.message
+        assert "tls-ekm" in client.push_reply["protocol_flags"]
+        port = client.link.local[1]
+        stage = client.data()
+        facts = stage.facts
+        assert not stage.ok and facts["key_derivation"] == "prf", stage.detail
+        assert (facts["sent"], facts["received"], facts["keepalive_pings"]) == (2, 0, 0), stage.detail
+        assert facts["rejected"] >= 1 and "tag does not verify" in stage.detail
+        assert client.result.verdict == "data-keys-mismatch"
+        assert _wait_for(server, port, "AEAD Decrypt error|Authenticate/Decrypt packet error")
+    finally:
+        client.close()
+
+
+def test_keys_that_differ_from_the_servers_are_diagnosed_over_tcp(servers):
+    """Over TCP the server closes the connection on our first undecryptable data packet."""
+    server = servers.get(proto="tcp", extra=("--data-ciphers", "AES-256-GCM"))
+    client = _PRFAnyway(_client(server).settings)
+    try:
+        assert client.push().ok, client.result.message
+        port = client.link.local[1]
+        stage = client.data()
+        assert not stage.ok and (stage.facts["sent"], stage.facts["received"]) == (1, 0), stage.detail
+        assert "dropped the connection after 1 data packet of ours" in stage.detail
+        assert client.result.verdict == "data-keys-mismatch"
+        assert _wait_for(server, port, "AEAD Decrypt error|Authenticate/Decrypt packet error")
+    finally:
+        client.close()

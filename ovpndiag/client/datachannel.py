@@ -404,7 +404,12 @@ def run_data_stage(client) -> Stage:
     facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected))
     how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}"
     # the verdict (ovpndiag.verdicts) the Client takes when the stage fails
-    if lost:
+    # Over TCP OpenVPN drops the whole connection when a data packet fails to decrypt
+    # (forward.c: "decryption-error"): closed after our echoes with nothing authentic back.
+    closed_on_our_data = lost and not rtts and not echo.pings and _proto(client) == "tcp"
+    if closed_on_our_data:
+        facts["verdict"] = "data-keys-mismatch"
+    elif lost:
         facts["verdict"] = _LOST_VERDICTS.get(lost_kind, "data-one-way")
     elif not rtts:
         facts["verdict"] = "data-keys-mismatch" if echo.rejected else "echo-unanswered" if echo.pings \
@@ -412,6 +417,10 @@ def run_data_stage(client) -> Stage:
     if rtts and not lost:
         return stage(True, f"{how}: {len(rtts)}/{facts['sent']} echoes to {target} answered, "
                            f"rtt {facts['rtt'] * 1000:.2f} ms")
+    if closed_on_our_data:
+        return stage(False, f"{how}: the server dropped the connection after {facts['sent']} data "
+                            f"packet{'s' if facts['sent'] > 1 else ''} of ours ({lost}); OpenVPN does that over TCP when a data packet fails to decrypt: "
+                            "keys or cipher differ")
     if lost:
         return stage(False, f"{how}: connection lost after {facts['sent']} echoes to {target} "
                             f"({len(rtts)} answered): {lost}")
