@@ -494,3 +494,30 @@ def test_auth_failed_names_the_stage_and_never_shows_the_password(live, tmp_path
                   "--stage", "push")
     assert ok.returncode == 0 and json.loads(ok.stdout)["state"] == "OK", ok.stdout
     assert AUTH_PASSWORD not in ok.stdout + ok.stderr
+
+
+def test_a_profile_with_inline_blocks_walks_the_handshake(live, tmp_path):
+    """ca/cert/key and the credentials inline, as exported profiles have them: the client
+    gets PEM bytes, not files, and the server accepts the account given inline."""
+    from pki import get_pki
+    from servers import AUTH_PASSWORD, AUTH_USER
+
+    server = live("auth")
+    pki = get_pki()
+
+    def block(tag, path):
+        return f"<{tag}>\n{open(path).read().strip()}\n</{tag}>\n"
+
+    profile = tmp_path / "monitor.ovpn"
+    profile.write_text(f"client\ndev tun\nproto udp\nremote {server.host} {server.port}\nremote-cert-tls server\n"
+                       "verify-x509-name server name\n" + block("ca", pki.ca) + block("cert", pki.client["valid"])
+                       + block("key", pki.client_key["valid"]) + f"<auth-user-pass>\n{AUTH_USER}\n{AUTH_PASSWORD}\n"
+                       "</auth-user-pass>\n")
+    result = ovpndiag("check", "--config", profile, "--stage", "push")
+    assert result.returncode == 0 and result.stdout.startswith("OPENVPN OK - "), result.stdout + result.stderr
+    report = ovpndiag("handshake", "--config", profile, "--stage", "push")
+    assert "  verified   yes, against the CA given" in report.stdout and AUTH_PASSWORD not in report.stdout
+    # the same profile naming another server: the name check fails, and says so
+    profile.write_text(profile.read_text().replace("verify-x509-name server name", "verify-x509-name vpn name"))
+    refused = ovpndiag("check", "--config", profile, "--stage", "push")
+    assert refused.returncode == 2 and "tls stage failed" in refused.stdout, refused.stdout
