@@ -23,7 +23,13 @@ Exit status (Monitoring Plugins): 0 OK, 1 WARNING (response time beyond -w, a
 server clock or early-negotiation warning, or with --warn-on-retry an answer only
 after retries), 2 CRITICAL (no reply, port closed, reply not OpenVPN, HMAC/tag
 invalid, wrong session, or beyond -c), 3 UNKNOWN (bad options, unreadable key,
-unresolvable host, output that cannot be written, internal error)."""
+unresolvable host, output that cannot be written, internal error).
+\b
+With --stage tls|auth|push|data: CRITICAL when a stage fails (the status line
+names it and why) or the server certificate ends within --cert-critical days,
+has expired or is not yet valid; WARNING within --cert-warning days, on
+AUTH_PENDING or RESTART; UNKNOWN for an unreadable CA, certificate, key,
+passphrase or credentials file."""
 
 
 EX_SOFTWARE, EX_IOERR = 70, 74  # sysexits.h: an internal error; an input/output error

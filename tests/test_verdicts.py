@@ -51,3 +51,19 @@ def test_probe_names():
                  probe.CONNECTION_RESET, probe.NOT_OPENVPN, probe.BAD_AUTH, probe.WRONG_REPLY,
                  probe.UNRESOLVABLE, probe.UNREACHABLE, probe.OK):
         assert verdicts.from_probe(name) in verdicts.VERDICTS, name
+
+
+def test_every_verdict_the_client_names_is_in_the_vocabulary():
+    """A name outside the vocabulary would reach check as UNKNOWN: catch a typo here."""
+    import re
+    from pathlib import Path
+
+    client = Path(verdicts.__file__).parent / "client"
+    named = set()
+    for source in client.glob("*.py"):
+        text = source.read_text()
+        named |= set(re.findall(r'_StageFailed\(\s*"([a-z-]+)"', text))
+        named |= set(re.findall(r'_verdict\(\s*"([a-z-]+)"', text))
+        named |= set(re.findall(r'verdict"?\s*[=:]\s*"([a-z-]+)"', text))
+    assert {"server-certificate-rejected", "auth-failed", "echo-unanswered"} <= named  # the scan finds them
+    assert named <= set(verdicts.VERDICTS), named - set(verdicts.VERDICTS)
