@@ -64,6 +64,6 @@ def test_every_verdict_the_client_names_is_in_the_vocabulary():
         text = source.read_text()
         named |= set(re.findall(r'_StageFailed\(\s*"([a-z-]+)"', text))
         named |= set(re.findall(r'_verdict\(\s*"([a-z-]+)"', text))
-        named |= set(re.findall(r'verdict"?\s*[=:]\s*"([a-z-]+)"', text))
+        named |= set(re.findall(r'verdict"?\]?\s*[=:]\s*"([a-z-]+)"', text))
     assert {"server-certificate-rejected", "auth-failed", "echo-unanswered"} <= named  # the scan finds them
     assert named <= set(verdicts.VERDICTS), named - set(verdicts.VERDICTS)
