@@ -96,7 +96,10 @@ def evaluate(result, stage, warning=None, critical=None, timeout=10.0, cert_warn
     judgement = judge(result, cert_warning, cert_critical)
     state = judgement.state
     if judgement.failed_stage:
-        text = f"{where(result)}: {judgement.failed_stage} stage failed: {judgement.message}"
+        message = judgement.message
+        if message.startswith(where(result) + ": "):  # said once is enough
+            message = message[len(where(result)) + 2:]
+        text = f"{where(result)}: {judgement.failed_stage} stage failed: {message}"
     elif state == UNKNOWN or not result.stages:
         text = f"{where(result)}: {judgement.message}"
     else:

@@ -521,3 +521,14 @@ def test_a_profile_with_inline_blocks_walks_the_handshake(live, tmp_path):
     profile.write_text(profile.read_text().replace("verify-x509-name server name", "verify-x509-name vpn name"))
     refused = ovpndiag("check", "--config", profile, "--stage", "push")
     assert refused.returncode == 2 and "tls stage failed" in refused.stdout, refused.stdout
+
+
+def test_check_of_a_closed_port_names_the_reset_stage_once():
+    from servers import free_port
+
+    port = free_port("udp")
+    result = ovpndiag("check", "127.0.0.1", "-p", port, "--stage", "push", "-t", "2")
+    line = result.stdout.splitlines()[0]
+    assert result.returncode == 2 and STATUS.match(line), result.stdout
+    assert line.startswith(f"OPENVPN CRITICAL - 127.0.0.1:{port}/udp: reset stage failed: ")
+    assert line.count(f"127.0.0.1:{port}/udp") == 1 and line.endswith("| time=U;;;0;2")
