@@ -20,8 +20,8 @@ import pytest
 
 from pki import get_pki
 from servers import (AUTH_FAILED_REASON, AUTH_PASSWORD, AUTH_USER, LossyRelay, StopAfterResetRelay,
-                     auth_script_server, cipher_server, crl_server,
-                     pki_server, tls13_server)
+                     auth_script_server, cipher_server, crl_server, max_clients_server, pki_client, pki_server,
+                     tls13_server)
 
 from ovpndiag import verdicts
 from ovpndiag.client import STAGES, Client, HandshakeSettings
@@ -103,10 +103,11 @@ def test_untrusted_server_ca(started):
     assert "Peer Connection Initiated" not in server.log_text()
 
 
-def test_expired_server_certificate(started):
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_expired_server_certificate(started, proto):
     from ovpndiag.handshake_check import judge
 
-    server = started(pki_server("expired"))
+    server = started(pki_server("expired", proto=proto))
     result = handshake(server_target(server))
     assert_fails(result, "server-certificate-rejected", "tls", "certificate has expired")
     assert result.server_certificate["days_left"] == -2 and result.server_certificate["verified"] is False
@@ -141,8 +142,9 @@ def test_remote_cert_tls_server_against_a_certificate_without_server_auth(starte
 
 # --- our certificate, refused by the server --------------------------------------------------
 
-def test_client_certificate_from_another_ca(started):
-    server = started(pki_server("valid"))
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_client_certificate_from_another_ca(started, proto):
+    server = started(pki_server("valid", proto=proto))
     result = handshake(server_target(server), client="other-ca")
     assert_fails(result, "client-certificate-rejected", "tls", "after our certificate", "refused our certificate")
     facts = result.stage("tls").facts
@@ -152,8 +154,9 @@ def test_client_certificate_from_another_ca(started):
     assert result.server_certificate["verified"] is True  # we accepted theirs: the refusal is theirs
 
 
-def test_revoked_client_certificate(started):
-    server = started(crl_server())
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_revoked_client_certificate(started, proto):
+    server = started(crl_server(proto=proto))
     target = server_target(server)
     result = handshake(target, client="revoked")
     assert_fails(result, "client-certificate-rejected", "tls", "after our certificate", "refused our certificate")
@@ -165,8 +168,9 @@ def test_revoked_client_certificate(started):
 
 # --- TLS itself --------------------------------------------------------------------------------
 
-def test_tls_version_mismatch(started):
-    server = started(tls13_server())
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_tls_version_mismatch(started, proto):
+    server = started(tls13_server(proto=proto))
     target = server_target(server)
     result = handshake(target, tls_version_max="1.2")
     assert_fails(result, "client-hello-rejected", "tls", "after our ClientHello", "no common TLS version")
@@ -178,8 +182,9 @@ def test_tls_version_mismatch(started):
 
 # --- after TLS: credentials and options -------------------------------------------------------
 
-def test_rejected_username_and_password(started):
-    server = started(auth_script_server())
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_rejected_username_and_password(started, proto):
+    server = started(auth_script_server(proto=proto))
     target = server_target(server)
     wrong = "wrong " + AUTH_PASSWORD
     result = handshake(target, auth_user_pass=(AUTH_USER, wrong))
@@ -191,8 +196,9 @@ def test_rejected_username_and_password(started):
     assert control.verdict == "ok", control.message
 
 
-def test_no_shared_data_cipher(started):
-    server = started(cipher_server("AES-128-GCM"))
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_no_shared_data_cipher(started, proto):
+    server = started(cipher_server("AES-128-GCM", proto=proto))
     result = handshake(server_target(server), data_ciphers=["CHACHA20-POLY1305"])
     assert_fails(result, "no-shared-cipher", "push",
                  "AUTH_FAILED", "Data channel cipher negotiation failed (no shared cipher)")
@@ -201,6 +207,18 @@ def test_no_shared_data_cipher(started):
 
 
 # --- the server's state ----------------------------------------------------------------------
+
+def test_max_clients_reached_over_tcp(started):
+    """Over TCP a full server accepts the connection and drops it before any answer: a FIN, or an
+    RST when our reset was still unread (about half the runs each on loopback). The client cannot
+    see why, so it names the closed connection at the reset stage, not max-clients."""
+    server = started(max_clients_server(proto="tcp"))
+    started(pki_client(server))  # the one client it takes
+    result = handshake(server_target(server))
+    assert result.verdict in ("connection-closed", "connection-reset"), result.message
+    assert_fails(result, result.verdict, "reset", f"127.0.0.1:{server.port}")
+    assert server.wait_for(r"new incoming connection would exceed maximum number of clients \(1\)", 1)
+
 
 def test_server_stopped_mid_handshake(started):
     server = started(pki_server("valid"))
