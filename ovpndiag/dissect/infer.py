@@ -58,8 +58,12 @@ def plausible(fields: dict, peer_session_id: Optional[int], now: float) -> bool:
 def readable_as(data: bytes, wrapping: Wrapping, peer_session_id: Optional[int], now: float) -> bool:
     """Does this control packet read as sense under this wrapping? (The cheap checks first:
     its size, then its replay packet-id and net time, and only then a decode.)"""
-    return (len(data) >= shortest(wrapping) and not _clock_rules_out(data, wrapping, now)
-            and plausible(decode(data, wrapping), peer_session_id, now))
+    facts = _FACTS.get(wrapping)
+    if facts is None:
+        facts = _FACTS[wrapping] = (shortest(wrapping), _replay_offset(wrapping))
+    if len(data) < facts[0] or _rules_out_at(data, facts[1], now):
+        return False
+    return plausible(decode(data, wrapping), peer_session_id, now)
 
 
 def candidates_for(kind: Optional[str] = None, digest: Optional[str] = None):
@@ -106,19 +110,24 @@ class WrappingInference:
 
 
 _REPLAY_AND_TIME = Struct("!II").unpack_from
-_REPLAY_OFFSETS = {}  # Wrapping -> offset of its replay packet-id (None: it has none)
+_FACTS = {}  # Wrapping -> (fewest bytes of a control packet, offset of its replay packet-id or None)
 _WRAPPED_AS_GIVEN = frozenset((1, 2, 3, 4, 5, 7, 8))  # control opcodes but 10, 11 (always tls-crypt-v2)
+
+
+def _replay_offset(wrapping: Wrapping) -> Optional[int]:
+    kind = wrapping.kind
+    return 9 + wrapping.hmac_size if kind == "tls-auth" else None if kind == "none" else 9
 
 
 def _clock_rules_out(data: bytes, wrapping: Wrapping, now: float) -> bool:
     """The replay packet-id and net time checks of plausible(), on the two words alone:
     most candidates fail them, and reading two words costs far less than a decode.
     (Only a quick no: whatever passes is still decoded and checked in full.)"""
-    offset = _REPLAY_OFFSETS.get(wrapping, -1)
-    if offset == -1:
-        kind = wrapping.kind
-        offset = _REPLAY_OFFSETS[wrapping] = (9 + wrapping.hmac_size if kind == "tls-auth"
-                                              else None if kind == "none" else 9)
+    return _rules_out_at(data, _replay_offset(wrapping), now)
+
+
+def _rules_out_at(data: bytes, offset: Optional[int], now: float) -> bool:
+    """_clock_rules_out with the replay packet-id's offset worked out."""
     if offset is None or len(data) < offset + 8 or data[0] >> 3 not in _WRAPPED_AS_GIVEN:
         return False
     replay, net_time = _REPLAY_AND_TIME(data, offset)

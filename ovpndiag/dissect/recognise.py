@@ -23,6 +23,7 @@ opcodes that do not exist. Elsewhere a flow that shows none of the above within
 from typing import Optional
 
 from ..protocol import CLIENT_RESETS, OPCODES, SERVER_RESETS
+from .decode import shortest
 from .infer import CANDIDATES, TLS_CRYPT_V2, readable_as, session_id_of
 
 LIMIT = 12  # packets a flow gets to show what it is
@@ -35,10 +36,17 @@ UNDECIDED = "undecided"  # looked like OpenVPN, but too little of it to be sure:
 _CONTROL = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
 
 
-def fits(data: bytes, peer_session_id: Optional[int], time: float) -> bool:
+def fits(data: bytes, peer_session_id: Optional[int], time: float, candidates=CANDIDATES) -> bool:
     """Does this control packet read as sense under some wrapping?"""
-    candidates = (TLS_CRYPT_V2,) if data[0] >> 3 in (10, 11) else CANDIDATES
+    if data[0] >> 3 in (10, 11):
+        candidates = (TLS_CRYPT_V2,)
     return any(readable_as(data, w, peer_session_id, time) for w in candidates)
+
+
+# A client reset carries no ACK and no payload: its size alone says which wrappings it can be under.
+_CLIENT_RESET_SIZES = {}
+for _wrapping in CANDIDATES:
+    _CLIENT_RESET_SIZES.setdefault(shortest(_wrapping) + (5 if _wrapping.is_tls_crypt else 4), []).append(_wrapping)
 
 
 class Recognition:
@@ -97,7 +105,11 @@ class Recognition:
             self.stable[sender] = self.stable.get(sender, 0) + 1
         other = "server" if sender == "client" else "client"
         peer = self.session_ids.get(other)
-        if not data[0] & 7 and opcode in CLIENT_RESETS and fits(data, None, time):
+        if not data[0] & 7 and opcode in CLIENT_RESETS and (
+                # On OpenVPN's port a reset's size is enough (the wrapping inference reads it next);
+                # static-key packets (HMAC, IV, cipher blocks) never have these sizes.
+                len(data) in _CLIENT_RESET_SIZES if self.known_port and opcode != 10 else
+                fits(data, None, time, _CLIENT_RESET_SIZES.get(len(data), ()))):
             self.client = sender
             return OPENVPN
         if opcode in SERVER_RESETS and fits(data, None, time):
