@@ -75,6 +75,8 @@ class Client:
         self._hello_sent_packets = 0  # control packets our ClientHello took
         self._client_flight_sent = False
         self._km_sent = False
+        self._target = None  # run()'s last stage: what may be sent ahead (see _tls_step)
+        self._push_requested = False
 
     # --- what datachannel.py uses ---------------------------------------------------------
 
@@ -125,6 +127,7 @@ class Client:
     def run(self, stage: str = "data") -> HandshakeResult:
         if stage not in STAGES:
             raise ValueError(f"unknown stage '{stage}' (one of {', '.join(STAGES)})")
+        self._target = stage
         try:
             for name in STAGES[:STAGES.index(stage) + 1]:
                 if not getattr(self, name)().ok:
@@ -297,6 +300,10 @@ class Client:
                 tls.handshake()
                 if tls.handshake_done:
                     self._client_flight_sent = True
+                    if self._wants("auth"):
+                        # As OpenVPN does: key-method 2 right behind our Finished, not a round
+                        # trip later (the tls stage still ends only when the server ACKs our flight).
+                        self._send_key_method()
             if tls.handshake_done:
                 for record in tls.records():
                     self._on_record(record)
@@ -384,16 +391,31 @@ class Client:
 
     # auth --------------------------------------------------------------------------------------
 
-    def _auth(self):
+    def _wants(self, stage) -> bool:
+        """Whether run() is going on to ``stage``: then its first message may go out early."""
+        return self._target is not None and STAGES.index(self._target) >= STAGES.index(stage)
+
+    def _send_key_method(self):
+        if self._km_sent:
+            return
         settings = self.settings
         user, password = settings.auth_user_pass or (None, None)
-        info = peer_info(settings.data_ciphers, self.proto, self.key_export, _gui_version())
+        self._peer_info = peer_info(settings.data_ciphers, self.proto, self.key_export, _gui_version())
         message = client_message(self.key_exchange, options_string(self.proto, self.family,
                                                                    self.wrapper.wrapping.kind == "tls-auth"),
-                                 user, password, info)
+                                 user, password, self._peer_info)
         self.tls_client.send(message)
         self._km_sent = True
         self._queue_tls_output()
+
+    def _send_push_request(self):
+        self._push_requested = True
+        self._send_text(PUSH_REQUEST)
+
+    def _auth(self):
+        user = (self.settings.auth_user_pass or (None, None))[0]
+        self._send_key_method()
+        info = self._peer_info
         if not self._pump(lambda: self.server_key_message is not None or self.outcome is not None,
                           self._silence_deadline()):
             if not self._server_alive():
@@ -412,9 +434,12 @@ class Client:
     # push --------------------------------------------------------------------------------------
 
     def _push(self):
+        if self.outcome is None and not self._push_requested:
+            self._send_push_request()
         while self.outcome is None and time.monotonic() < self.deadline:
-            self._send_text(PUSH_REQUEST)
             self._pump(lambda: self.outcome is not None, min(self.deadline, time.monotonic() + PUSH_RETRY))
+            if self.outcome is None:
+                self._send_push_request()
         if self.outcome is None:
             raise _StageFailed("push-timeout", f"no PUSH_REPLY to PUSH_REQUEST within {self.elapsed():.1f} s")
         if self.outcome.kind != "push-reply":
@@ -592,6 +617,8 @@ class Client:
                     from None
             self.key_exchange.server_random1 = record[5:37]
             self.key_exchange.server_random2 = record[37:69]
+            if self._wants("push") and self.outcome is None:
+                self._send_push_request()  # as OpenVPN does, at once (a 2.6 server may push first anyway)
             return
         for message in self._reader.feed(record):
             self.control_messages.append(_redact(message))
