@@ -68,8 +68,23 @@ def _certificate_note(cert_verdict, days, certificate) -> str:
     if cert_verdict == "certificate-not-yet-valid":
         return f"the server certificate is not valid before {certificate.get('not_before', '?')}"
     if cert_verdict == "certificate-expired":
-        return f"the server certificate expired {_days(-days)} ago ({certificate.get('not_after', '?')})"
+        return f"the server certificate expired {expired_for(certificate)} ago ({certificate.get('not_after', '?')})"
     return f"the server certificate ends in {_days(days)} ({certificate.get('not_after', '?')})"
+
+
+def expired_for(certificate) -> str:
+    """How long ago an expired certificate ended, from its notAfter ("2 days", "5 hours"):
+    days_left is rounded down, so -2 may mean 25 hours."""
+    import datetime
+
+    try:
+        ended = datetime.datetime.strptime(certificate["not_after"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc)
+    except (KeyError, TypeError, ValueError):
+        days = certificate.get("days_left")
+        return _days(-days) if days is not None else "some time"
+    since = (datetime.datetime.now(datetime.timezone.utc) - ended).total_seconds() / 86400
+    return _days(max(since, 0.0))
 
 
 def _days(days) -> str:
@@ -118,7 +133,8 @@ def evaluate(result, stage, warning=None, critical=None, timeout=10.0, cert_warn
     if judgement.cert_days is not None:
         from .monitoring import Range
 
-        data.append(perfdata("cert_days", math.floor(judgement.cert_days), "", Range.parse(f"{_number(cert_warning)}:"), Range.parse(f"{_number(cert_critical)}:")))
+        data.append(perfdata("cert_days", math.floor(judgement.cert_days), "", Range.parse(f"{_number(cert_warning)}:"),
+                             Range.parse(f"{_number(cert_critical)}:")))
     return Outcome(state, text, data, details=detail_lines(result, judgement))
 
 

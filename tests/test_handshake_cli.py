@@ -532,3 +532,27 @@ def test_check_of_a_closed_port_names_the_reset_stage_once():
     assert result.returncode == 2 and STATUS.match(line), result.stdout
     assert line.startswith(f"OPENVPN CRITICAL - 127.0.0.1:{port}/udp: reset stage failed: ")
     assert line.count(f"127.0.0.1:{port}/udp") == 1 and line.endswith("| time=U;;;0;2")
+
+
+def test_an_expired_certificate_says_how_long_ago_from_its_end_not_the_rounded_days():
+    import datetime
+
+    ended = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=25)
+    result = _result("server-certificate-rejected", stages=("reset", "tls"), failed="tls",
+                     message="server certificate verify failed: certificate has expired")
+    result.server_certificate.update(not_after=ended.strftime("%Y-%m-%dT%H:%M:%SZ"), days_left=-2, verified=False,
+                                     verify_errors=["depth 0: certificate has expired"])
+    judgement = judge(result)
+    report = plain(handshake_report(result, judgement, "tls"))
+    assert "(EXPIRED 1 day ago)" in report and "  verified   NO: depth 0: certificate has expired" in report
+    assert judgement.message.endswith(f"; the server certificate expired 1 day ago ({result.server_certificate['not_after']})")
+    line = plain(handshake_report(_result(), judge(_result()), "data"))
+    assert "EXPIRED" not in line
+
+
+def test_without_a_ca_the_certificate_is_shown_as_not_verified():
+    result = _result(stages=("reset", "tls"))
+    result.server_certificate.update(verified=False, verify_errors=[
+        "not verified: no CA given (--ca)", "depth 0: unable to get local issuer certificate"])
+    report = plain(handshake_report(result, judge(result), "tls"))
+    assert "  verified   no: no --ca given to verify it against\n" in report

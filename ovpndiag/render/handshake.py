@@ -9,6 +9,7 @@ decides nothing. No key material or password ever reaches a result.
 import click
 
 from ..client import STAGES
+from ..handshake_check import expired_for
 
 STATE_COLOURS = {"OK": "green", "WARNING": "yellow", "CRITICAL": "red", "UNKNOWN": "magenta"}
 # The pushed options as ovpndiag.client.push.parse_options gives them, shown under
@@ -79,7 +80,7 @@ def _certificate(certificate):
         days = certificate.get("days_left")
         left = ""
         if days is not None:
-            left = f" ({days:.0f} days left)" if days >= 0 else f" (EXPIRED {-days:.0f} days ago)"
+            left = f" ({days:.0f} days left)" if days >= 0 else f" (EXPIRED {expired_for(certificate)} ago)"
         rows.append(("valid", f"{certificate.get('not_before', '?')} to {certificate.get('not_after', '?')}{left}"))
     rows += [("key", certificate.get("key")), ("signature", certificate.get("signature_algorithm"))]
     verified = certificate.get("verified")
@@ -101,6 +102,8 @@ def _verified(verified, certificate):
         return "yes, against the CA given"
     reasons = list(certificate.get("verify_errors") or []) + ([certificate["name_problem"]]
                                                              if certificate.get("name_problem") else [])
+    if any(reason.startswith("not verified: no CA") for reason in reasons):
+        return "no: no --ca given to verify it against"  # (what OpenSSL says then is only that)
     return "NO: " + "; ".join(reasons) if reasons else "no"
 
 
