@@ -300,6 +300,28 @@ def test_twenty_percent_loss_each_way_is_survived_by_retransmission(servers):
     assert_server_saw_a_whole_session(server, client, port=relay_port)
 
 
+@pytest.mark.parametrize("layer,fields", [
+    ("OpenVPNControl", dict(opcode=4, session_id=0x1122334455667788, acks=[], message_packet_id=1)),
+    ("OpenVPNControl", dict(opcode=4, session_id=1, acks=[7, 3, 1, 0], remote_session_id=2**64 - 1,
+                            message_packet_id=0xFFFFFFFF)),
+    ("OpenVPNReset", dict(opcode=7, session_id=5, message_packet_id=0)),
+    ("OpenVPNAck", dict(session_id=9, acks=list(range(8)), remote_session_id=10)),
+])
+def test_the_fast_build_gives_scapys_bytes(layer, fields):
+    from scapy.packet import Raw
+
+    from ovpndiag import layers
+    from ovpndiag.client.reliable import build
+    from ovpndiag.protocol import PLAIN
+
+    cls = getattr(layers, layer)
+    payload = b"\x16\x03\x01" + bytes(range(256)) if layer == "OpenVPNControl" else b""
+    expected = bytes(cls(**fields, wrapping=PLAIN) / Raw(payload)) if payload else bytes(cls(**fields, wrapping=PLAIN))
+    assert build(cls(**fields, wrapping=PLAIN), payload) == expected
+    packet, problem = layers.dissect(expected)
+    assert problem is None and packet.session_id == fields["session_id"]
+
+
 def test_the_result_api_is_importable_without_scapy_or_tls():
     import subprocess
     import sys
