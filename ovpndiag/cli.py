@@ -317,6 +317,8 @@ def handshake_options(default_stage):
             click.option("--data-ciphers", "data_ciphers", metavar="LIST",
                          help="Data-channel ciphers to offer, ':'-separated (default AES-256-GCM:AES-128-GCM:"
                               "CHACHA20-POLY1305)."),
+            click.option("--tls-version-max", "tls_version_max", type=click.Choice(["1.2", "1.3"]),
+                         help="Highest TLS version to offer (to test a server's tls-version-min)."),
             click.option("--ping-target", "ping_target", metavar="IP",
                          help="Where the data stage's ICMP echo goes (default: the pushed route-gateway)."),
             click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True,
@@ -347,6 +349,7 @@ def _handshake_settings(options):
         remote_cert_tls=options["remote_cert_tls"], verify_x509_name=options["verify_x509_name"],
         verify_x509_type=options["verify_x509_type"], data_ciphers=options["data_ciphers"],
         stage=options["stage"], ping_target=options["ping_target"], count=options["count"],
+        tls_version_max=options["tls_version_max"],
         keylog=options["keylog"], write=options.get("write_path"), config=options["config"])
 
 

@@ -33,7 +33,7 @@ class CredentialError(KeyFileError):
 
 def handshake_settings(probe, *, ca=None, cert=None, key=None, askpass=None, auth_user_pass=None,
                        remote_cert_tls=None, verify_x509_name=None, verify_x509_type=None, data_ciphers=None,
-                       stage="data", ping_target=None, count=1, keylog=None, write=None,
+                       stage="data", ping_target=None, count=1, keylog=None, write=None, tls_version_max=None,
                        config=None) -> HandshakeSettings:
     """``probe`` is the ProbeSettings (from settings.probe_settings); options given
     here win over the profile's. Raises CredentialError or SettingsError."""
@@ -68,6 +68,9 @@ def handshake_settings(probe, *, ca=None, cert=None, key=None, askpass=None, aut
         raise SettingsError(f"--remote-cert-tls must be 'server' for a client, not '{settings.remote_cert_tls}'")
     settings.verify_x509_name = _x509_name(verify_x509_name, verify_x509_type, profile)
     settings.data_ciphers = _data_ciphers(data_ciphers, profile)
+    settings.tls_version_max = tls_version_max or (profile.tls_version_max if profile else None)
+    if settings.tls_version_max not in (None, "1.2", "1.3"):
+        raise SettingsError(f"tls-version-max must be 1.2 or 1.3 here, not '{settings.tls_version_max}'")
     if ping_target is not None:
         try:
             settings.ping_target = str(ipaddress.ip_address(ping_target))

@@ -7,7 +7,7 @@ profile first, then in the current directory, as users run OpenVPN from either.
 For the staged handshake it also takes ``ca``, ``cert``, ``key`` and ``auth-user-pass``
 (files or inline blocks: kept as a path or the block's bytes, read and checked by
 ovpndiag.handshake_settings), ``askpass``, ``remote-cert-tls``, ``verify-x509-name``,
-``data-ciphers`` (or the older ``ncp-ciphers``), and where a ``pkcs12`` is.
+``data-ciphers`` (or the older ``ncp-ciphers``), ``tls-version-max``, and where a ``pkcs12`` is.
 Everything else in the profile is ignored.
 """
 
@@ -57,6 +57,7 @@ class Profile:
     remote_cert_tls: Optional[str] = None
     verify_x509_name: Optional[Tuple[str, str]] = None  # (name, "subject"|"name"|"name-prefix")
     data_ciphers: Optional[List[str]] = None
+    tls_version_max: Optional[str] = None
     pkcs12: Optional[str] = None  # where a pkcs12 line or block is (not supported: says so when used)
     where: Dict[str, str] = field(default_factory=dict)  # option -> "profile:line" it came from
 
@@ -159,6 +160,8 @@ def _apply_option(profile, words, where, base_dir):
         profile.data_ciphers = [name for name in args[0].split(":") if name]
     elif option == "pkcs12":
         profile.pkcs12 = where
+    elif option == "tls-version-max" and args:
+        profile.tls_version_max = args[0]
 
 
 def _set_key(profile, option, key, where):

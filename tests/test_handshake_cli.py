@@ -556,3 +556,23 @@ def test_without_a_ca_the_certificate_is_shown_as_not_verified():
         "not verified: no CA given (--ca)", "depth 0: unable to get local issuer certificate"])
     report = plain(handshake_report(result, judge(result), "tls"))
     assert "  verified   no: no --ca given to verify it against\n" in report
+
+
+def test_tls_version_max_tests_a_servers_minimum(tmp_path):
+    """--tls-version-max 1.2 against a server with tls-version-min 1.3: the ClientHello is refused."""
+    from servers import tls13_server
+
+    server = tls13_server().start()
+    try:
+        capped = ovpndiag("check", server.host, "-p", server.port, "--stage", "tls", *pki_options(),
+                          "--tls-version-max", "1.2", "-t", "2")
+        assert capped.returncode == 2 and "tls stage failed: the server went silent after our ClientHello" \
+            in capped.stdout, capped.stdout
+        profile = tmp_path / "tls12.ovpn"
+        profile.write_text(f"remote {server.host} {server.port}\ntls-version-max 1.2\n")
+        from_profile = ovpndiag("check", "--config", profile, "--stage", "tls", *pki_options(), "-t", "2")
+        assert from_profile.returncode == 2 and "ClientHello" in from_profile.stdout, from_profile.stdout
+        plain13 = ovpndiag("check", server.host, "-p", server.port, "--stage", "tls", *pki_options())
+        assert plain13.returncode == 0 and "TLSv1.3" in plain13.stdout, plain13.stdout
+    finally:
+        server.stop()
