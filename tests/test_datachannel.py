@@ -157,3 +157,32 @@ def test_keys_that_differ_from_the_servers_are_diagnosed_over_tcp(servers):
         assert _wait_for(server, port, "AEAD Decrypt error|Authenticate/Decrypt packet error")
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_p_data_v1_when_the_server_pushes_no_peer_id(servers, monkeypatch, proto):
+    """A client that does not announce DATA_V2 in IV_PROTO (as before 2.3.x) gets no peer-id: the
+    data channel is P_DATA_V1, whose 1-byte header is not authenticated."""
+    import ovpndiag.client.session as session
+
+    announced = session.peer_info
+
+    def without_data_v2(*args, **kwargs):
+        info = announced(*args, **kwargs)
+        info["IV_PROTO"] = str(int(info["IV_PROTO"]) & ~2)
+        return info
+
+    monkeypatch.setattr(session, "peer_info", without_data_v2)
+    server = servers.get(proto=proto, extra=("--data-ciphers", "CHACHA20-POLY1305"))
+    client = _client(server)
+    try:
+        assert client.push().ok, client.result.message
+        assert client.push_reply.get("peer_id") is None
+        port = client.link.local[1]
+        [push_reply] = _server_lines(server, port, "SENT CONTROL.*PUSH_REPLY")
+        assert "peer-id" not in push_reply
+        stage = client.data()
+        assert stage.ok, stage.detail
+        assert (stage.facts["format"], stage.facts["peer_id"], stage.facts["received"]) == ("P_DATA_V1", None, 2)
+    finally:
+        client.close()
