@@ -405,7 +405,7 @@ def handshake(as_json, **options):
 @handshake_options("reset")
 @click.option("-w", "--warning", metavar="RANGE", help="Warning threshold on the response time, seconds.")
 @click.option("-c", "--critical", metavar="RANGE", help="Critical threshold on the response time, seconds.")
-@click.option("--warn-on-retry", is_flag=True, help="WARNING when only a retried reset was answered (--stage reset).")
+@click.option("--warn-on-retry", is_flag=True, help="WARNING when only a retried reset was answered.")
 @click.option("-v", "--verbose", is_flag=True, help="Add the probe's detail lines after the status line.")
 @plugin
 def check(warning, critical, warn_on_retry, verbose, **options):
@@ -417,7 +417,7 @@ def check(warning, critical, warn_on_retry, verbose, **options):
     warning_range = Range.parse(warning) if warning else None
     critical_range = Range.parse(critical) if critical else None
     if options["stage"] != "reset":  # the client (TLS, cryptography) only when asked for
-        outcome = _check_handshake(options, warning_range, critical_range)
+        outcome = _check_handshake(options, warning_range, critical_range, warn_on_retry)
     else:
         from .check import evaluate
         from .probe import probe as run_probe
@@ -430,14 +430,14 @@ def check(warning, critical, warn_on_retry, verbose, **options):
     sys.exit(outcome.state)
 
 
-def _check_handshake(options, warning_range, critical_range):
+def _check_handshake(options, warning_range, critical_range, warn_on_retry):
     from .client import Client
     from .handshake_check import evaluate
 
     settings = _handshake_settings(options)
     result = Client(settings).run(settings.stage)
     return evaluate(result, settings.stage, warning_range, critical_range, settings.probe.timeout,
-                    options["cert_warning"], options["cert_critical"])
+                    options["cert_warning"], options["cert_critical"], warn_on_retry)
 
 
 # --- dissect and sniff ------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from . import verdicts
-from .monitoring import CRITICAL, OK, STATE_NAMES, UNKNOWN, Outcome, perfdata, threshold_state
+from .monitoring import CRITICAL, OK, STATE_NAMES, UNKNOWN, WARNING, Outcome, perfdata, threshold_state
 
 
 @dataclass
@@ -105,7 +105,7 @@ def where(result) -> str:
 
 
 def evaluate(result, stage, warning=None, critical=None, timeout=10.0, cert_warning=30.0,
-             cert_critical=7.0) -> Outcome:
+             cert_critical=7.0, warn_on_retry=False) -> Outcome:
     """``check --stage``: the status line names the stage that failed and why;
     perfdata ``time``, one label per stage completed, and ``cert_days``."""
     judgement = judge(result, cert_warning, cert_critical)
@@ -128,6 +128,10 @@ def evaluate(result, stage, warning=None, critical=None, timeout=10.0, cert_warn
             limit = critical if time_state == CRITICAL else warning
             text += f", beyond the {STATE_NAMES[time_state].lower()} threshold {limit.text} s"
             state = max(state, time_state)
+    reset = result.stage("reset")
+    resets = (reset.facts or {}).get("resets_sent", 1) if reset is not None and reset.ok else 1
+    if warn_on_retry and resets > 1 and state == OK:
+        state, text = WARNING, f"{text} - answered only after {resets} resets"
     data = [perfdata("time", time_value, "s", warning, critical, 0.0, float(timeout))]
     data += [perfdata(s.name, s.elapsed, "s") for s in result.stages if s.ok]
     if judgement.cert_days is not None:

@@ -576,3 +576,13 @@ def test_tls_version_max_tests_a_servers_minimum(tmp_path):
         assert plain13.returncode == 0 and "TLSv1.3" in plain13.stdout, plain13.stdout
     finally:
         server.stop()
+
+
+def test_warn_on_retry_applies_to_a_staged_check():
+    result = _result()
+    result.stages[0].facts = {"resets_sent": 2}
+    assert evaluate(result, "data", timeout=10).state == 0
+    outcome = evaluate(result, "data", timeout=10, warn_on_retry=True)
+    assert outcome.state == 1 and outcome.message.endswith(" - answered only after 2 resets")
+    result.stages[0].facts = {"resets_sent": 1}
+    assert evaluate(result, "data", timeout=10, warn_on_retry=True).state == 0
