@@ -194,14 +194,72 @@ def test_without_a_ca_the_server_certificate_is_shown_not_verified(servers):
 
 def test_untrusted_server_ca_is_refused_by_us(servers):
     server = servers.get(proto="udp")
-    result = Client(settings_for(server.host, server.port, ca=KEYS["rogue-ca.crt"])).run("push")
+    client = Client(settings_for(server.host, server.port, ca=KEYS["rogue-ca.crt"]))
+    result = client.run("push")
     assert result.verdict == "server-certificate-rejected"
     assert [s.ok for s in result.stages] == [True, False]
     # the server sends its CA too: that one is self-signed and not ours
-    assert result.message == "server certificate verify failed: self-signed certificate in certificate chain " \
-                             "(depth 1, O=ovpndiag test material, CN=ovpndiag-test-ca)"
+    assert result.message.startswith("server certificate verify failed: self-signed certificate in certificate "
+                                     "chain (depth 1, O=ovpndiag test material, CN=ovpndiag-test-ca)")
     assert result.server_certificate["verified"] is False
     assert result.exit_sent is None
+    # our alert is named, and it reached the server
+    assert {"direction": "sent", "level": "fatal", "description": "unknown_ca"} in result.stages[1].facts["alerts"]
+    assert "we sent the server TLS alert unknown_ca" in result.message
+    assert wait_for_log(server, rf":{local_port(client)} Received fatal SSL alert: unknown CA")
+
+
+def test_tls_1_2_and_a_key_log(servers, tmp_path):
+    server = servers.get(proto="tcp")
+    settings = settings_for(server.host, server.port, "tcp")
+    settings.tls_version_max, settings.keylog = "1.2", str(tmp_path / "keys.log")
+    client = Client(settings)
+    result = client.run("push")
+    assert result.verdict == "ok", result.message
+    assert result.tls["version"] == "TLSv1.2" and "GCM" in result.tls["cipher"]
+    assert len(client.tls_export("EXPORTER-OpenVPN-datakeys", 256)) == 256  # RFC 5705 under TLS 1.2 too
+    log = (tmp_path / "keys.log").read_text()
+    assert re.fullmatch(r"(CLIENT_RANDOM [0-9a-f]{64} [0-9a-f]{96}\n)+", log), log
+    assert wait_for_log(server, rf":{local_port(client)} Control Channel: TLSv1.2")
+
+
+def test_a_push_reply_in_several_parts_is_joined(servers):
+    routes = [f"10.{200 + i // 250}.{i % 250}.0 255.255.255.0" for i in range(120)]
+    extra = tuple(arg for route in routes for arg in ("--push", f"route {route}"))
+    server = servers.get(proto="udp", extra=extra)
+    client = Client(settings_for(server.host, server.port))
+    result = client.run("push")
+    assert result.verdict == "ok", result.message
+    replies = [m for m in client.control_messages if m.startswith("PUSH_REPLY")]
+    assert len(replies) >= 2 and "push-continuation 2" in replies[0] and "push-continuation 1" in replies[-1]
+    assert result.push_reply["routes"] == routes  # all of them, in order, once
+    assert not any("push-continuation" in option for option in result.push_reply["raw"])
+    assert result.push_reply["peer_id"] is not None and result.push_reply["ifconfig"]
+
+
+def test_without_cc_exit_the_data_channel_says_goodbye(servers, monkeypatch):
+    """A client that does not announce CC_EXIT_NOTIFY is not offered cc-exit: then the
+    explicit-exit-notify goes through the data channel (datachannel.py) and the server
+    ends the session on it."""
+    from ovpndiag.client import keymethod
+
+    original = keymethod.peer_info
+
+    def without_cc_exit(*args, **kwargs):
+        info = original(*args, **kwargs)
+        info["IV_PROTO"] = str(int(info["IV_PROTO"]) & ~keymethod.IV_PROTO_CC_EXIT_NOTIFY)
+        return info
+
+    monkeypatch.setattr("ovpndiag.client.session.peer_info", without_cc_exit)
+    server = servers.get(proto="udp")
+    client = Client(settings_for(server.host, server.port))
+    result = client.run("push")
+    assert result.verdict == "ok", result.message
+    assert "cc-exit" not in result.push_reply["protocol_flags"]
+    assert result.exit_sent == "explicit-exit-notify"
+    port = local_port(client)
+    assert wait_for_log(server, rf":{port} OCC exit message received by peer"), \
+        server.log_text()[-1500:]
 
 
 @pytest.mark.parametrize("name,kind,ok", [

@@ -324,8 +324,10 @@ class Client:
         facts = {"alerts": failure.alerts, "server_certificate": self.tls_client.server_certificate()}
         self.result.server_certificate = facts["server_certificate"]
         received = [a["description"] for a in failure.alerts if a["direction"] == "received"]
+        sent = [a["description"] for a in failure.alerts if a["direction"] == "sent"]
         if failure.kind == "server-certificate-rejected":
-            return _StageFailed("server-certificate-rejected", failure.args[0], facts)
+            told = f" (we sent the server TLS alert {sent[-1]})" if sent else ""
+            return _StageFailed("server-certificate-rejected", failure.args[0] + told, facts)
         if received and received[-1] in CERTIFICATE_ALERTS and self.tls_client.connection.get_peer_certificate():
             return _StageFailed("client-certificate-rejected",
                                 f"the server refused our certificate: TLS alert {received[-1]}", facts)
