@@ -270,8 +270,8 @@ class Reader:
         inference = self._learn(flow, sender, data, time)
         if inference is None or inference.decided is not None:
             return self._record(flow, frame, time, sender, data, inference)
-        self._wait(flow, time)
         self.queue.append((flow, frame, time, sender, data, inference))
+        self._wait(flow, time)
         return None
 
     def tick(self, now: float) -> List[dict]:
@@ -380,9 +380,9 @@ class Reader:
         inference = None
         if state is not UNKNOWN:
             inference = self._learn(flow, sender, data, time)
-        if state is UNKNOWN or (inference is not None and inference.decided is None):
-            self._wait(flow, time)
         self.queue.append((flow, frame, time, sender, data, inference))
+        if state is UNKNOWN or (inference is not None and inference.decided is None):
+            self._wait(flow, time)  # (after the append: a decision here takes this packet in)
 
     def _learn(self, flow, sender, data, time):
         """What the wrapping inference and the session ids take from a control packet
