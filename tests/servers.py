@@ -456,27 +456,38 @@ class LossyRelay(UDPRelay):
         return not drop
 
 
-P_CONTROL_HARD_RESET_SERVER_V2 = 8
+P_CONTROL_HARD_RESET_SERVER_V2, P_CONTROL_V1 = 8, 4
 
 
-class StopAfterResetRelay(UDPRelay):
-    """Stops the server (SIGSTOP) as its first reset answer goes by - after forwarding it - so the
-    client sees the reset answered and then silence, as from a server that hangs mid-handshake.
-    close() lets the server go on (SIGCONT)."""
+class StopRelay(UDPRelay):
+    """Stops the server (SIGSTOP) as the ``nth`` packet of opcode ``opcode`` it sends goes by -
+    that packet is forwarded, nothing after it - as a server that hangs mid-handshake. Opcodes
+    are read from the first byte, in the clear under every wrapping. close() lets the server go
+    on (SIGCONT)."""
 
-    def __init__(self, server: OpenVPNServer):
-        self.server, self.stopped = server, False
+    def __init__(self, server: OpenVPNServer, opcode: int, nth: int = 1):
+        self.server, self.opcode, self.nth = server, opcode, nth
+        self.seen, self.stopped = 0, False
         super().__init__(server.host, server.port)
 
     def passes(self, direction, data):
         if self.stopped:
             return direction == "up"  # (nothing comes down from a stopped server anyway)
-        if direction == "down" and data and data[0] >> 3 == P_CONTROL_HARD_RESET_SERVER_V2:
-            os.kill(self.server.pid, signal.SIGSTOP)
-            self.stopped = True
+        if direction == "down" and data and data[0] >> 3 == self.opcode:
+            self.seen += 1
+            if self.seen == self.nth:
+                os.kill(self.server.pid, signal.SIGSTOP)
+                self.stopped = True
         return True
 
     def close(self):
         if self.stopped and self.server.process.poll() is None:
             os.kill(self.server.pid, signal.SIGCONT)
         super().close()
+
+
+class StopAfterResetRelay(StopRelay):
+    """The server stops right after answering the reset: the client's ClientHello meets silence."""
+
+    def __init__(self, server: OpenVPNServer):
+        super().__init__(server, P_CONTROL_HARD_RESET_SERVER_V2)

@@ -19,9 +19,9 @@ import time
 import pytest
 
 from pki import get_pki
-from servers import (AUTH_FAILED_REASON, AUTH_PASSWORD, AUTH_USER, LossyRelay, StopAfterResetRelay,
-                     auth_script_server, cipher_server, crl_server, max_clients_server, pki_client, pki_server,
-                     tls13_server)
+from servers import (AUTH_FAILED_REASON, AUTH_PASSWORD, AUTH_USER, P_CONTROL_V1, LossyRelay,
+                     StopAfterResetRelay, StopRelay, auth_script_server, cipher_server, crl_server,
+                     max_clients_server, pki_client, pki_server, tls13_server)
 
 from ovpndiag import verdicts
 from ovpndiag.client import STAGES, Client, HandshakeSettings
@@ -229,6 +229,21 @@ def test_server_stopped_mid_handshake(started):
     assert relay.stopped and relay.passed["down"] == 1  # its reset came through, then nothing
     assert_fails(result, "server-stopped", "tls", "stopped answering", "a new reset is not answered")
     assert took < TIMEOUT + 1.5, f"{took:.1f} s: the budget is {TIMEOUT} s"
+
+
+# The server's control packets on loopback with this PKI (TLS 1.3, EC P-256): 1st its first TLS flight
+# packet, 2nd the rest of that flight, 3rd its ACK + key-method 2 message.
+@pytest.mark.parametrize("nth, stage, evidence", [
+    (1, "tls", "half-way through TLS"),  # part of its flight came
+    (2, "tls", "a new reset is not answered"),  # silent after our certificate, but dead, not refusing
+    (3, "auth", "after our key-method 2 message"),
+])
+def test_server_stopped_later_in_the_handshake(started, nth, stage, evidence):
+    server = started(pki_server("valid"))
+    relay = started(StopRelay(server, P_CONTROL_V1, nth))
+    result = handshake(Target(relay.host, relay.port))
+    assert relay.stopped
+    assert_fails(result, "server-stopped", stage, "stopped answering", evidence)
 
 
 def test_twenty_percent_loss_each_way_still_completes(started):
