@@ -186,3 +186,54 @@ def test_p_data_v1_when_the_server_pushes_no_peer_id(servers, monkeypatch, proto
         assert (stage.facts["format"], stage.facts["peer_id"], stage.facts["received"]) == ("P_DATA_V1", None, 2)
     finally:
         client.close()
+
+
+def test_loss_is_counted_and_the_exit_notify_survives_a_lost_copy(servers, monkeypatch):
+    """Through a UDP relay that drops chosen data packets: echoes 2 and 5 on the way up, the third
+    answer on the way down, and the first copy of the exit notification. 8 echoes then give exactly
+    5 answers (37.5% loss) and the server still acts on the exit notification's second copy."""
+    from servers import UDPRelay
+
+    class DropDataPackets(UDPRelay):
+        def __init__(self, host, port, up, down):
+            self.drop, self.seen = {"up": up, "down": down}, {"up": 0, "down": 0}
+            super().__init__(host, port)
+
+        def passes(self, direction, data):
+            if data[0] >> 3 not in (6, 9):
+                return True
+            self.seen[direction] += 1
+            return self.seen[direction] not in self.drop[direction]
+
+    monkeypatch.setattr(datachannel, "ECHO_INTERVAL", 0.3)  # lost echoes need not cost a second each
+    server = servers.get(proto="udp", extra=("--data-ciphers", "AES-128-GCM"))
+    relay = DropDataPackets(server.host, server.port, up={2, 5, 9}, down={3})
+    try:
+        client = _client(Relayed(relay), count=8)
+        try:
+            assert client.push().ok, client.result.message
+            stage = client.data()
+            facts = stage.facts
+            assert stage.ok, stage.detail
+            assert (facts["sent"], facts["received"], facts["loss"]) == (8, 5, 37.5), stage.detail
+            assert "5/8 echoes" in stage.detail
+            client.push_reply["protocol_flags"] = [f for f in client.push_reply["protocol_flags"] if f != "cc-exit"]
+            client.close()
+            assert client.result.exit_sent == "explicit-exit-notify"
+            port = relay.upstream.getsockname()[1]  # the server sees us from the relay's port
+            assert _wait_for(server, port, "OCC exit message received by peer")
+            until = time.monotonic() + 2
+            while relay.seen["up"] < 8 + 3 and time.monotonic() < until:  # the relay's thread may lag
+                time.sleep(0.01)
+            assert relay.seen == {"up": 8 + 3, "down": 6}
+        finally:
+            client.close()
+    finally:
+        relay.close()
+
+
+class Relayed:
+    """A relay seen as a server by _client (host, port, proto)."""
+
+    def __init__(self, relay):
+        self.host, self.port, self.proto = relay.host, relay.port, "udp"
