@@ -169,10 +169,12 @@ def test_credentials_are_never_in_the_result_or_its_repr(servers):
     assert "BEGIN" not in text and client.key_exchange.client_pre_master.hex() not in text
 
 
-def test_peer_info_announces_what_we_support(servers):
+def test_peer_info_announces_what_we_support_and_a_stop_after_auth_still_says_exit(servers):
     server = servers.get(proto="udp")
     client = Client(settings_for(server.host, server.port))
     result = client.run("auth")
+    assert result.verdict == "ok" and result.exit_sent == "cc-exit"  # before any PUSH_REPLY: 2.6 takes it
+    assert wait_for_log(server, rf":{local_port(client)} CC-EEN exit message received by peer")
     info = result.stages[2].facts["peer_info_sent"]
     assert int(info["IV_PROTO"]) & (1 << 1 | 1 << 2 | 1 << 3 | 1 << 7) == (1 << 1 | 1 << 2 | 1 << 3 | 1 << 7)
     assert info["IV_NCP"] == "2" and info["IV_CIPHERS"] == "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"

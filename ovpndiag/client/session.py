@@ -478,36 +478,40 @@ class Client:
 
     def close(self):
         """End the session the way the server expects, then close the socket.
-        Never raises; safe to call twice."""
+        Never raises; safe to call twice.
+
+        After the key-method exchange: EXIT through the control channel when the server
+        offered cc-exit (or has not pushed yet: we announced CC_EXIT_NOTIFY, and a 2.6
+        server takes EXIT then too), else the data channel's explicit-exit-notify. Nothing
+        after AUTH_FAILED, RESTART or HALT (the server is ending the session itself), nor
+        before key-method 2 (a stage-tls check: the server drops it after its hand-window)."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self.link is not None and self.channel is not None and self._km_sent \
-                    and self.outcome is None or (self.outcome and self.outcome.kind == "push-reply"):
+            if self.link is not None and self.channel is not None and self.server_key_message is not None \
+                    and (self.outcome is None or self.outcome.kind in ("push-reply", "auth-pending")):
                 self._say_goodbye()
         except (transport.TransportError, TLSFailure, _StageFailed, OSError):
             pass
         finally:
             self._close_link()
-            self.result.exit_sent = self.result.exit_sent
             if self.data_result is not None:
                 self.result.data = self.data_result
 
     def _say_goodbye(self):
         flags = (self.push_reply or {}).get("protocol_flags") or []
-        if "cc-exit" in flags:
+        if "cc-exit" in flags or self.push_reply is None:
             self._send_text(EXIT)
             self._pump(lambda: self.channel.idle, time.monotonic() + CLOSE_BUDGET)
             self.result.exit_sent = "cc-exit"
             return
-        if self.push_reply is not None:
-            try:
-                from .datachannel import send_explicit_exit_notify
-            except ImportError:
-                return
-            if send_explicit_exit_notify(self):
-                self.result.exit_sent = "explicit-exit-notify"
+        try:
+            from .datachannel import send_explicit_exit_notify
+        except ImportError:
+            return
+        if send_explicit_exit_notify(self):
+            self.result.exit_sent = "explicit-exit-notify"
 
     def _close_link(self):
         if self.link is not None:
