@@ -586,3 +586,28 @@ def test_warn_on_retry_applies_to_a_staged_check():
     assert outcome.state == 1 and outcome.message.endswith(" - answered only after 2 resets")
     result.stages[0].facts = {"resets_sent": 1}
     assert evaluate(result, "data", timeout=10, warn_on_retry=True).state == 0
+
+
+def test_check_over_ipv6_with_tls_auth_from_a_profile(tmp_path):
+    """The probe's wrapping options reach the client: tls-auth SHA256 with key-direction from
+    the profile's inline block, over IPv6; the server's log shows our clean exit."""
+    from pki import get_pki
+    from servers import pki_server
+
+    server = pki_server("valid", family=6, wrapping="tls-auth", auth="SHA256", key_direction=0).start()
+    try:
+        pki = get_pki()
+        ta = key_path("keys/ta.key").read_text().strip()
+        profile = tmp_path / "v6.ovpn"
+        profile.write_text(f"client\nremote ::1 {server.port} udp6\nauth SHA256\nkey-direction 1\n"
+                           f"<tls-auth>\n{ta}\n</tls-auth>\nca {pki.ca}\ncert {pki.client['valid']}\n"
+                           f"key {pki.client_key['valid']}\n")
+        result = ovpndiag("check", "--config", profile, "--stage", "data")
+        line = result.stdout.splitlines()[0]
+        assert result.returncode == 0 and line.startswith(f"OPENVPN OK - [::1]:{server.port}/udp: handshake OK up "
+                                                          "to data"), result.stdout + result.stderr
+        assert server.wait_for(r"exit message received by peer", 2)
+        wrong = ovpndiag("check", "--config", profile, "--stage", "data", "--key-direction", "0", "-t", "1.5")
+        assert wrong.returncode == 2 and "reset stage failed" in wrong.stdout, wrong.stdout
+    finally:
+        server.stop()
