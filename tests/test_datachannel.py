@@ -237,3 +237,52 @@ class Relayed:
 
     def __init__(self, relay):
         self.host, self.port, self.proto = relay.host, relay.port, "udp"
+
+
+@pytest.mark.parametrize("server_options,framing", [
+    (("--comp-lzo", "no", "--push", "comp-lzo no"), "lzo"),
+    (("--compress", "--push", "compress"), "swap"),
+    (("--compress", "lz4-v2", "--allow-compression", "yes", "--push", "compress lz4-v2"), "v2"),
+])
+def test_pushed_compression_framing_is_honoured(servers, server_options, framing):
+    """Servers configured with comp-lzo or compress frame every data-channel payload even when
+    nothing is compressed; the pushed option says how. The exit notification is framed too."""
+    server = servers.get(proto="udp", extra=("--data-ciphers", "AES-256-GCM") + server_options)
+    client = _client(server)
+    try:
+        assert client.push().ok, client.result.message
+        port = client.link.local[1]
+        stage = client.data()
+        assert stage.ok, stage.detail
+        assert (stage.facts["compression"], stage.facts["received"]) == (framing, 2)
+        client.push_reply["protocol_flags"] = [f for f in client.push_reply["protocol_flags"] if f != "cc-exit"]
+        client.close()
+        assert _wait_for(server, port, "OCC exit message received by peer")
+        assert not _server_lines(server, port, "Bad compression")
+    finally:
+        client.close()
+
+
+def test_compression_the_server_does_not_push_comes_from_the_profile(servers):
+    """A server with comp-lzo in its configuration but no push: a client must be configured the same
+    (the profile's comp-lzo, settings.compress). Without it the server drops every packet of ours,
+    saying why in its log only."""
+    server = servers.get(proto="udp", extra=("--data-ciphers", "AES-256-GCM", "--comp-lzo", "no"))
+    unframed = _client(server, count=1)
+    unframed.settings.probe.retries = 0
+    try:
+        assert unframed.push().ok, unframed.result.message
+        port = unframed.link.local[1]
+        stage = unframed.data()
+        assert not stage.ok and stage.facts["compression"] == "none"
+        assert _wait_for(server, port, "Bad compression stub decompression header byte: 69")  # 0x45, IPv4
+    finally:
+        unframed.close()
+    framed = _client(server)
+    framed.settings.compress = "comp-lzo no"
+    try:
+        assert framed.push().ok, framed.result.message
+        stage = framed.data()
+        assert stage.ok and (stage.facts["compression"], stage.facts["received"]) == ("lzo", 2), stage.detail
+    finally:
+        framed.close()

@@ -364,3 +364,51 @@ def test_key_export_is_recognised_in_both_ways_a_2_6_server_announces_it():
     assert dc.key_derivation(peer) == "prf"
     peer.push_reply, peer.key_derivation = {"key_derivation": "tls-ekm"}, "prf"  # we did not announce it
     assert dc.key_derivation(peer) == "prf"
+
+
+# --- compression framing (compstub.c, comp.h) ---------------------------------------------------
+
+def test_compression_framings_are_openvpns():
+    ip = bytes.fromhex("4500001c") + b"rest"
+    assert dc.frame(ip, "lzo") == b"\xfa" + ip  # NO_COMPRESS_BYTE first
+    assert dc.frame(ip, "swap") == b"\xfb" + ip[1:] + b"\x45"  # NO_COMPRESS_BYTE_SWAP, head byte to the tail
+    assert dc.frame(ip, "v2") == ip  # v2: unchanged unless it starts with the indicator byte
+    assert dc.frame(b"\x50abc", "v2") == b"\x50\x00\x50abc"
+    assert dc.frame(ip, "none") == ip
+    for framing in dc.FRAMINGS:
+        for payload in (ip, b"\x50abc", dc.PING_MAGIC, dc.EXIT_NOTIFY, b"\xfa\xfb"):
+            assert dc.unframe(dc.frame(payload, framing), framing) == payload
+    for framing, compressed in (("lzo", b"\x66data"), ("swap", b"\x69data"), ("v2", b"\x50\x01data")):
+        with pytest.raises(dc.CompressedPacket):
+            dc.unframe(compressed, framing)
+
+
+@pytest.mark.parametrize("option,framing", [
+    ("comp-lzo", "lzo"), ("comp-lzo no", "lzo"), ("comp-lzo adaptive", "lzo"), ("compress", "swap"),
+    ("compress stub", "swap"), ("compress lz4", "swap"), ("compress lzo", "lzo"), ("compress stub-v2", "v2"),
+    ("compress lz4-v2", "v2"), ("compress migrate", "none"), (None, "none"), ("", "none"),
+])
+def test_compression_framing_of_each_option(option, framing):
+    assert dc.compression_framing(option) == framing
+
+
+def test_the_pushed_compression_option_wins_over_the_profiles():
+    peer = FakePeer()
+    peer.settings.compress = "comp-lzo no"
+    assert dc._compression(peer) == "lzo"
+    peer.push_reply["raw"] = ["route-gateway 10.9.0.1", "compress stub-v2"]
+    assert dc._compression(peer) == "v2"
+    peer.settings.compress = None
+    peer.push_reply["raw"] = ["compress lz4", "compress"]
+    assert dc._compression(peer) == "swap"
+
+
+def test_framed_channels_round_trip_and_refuse_the_wrong_framing():
+    client = DataChannel(KEY2, "AES-256-GCM", peer_id=1, compression="swap")
+    server = DataChannel(KEY2, "AES-256-GCM", peer_id=1, server=True, compression="swap")
+    assert server.open(client.seal(dc.PING_MAGIC)) == dc.PING_MAGIC
+    assert _reference_open(client.seal(b"\x45abc"), KEY2, "AES-256-GCM", True, True)[1] == b"\xfbabc\x45"
+    unframed = DataChannel(KEY2, "AES-256-GCM", peer_id=1, server=True)
+    assert unframed.open(client.seal(b"\x45abc")) == b"\xfbabc\x45"
+    with pytest.raises(DataChannelError, match="framing"):
+        DataChannel(KEY2, "AES-256-GCM", compression="lz4")

@@ -26,7 +26,8 @@ for P_DATA_V1, whose opcode byte is added after encryption. Packet-ids count fro
 per direction; a received one is accepted once, within a 64-packet window.
 
 The plaintext is an IP packet, the keepalive ping magic, or an OCC message (the
-explicit-exit-notify is ``occ_magic | OCC_EXIT``, occ.c). The data stage sends
+explicit-exit-notify is ``occ_magic | OCC_EXIT``, occ.c), framed for compression when the
+server was configured with comp-lzo or compress (pushed, or the profile's option). The data stage sends
 ICMP echoes from the pushed ifconfig address to the route-gateway (or
 ``--ping-target``) and counts the authenticated replies.
 
@@ -132,6 +133,62 @@ def split_key2(key2: bytes, cipher: str, server: bool = False):
 
 # --- packets ---------------------------------------------------------------------------
 
+# Compression framing (comp.h, compstub.c, comp.c). Servers configured with comp-lzo or compress
+# expect every data-channel plaintext (IP packets, pings, OCC) framed even when nothing is
+# compressed; nothing on the wire says so, the configuration or the PUSH_REPLY does.
+NO_COMPRESS_BYTE, NO_COMPRESS_BYTE_SWAP = 0xFA, 0xFB
+COMP_ALGV2_INDICATOR_BYTE, COMP_ALGV2_UNCOMPRESSED_BYTE = 0x50, 0x00
+FRAMINGS = ("none", "lzo", "swap", "v2")
+
+
+class CompressedPacket(DataChannelError):
+    """An authentic packet whose payload the server compressed: we do not decompress."""
+
+
+def compression_framing(option) -> str:
+    """The framing of a comp-lzo/compress option line ("comp-lzo no", "compress lz4-v2", ...):
+    "lzo" (one 0xFA byte first), "swap" (0xFB first, the first byte moved to the end),
+    "v2" (only a leading 0x50 escaped) or "none"."""
+    words = _words(option)
+    if not words:
+        return "none"
+    if words[0] == "comp-lzo":
+        return "lzo"
+    if words[0] == "compress":
+        algorithm = words[1] if len(words) > 1 else "stub"
+        return {"stub": "swap", "lz4": "swap", "lzo": "lzo", "stub-v2": "v2", "lz4-v2": "v2"}.get(algorithm, "none")
+    return "none"
+
+
+def frame(plaintext: bytes, framing: str) -> bytes:
+    if framing == "lzo":
+        return bytes([NO_COMPRESS_BYTE]) + plaintext
+    if framing == "swap" and plaintext:
+        return bytes([NO_COMPRESS_BYTE_SWAP]) + plaintext[1:] + plaintext[:1]
+    if framing == "v2" and plaintext[:1] == bytes([COMP_ALGV2_INDICATOR_BYTE]):
+        return bytes([COMP_ALGV2_INDICATOR_BYTE, COMP_ALGV2_UNCOMPRESSED_BYTE]) + plaintext
+    return plaintext
+
+
+def unframe(payload: bytes, framing: str) -> bytes:
+    """The plaintext inside a framed payload; CompressedPacket if the server compressed it."""
+    if framing == "none" or not payload:
+        return payload
+    if framing == "lzo":
+        if payload[0] != NO_COMPRESS_BYTE:
+            raise CompressedPacket(f"compressed payload (header byte 0x{payload[0]:02x}, comp-lzo framing)")
+        return payload[1:]
+    if framing == "swap":
+        if payload[0] != NO_COMPRESS_BYTE_SWAP:
+            raise CompressedPacket(f"compressed payload (header byte 0x{payload[0]:02x}, compress framing)")
+        return payload[-1:] + payload[1:-1]
+    if payload[0] != COMP_ALGV2_INDICATOR_BYTE:
+        return payload
+    if payload[1:2] != bytes([COMP_ALGV2_UNCOMPRESSED_BYTE]):
+        raise CompressedPacket(f"compressed payload (compress v2 algorithm {payload[1:2].hex() or 'missing'})")
+    return payload[2:]
+
+
 class ReplayWindow:
     """Packet-ids seen in one direction: each accepted once, none older than the window."""
 
@@ -162,13 +219,16 @@ class ReplayWindow:
 class DataChannel:
     """Seals plaintexts into data packets and opens the peer's, for one key_id.
 
-    ``peer_id`` None means P_DATA_V1 (the server pushed no peer-id)."""
+    ``peer_id`` None means P_DATA_V1 (the server pushed no peer-id); ``compression`` is one of
+    FRAMINGS (see compression_framing)."""
 
     def __init__(self, key2: bytes, cipher: str, peer_id: Optional[int] = None, key_id: int = 0,
-                 server: bool = False):
+                 server: bool = False, compression: str = "none"):
         from ..layers import OpenVPNDataV1, OpenVPNDataV2
 
-        self.cipher, self.peer_id, self.key_id = cipher, peer_id, key_id
+        if compression not in FRAMINGS:
+            raise DataChannelError(f"unknown compression framing {compression!r}")
+        self.cipher, self.peer_id, self.key_id, self.compression = cipher, peer_id, key_id, compression
         self.send_keys, self.recv_keys = split_key2(key2, cipher, server)
         # The header is the same for every packet: built once through the layers.
         if peer_id is None:
@@ -190,7 +250,8 @@ class DataChannel:
         packet_id = struct.pack("!I", self.next_packet_id)
         self.next_packet_id += 1
         keys = self.send_keys
-        sealed = keys.aead.encrypt(packet_id + keys.implicit_iv, plaintext, self.ad_header + packet_id)
+        sealed = keys.aead.encrypt(packet_id + keys.implicit_iv, frame(plaintext, self.compression),
+                                   self.ad_header + packet_id)
         # cryptography appends the tag; OpenVPN puts it before the ciphertext
         return self.header + packet_id + sealed[-TAG_SIZE:] + sealed[:-TAG_SIZE]
 
@@ -224,7 +285,7 @@ class DataChannel:
         except InvalidTag:
             raise DataChannelError(f"authentication tag does not verify ({self.cipher}, packet-id {number})") from None
         self.replay.record(number)
-        return plaintext
+        return unframe(plaintext, self.compression)
 
 
 def is_data_packet(packet: bytes) -> bool:
@@ -332,12 +393,21 @@ def derive_key2(client):
     return key2, "prf"
 
 
+def _compression(client) -> str:
+    """The framing from the last comp-lzo/compress option pushed, else the configuration's
+    (``settings.compress``: the profile's option line, e.g. "comp-lzo no")."""
+    pushed = [option for option in (client.push_reply or {}).get("raw") or ()
+              if str(option).split()[:1] in (["comp-lzo"], ["compress"])]
+    return compression_framing(pushed[-1] if pushed else getattr(client.settings, "compress", None))
+
+
 def data_channel(client) -> "DataChannel":
     """The client's DataChannel, made on first use (kept as ``client.data_channel``)."""
     channel = getattr(client, "data_channel", None)
     if channel is None:
         key2, derivation = derive_key2(client)
-        channel = DataChannel(key2, _cipher(client), _peer_id(client.push_reply), getattr(client, "key_id", 0) or 0)
+        channel = DataChannel(key2, _cipher(client), _peer_id(client.push_reply), getattr(client, "key_id", 0) or 0,
+                              compression=_compression(client))
         channel.key_derivation = derivation
         client.data_channel = channel
     return channel
@@ -377,7 +447,7 @@ def run_data_stage(client) -> Stage:
         facts.update(cipher=_cipher(client), verdict="data-keys-mismatch")
         return stage(False, f"no data channel: {error}")
     facts.update(cipher=channel.cipher, key_derivation=channel.key_derivation, format=channel.format,
-                 peer_id=channel.peer_id)
+                 peer_id=channel.peer_id, compression=channel.compression)
     source, target = _addresses(client)
     if source is None or target is None:
         missing = "ifconfig" if source is None else "route-gateway (give --ping-target)"
@@ -401,8 +471,9 @@ def run_data_stage(client) -> Stage:
     if rtts:
         facts.update(rtt=sum(rtts) / len(rtts), rtt_min=min(rtts), rtt_max=max(rtts))
     facts["loss"] = round(100.0 * (facts["sent"] - len(rtts)) / facts["sent"], 1) if facts["sent"] else None
-    facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected))
-    how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}"
+    facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected), compressed=echo.compressed)
+    how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}" + \
+        (f", {channel.compression} compression framing" if channel.compression != "none" else "")
     # the verdict (ovpndiag.verdicts) the Client takes when the stage fails
     # Over TCP OpenVPN drops the whole connection when a data packet fails to decrypt
     # (forward.c: "decryption-error"): closed after our echoes with nothing authentic back.
@@ -446,7 +517,7 @@ class _Echo:
     def __init__(self, client, channel, source, target):
         self.client, self.channel, self.source, self.target = client, channel, source, target
         self.ident = int.from_bytes(os.urandom(2), "big")
-        self.pending, self.rtts, self.rejected, self.pings = {}, [], [], 0
+        self.pending, self.rtts, self.rejected, self.pings, self.compressed = {}, [], [], 0, 0
 
     def run(self, facts):
         client = self.client
@@ -475,6 +546,9 @@ class _Echo:
             return  # the Client handles control packets; none should come here
         try:
             plaintext = self.channel.open(packet)
+        except CompressedPacket:
+            self.compressed += 1  # authentic, but not for us to read (our echoes' answers are too small)
+            return
         except DataChannelError as error:
             self.rejected.append(str(error))
             return
