@@ -58,6 +58,7 @@ class Profile:
     verify_x509_name: Optional[Tuple[str, str]] = None  # (name, "subject"|"name"|"name-prefix")
     data_ciphers: Optional[List[str]] = None
     tls_version_max: Optional[str] = None
+    compress: Optional[str] = None  # the comp-lzo/compress line: how the data channel is framed
     pkcs12: Optional[str] = None  # where a pkcs12 line or block is (not supported: says so when used)
     where: Dict[str, str] = field(default_factory=dict)  # option -> "profile:line" it came from
 
@@ -162,6 +163,8 @@ def _apply_option(profile, words, where, base_dir):
         profile.pkcs12 = where
     elif option == "tls-version-max" and args:
         profile.tls_version_max = args[0]
+    elif option in ("comp-lzo", "compress"):
+        profile.compress = " ".join([option] + args)
 
 
 def _set_key(profile, option, key, where):

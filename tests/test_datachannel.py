@@ -263,7 +263,7 @@ def test_pushed_compression_framing_is_honoured(servers, server_options, framing
         client.close()
 
 
-def test_compression_the_server_does_not_push_comes_from_the_profile(servers):
+def test_compression_the_server_does_not_push_comes_from_the_profile(servers, tmp_path):
     """A server with comp-lzo in its configuration but no push: a client must be configured the same
     (the profile's comp-lzo, settings.compress). Without it the server drops every packet of ours,
     saying why in its log only."""
@@ -278,11 +278,14 @@ def test_compression_the_server_does_not_push_comes_from_the_profile(servers):
         assert _wait_for(server, port, "Bad compression stub decompression header byte: 69")  # 0x45, IPv4
     finally:
         unframed.close()
-    framed = _client(server)
-    framed.settings.compress = "comp-lzo no"
-    try:
-        assert framed.push().ok, framed.result.message
-        stage = framed.data()
-        assert stage.ok and (stage.facts["compression"], stage.facts["received"]) == ("lzo", 2), stage.detail
-    finally:
-        framed.close()
+    from ovpndiag.handshake_settings import handshake_settings
+
+    profile = tmp_path / "client.ovpn"
+    profile.write_text(f"client\nremote {server.host} {server.port} udp\ncomp-lzo no\nca {KEYS / 'ca.crt'}\n"
+                       f"cert {KEYS / 'client.crt'}\nkey {KEYS / 'client.key'}\n")
+    settings = handshake_settings(probe_settings(config=str(profile)), config=str(profile), count=2)
+    assert settings.compress == "comp-lzo no"
+    framed = Client(settings)
+    result = framed.run()
+    assert result.verdict == "ok", result.message
+    assert (result.data["compression"], result.data["received"]) == ("lzo", 2)

@@ -483,7 +483,7 @@ def run_data_stage(client) -> Stage:
     elif lost:
         facts["verdict"] = _LOST_VERDICTS.get(lost_kind, "data-one-way")
     elif not rtts:
-        facts["verdict"] = "data-keys-mismatch" if echo.rejected else "echo-unanswered" if echo.pings \
+        facts["verdict"] = "data-keys-mismatch" if echo.rejected else "echo-unanswered" if echo.pings or echo.compressed \
             else "data-one-way"
     if rtts and not lost:
         return stage(True, f"{how}: {len(rtts)}/{facts['sent']} echoes to {target} answered, "
