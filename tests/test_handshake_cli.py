@@ -611,3 +611,26 @@ def test_check_over_ipv6_with_tls_auth_from_a_profile(tmp_path):
         assert wrong.returncode == 2 and "reset stage failed" in wrong.stdout, wrong.stdout
     finally:
         server.stop()
+
+
+def test_an_encrypted_key_opens_with_askpass(live, tmp_path):
+    """The passphrase reaches the TLS layer: the server accepts the certificate of a key
+    that only opens with it."""
+    from cryptography.hazmat.primitives import serialization
+    from pki import get_pki
+
+    server = live("valid")
+    pki = get_pki()
+    key = serialization.load_pem_private_key(open(pki.client_key["valid"], "rb").read(), None)
+    encrypted = tmp_path / "client.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(PASSWORD.encode())))
+    askpass = tmp_path / "pass.txt"
+    askpass.write_text(PASSWORD + "\n")
+    args = ["check", server.host, "-p", server.port, "--stage", "push", "--ca", pki.ca, "--cert", pki.client["valid"],
+            "--key", encrypted]
+    result = ovpndiag(*args, "--askpass", askpass, "-v")
+    assert result.returncode == 0 and result.stdout.startswith("OPENVPN OK - "), result.stdout + result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    without = ovpndiag(*args)
+    assert without.returncode == 3 and "the private key is encrypted" in without.stdout
