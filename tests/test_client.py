@@ -14,7 +14,7 @@ import pytest
 from captures import key_path
 from ovpndiag.client import STAGES, Client, CredentialsError, HandshakeResult, HandshakeSettings
 from ovpndiag.settings import probe_settings
-from servers import LossyRelay, UDPRelay
+from servers import LossyRelay, UDPRelay, free_port
 
 KEYS = {name: str(key_path(f"keys/{name}")) for name in
         ("ca.crt", "client.crt", "client.key", "ta.key", "tc.key", "tcv2-client.key", "rogue-ca.crt")}
@@ -358,6 +358,62 @@ def test_twenty_percent_loss_each_way_is_survived_by_retransmission(servers):
     assert relay.dropped["up"] >= 1 and relay.dropped["down"] >= 1
     assert client.channel.retransmissions >= 1
     assert_server_saw_a_whole_session(server, client, port=relay_port)
+
+
+class Manager:
+    """The server's management interface with --management-client-auth: each client's
+    authentication is answered with ``self.command`` ("{cid}" and "{kid}" filled in)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.file = self.sock.makefile("rwb")
+        self.command, self.lines = None, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            for raw in self.file:
+                line = raw.decode(errors="replace").strip()
+                self.lines.append(line)
+                if line.startswith(">CLIENT:CONNECT,") and self.command:
+                    cid, kid = line.split(",")[1:3]
+                    self.file.write(self.command.format(cid=cid, kid=kid).encode() + b"\n")
+                    self.file.flush()
+        except (OSError, ValueError):
+            return
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def managed(servers):
+    port = free_port("tcp")
+    server = servers.get(proto="udp", extra=("--management", "127.0.0.1", str(port), "--management-client-auth"))
+    manager = Manager(port)
+    yield server, manager
+    manager.close()
+
+
+@pytest.mark.parametrize("command,verdict,message,exit_sent", [
+    ('client-pending-auth {cid} {kid} "WEB_AUTH::https://vpn.example/login" 30', "auth-pending",
+     "the server waits for an extra authentication (AUTH_PENDING, timeout 30: WEB_AUTH::https://vpn.example/login)",
+     "cc-exit"),
+    ('client-deny {cid} {kid} "script said no" "go away"', "auth-failed", "authentication failed (AUTH_FAILED: go away)",
+     None),
+    ("client-kill {cid} HALT", "server-halted", "the server said HALT", None),
+    ("client-kill {cid} RESTART", "server-restart", "the server said RESTART", None),
+])
+def test_what_the_server_says_instead_of_a_push_reply(managed, command, verdict, message, exit_sent):
+    server, manager = managed
+    manager.command = command
+    client = Client(settings_for(server.host, server.port, auth_user_pass=("alice", "pw")))
+    result = client.run("push")
+    assert (result.verdict, result.message) == (verdict, message)
+    assert [s.ok for s in result.stages] == [True, True, True, False] and result.stages[-1].name == "push"
+    assert result.push_reply is None and result.exit_sent == exit_sent
+    if exit_sent:  # a pending session is ended at once, not left to its 30 s timeout
+        assert wait_for_log(server, rf":{local_port(client)} CC-EEN exit message received by peer")
 
 
 @pytest.mark.parametrize("layer,fields", [

@@ -444,6 +444,10 @@ class Client:
                 self._send_push_request()
         if self.outcome is None:
             raise _StageFailed("push-timeout", f"no PUSH_REPLY to PUSH_REQUEST within {self.elapsed():.1f} s")
+        if self.outcome.kind == "auth-pending":
+            # the URL or prompt for the user follows in INFO_PRE: wait a moment for it
+            self._pump(lambda: any(m.startswith("INFO_PRE,") for m in self.control_messages),
+                       min(self.deadline, time.monotonic() + 0.3))
         if self.outcome.kind != "push-reply":
             self._raise_outcome()
         reply = self.push_reply
@@ -466,8 +470,10 @@ class Client:
             raise _StageFailed("auth-failed", f"authentication failed (AUTH_FAILED{': ' + text if text else ''})",
                                {"reason": text})
         if outcome.kind == "auth-pending":
+            info = next((m.split(",", 1)[1] for m in self.control_messages if m.startswith("INFO_PRE,")), None)
             raise _StageFailed("auth-pending", f"the server waits for an extra authentication (AUTH_PENDING"
-                                               f"{': ' + text if text else ''})", {"reason": text})
+                                               f"{', ' + text if text else ''}{': ' + info if info else ''})",
+                               {"reason": text, "info": info})
         if outcome.kind == "restart":
             raise _StageFailed("server-restart", f"the server said RESTART{': ' + text if text else ''}",
                                {"reason": text})
