@@ -416,8 +416,9 @@ def test_handshake_report_against_a_real_server(live):
 def test_handshake_json_over_tcp(live, tmp_path):
     server = live("valid-tcp")
     capture = tmp_path / "handshake.pcap"
+    keylog = tmp_path / "keys.log"
     result = ovpndiag("handshake", server.host, "-p", server.port, "--proto", "tcp", *pki_options(), "--json",
-                      "--count", "3", "--write", capture)
+                      "--count", "3", "--write", capture, "--keylog", keylog)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert (data["state"], data["verdict"], data["proto"], data["port"]) == ("OK", "ok", "tcp", server.port)
@@ -434,6 +435,11 @@ def test_handshake_json_over_tcp(live, tmp_path):
     shown = subprocess.run(["tshark", "-r", capture, "-d", f"tcp.port=={server.port},openvpn", "-T", "fields",
                             "-e", "openvpn.type"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and len(shown.stdout.split()) >= 10, shown.stdout + shown.stderr
+    # the key log holds this session's TLS 1.3 secrets, for the ClientHello random in the capture
+    lines = [line.split() for line in keylog.read_text().splitlines()]
+    assert {line[0] for line in lines} >= {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+                                           "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"}
+    assert len({line[1] for line in lines}) == 1 and bytes.fromhex(lines[0][1]) in capture.read_bytes()
     again = ovpndiag("handshake", server.host, "-p", server.port, "--proto", "tcp", *pki_options(), "--write",
                      capture)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten, nothing sent
