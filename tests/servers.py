@@ -394,6 +394,7 @@ class UDPRelay:
         self.client = None
         self.passed = {"up": 0, "down": 0}
         self.dropped = {"up": 0, "down": 0}
+        self.history = []  # (direction, opcode, passed) of every datagram, in order
         self.closed = False
         self.threads = [threading.Thread(target=self._pump, args=(d,), daemon=True) for d in ("up", "down")]
         for thread in self.threads:
@@ -417,7 +418,9 @@ class UDPRelay:
                 if self.closed:
                     return
                 continue
-            if not self.passes(direction, data):
+            passed = self.passes(direction, data)
+            self.history.append((direction, data[0] >> 3 if data else None, passed))
+            if not passed:
                 self.dropped[direction] += 1
                 continue
             self.passed[direction] += 1
@@ -456,7 +459,7 @@ class LossyRelay(UDPRelay):
         return not drop
 
 
-P_CONTROL_HARD_RESET_SERVER_V2, P_CONTROL_V1 = 8, 4
+P_CONTROL_HARD_RESET_SERVER_V2, P_CONTROL_V1, P_DATA_V1, P_DATA_V2 = 8, 4, 6, 9
 
 
 class StopRelay(UDPRelay):
