@@ -69,6 +69,7 @@ def handshake_settings(probe, *, ca=None, cert=None, key=None, askpass=None, aut
     settings.verify_x509_name = _x509_name(verify_x509_name, verify_x509_type, profile)
     settings.data_ciphers = _data_ciphers(data_ciphers, profile)
     settings.compress = profile.compress if profile else None
+    settings.fragment = profile.fragment if profile else None
     settings.tls_version_max = tls_version_max or (profile.tls_version_max if profile else None)
     if settings.tls_version_max not in (None, "1.2", "1.3"):
         raise SettingsError(f"tls-version-max must be 1.2 or 1.3 here, not '{settings.tls_version_max}'")

@@ -59,6 +59,7 @@ class Profile:
     data_ciphers: Optional[List[str]] = None
     tls_version_max: Optional[str] = None
     compress: Optional[str] = None  # the comp-lzo/compress line: how the data channel is framed
+    fragment: Optional[int] = None  # --fragment: data packets carry a fragment header
     pkcs12: Optional[str] = None  # where a pkcs12 line or block is (not supported: says so when used)
     where: Dict[str, str] = field(default_factory=dict)  # option -> "profile:line" it came from
 
@@ -165,6 +166,10 @@ def _apply_option(profile, words, where, base_dir):
         profile.tls_version_max = args[0]
     elif option in ("comp-lzo", "compress"):
         profile.compress = " ".join([option] + args)
+    elif option == "fragment" and args:
+        if not args[0].isdigit():
+            raise ProfileError(f"{where}: fragment needs a size in bytes, not '{args[0]}'")
+        profile.fragment = int(args[0])
 
 
 def _set_key(profile, option, key, where):

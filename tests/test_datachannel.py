@@ -289,3 +289,21 @@ def test_compression_the_server_does_not_push_comes_from_the_profile(servers, tm
     result = framed.run()
     assert result.verdict == "ok", result.message
     assert (result.data["compression"], result.data["received"]) == ("lzo", 2)
+
+
+def test_a_fragment_profile_against_a_fragment_server(servers, tmp_path):
+    """--fragment puts a 4-byte header (FRAG_WHOLE: zeros) before every data payload; it is not
+    pushed, so it comes from the profile. Without it the server drops our packets."""
+    from ovpndiag.handshake_settings import handshake_settings
+
+    server = servers.get(proto="udp", extra=("--data-ciphers", "AES-256-GCM", "--fragment", "1300"))
+    results = {}
+    for fragment in ("", "fragment 1300\n"):
+        profile = tmp_path / "client.ovpn"
+        profile.write_text(f"client\nremote {server.host} {server.port} udp\n{fragment}ca {KEYS / 'ca.crt'}\n"
+                           f"cert {KEYS / 'client.crt'}\nkey {KEYS / 'client.key'}\n")
+        settings = handshake_settings(probe_settings(config=str(profile), retries=0), config=str(profile), count=2)
+        results[bool(fragment)] = Client(settings).run()
+    assert results[True].verdict == "ok", results[True].message
+    assert results[True].data["fragment"] is True and results[True].data["received"] == 2
+    assert results[False].verdict == "data-one-way" and results[False].data["received"] == 0

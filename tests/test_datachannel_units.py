@@ -379,7 +379,7 @@ def test_compression_framings_are_openvpns():
         for payload in (ip, b"\x50abc", dc.PING_MAGIC, dc.EXIT_NOTIFY, b"\xfa\xfb"):
             assert dc.unframe(dc.frame(payload, framing), framing) == payload
     for framing, compressed in (("lzo", b"\x66data"), ("swap", b"\x69data"), ("v2", b"\x50\x01data")):
-        with pytest.raises(dc.CompressedPacket):
+        with pytest.raises(dc.UnreadablePayload):
             dc.unframe(compressed, framing)
 
 
@@ -412,3 +412,19 @@ def test_framed_channels_round_trip_and_refuse_the_wrong_framing():
     assert unframed.open(client.seal(b"\x45abc")) == b"\xfbabc\x45"
     with pytest.raises(DataChannelError, match="framing"):
         DataChannel(KEY2, "AES-256-GCM", compression="lz4")
+
+
+def test_fragment_header_whole_packets_only():
+    # fragment.c: a packet sent whole gets fragment_prepend_flags(FRAG_WHOLE, 0, 0, 0) - four zero bytes
+    assert dc.add_fragment_header(b"\x45abc") == b"\0\0\0\0\x45abc"
+    assert dc.strip_fragment_header(b"\0\0\0\0\x45abc") == b"\x45abc"
+    for flags in (1, 2, 1 << 2, 1 << 10):  # FRAG_YES_NOTLAST, FRAG_YES_LAST, a seq_id, a frag_id
+        with pytest.raises(dc.UnreadablePayload):
+            dc.strip_fragment_header(struct.pack("!I", flags) + b"x")
+    with pytest.raises(DataChannelError, match="too short"):
+        dc.strip_fragment_header(b"\0\0")
+    client = DataChannel(KEY2, "AES-128-GCM", peer_id=0, compression="lzo", fragment=True)
+    server = DataChannel(KEY2, "AES-128-GCM", peer_id=0, server=True, compression="lzo", fragment=True)
+    packet = client.seal(b"\x45abc")
+    assert _reference_open(packet, KEY2, "AES-128-GCM", True, True)[1] == b"\0\0\0\0\xfa\x45abc"  # fragment outside
+    assert server.open(packet) == b"\x45abc"

@@ -95,6 +95,7 @@ class HandshakeSettings:
     write: Optional[str] = None  # pcap of every packet sent and received
     tls_version_max: Optional[str] = None  # "1.2" or "1.3": to test a server's minimum
     compress: Optional[str] = None  # the profile's comp-lzo/compress line: the data channel's framing
+    fragment: Optional[int] = None  # the profile's --fragment size: a fragment header on data packets (UDP)
 
     def __repr__(self):  # never show the password
         user = self.auth_user_pass[0] if self.auth_user_pass else None

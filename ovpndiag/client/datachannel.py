@@ -27,7 +27,8 @@ per direction; a received one is accepted once, within a 64-packet window.
 
 The plaintext is an IP packet, the keepalive ping magic, or an OCC message (the
 explicit-exit-notify is ``occ_magic | OCC_EXIT``, occ.c), framed for compression when the
-server was configured with comp-lzo or compress (pushed, or the profile's option). The data stage sends
+server was configured with comp-lzo or compress (pushed, or the profile's option) and behind
+a 4-byte header with --fragment (the profile's). The data stage sends
 ICMP echoes from the pushed ifconfig address to the route-gateway (or
 ``--ping-target``) and counts the authenticated replies.
 
@@ -141,8 +142,27 @@ COMP_ALGV2_INDICATOR_BYTE, COMP_ALGV2_UNCOMPRESSED_BYTE = 0x50, 0x00
 FRAMINGS = ("none", "lzo", "swap", "v2")
 
 
-class CompressedPacket(DataChannelError):
-    """An authentic packet whose payload the server compressed: we do not decompress."""
+class UnreadablePayload(DataChannelError):
+    """An authentic packet whose payload the server compressed or cut into fragments: we do
+    not decompress or reassemble (the answers to our small echoes never are)."""
+
+
+# --fragment (fragment.h): a 4-byte header before the (framed) payload; 0 is FRAG_WHOLE.
+FRAG_WHOLE_HEADER = bytes(4)
+FRAG_TYPE_MASK, FRAG_SEQ_AND_ID_MASK = 0x3, (0xFF << 2) | (0x1F << 10)
+
+
+def add_fragment_header(payload: bytes) -> bytes:
+    return FRAG_WHOLE_HEADER + payload
+
+
+def strip_fragment_header(payload: bytes) -> bytes:
+    if len(payload) < 4:
+        raise DataChannelError(f"{len(payload)} bytes: too short for the --fragment header")
+    flags = struct.unpack("!I", payload[:4])[0]
+    if flags & FRAG_TYPE_MASK or flags & FRAG_SEQ_AND_ID_MASK:
+        raise UnreadablePayload(f"a fragment (--fragment header 0x{flags:08x})")
+    return payload[4:]
 
 
 def compression_framing(option) -> str:
@@ -171,21 +191,21 @@ def frame(plaintext: bytes, framing: str) -> bytes:
 
 
 def unframe(payload: bytes, framing: str) -> bytes:
-    """The plaintext inside a framed payload; CompressedPacket if the server compressed it."""
+    """The plaintext inside a framed payload; UnreadablePayload if the server compressed it."""
     if framing == "none" or not payload:
         return payload
     if framing == "lzo":
         if payload[0] != NO_COMPRESS_BYTE:
-            raise CompressedPacket(f"compressed payload (header byte 0x{payload[0]:02x}, comp-lzo framing)")
+            raise UnreadablePayload(f"compressed payload (header byte 0x{payload[0]:02x}, comp-lzo framing)")
         return payload[1:]
     if framing == "swap":
         if payload[0] != NO_COMPRESS_BYTE_SWAP:
-            raise CompressedPacket(f"compressed payload (header byte 0x{payload[0]:02x}, compress framing)")
+            raise UnreadablePayload(f"compressed payload (header byte 0x{payload[0]:02x}, compress framing)")
         return payload[-1:] + payload[1:-1]
     if payload[0] != COMP_ALGV2_INDICATOR_BYTE:
         return payload
     if payload[1:2] != bytes([COMP_ALGV2_UNCOMPRESSED_BYTE]):
-        raise CompressedPacket(f"compressed payload (compress v2 algorithm {payload[1:2].hex() or 'missing'})")
+        raise UnreadablePayload(f"compressed payload (compress v2 algorithm {payload[1:2].hex() or 'missing'})")
     return payload[2:]
 
 
@@ -223,12 +243,13 @@ class DataChannel:
     FRAMINGS (see compression_framing)."""
 
     def __init__(self, key2: bytes, cipher: str, peer_id: Optional[int] = None, key_id: int = 0,
-                 server: bool = False, compression: str = "none"):
+                 server: bool = False, compression: str = "none", fragment: bool = False):
         from ..layers import OpenVPNDataV1, OpenVPNDataV2
 
         if compression not in FRAMINGS:
             raise DataChannelError(f"unknown compression framing {compression!r}")
         self.cipher, self.peer_id, self.key_id, self.compression = cipher, peer_id, key_id, compression
+        self.fragment = fragment
         self.send_keys, self.recv_keys = split_key2(key2, cipher, server)
         # The header is the same for every packet: built once through the layers.
         if peer_id is None:
@@ -250,8 +271,10 @@ class DataChannel:
         packet_id = struct.pack("!I", self.next_packet_id)
         self.next_packet_id += 1
         keys = self.send_keys
-        sealed = keys.aead.encrypt(packet_id + keys.implicit_iv, frame(plaintext, self.compression),
-                                   self.ad_header + packet_id)
+        payload = frame(plaintext, self.compression)
+        if self.fragment:
+            payload = add_fragment_header(payload)
+        sealed = keys.aead.encrypt(packet_id + keys.implicit_iv, payload, self.ad_header + packet_id)
         # cryptography appends the tag; OpenVPN puts it before the ciphertext
         return self.header + packet_id + sealed[-TAG_SIZE:] + sealed[:-TAG_SIZE]
 
@@ -285,6 +308,8 @@ class DataChannel:
         except InvalidTag:
             raise DataChannelError(f"authentication tag does not verify ({self.cipher}, packet-id {number})") from None
         self.replay.record(number)
+        if self.fragment:
+            plaintext = strip_fragment_header(plaintext)
         return unframe(plaintext, self.compression)
 
 
@@ -406,8 +431,10 @@ def data_channel(client) -> "DataChannel":
     channel = getattr(client, "data_channel", None)
     if channel is None:
         key2, derivation = derive_key2(client)
+        # --fragment (UDP only; not pushable) must match the server's configuration, like comp-lzo
+        fragment = bool(getattr(client.settings, "fragment", None)) and _proto(client) == "udp"
         channel = DataChannel(key2, _cipher(client), _peer_id(client.push_reply), getattr(client, "key_id", 0) or 0,
-                              compression=_compression(client))
+                              compression=_compression(client), fragment=fragment)
         channel.key_derivation = derivation
         client.data_channel = channel
     return channel
@@ -447,7 +474,7 @@ def run_data_stage(client) -> Stage:
         facts.update(cipher=_cipher(client), verdict="data-keys-mismatch")
         return stage(False, f"no data channel: {error}")
     facts.update(cipher=channel.cipher, key_derivation=channel.key_derivation, format=channel.format,
-                 peer_id=channel.peer_id, compression=channel.compression)
+                 peer_id=channel.peer_id, compression=channel.compression, fragment=channel.fragment)
     source, target = _addresses(client)
     if source is None or target is None:
         missing = "ifconfig" if source is None else "route-gateway (give --ping-target)"
@@ -471,9 +498,10 @@ def run_data_stage(client) -> Stage:
     if rtts:
         facts.update(rtt=sum(rtts) / len(rtts), rtt_min=min(rtts), rtt_max=max(rtts))
     facts["loss"] = round(100.0 * (facts["sent"] - len(rtts)) / facts["sent"], 1) if facts["sent"] else None
-    facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected), compressed=echo.compressed)
+    facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected), unreadable=echo.unreadable)
     how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}" + \
-        (f", {channel.compression} compression framing" if channel.compression != "none" else "")
+        (f", {channel.compression} compression framing" if channel.compression != "none" else "") + \
+        (", --fragment header" if channel.fragment else "")
     # the verdict (ovpndiag.verdicts) the Client takes when the stage fails
     # Over TCP OpenVPN drops the whole connection when a data packet fails to decrypt
     # (forward.c: "decryption-error"): closed after our echoes with nothing authentic back.
@@ -483,7 +511,7 @@ def run_data_stage(client) -> Stage:
     elif lost:
         facts["verdict"] = _LOST_VERDICTS.get(lost_kind, "data-one-way")
     elif not rtts:
-        facts["verdict"] = "data-keys-mismatch" if echo.rejected else "echo-unanswered" if echo.pings or echo.compressed \
+        facts["verdict"] = "data-keys-mismatch" if echo.rejected else "echo-unanswered" if echo.pings or echo.unreadable \
             else "data-one-way"
     if rtts and not lost:
         return stage(True, f"{how}: {len(rtts)}/{facts['sent']} echoes to {target} answered, "
@@ -517,7 +545,7 @@ class _Echo:
     def __init__(self, client, channel, source, target):
         self.client, self.channel, self.source, self.target = client, channel, source, target
         self.ident = int.from_bytes(os.urandom(2), "big")
-        self.pending, self.rtts, self.rejected, self.pings, self.compressed = {}, [], [], 0, 0
+        self.pending, self.rtts, self.rejected, self.pings, self.unreadable = {}, [], [], 0, 0
 
     def run(self, facts):
         client = self.client
@@ -546,8 +574,8 @@ class _Echo:
             return  # the Client handles control packets; none should come here
         try:
             plaintext = self.channel.open(packet)
-        except CompressedPacket:
-            self.compressed += 1  # authentic, but not for us to read (our echoes' answers are too small)
+        except UnreadablePayload:
+            self.unreadable += 1  # authentic, but not for us to read (our echoes' answers are too small)
             return
         except DataChannelError as error:
             self.rejected.append(str(error))
