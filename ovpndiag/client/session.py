@@ -28,7 +28,7 @@ from . import STAGES, HandshakeResult, HandshakeSettings, Stage
 from .keymethod import KeyExchange, KeyMethodError, client_message, iv_proto_names, options_string, \
     parse_server_message, peer_info
 from .push import EXIT, PUSH_REQUEST, MessageReader, PushReply, classify, parse_options
-from .reliable import P_CONTROL_HARD_RESET_SERVER_V2, ControlChannel, ProtocolError, early_negotiation_flags
+from .reliable import MAX_PAYLOAD, P_CONTROL_HARD_RESET_SERVER_V2, ControlChannel, ProtocolError, early_negotiation_flags
 from .tlslayer import CERTIFICATE_ALERTS, HELLO_ALERTS, TLSClient, TLSFailure, exporter_available
 
 EXPORTER_LABEL = "EXPORTER-OpenVPN-datakeys"
@@ -116,7 +116,10 @@ class Client:
                 wire = None
             if wire is None:
                 return None
-            self._handle(wire)
+            try:
+                self._handle(wire)
+            except _StageFailed as failure:  # e.g. a TLS alert: to the data stage, the link is lost
+                raise transport.TransportError(failure.message) from None
         return self._data_queue.pop(0)
 
     def tls_export(self, label: str, length: int) -> Optional[bytes]:
@@ -163,6 +166,7 @@ class Client:
         stage = run_data_stage(self)
         if stage not in self.result.stages:
             self.result.stages.append(stage)
+        self.result.elapsed = stage.elapsed
         if self.data_result is not None:
             self.result.data = self.data_result
         if stage.ok:
@@ -316,8 +320,8 @@ class Client:
     def _queue_tls_output(self):
         data = self.tls_client.outgoing()
         if data:
-            if not self._hello_sent_packets:
-                self._hello_sent_packets = self.channel.next_packet_id + (len(data) - 1) // 1100
+            if not self._hello_sent_packets:  # the last message packet-id our ClientHello takes
+                self._hello_sent_packets = self.channel.next_packet_id + (len(data) - 1) // MAX_PAYLOAD
             self.channel.send_bytes(data)
 
     def _tls_failure(self, failure: TLSFailure) -> _StageFailed:
@@ -674,6 +678,4 @@ def _transport_verdict(error, proto, stage):
         return {"refused": "port-closed", "timeout": "no-connection" if proto == "tcp" else "server-silent",
                 "closed": "connection-closed", "reset": "connection-reset", "not-openvpn": "not-openvpn",
                 "unreachable": "unreachable"}.get(kind, "unreachable")
-    if kind in ("closed", "reset"):
-        return "server-stopped"
-    return "server-stopped" if kind != "refused" else "server-stopped"
+    return "server-stopped"  # closed, reset, or ICMP port unreachable: the server is gone mid-handshake

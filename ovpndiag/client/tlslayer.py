@@ -210,11 +210,11 @@ class TLSClient:
         if cert is not None:
             chain = load_certificates(cert, "client certificate")
             private_key = load_private_key(key, key_password)
-            context.use_certificate(crypto.X509.from_cryptography(chain[0]))
+            _give(context.use_certificate, chain[0], crypto.X509.from_cryptography)
             for extra in chain[1:]:
-                context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+                _give(context.add_extra_chain_cert, extra, crypto.X509.from_cryptography)
             try:
-                context.use_privatekey(crypto.PKey.from_cryptography_key(private_key))
+                _give(context.use_privatekey, private_key, crypto.PKey.from_cryptography_key)
                 context.check_privatekey()
             except SSL.Error:
                 raise CredentialsError(f"{_source(key, 'key')}: the private key does not match the certificate "
@@ -397,13 +397,29 @@ class TLSClient:
             return None
 
 
-def _verify_error_string(errno) -> str:
+def _give(method, value, convert):
+    """pyOpenSSL >= 24.3 takes cryptography's objects (and deprecates its own); older ones need theirs."""
     try:
+        return method(value)
+    except TypeError:
+        return method(convert(value))
+
+
+# OpenSSL's texts for the usual ones, in case its own function cannot be reached
+_VERIFY_ERRORS = {2: "unable to get issuer certificate", 9: "certificate is not yet valid",
+                  10: "certificate has expired", 18: "self-signed certificate",
+                  19: "self-signed certificate in certificate chain", 20: "unable to get local issuer certificate",
+                  21: "unable to verify the first certificate", 23: "certificate revoked",
+                  24: "invalid CA certificate", 26: "unsupported certificate purpose"}
+
+
+def _verify_error_string(errno) -> str:
+    try:  # pyOpenSSL's binding to OpenSSL (private, so guarded)
         from OpenSSL._util import ffi, lib
 
         return ffi.string(lib.X509_verify_cert_error_string(errno)).decode()
     except Exception:
-        return f"X509 error {errno}"
+        return _VERIFY_ERRORS.get(errno, f"X509 verify error {errno}")
 
 
 def exporter_available() -> bool:
