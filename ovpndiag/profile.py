@@ -7,7 +7,8 @@ profile first, then in the current directory, as users run OpenVPN from either.
 For the staged handshake it also takes ``ca``, ``cert``, ``key`` and ``auth-user-pass``
 (files or inline blocks: kept as a path or the block's bytes, read and checked by
 ovpndiag.handshake_settings), ``askpass``, ``remote-cert-tls``, ``verify-x509-name``,
-``data-ciphers`` (or the older ``ncp-ciphers``), ``tls-version-max``, and where a ``pkcs12`` is.
+``data-ciphers`` (or the older ``ncp-ciphers``), ``tls-version-max``, ``comp-lzo``/``compress`` and
+``fragment`` (the data channel's framing), and where a ``pkcs12`` is.
 Everything else in the profile is ignored.
 """
 
