@@ -40,7 +40,7 @@ def judge(result, cert_warning=30.0, cert_critical=7.0) -> Judgement:
     advice = list(result.advice) or list(known.advice if known else ())
     failed = next((stage.name for stage in result.stages if not stage.ok), None)
     certificate = result.server_certificate or {}
-    days = certificate.get("days_left")
+    days = _exact_days(certificate)
     cert_state, cert_verdict = verdicts.certificate_state(days, cert_warning, cert_critical,
                                                          _not_yet_valid(certificate))
     note = ""
@@ -72,19 +72,32 @@ def _certificate_note(cert_verdict, days, certificate) -> str:
     return f"the server certificate ends in {_days(days)} ({certificate.get('not_after', '?')})"
 
 
-def expired_for(certificate) -> str:
-    """How long ago an expired certificate ended, from its notAfter ("2 days", "5 hours"):
-    days_left is rounded down, so -2 may mean 25 hours."""
+def _not_after(certificate):
     import datetime
 
     try:
-        ended = datetime.datetime.strptime(certificate["not_after"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        return datetime.datetime.strptime(certificate["not_after"], "%Y-%m-%dT%H:%M:%SZ").replace(
             tzinfo=datetime.timezone.utc)
     except (KeyError, TypeError, ValueError):
-        days = certificate.get("days_left")
-        return _days(-days) if days is not None else "some time"
-    since = (datetime.datetime.now(datetime.timezone.utc) - ended).total_seconds() / 86400
-    return _days(max(since, 0.0))
+        return None
+
+
+def _exact_days(certificate) -> Optional[float]:
+    """Days left to notAfter as a fraction (the client's days_left is rounded down:
+    an hour past the end would read as a whole day)."""
+    import datetime
+
+    ended = _not_after(certificate)
+    if ended is None:
+        return certificate.get("days_left")
+    return (ended - datetime.datetime.now(datetime.timezone.utc)).total_seconds() / 86400
+
+
+def expired_for(certificate) -> str:
+    """How long ago an expired certificate ended, from its notAfter ("2 days", "5 hours"):
+    days_left is rounded down, so -2 may mean 25 hours."""
+    days = _exact_days(certificate)
+    return _days(max(-days, 0.0)) if days is not None else "some time"
 
 
 def _days(days) -> str:
@@ -137,7 +150,8 @@ def evaluate(result, stage, warning=None, critical=None, timeout=10.0, cert_warn
     if judgement.cert_days is not None:
         from .monitoring import Range
 
-        data.append(perfdata("cert_days", math.floor(judgement.cert_days), "", Range.parse(f"{_number(cert_warning)}:"),
+        days = math.trunc(judgement.cert_days)  # whole days, toward 0 (an hour past the end is 0, not -1)
+        data.append(perfdata("cert_days", days, "", Range.parse(f"{_number(cert_warning)}:"),
                              Range.parse(f"{_number(cert_critical)}:")))
     return Outcome(state, text, data, details=detail_lines(result, judgement))
 
