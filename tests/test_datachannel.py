@@ -84,7 +84,7 @@ def test_keepalive_pings_are_recognised_when_the_target_is_silent(servers):
     """A target inside the VPN that nobody answers for: the echoes go unanswered, but the server's
     keepalive pings (--ping 1) arrive, authenticate, are counted and not taken for answers."""
     server = servers.get(proto="tcp", extra=("--data-ciphers", "AES-256-GCM", "--ping", "1"))
-    client = _client(server, count=2, ping_target=None)
+    client = _client(server, count=3, ping_target=None)  # 3 s: the server pings after 1 s of silence
     try:
         assert client.push().ok, client.result.message
         gateway = client.push_reply["route_gateway"]
@@ -92,7 +92,7 @@ def test_keepalive_pings_are_recognised_when_the_target_is_silent(servers):
         stage = client.data()
         facts = stage.facts
         assert not stage.ok
-        assert (facts["sent"], facts["received"], facts["rejected"]) == (2, 0, 0)
+        assert (facts["sent"], facts["received"], facts["rejected"]) == (3, 0, 0)
         assert facts["target"].endswith(".77") and facts["keepalive_pings"] >= 1
         assert "keepalive pings from the server authenticated" in stage.detail
         assert client.result.verdict == "echo-unanswered"
@@ -126,7 +126,7 @@ def test_keys_that_differ_from_the_servers_are_diagnosed_over_udp(servers):
     """The server drops our echoes (its log says why) and its keepalive pings fail our tag check:
     data-keys-mismatch, not a silent target."""
     server = servers.get(proto="udp", extra=("--data-ciphers", "AES-256-GCM", "--ping", "1"))
-    client = _PRFAnyway(_client(server).settings)
+    client = _PRFAnyway(_client(server, count=3).settings)  # 3 s: the server pings after 1 s of silence
     client.settings.probe.retries = 0
     try:
         assert client.push().ok, client.result.message
@@ -135,7 +135,7 @@ def test_keys_that_differ_from_the_servers_are_diagnosed_over_udp(servers):
         stage = client.data()
         facts = stage.facts
         assert not stage.ok and facts["key_derivation"] == "prf", stage.detail
-        assert (facts["sent"], facts["received"], facts["keepalive_pings"]) == (2, 0, 0), stage.detail
+        assert (facts["sent"], facts["received"], facts["keepalive_pings"]) == (3, 0, 0), stage.detail
         assert facts["rejected"] >= 1 and "tag does not verify" in stage.detail
         assert client.result.verdict == "data-keys-mismatch"
         assert _wait_for(server, port, "AEAD Decrypt error|Authenticate/Decrypt packet error")
