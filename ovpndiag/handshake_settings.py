@@ -250,16 +250,25 @@ def _x509_name(name, kind, profile):
 
 
 def _data_ciphers(option, profile):
-    names = option.split(":") if option else (profile.data_ciphers if profile else None)
-    if not names:
+    """The command line's list must be ours entirely; a profile's may name others (old
+    clients keep AES-256-CBC there for old servers): those are left out, as long as one
+    we speak remains."""
+    if option:
+        names, source = option.split(":"), None
+    elif profile and profile.data_ciphers:
+        names, source = profile.data_ciphers, profile.where.get("data-ciphers", profile.source)
+    else:
         return list(DATA_CIPHERS)
     chosen = []
     for name in (n.strip().upper() for n in names if n.strip()):
         if name not in DATA_CIPHERS:
-            raise SettingsError(f"data cipher '{name}' is not one ovpndiag's data channel speaks "
-                                f"({', '.join(DATA_CIPHERS)})")
+            if source is None:
+                raise SettingsError(f"data cipher '{name}' is not one ovpndiag's data channel speaks "
+                                    f"({', '.join(DATA_CIPHERS)})")
+            continue
         if name not in chosen:
             chosen.append(name)
     if not chosen:
-        raise SettingsError("--data-ciphers names no cipher")
+        raise SettingsError(f"{source or '--data-ciphers'}: names no cipher ovpndiag's data channel speaks "
+                            f"({', '.join(DATA_CIPHERS)})")
     return chosen

@@ -161,6 +161,7 @@ def _apply_option(profile, words, where, base_dir):
         profile.verify_x509_name = (args[0], kind)
     elif option in ("data-ciphers", "ncp-ciphers") and args:
         profile.data_ciphers = [name for name in args[0].split(":") if name]
+        profile.where["data-ciphers"] = f"{where}: {option}"
     elif option == "pkcs12":
         profile.pkcs12 = where
     elif option == "tls-version-max" and args:

@@ -299,7 +299,7 @@ def _profile(tmp_path, inline=True):
         body = "ca ca.crt\ncert client.crt\nkey client.key\nauth-user-pass login.txt\n"
     path = tmp_path / "client.ovpn"
     path.write_text("client\nremote 127.0.0.1 1195 udp\n" + body + "remote-cert-tls server\n"
-                    "verify-x509-name 'ovpndiag-test-server' name\ndata-ciphers aes-128-gcm:CHACHA20-POLY1305\n")
+                    "verify-x509-name 'ovpndiag-test-server' name\ndata-ciphers aes-128-gcm:AES-256-CBC:CHACHA20-POLY1305\n")
     return path
 
 
@@ -329,6 +329,16 @@ def test_profile_gives_ca_cert_key_credentials_and_checks(tmp_path, inline):
                               data_ciphers="AES-256-GCM", stage="tls")
     assert mine.verify_x509_name == ("CN=other", "subject") and mine.data_ciphers == ["AES-256-GCM"]
     assert mine.auth_user_pass is None  # not read for a stage that does not use it
+
+
+def test_a_profile_naming_only_ciphers_we_do_not_speak_is_refused(tmp_path):
+    from ovpndiag.handshake_settings import handshake_settings
+    from ovpndiag.settings import SettingsError, probe_settings
+
+    path = tmp_path / "old.ovpn"
+    path.write_text("remote 127.0.0.1\ndata-ciphers AES-256-CBC:BF-CBC\n")
+    with pytest.raises(SettingsError, match="old.ovpn:2: data-ciphers: names no cipher ovpndiag's data channel"):
+        handshake_settings(probe_settings(config=str(path)), config=str(path))
 
 
 def test_profile_bad_handshake_options_name_the_line(tmp_path):
