@@ -307,3 +307,17 @@ def test_a_fragment_profile_against_a_fragment_server(servers, tmp_path):
     assert results[True].verdict == "ok", results[True].message
     assert results[True].data["fragment"] is True and results[True].data["received"] == 2
     assert results[False].verdict == "data-one-way" and results[False].data["received"] == 0
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_data_channel_over_ipv6(servers, proto):
+    """The tunnel carries IPv4 echoes whatever the outer transport: here IPv6 to ::1."""
+    server = servers.get(proto=proto, family=6, extra=("--data-ciphers", "CHACHA20-POLY1305"))
+    client = _client(server)
+    try:
+        result = client.run()
+        assert result.verdict == "ok", result.message
+        assert result.address.startswith("::1") or result.address.startswith("[::1]"), result.address
+        assert (result.data["cipher"], result.data["received"]) == ("CHACHA20-POLY1305", 2)
+    finally:
+        client.close()
