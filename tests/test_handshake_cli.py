@@ -157,7 +157,9 @@ def _result(verdict="ok", days=200, stages=("reset", "tls", "auth", "push", "dat
     if "push" in stages and failed != "push":
         result.push_reply = parse_options(PUSHED)
     if "data" in stages and failed != "data":
-        result.data = {"cipher": "AES-256-GCM", "sent": 4, "received": 3, "rtt": 0.0004, "key_derivation": "tls-ekm"}
+        result.data = {"cipher": "AES-256-GCM", "sent": 4, "received": 3, "rtt": 0.0004, "key_derivation": "tls-ekm",
+                       "format": "P_DATA_V2", "target": "10.8.0.1", "loss": 25.0, "rtt_min": 0.0003, "rtt_max": 0.0006,
+                       "keepalive_pings": 2, "rejected": 0, "unreadable": 0}
         result.exit_sent = "cc-exit"
     for name, value in extra.items():
         setattr(result, name, value)
@@ -186,8 +188,8 @@ def test_report_of_a_success_shows_every_stage_certificate_push_data_and_verdict
            "  route 10.9.0.0 255.255.0.0\n  route 10.10.0.0 255.255.0.0\n  dhcp-option DNS 10.8.0.53\n  peer-id 0\n" \
            "  cipher AES-256-GCM\n  protocol-flags cc-exit tls-ekm\n  auth-token [hidden]\n  tun-mtu 1500\n" in text
     assert "SECRET-TOKEN" not in text
-    assert "Data channel: AES-256-GCM (keys from the TLS exporter), 4 echoes sent, 3 answered, 25% lost, " \
-           "rtt 0.40 ms" in text
+    assert "Data channel: AES-256-GCM over P_DATA_V2 (keys from the TLS exporter), 4 echoes to 10.8.0.1, 3 answered, " \
+           "25% lost, rtt min/avg/max 0.30/0.40/0.60 ms, 2 keepalive pings from the server\n" in text
     assert "Closed with EXIT through the control channel (cc-exit)" in text
     assert report[-1] == "Verdict: OK ok - all done"
 
@@ -420,8 +422,8 @@ def test_handshake_report_against_a_real_server(live):
     assert stages == [["[ok]", name] for name in ("reset", "tls", "auth", "push", "data")], result.stdout
     assert "  verified   yes, against the CA given" in lines and "Closed with EXIT through the control channel (cc-exit)" \
         in lines
-    assert any(line.startswith("Data channel: AES-256-GCM (keys from the TLS exporter), 1 echo sent, 1 answered")
-               for line in lines), result.stdout
+    assert any(re.match(r"Data channel: AES-256-GCM over P_DATA_V2 \(keys from the TLS exporter\), 1 echo to "
+                        r"10\.\d+\.\d+\.1, 1 answered, 0% lost, rtt \d+\.\d\d ms$", line) for line in lines), result.stdout
     assert lines[-1].startswith("Verdict: OK ok - ")
     assert server.wait_for(r"exit message received by peer", 2)
 

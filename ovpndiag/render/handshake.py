@@ -149,20 +149,31 @@ def _words(value) -> str:
 
 
 def _data(data):
+    """The data stage's facts (ovpndiag.client.datachannel): cipher, keys, echoes, loss, RTT."""
     if not data:
         return []
-    parts = [str(data.get("cipher", "?"))]
+    head = str(data.get("cipher") or "?")
+    if data.get("format"):
+        head += f" over {data['format']}"
     if data.get("key_derivation"):
-        parts[0] += f" (keys from {'the TLS exporter' if data['key_derivation'] == 'tls-ekm' else 'the PRF'})"
-    sent, received = data.get("sent"), data.get("received")
+        head += f" (keys from {'the TLS exporter' if data['key_derivation'] == 'tls-ekm' else 'the PRF'})"
+    parts = [head]
+    sent, received = data.get("sent"), data.get("received") or 0
     if sent is not None:
-        lost = f", {100 * (sent - (received or 0)) / sent:.0f}% lost" if sent else ""
-        parts.append(f"{sent} echo{'es' if sent != 1 else ''} sent, {received or 0} answered{lost}")
+        loss = data.get("loss")
+        if loss is None and sent:
+            loss = 100.0 * (sent - received) / sent
+        parts.append(f"{sent} echo{'es' if sent != 1 else ''}" + (f" to {data['target']}" if data.get("target") else "")
+                     + f", {received} answered" + (f", {loss:g}% lost" if loss is not None else ""))
     rtt = data.get("rtt")
-    if isinstance(rtt, dict):
-        parts.append("rtt " + " / ".join(f"{k} {v * 1000:.2f} ms" for k, v in rtt.items() if isinstance(v, (int, float))))
-    elif isinstance(rtt, (int, float)):
-        parts.append(f"rtt {rtt * 1000:.2f} ms")
-    if data.get("target"):
-        parts.append(f"to {data['target']}")
+    if isinstance(rtt, (int, float)):
+        if received > 1 and data.get("rtt_min") is not None and data.get("rtt_max") is not None:
+            parts.append(f"rtt min/avg/max {data['rtt_min'] * 1000:.2f}/{rtt * 1000:.2f}/{data['rtt_max'] * 1000:.2f} ms")
+        else:
+            parts.append(f"rtt {rtt * 1000:.2f} ms")
+    for name, what in (("keepalive_pings", "keepalive pings from the server"),
+                       ("rejected", "packets that did not authenticate"),
+                       ("unreadable", "authentic packets not readable here (compressed or fragmented)")):
+        if data.get(name):
+            parts.append(f"{data[name]} {what}")
     return ["Data channel: " + ", ".join(parts)]
