@@ -94,7 +94,7 @@ def test_keepalive_pings_are_recognised_when_the_target_is_silent(servers):
         assert not stage.ok
         assert (facts["sent"], facts["received"], facts["rejected"]) == (3, 0, 0)
         assert facts["target"].endswith(".77") and facts["keepalive_pings"] >= 1
-        assert "keepalive pings from the server authenticated" in stage.detail
+        assert "keepalive pings" in stage.detail and "the data channel works" in stage.detail
         assert client.result.verdict == "echo-unanswered"
     finally:
         client.close()

@@ -32,7 +32,7 @@ a 4-byte header with --fragment (the profile's). The data stage sends
 ICMP echoes from the pushed ifconfig address to the route-gateway (or
 ``--ping-target``) and counts the authenticated replies.
 
-What this module uses from the Client (as helper-core publishes it, notes/handshake.md):
+What this module uses from the Client (ovpndiag.client.session):
 ``settings`` (count, ping_target, data_ciphers), ``proto``, ``transport_send(bytes)``,
 ``transport_recv(timeout) -> bytes|None`` (data packets; control ones are handled there),
 ``tls_export(label, length) -> bytes|None``, ``key_derivation`` ("tls-ekm"|"prf"),
@@ -499,39 +499,38 @@ def run_data_stage(client) -> Stage:
         facts.update(rtt=sum(rtts) / len(rtts), rtt_min=min(rtts), rtt_max=max(rtts))
     facts["loss"] = round(100.0 * (facts["sent"] - len(rtts)) / facts["sent"], 1) if facts["sent"] else None
     facts.update(keepalive_pings=echo.pings, rejected=len(echo.rejected), unreadable=echo.unreadable)
+    verdict, detail = _judge(client, channel, echo, facts, lost, lost_kind)
+    if verdict:
+        facts["verdict"] = verdict  # what the Client reports (ovpndiag.verdicts)
+    return stage(verdict is None, detail)
+
+
+def _judge(client, channel, echo, facts, lost, lost_kind):
+    """(verdict or None when the stage passed, one line) from what the echoes brought back."""
     how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}" + \
         (f", {channel.compression} compression framing" if channel.compression != "none" else "") + \
         (", --fragment header" if channel.fragment else "")
-    # the verdict (ovpndiag.verdicts) the Client takes when the stage fails
-    # Over TCP OpenVPN drops the whole connection when a data packet fails to decrypt
-    # (forward.c: "decryption-error"): closed after our echoes with nothing authentic back.
-    closed_on_our_data = lost and not rtts and not echo.pings and _proto(client) == "tcp"
-    if closed_on_our_data:
-        facts["verdict"] = "data-keys-mismatch"
-    elif lost:
-        facts["verdict"] = _LOST_VERDICTS.get(lost_kind, "data-one-way")
-    elif not rtts:
-        facts["verdict"] = "data-keys-mismatch" if echo.rejected else "echo-unanswered" if echo.pings or echo.unreadable \
-            else "data-one-way"
-    if rtts and not lost:
-        return stage(True, f"{how}: {len(rtts)}/{facts['sent']} echoes to {target} answered, "
-                           f"rtt {facts['rtt'] * 1000:.2f} ms")
-    if closed_on_our_data:
-        return stage(False, f"{how}: the server dropped the connection after {facts['sent']} data "
-                            f"packet{'s' if facts['sent'] > 1 else ''} of ours ({lost}); OpenVPN does that over TCP when a data packet fails to decrypt: "
-                            "keys or cipher differ")
+    sent, answered, target = facts["sent"], len(echo.rtts), facts["target"]
+    if answered and not lost:
+        return None, f"{how}: {answered}/{sent} echoes to {target} answered, rtt {facts['rtt'] * 1000:.2f} ms"
+    if lost and not answered and not echo.pings and _proto(client) == "tcp":
+        # over TCP OpenVPN drops the connection when a data packet fails to decrypt (forward.c,
+        # "decryption-error"): closed after our echoes with nothing authentic back
+        return "data-keys-mismatch", (f"{how}: the server dropped the connection after {sent} data packet"
+                                      f"{'s' if sent > 1 else ''} of ours ({lost}); OpenVPN does that over TCP "
+                                      "when a data packet fails to decrypt: keys or cipher differ")
     if lost:
-        return stage(False, f"{how}: connection lost after {facts['sent']} echoes to {target} "
-                            f"({len(rtts)} answered): {lost}")
+        return _LOST_VERDICTS.get(lost_kind, "data-one-way"), \
+            f"{how}: connection lost after {sent} echoes to {target} ({answered} answered): {lost}"
     if echo.rejected:
-        return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered; {len(echo.rejected)} packets "
-                            f"from the server failed: {echo.rejected[0]} (keys or cipher differ)")
-    if echo.pings:  # the server's own packets authenticate: keys are right, the target is silent
-        return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered, but {echo.pings} keepalive "
-                            f"pings from the server authenticated: the data channel works, {target} does not "
-                            "answer (try --ping-target)")
-    return stage(False, f"{how}: {facts['sent']} echoes to {target} unanswered, nothing came back "
-                        "through the data channel")
+        return "data-keys-mismatch", (f"{how}: {sent} echoes to {target} unanswered; {len(echo.rejected)} packets "
+                                      f"from the server failed: {echo.rejected[0]} (keys or cipher differ)")
+    if echo.pings or echo.unreadable:  # the server's own packets authenticate: the target is silent
+        return "echo-unanswered", (f"{how}: {sent} echoes to {target} unanswered, but "
+                                   f"{echo.pings + echo.unreadable} packets from the server authenticated "
+                                   f"({echo.pings} keepalive pings): the data channel works, {target} does not "
+                                   "answer (try --ping-target)")
+    return "data-one-way", f"{how}: {sent} echoes to {target} unanswered, nothing came back through the data channel"
 
 
 _LOST_VERDICTS = {"reset": "connection-reset", "closed": "connection-closed", "unreachable": "unreachable",
