@@ -260,6 +260,8 @@ class Client:
         if self.started is None:
             self.started = time.monotonic()
         self._server_reset = None
+        self._flush()  # the reset goes out; then, while the server answers, the ClientHello is made
+        self.tls_client.handshake()  # (it stays in the memory BIO until the tls stage takes it)
         if not self._pump(lambda: self._server_reset is not None, until):
             sends = self.channel.packets_sent
             raise _StageFailed("server-silent", f"no reply from {address}/{self.proto} to {sends} reset"

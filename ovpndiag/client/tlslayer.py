@@ -203,6 +203,7 @@ class TLSClient:
                 raise CredentialsError(f"TLS version must be 1.2 or 1.3, not '{tls_version_max}'")
             context.set_max_proto_version(versions[tls_version_max])
         context.set_options(SSL.OP_NO_TICKET)
+        _classic_groups(context)
         if ca is not None:
             store = context.get_cert_store()
             for certificate in load_certificates(ca):
@@ -395,6 +396,21 @@ class TLSClient:
             return self.connection.export_keying_material(label.encode(), length, None)
         except Exception:
             return None
+
+
+# OpenSSL 3.0's default key-exchange groups, as an OpenVPN 2.6 client on it offers them.
+# The OpenSSL bundled with recent pyOpenSSL adds a post-quantum hybrid key share of
+# 1.2 KB, which makes our ClientHello two control packets instead of one.
+CLASSIC_GROUPS = b"X25519:P-256:X448:P-521:P-384"
+
+
+def _classic_groups(context):
+    try:  # pyOpenSSL has no call for it: its OpenSSL binding (private, so guarded)
+        from OpenSSL._util import lib
+
+        lib.SSL_CTX_set1_curves_list(context._context, CLASSIC_GROUPS)
+    except Exception:
+        pass  # OpenSSL's own defaults then: only a bigger ClientHello
 
 
 def _give(method, value, convert):
