@@ -428,3 +428,35 @@ def test_fragment_header_whole_packets_only():
     packet = client.seal(b"\x45abc")
     assert _reference_open(packet, KEY2, "AES-128-GCM", True, True)[1] == b"\0\0\0\0\xfa\x45abc"  # fragment outside
     assert server.open(packet) == b"\x45abc"
+
+
+def test_authentic_packets_we_cannot_read_still_show_the_channel_works():
+    def compressed(server, request):  # what a comp-lzo server sends for a big, compressible packet
+        server.compression = "none"
+        packet = server.seal(b"\x66" + b"lzo-compressed bytes")
+        server.compression = "lzo"
+        return packet
+
+    peer = FakePeer(extras=[compressed], answer=False, raw=["comp-lzo no"])
+    peer.server = DataChannel(KEY2, "CHACHA20-POLY1305", peer_id=3, server=True, compression="lzo")
+    peer.settings.count = 1
+    stage = dc.run_data_stage(peer)
+    assert not stage.ok and stage.facts["compression"] == "lzo"
+    assert (stage.facts["unreadable"], stage.facts["rejected"], stage.facts["verdict"]) == (1, 0, "echo-unanswered")
+
+
+def test_nothing_to_ping_without_addresses():
+    peer = FakePeer(route_gateway=None)
+    stage = dc.run_data_stage(peer)
+    assert not stage.ok and "no route-gateway (give --ping-target)" in stage.detail and peer.seen == []
+    peer = FakePeer(ifconfig=["fd00::2", "64"])
+    peer.settings.ping_target = "fd00::1"
+    stage = dc.run_data_stage(peer)
+    assert not stage.ok and "only IPv4 echoes" in stage.detail
+
+
+def test_an_unsupported_cipher_is_one_clear_line():
+    peer = FakePeer(cipher="BF-CBC")
+    stage = dc.run_data_stage(peer)
+    assert not stage.ok and stage.detail.startswith("no data channel: cipher BF-CBC is not supported")
+    assert not dc.send_exit_notify(peer)
