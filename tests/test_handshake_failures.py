@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from captures import CAPTURES
 from pki import get_pki
 from servers import (AUTH_FAILED_REASON, AUTH_PASSWORD, AUTH_USER, P_CONTROL_V1, P_DATA_V1, P_DATA_V2,
                      LossyRelay, StopAfterResetRelay, StopRelay, auth_script_server, cipher_server, crl_server,
@@ -25,7 +26,7 @@ from servers import (AUTH_FAILED_REASON, AUTH_PASSWORD, AUTH_USER, P_CONTROL_V1,
 
 from ovpndiag import verdicts
 from ovpndiag.client import STAGES, Client, HandshakeSettings
-from ovpndiag.settings import ProbeSettings
+from ovpndiag.settings import probe_settings
 
 # Failures that end in silence last as long as the budget: keep it short. Loopback
 # answers in milliseconds, so 3 s leaves the client room to retransmit.
@@ -39,11 +40,23 @@ class Target:
         self.host, self.port, self.proto = host, port, proto
 
 
-def handshake(target, stage="data", client="valid", timeout=TIMEOUT, **options) -> "HandshakeResult":
+# The client's side of each wrapping of tests/servers.py (keys in captures/keys).
+CLIENT_WRAPPING = {
+    "none": {},
+    "tls-auth": {"tls_auth": "keys/ta.key", "key_direction": "1"},
+    "tls-crypt": {"tls_crypt": "keys/tc.key"},
+    "tls-crypt-v2": {"tls_crypt_v2": "keys/tcv2-client.key"},
+}
+
+
+def handshake(target, stage="data", client="valid", timeout=TIMEOUT, wrapping="none",
+              **options) -> "HandshakeResult":
     """Runs the Client with the test PKI's CA and client certificate ``client`` against ``target``."""
     pki = get_pki()
-    probe = ProbeSettings(host=target.host, port=target.port, proto=target.proto, family=4, timeout=timeout,
-                          retry_interval=0.5)
+    keys = {name: str(CAPTURES / path) if path.startswith("keys/") else path
+            for name, path in CLIENT_WRAPPING[wrapping].items()}
+    probe = probe_settings(host=target.host, port=target.port, proto=target.proto, family=4, timeout=timeout,
+                           retry_interval=0.5, **keys)
     settings = HandshakeSettings(probe=probe, ca=pki.ca, cert=pki.client[client], key=pki.client_key[client],
                                  stage=stage, **options)
     return Client(settings).run(stage)
@@ -180,6 +193,16 @@ def test_tls_version_mismatch(started, proto):
     assert control.verdict == "ok" and control.tls["version"] == "TLSv1.3", control.message
 
 
+@pytest.mark.parametrize("wrapping", ["tls-auth", "tls-crypt", "tls-crypt-v2"])
+def test_tls_version_mismatch_under_a_wrapping(started, wrapping):
+    """Silence after the ClientHello, then a fresh reset that must be wrapped as the first was,
+    or a live server looks stopped."""
+    server = started(tls13_server(wrapping=wrapping, key_direction=0))
+    result = handshake(server_target(server), wrapping=wrapping, tls_version_max="1.2")
+    assert_fails(result, "client-hello-rejected", "tls", "after our ClientHello", "no common TLS version")
+    assert server.wait_for(r"TLS error: Unsupported protocol", 1)
+
+
 # --- after TLS: credentials and options -------------------------------------------------------
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
@@ -220,11 +243,12 @@ def test_max_clients_reached_over_tcp(started):
     assert server.wait_for(r"new incoming connection would exceed maximum number of clients \(1\)", 1)
 
 
-def test_server_stopped_mid_handshake(started):
-    server = started(pki_server("valid"))
+@pytest.mark.parametrize("wrapping", ["none", "tls-crypt-v2"])
+def test_server_stopped_mid_handshake(started, wrapping):
+    server = started(pki_server("valid", wrapping=wrapping))
     relay = started(StopAfterResetRelay(server))
     begun = time.monotonic()
-    result = handshake(Target(relay.host, relay.port))
+    result = handshake(Target(relay.host, relay.port), wrapping=wrapping)
     took = time.monotonic() - begun
     assert relay.stopped and relay.passed["down"] == 1  # its reset came through, then nothing
     assert_fails(result, "server-stopped", "tls", "stopped answering", "a new reset is not answered")
