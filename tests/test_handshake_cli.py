@@ -655,3 +655,23 @@ def test_an_encrypted_key_opens_with_askpass(live, tmp_path):
     assert PASSWORD not in result.stdout + result.stderr
     without = ovpndiag(*args)
     assert without.returncode == 3 and "the private key is encrypted" in without.stdout
+
+
+def test_wireshark_decrypts_a_write_capture_with_the_keylog(live, tmp_path):
+    """What --keylog is for: tshark reads the TLS 1.3 handshake inside the control channel
+    (the server's Certificate) only with the key log."""
+    server = live("valid")
+    capture, keylog = tmp_path / "session.pcap", tmp_path / "keys.log"
+    result = ovpndiag("handshake", server.host, "-p", server.port, *pki_options(), "--stage", "push",
+                      "--write", capture, "--keylog", keylog)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    def handshake_types(*extra):
+        shown = subprocess.run(["tshark", "-r", capture, "-d", f"udp.port=={server.port},openvpn", *extra,
+                                "-Y", "tls.handshake.type", "-T", "fields", "-e", "tls.handshake.type"],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        return {int(t) for line in shown.stdout.split() for t in line.split(",")}
+
+    assert {1, 2} <= handshake_types() and 11 not in handshake_types()  # ClientHello, ServerHello in clear
+    assert {8, 11} <= handshake_types("-o", f"tls.keylog_file:{keylog}")  # EncryptedExtensions, Certificate
