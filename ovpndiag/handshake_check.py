@@ -178,6 +178,13 @@ def _ok_summary(result) -> str:
 def detail_lines(result, judgement) -> List[str]:
     """``-v``: one line per stage, then the verdict's advice."""
     lines = [f"[{'ok' if s.ok else 'FAIL'}] {s.name} at +{s.elapsed:.4f} s: {s.detail}" for s in result.stages]
+    certificate = result.server_certificate
+    if certificate:
+        lines.append(f"server certificate: {certificate.get('subject')}, issuer {certificate.get('issuer')}, "
+                     f"valid to {certificate.get('not_after')}, "
+                     + ("verified" if certificate.get("verified") else "not verified"))
+    if result.push_reply and result.push_reply.get("raw"):
+        lines.append("pushed: " + ", ".join(result.push_reply["raw"]))
     lines.append(f"verdict: {judgement.verdict}")
     lines.extend(f"try: {advice}" for advice in judgement.advice)
     return lines

@@ -675,3 +675,25 @@ def test_wireshark_decrypts_a_write_capture_with_the_keylog(live, tmp_path):
 
     assert {1, 2} <= handshake_types() and 11 not in handshake_types()  # ClientHello, ServerHello in clear
     assert {8, 11} <= handshake_types("-o", f"tls.keylog_file:{keylog}")  # EncryptedExtensions, Certificate
+
+
+def test_check_verbose_tells_the_stages_certificate_and_pushed_options():
+    from ovpndiag.render.nagios import plugin_output
+
+    lines = plugin_output(evaluate(_result(), "data", timeout=10), verbose=True).splitlines()
+    assert lines[1:6] == [f"[ok] {name} at +{0.002 * (i + 1):.4f} s: {name} detail"
+                          for i, name in enumerate(("reset", "tls", "auth", "push", "data"))]
+    assert lines[6].startswith("server certificate: O=ovpndiag test material, CN=ovpndiag-test-server, issuer ")
+    assert lines[6].endswith(", verified")
+    assert lines[7].startswith("pushed: route-gateway 10.8.0.1, topology subnet, ") and "auth-token [hidden]" in lines[7]
+    assert "SECRET-TOKEN" not in "\n".join(lines) and lines[8] == "verdict: ok"
+
+
+def test_a_file_with_both_certificate_and_key_serves_as_both(tmp_path):
+    from ovpndiag.handshake_settings import handshake_settings
+    from ovpndiag.settings import probe_settings
+
+    both = tmp_path / "client.pem"
+    both.write_text(open(CERT).read() + open(KEY).read())
+    settings = handshake_settings(probe_settings(host="127.0.0.1"), cert=str(both), key=str(both), stage="tls")
+    assert settings.cert == settings.key == str(both)
