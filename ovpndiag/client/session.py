@@ -255,6 +255,7 @@ class Client:
             # OpenVPN's small control packets would otherwise wait on Nagle and delayed ACKs.
             self.link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.family = 6 if address.family == socket.AF_INET6 else 4
+        self._local, self._remote = self.link.local, (address.ip, address.port)  # for exchange, asked once
         self.channel = ControlChannel(self.wrapper, _new_session_id(), self.proto)
         self.channel.reset()
         if self.started is None:
@@ -540,7 +541,7 @@ class Client:
     def _send_wire(self, packet: bytes):
         if self.started is None:
             self.started = time.monotonic()
-        self.exchange.append((time.time(), self.link.local, (self.link.address.ip, self.link.address.port),
+        self.exchange.append((time.time(), self._local, self._remote,
                               self.proto, packet, True))
         self.link.send(packet)
 
@@ -568,6 +569,23 @@ class Client:
             except transport.Timeout:
                 continue
             self._handle(wire)
+            self._drain(done)
+
+    def _drain(self, done):
+        """Handle what has already arrived before answering: a server flight in several
+        packets is then ACKed once, in our next packet, not by a P_ACK_V1 per packet."""
+        import select
+
+        while not done():
+            # (a socket timeout cannot poll: Python rounds it up to a millisecond)
+            buffered = len(getattr(self.link, "_buffer", b"")) >= 2  # TCP: frames already read
+            if not buffered and not select.select([self.link.sock], [], [], 0)[0]:
+                return
+            try:
+                wire = self.link.receive(time.monotonic() + 0.05)
+            except transport.Timeout:
+                return
+            self._handle(wire)
 
     def _quickack(self):
         """TCP: ACK the server's segments at once. The server does not set TCP_NODELAY,
@@ -582,7 +600,7 @@ class Client:
     def _handle(self, wire: bytes):
         from ..wrap import WrapError
 
-        self.exchange.append((time.time(), (self.link.address.ip, self.link.address.port), self.link.local,
+        self.exchange.append((time.time(), self._remote, self._local,
                               self.proto, wire, False))
         if wire and wire[0] >> 3 in (6, 9):  # data channel: datachannel.py reads it
             self._data_queue.append(wire)
