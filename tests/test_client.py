@@ -447,3 +447,54 @@ def test_the_result_api_is_importable_without_scapy_or_tls():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert STAGES[-1] == "data" and HandshakeResult("h", 1, "udp").to_dict()["stages"] == []
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _sends(channel, clock, until, step=0.25):  # (exact in binary floating point)
+    times = []
+    while clock.now <= until:
+        if channel.outgoing():
+            times.append(round(clock.now, 2))
+        clock.now += step
+    return times
+
+
+def test_an_unanswered_packet_is_sent_again_with_backoff_over_udp_only():
+    from ovpndiag.client.reliable import ControlChannel
+    from ovpndiag.wrap import NoWrapping
+
+    clock = FakeClock()
+    channel = ControlChannel(NoWrapping(), 1, "udp", clock=clock)
+    channel.reset()
+    assert _sends(channel, clock, 12) == [0.0, 0.5, 1.5, 3.5, 7.5, 11.5]  # 0.5 s doubling, at most 4 s
+    assert channel.retransmissions == 5
+    clock = FakeClock()
+    channel = ControlChannel(NoWrapping(), 1, "tcp", clock=clock)
+    channel.reset()
+    assert _sends(channel, clock, 12) == [0.0]  # TCP retransmits for us
+
+
+def test_a_later_packet_acked_sends_the_lost_one_again_at_once():
+    from ovpndiag.client.reliable import ControlChannel, Received
+    from ovpndiag.wrap import NoWrapping
+
+    clock = FakeClock()
+    channel = ControlChannel(NoWrapping(), 1, "udp", clock=clock)
+    channel.remote_session_id = 2
+    channel.send_bytes(b"a" * 3000)  # three packets: 1, 2, 3
+    assert len(channel.outgoing()) == 3
+    clock.now = 0.05
+    assert channel.outgoing() == []  # not yet due
+    channel.receive(Received(5, 0, 2, [2, 3], None, b"", None))  # a P_ACK_V1 for 2 and 3
+    again = channel.outgoing()
+    assert len(again) == 1 and sorted(channel.unacked) == [1]
+    packet, problem = __import__("ovpndiag.layers", fromlist=["dissect"]).dissect(again[0])
+    assert problem is None and packet.message_packet_id == 1 and bytes(packet.payload) == b"a" * 1100
+    assert channel.srtt == pytest.approx(0.05)  # timed from packets sent once
