@@ -498,3 +498,55 @@ def test_a_later_packet_acked_sends_the_lost_one_again_at_once():
     packet, problem = __import__("ovpndiag.layers", fromlist=["dissect"]).dissect(again[0])
     assert problem is None and packet.message_packet_id == 1 and bytes(packet.payload) == b"a" * 1100
     assert channel.srtt == pytest.approx(0.05)  # timed from packets sent once
+
+
+class GarbageInsideTLS:
+    """A UDP peer that answers a client reset as a server would (built with the project's
+    layers), then answers the ClientHello with a TLS record that is no ServerHello."""
+
+    def __init__(self, answer=b"\x16\x03\x03\x00\x06garbag"):
+        from ovpndiag.client.reliable import build
+        from ovpndiag.layers import OpenVPNControl, OpenVPNReset, dissect
+        from ovpndiag.protocol import PLAIN
+
+        self.build, self.dissect, self.answer = build, dissect, answer
+        self.layers = (OpenVPNReset, OpenVPNControl, PLAIN)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        reset, control, plain = self.layers
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            packet, problem = self.dissect(data)
+            if problem:
+                continue
+            if packet.opcode == 7:
+                answer = self.build(reset(opcode=8, session_id=0xABCDEF, acks=[0], remote_session_id=packet.session_id,
+                                          message_packet_id=0, wrapping=plain))
+            elif packet.opcode == 4:
+                answer = self.build(control(opcode=4, session_id=0xABCDEF, acks=[packet.message_packet_id],
+                                            remote_session_id=packet.session_id, message_packet_id=1,
+                                            wrapping=plain), self.answer)
+            else:
+                continue
+            self.sock.sendto(answer, peer)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_garbage_inside_tls_is_a_tls_error_in_one_line():
+    peer = GarbageInsideTLS()
+    try:
+        result = Client(settings_for("127.0.0.1", peer.port, timeout=2)).run("push")
+    finally:
+        peer.close()
+    assert result.verdict == "tls-error" and [s.ok for s in result.stages] == [True, False]
+    assert result.message.startswith("TLS error: ") and "\n" not in result.message
+    assert result.stages[1].facts["alerts"][0]["direction"] == "sent"  # we told it why

@@ -698,4 +698,6 @@ def _transport_verdict(error, proto, stage):
         return {"refused": "port-closed", "timeout": "no-connection" if proto == "tcp" else "server-silent",
                 "closed": "connection-closed", "reset": "connection-reset", "not-openvpn": "not-openvpn",
                 "unreachable": "unreachable"}.get(kind, "unreachable")
+    if kind == "not-openvpn":  # TCP framing that cannot be OpenVPN's, mid-handshake
+        return "tls-error"
     return "server-stopped"  # closed, reset, or ICMP port unreachable: the server is gone mid-handshake
