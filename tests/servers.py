@@ -441,22 +441,28 @@ class UDPRelay:
 
 
 class LossyRelay(UDPRelay):
-    """Drops ``loss`` of the datagrams each way, chosen by a seeded random generator (the same
-    run drops the same packets), but never more than ``max_run`` in a row in one direction, so
-    a client that retransmits always gets through in bounded time."""
+    """Drops ``loss`` of the datagrams each way: one in every round(1/loss) (every 5 for 20%),
+    at a place in each run of that many chosen by a seeded random generator. So the share is
+    exact and the same whatever the timing, the same seed drops the same places, at most two
+    go in a row (the end of one run and the start of the next) - a client that retransmits gets
+    through in bounded time - and each direction loses one of its first packets, which are the
+    handshake's control packets."""
 
-    def __init__(self, target_host, target_port, loss=0.2, seed=11, max_run=2):
+    def __init__(self, target_host, target_port, loss=0.2, seed=11):
         import random
 
-        self.loss, self.max_run = loss, max_run
+        self.run_length = max(2, round(1 / loss))
         self.random = {"up": random.Random(seed), "down": random.Random(seed + 1)}
-        self.run = {"up": 0, "down": 0}
+        self.count = {"up": 0, "down": 0}
+        self.victim = {"up": None, "down": None}
         super().__init__(target_host, target_port)
 
     def passes(self, direction, data):
-        drop = self.random[direction].random() < self.loss and self.run[direction] < self.max_run
-        self.run[direction] = self.run[direction] + 1 if drop else 0
-        return not drop
+        index = self.count[direction]
+        self.count[direction] += 1
+        if index % self.run_length == 0:
+            self.victim[direction] = index + self.random[direction].randrange(self.run_length)
+        return index != self.victim[direction]
 
 
 P_CONTROL_HARD_RESET_SERVER_V2, P_CONTROL_V1, P_DATA_V1, P_DATA_V2 = 8, 4, 6, 9
