@@ -321,3 +321,36 @@ def test_data_channel_over_ipv6(servers, proto):
         assert (result.data["cipher"], result.data["received"]) == ("CHACHA20-POLY1305", 2)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_a_dev_tap_server_gets_ethernet_frames(servers, proto):
+    """A dev tap server (its key-method options say dev-type tap) carries Ethernet: the target's MAC
+    by ARP first (the server's kernel answers), then the echo in a frame; the exit notification
+    is not a frame and still ends the session."""
+    server = servers.get(proto=proto, extra=("--data-ciphers", "AES-256-GCM", "--dev-type", "tap"))
+    client = _client(server)
+    try:
+        assert client.push().ok, client.result.message
+        port = client.link.local[1]
+        stage = client.data()
+        assert stage.ok, stage.detail
+        assert (stage.facts["dev_type"], stage.facts["received"]) == ("tap", 2) and "dev tap" in stage.detail
+        client.push_reply["protocol_flags"] = [f for f in client.push_reply["protocol_flags"] if f != "cc-exit"]
+        client.close()
+        assert _wait_for(server, port, "OCC exit message received by peer")
+    finally:
+        client.close()
+
+
+def test_a_dev_tap_target_that_does_not_answer_arp(servers):
+    server = servers.get(proto="tcp", extra=("--data-ciphers", "AES-256-GCM", "--dev-type", "tap"))
+    client = _client(server)
+    try:
+        assert client.push().ok, client.result.message
+        client.settings.ping_target = client.push_reply["route_gateway"].rsplit(".", 1)[0] + ".77"
+        stage = client.data()
+        assert not stage.ok and (stage.facts["arp"], stage.facts["sent"]) == ("unanswered", 0)
+        assert "no ARP answer from" in stage.detail and client.result.verdict == "echo-unanswered"
+    finally:
+        client.close()

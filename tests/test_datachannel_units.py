@@ -460,3 +460,39 @@ def test_an_unsupported_cipher_is_one_clear_line():
     stage = dc.run_data_stage(peer)
     assert not stage.ok and stage.detail.startswith("no data channel: cipher BF-CBC is not supported")
     assert not dc.send_exit_notify(peer)
+
+
+# --- dev tap: Ethernet and ARP, checked with Scapy's layers ------------------------------------------
+
+def test_ethernet_link_speaks_arp_as_scapy_reads_it():
+    from scapy.layers.l2 import ARP, Ether
+
+    link = dc.EthernetLink("10.8.0.2", "10.8.0.1")
+    assert link.mac[0] & 0x03 == 0x02  # unicast, locally administered
+    request = Ether(link.arp_request())
+    assert (request.dst, request.type, request[ARP].op, request[ARP].psrc, request[ARP].pdst) == \
+        ("ff:ff:ff:ff:ff:ff", 0x0806, 1, "10.8.0.2", "10.8.0.1")
+    assert request.src == request[ARP].hwsrc == link.mac.hex(":")
+    # an answer from somebody else, or about another address, teaches nothing
+    other = bytes(Ether(dst=link.mac.hex(":"), src="02:00:00:00:00:09") /
+                  ARP(op=2, hwsrc="02:00:00:00:00:09", psrc="10.8.0.9", hwdst=link.mac.hex(":"), pdst="10.8.0.2"))
+    assert link.receive(other) == (None, None) and link.target_mac is None
+    answer = bytes(Ether(dst=link.mac.hex(":"), src="02:00:00:00:00:01") /
+                   ARP(op=2, hwsrc="02:00:00:00:00:01", psrc="10.8.0.1", hwdst=link.mac.hex(":"), pdst="10.8.0.2"))
+    assert link.receive(answer) == (None, None) and link.target_mac == bytes.fromhex("020000000001")
+    # the server's kernel asking for us gets our MAC
+    asked = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:01") /
+                  ARP(op=1, hwsrc="02:00:00:00:00:01", psrc="10.8.0.1", pdst="10.8.0.2"))
+    ip, reply = link.receive(asked)
+    reply = Ether(reply)
+    assert ip is None and (reply.dst, reply[ARP].op, reply[ARP].hwsrc, reply[ARP].psrc, reply[ARP].pdst) == \
+        ("02:00:00:00:00:01", 2, link.mac.hex(":"), "10.8.0.2", "10.8.0.1")
+    assert link.receive(bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, pdst="10.8.0.7"))) == (None, None)
+    # IP in frames to us, and only to us
+    ip = icmp_echo_request("10.8.0.2", "10.8.0.1", 1, 1, b"x")
+    frame = Ether(link.frame(ip))
+    assert (frame.dst, frame.src, frame.type, bytes(frame.payload)) == \
+        ("02:00:00:00:00:01", link.mac.hex(":"), 0x0800, ip)
+    assert link.receive(bytes(Ether(dst=link.mac.hex(":"), type=0x0800) / ip)) == (ip, None)
+    assert link.receive(bytes(Ether(dst="02:00:00:00:00:05", type=0x0800) / ip)) == (None, None)
+    assert link.receive(b"\x01\x02") == (None, None)

@@ -30,7 +30,8 @@ explicit-exit-notify is ``occ_magic | OCC_EXIT``, occ.c), framed for compression
 server was configured with comp-lzo or compress (pushed, or the profile's option) and behind
 a 4-byte header with --fragment (the profile's). The data stage sends
 ICMP echoes from the pushed ifconfig address to the route-gateway (or
-``--ping-target``) and counts the authenticated replies.
+``--ping-target``) and counts the authenticated replies; to a ``dev tap`` server (its
+key-method options say so) they go in Ethernet frames, after ARP.
 
 What this module uses from the Client (ovpndiag.client.session):
 ``settings`` (count, ping_target, data_ciphers), ``proto``, ``transport_send(bytes)``,
@@ -357,6 +358,51 @@ def parse_icmp_echo_reply(packet: bytes):
             ident, seq, icmp[8:])
 
 
+class EthernetLink:
+    """For a ``dev tap`` server the data channel carries Ethernet frames: ask the target's MAC
+    by ARP (the server's kernel answers for its tap address), answer ARP for our address, and
+    put IP packets in frames to that MAC. Our MAC is random and locally administered."""
+
+    BROADCAST = b"\xff" * 6
+
+    def __init__(self, source: str, target: str):
+        self.mac = bytes([0x02]) + os.urandom(5)
+        self.source, self.target = ipaddress.IPv4Address(source).packed, ipaddress.IPv4Address(target).packed
+        self.target_mac: Optional[bytes] = None
+
+    def _arp(self, operation: int, destination: bytes, target_mac: bytes, target_ip: bytes) -> bytes:
+        return (destination + self.mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, operation) +
+                self.mac + self.source + target_mac + target_ip)
+
+    def arp_request(self) -> bytes:
+        return self._arp(1, self.BROADCAST, bytes(6), self.target)
+
+    def frame(self, ip_packet: bytes) -> bytes:
+        return self.target_mac + self.mac + b"\x08\x00" + ip_packet
+
+    def receive(self, frame: bytes):
+        """(IP packet for us or None, ARP reply frame to send or None)."""
+        if len(frame) < 14 or frame[:6] not in (self.mac, self.BROADCAST):
+            return None, None
+        if frame[12:14] == b"\x08\x00":
+            return frame[14:], None
+        if frame[12:14] != b"\x08\x06" or len(frame) < 42 or frame[14:20] != bytes.fromhex("000108000604"):
+            return None, None
+        operation, sender_mac, sender_ip, target_ip = frame[20:22], frame[22:28], frame[28:32], frame[38:42]
+        if operation == b"\x00\x02" and sender_ip == self.target and target_ip == self.source:
+            self.target_mac = sender_mac
+        elif operation == b"\x00\x01" and target_ip == self.source:
+            return None, self._arp(2, sender_mac, sender_mac, sender_ip)
+        return None, None
+
+
+def _dev_type(client) -> str:
+    """"tap" when the server's key-method options say dev-type tap (a tun client's options
+    differ and it only warns), else "tun"."""
+    options = getattr(getattr(client, "server_key_message", None), "options", "") or ""
+    return "tap" if "dev-type tap" in options.split(",") else "tun"
+
+
 # --- what we read from the Client and its push reply -----------------------------------------
 
 def _option(push_reply, *names):
@@ -487,7 +533,8 @@ def run_data_stage(client) -> Stage:
         return stage(False, f"cannot ping {target} from {source}: only IPv4 echoes are sent")
     facts.update(source=source, target=target)
 
-    echo = _Echo(client, channel, source, target)
+    facts["dev_type"] = _dev_type(client)
+    echo = _Echo(client, channel, source, target, EthernetLink(source, target) if facts["dev_type"] == "tap" else None)
     lost = lost_kind = None
     try:
         echo.run(facts)
@@ -508,6 +555,7 @@ def run_data_stage(client) -> Stage:
 def _judge(client, channel, echo, facts, lost, lost_kind):
     """(verdict or None when the stage passed, one line) from what the echoes brought back."""
     how = f"{channel.cipher} ({channel.key_derivation}), {channel.format}" + \
+        (", dev tap (Ethernet)" if facts.get("dev_type") == "tap" else "") + \
         (f", {channel.compression} compression framing" if channel.compression != "none" else "") + \
         (", --fragment header" if channel.fragment else "")
     sent, answered, target = facts["sent"], len(echo.rtts), facts["target"]
@@ -522,6 +570,9 @@ def _judge(client, channel, echo, facts, lost, lost_kind):
     if lost:
         return _LOST_VERDICTS.get(lost_kind, "data-one-way"), \
             f"{how}: connection lost after {sent} echoes to {target} ({answered} answered): {lost}"
+    if facts.get("arp") == "unanswered" and not echo.rejected:
+        return "echo-unanswered", (f"{how}: no ARP answer from {target}, so no echo was sent "
+                                   f"(try --ping-target)")
     if echo.rejected:
         return "data-keys-mismatch", (f"{how}: {sent} echoes to {target} unanswered; {len(echo.rejected)} packets "
                                       f"from the server failed: {echo.rejected[0]} (keys or cipher differ)")
@@ -541,10 +592,30 @@ class _Echo:
     """Echoes sent one at a time, each waited for up to ECHO_INTERVAL (a late answer to an
     earlier one still counts); what came back sorted into answers, keepalive pings and rejects."""
 
-    def __init__(self, client, channel, source, target):
+    def __init__(self, client, channel, source, target, ethernet: Optional[EthernetLink] = None):
         self.client, self.channel, self.source, self.target = client, channel, source, target
+        self.ethernet = ethernet
         self.ident = int.from_bytes(os.urandom(2), "big")
         self.pending, self.rtts, self.rejected, self.pings, self.unreadable = {}, [], [], 0, 0
+
+    def _wait(self, done, seconds):
+        client = self.client
+        until = min(client.deadline, time.monotonic() + seconds)
+        while not done() and (now := time.monotonic()) < until:
+            packet = client.transport_recv(until - now)
+            if packet is not None:
+                self.take(packet, time.monotonic())
+
+    def resolve(self, attempts) -> bool:
+        """dev tap: the target's MAC by ARP, asked up to ``attempts`` times."""
+        for _ in range(attempts):
+            if time.monotonic() >= self.client.deadline:
+                break
+            self.client.transport_send(self.channel.seal(self.ethernet.arp_request()))
+            self._wait(lambda: self.ethernet.target_mac is not None, ECHO_INTERVAL)
+            if self.ethernet.target_mac is not None:
+                return True
+        return False
 
     def run(self, facts):
         client = self.client
@@ -552,6 +623,9 @@ class _Echo:
         # Over UDP an echo or its answer may be lost: when none came back, try as often as the probe retries.
         extra = int(getattr(getattr(client.settings, "probe", None), "retries", 0) or 0) \
             if _proto(client) == "udp" else 0
+        if self.ethernet and not self.resolve(1 + extra):
+            facts["arp"] = "unanswered"
+            return
         seq = 0
         while seq < count or (not self.rtts and seq < count + extra):
             if time.monotonic() >= client.deadline:
@@ -559,14 +633,10 @@ class _Echo:
             seq += 1
             payload = os.urandom(16) + struct.pack("!d", time.time())  # like ping's: ours to match
             self.pending[seq] = (payload, time.monotonic())
-            client.transport_send(self.channel.seal(
-                icmp_echo_request(self.source, self.target, self.ident, seq, payload)))
+            packet = icmp_echo_request(self.source, self.target, self.ident, seq, payload)
+            client.transport_send(self.channel.seal(self.ethernet.frame(packet) if self.ethernet else packet))
             facts["sent"] += 1
-            until = min(client.deadline, time.monotonic() + ECHO_INTERVAL)
-            while seq in self.pending and (now := time.monotonic()) < until:
-                packet = client.transport_recv(until - now)
-                if packet is not None:
-                    self.take(packet, time.monotonic())
+            self._wait(lambda: seq not in self.pending, ECHO_INTERVAL)
 
     def take(self, packet, arrived):
         if not is_data_packet(packet):
@@ -582,6 +652,12 @@ class _Echo:
         if plaintext == PING_MAGIC:
             self.pings += 1
             return
+        if self.ethernet:
+            plaintext, arp_reply = self.ethernet.receive(plaintext)
+            if arp_reply:
+                self.client.transport_send(self.channel.seal(arp_reply))
+            if plaintext is None:
+                return
         reply = parse_icmp_echo_reply(plaintext)
         if reply is None:
             return
