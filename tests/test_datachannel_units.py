@@ -448,7 +448,11 @@ def test_authentic_packets_we_cannot_read_still_show_the_channel_works():
 def test_nothing_to_ping_without_addresses():
     peer = FakePeer(route_gateway=None)
     stage = dc.run_data_stage(peer)
-    assert not stage.ok and "no route-gateway (give --ping-target)" in stage.detail and peer.seen == []
+    assert not stage.ok and "no route-gateway: give --ping-target" in stage.detail and peer.seen == []
+    peer = FakePeer(route_gateway="dhcp")
+    assert "'dhcp' (a bridged tap server)" in dc.run_data_stage(peer).detail and peer.seen == []
+    peer = FakePeer(ifconfig=None)
+    assert "no ifconfig (IPv4) address" in dc.run_data_stage(peer).detail and peer.seen == []
     peer = FakePeer(ifconfig=["fd00::2", "64"])
     peer.settings.ping_target = "fd00::1"
     stage = dc.run_data_stage(peer)

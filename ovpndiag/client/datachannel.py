@@ -502,6 +502,21 @@ def _addresses(client):
     return source, target
 
 
+def _unusable(source, target) -> Optional[str]:
+    """Why no echo can be sent between these addresses, or None."""
+    if source is None:  # e.g. a bridged tap server that leaves addresses to DHCP
+        return "the PUSH_REPLY has no ifconfig (IPv4) address for us"
+    if target is None:
+        return "the PUSH_REPLY has no route-gateway: give --ping-target"
+    if target == "dhcp":
+        return "the route-gateway is 'dhcp' (a bridged tap server): give --ping-target"
+    try:
+        ipaddress.IPv4Address(source), ipaddress.IPv4Address(target)
+    except ValueError:
+        return f"cannot ping {target} from {source}: only IPv4 echoes are sent"
+    return None
+
+
 # --- the stage ----------------------------------------------------------------------------
 
 def run_data_stage(client) -> Stage:
@@ -522,15 +537,10 @@ def run_data_stage(client) -> Stage:
     facts.update(cipher=channel.cipher, key_derivation=channel.key_derivation, format=channel.format,
                  peer_id=channel.peer_id, compression=channel.compression, fragment=channel.fragment)
     source, target = _addresses(client)
-    if source is None or target is None:
-        missing = "ifconfig" if source is None else "route-gateway (give --ping-target)"
+    unusable = _unusable(source, target)
+    if unusable:
         facts["verdict"] = "echo-unanswered"
-        return stage(False, f"nothing to ping: the PUSH_REPLY has no {missing}")
-    try:
-        ipaddress.IPv4Address(source), ipaddress.IPv4Address(target)
-    except ValueError:
-        facts["verdict"] = "echo-unanswered"
-        return stage(False, f"cannot ping {target} from {source}: only IPv4 echoes are sent")
+        return stage(False, f"nothing to ping: {unusable}")
     facts.update(source=source, target=target)
 
     facts["dev_type"] = _dev_type(client)
