@@ -77,6 +77,7 @@ class Client:
         self._km_sent = False
         self._target = None  # run()'s last stage: what may be sent ahead (see _tls_step)
         self._push_requested = False
+        self._after_flush = None
 
     # --- what datachannel.py uses ---------------------------------------------------------
 
@@ -311,6 +312,7 @@ class Client:
                         # As OpenVPN does: key-method 2 right behind our Finished, not a round
                         # trip later (the tls stage still ends only when the server ACKs our flight).
                         self._send_key_method()
+                    self._after_flush = tls.server_certificate  # while the server reads our flight
             if tls.handshake_done:
                 for record in tls.records():
                     self._on_record(record)
@@ -548,6 +550,9 @@ class Client:
     def _flush(self, acks=True):
         for packet in self.channel.outgoing(acks):
             self._send_wire(packet)
+        if self._after_flush is not None:  # work that can wait until our packets are out
+            work, self._after_flush = self._after_flush, None
+            work()
 
     def _pump(self, done, until) -> bool:
         """Send what is due, read and handle packets, until ``done()`` or ``until``.

@@ -232,7 +232,7 @@ class TLSClient:
         self.connection = SSL.Connection(context, None)
         self.connection.set_connect_state()
         self.handshake_done = False
-        self.client_certificate_sent = False
+        self._certificate_facts = None
 
     # --- callbacks --------------------------------------------------------------------
 
@@ -373,7 +373,16 @@ class TLSClient:
         return [c.to_cryptography() for c in chain]
 
     def server_certificate(self) -> Optional[dict]:
-        """Facts about the server's certificate and chain, and whether it was verified."""
+        """Facts about the server's certificate and chain, and whether it was verified
+        (kept once the handshake is done: they cannot change then)."""
+        if self._certificate_facts is not None:
+            return self._certificate_facts
+        facts = self._server_certificate()
+        if self.handshake_done:
+            self._certificate_facts = facts
+        return facts
+
+    def _server_certificate(self) -> Optional[dict]:
         chain = self.server_chain()
         if not chain:
             return None
