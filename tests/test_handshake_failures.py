@@ -231,6 +231,19 @@ def test_no_shared_data_cipher(started, proto):
 
 # --- the server's state ----------------------------------------------------------------------
 
+def test_max_clients_reached_over_udp(started):
+    """A full 2.6 server answers the reset (statelessly) and drops the ClientHello: on the wire
+    exactly a refused ClientHello, so the client names that and gives max-clients as the other
+    cause. (The vocabulary's own "max-clients" would need a second, unrestricted ClientHello
+    to tell the two apart; the client does not send one.)"""
+    server = started(max_clients_server())
+    started(pki_client(server))  # the one client it takes
+    result = handshake(server_target(server))
+    assert_fails(result, "client-hello-rejected", "tls", "after our ClientHello", "max-clients")
+    assert result.stage("tls").facts["server_tls_bytes"] == 0
+    assert server.wait_for(r"new incoming connection would exceed maximum number of clients \(1\)", 1)
+
+
 def test_max_clients_reached_over_tcp(started):
     """Over TCP a full server accepts the connection and drops it before any answer: a FIN, or an
     RST when our reset was still unread (about half the runs each on loopback). The client cannot
