@@ -298,15 +298,21 @@ def test_twenty_percent_loss_each_way_still_completes(started):
 
 # --- the certificate's end, as monitoring sees it ---------------------------------------------
 
-def check_stage(target, *options):
-    """``ovpndiag check --stage data`` as a monitoring system runs it: (exit status, first line)."""
+def ovpndiag(command, target, *options):
+    """``ovpndiag COMMAND HOST ...`` with the test PKI, as a user runs it: (exit status, stdout)."""
     pki = get_pki()
-    argv = [sys.executable, "-m", "ovpndiag", "check", target.host, "-p", str(target.port), "-4",
-            "-t", str(TIMEOUT), "--stage", "data", "--ca", pki.ca, "--cert", pki.client["valid"],
-            "--key", pki.client_key["valid"], *options]
+    argv = [sys.executable, "-m", "ovpndiag", command, target.host, "-p", str(target.port), "-4",
+            "-t", str(TIMEOUT), "--ca", pki.ca, "--cert", pki.client["valid"], "--key", pki.client_key["valid"],
+            *options]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT + 15)
     assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, done.stdout.splitlines()[0] if done.stdout else ""
+    return done.returncode, done.stdout
+
+
+def check_stage(target, *options):
+    """``ovpndiag check --stage data`` as a monitoring system runs it: (exit status, first line)."""
+    status, output = ovpndiag("check", target, "--stage", "data", *options)
+    return status, output.splitlines()[0] if output else ""
 
 
 def test_server_certificate_ending_within_the_warning_window(started):
@@ -326,6 +332,11 @@ def test_server_certificate_ending_within_the_warning_window(started):
     assert "20 days" in line and re.search(r"cert_days=20;30:;7:", line), line
     status, line = check_stage(target, "--cert-warning", "10")  # outside a shorter window: OK
     assert status == 0 and line.startswith("OPENVPN OK - "), line
+
+    status, output = ovpndiag("handshake", target, "--json")
+    report = json.loads(output)
+    assert status == 1 and (report["state"], report["verdict"]) == ("WARNING", "certificate-expiring"), report
+    assert report["server_certificate"]["days_left"] == 20 and [s["ok"] for s in report["stages"]] == [True] * 5
 
 
 def test_server_certificate_ending_within_the_critical_window(started):
