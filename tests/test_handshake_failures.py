@@ -25,7 +25,7 @@ from servers import (AUTH_FAILED_REASON, AUTH_PASSWORD, AUTH_USER, P_CONTROL_V1,
                      max_clients_server, pki_client, pki_server, tls13_server)
 
 from ovpndiag import verdicts
-from ovpndiag.client import STAGES, Client, HandshakeSettings
+from ovpndiag.client import STAGES, Client, HandshakeResult, HandshakeSettings
 from ovpndiag.settings import probe_settings
 
 # Failures that end in silence last as long as the budget: keep it short. Loopback
@@ -50,7 +50,7 @@ CLIENT_WRAPPING = {
 
 
 def handshake(target, stage="data", client="valid", timeout=TIMEOUT, wrapping="none",
-              **options) -> "HandshakeResult":
+              **options) -> HandshakeResult:
     """Runs the Client with the test PKI's CA and client certificate ``client`` against ``target``."""
     pki = get_pki()
     keys = {name: str(CAPTURES / path) if path.startswith("keys/") else path
@@ -105,6 +105,7 @@ def test_control_the_same_client_connects_to_a_valid_server(started):
     assert result.server_certificate["verified"] is True
     assert result.server_certificate["subject"] == "O=ovpndiag throwaway test PKI, CN=server"
     assert server.wait_for(r"Peer Connection Initiated", 2)
+    assert result.exit_sent == "cc-exit" and server.wait_for(r"exit message received by peer", 2)
 
 
 def test_untrusted_server_ca(started):
