@@ -3,6 +3,7 @@ limited to (--data-ciphers), keys from the TLS exporter and from OpenVPN's PRF, 
 TCP. An answered echo proves the keys, the cipher and the packet layout are the server's: with
 anything wrong its tags would not verify (the server drops our echo, we reject its answer)."""
 
+import os
 import re
 import time
 
@@ -352,5 +353,27 @@ def test_a_dev_tap_target_that_does_not_answer_arp(servers):
         stage = client.data()
         assert not stage.ok and (stage.facts["arp"], stage.facts["sent"]) == ("unanswered", 0)
         assert "no ARP answer from" in stage.detail and client.result.verdict == "echo-unanswered"
+    finally:
+        client.close()
+
+
+# an IPv6 prefix of this test run's own, as servers.py gives each server its IPv4 subnet
+IPV6_PREFIX = f"fd{os.getpid() % 256:02x}:{os.getpid() % 65536:x}:6::/64"
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_icmpv6_echo_through_the_tunnel(servers, proto):
+    """With --ping-target an IPv6 address, the echo is ICMPv6 from the pushed ifconfig-ipv6 address,
+    answered by the server's kernel."""
+    server = servers.get(proto=proto, extra=("--data-ciphers", "AES-128-GCM", "--server-ipv6", IPV6_PREFIX))
+    client = _client(server)
+    try:
+        assert client.push().ok, client.result.message
+        ours, theirs = client.push_reply["ifconfig_ipv6"]
+        client.settings.ping_target = theirs
+        stage = client.data()
+        assert stage.ok, stage.detail
+        assert (stage.facts["source"], stage.facts["target"], stage.facts["received"]) == \
+            (ours.split("/")[0], theirs, 2)
     finally:
         client.close()

@@ -452,11 +452,16 @@ def test_nothing_to_ping_without_addresses():
     peer = FakePeer(route_gateway="dhcp")
     assert "'dhcp' (a bridged tap server)" in dc.run_data_stage(peer).detail and peer.seen == []
     peer = FakePeer(ifconfig=None)
-    assert "no ifconfig (IPv4) address" in dc.run_data_stage(peer).detail and peer.seen == []
-    peer = FakePeer(ifconfig=["fd00::2", "64"])
+    assert "no ifconfig address for us" in dc.run_data_stage(peer).detail and peer.seen == []
+    peer = FakePeer()  # an IPv6 target, but the tunnel gave us only an IPv4 address
     peer.settings.ping_target = "fd00::1"
     stage = dc.run_data_stage(peer)
-    assert not stage.ok and "only IPv4 echoes" in stage.detail
+    assert not stage.ok and "no address of that family" in stage.detail and peer.seen == []
+    peer = FakePeer(ifconfig_ipv6=["fd00::1000/64", "fd00::1"])
+    peer.settings.ping_target = "fd00::1"
+    peer.server_key_message = types.SimpleNamespace(options="V4,dev-type tap,link-mtu 1573")
+    stage = dc.run_data_stage(peer)
+    assert not stage.ok and "not done here" in stage.detail and peer.seen == []
 
 
 def test_an_unsupported_cipher_is_one_clear_line():
@@ -500,3 +505,34 @@ def test_ethernet_link_speaks_arp_as_scapy_reads_it():
     assert link.receive(bytes(Ether(dst=link.mac.hex(":"), type=0x0800) / ip)) == (ip, None)
     assert link.receive(bytes(Ether(dst="02:00:00:00:00:05", type=0x0800) / ip)) == (None, None)
     assert link.receive(b"\x01\x02") == (None, None)
+
+
+# --- ICMPv6 ---------------------------------------------------------------------------------------
+
+def test_icmp6_echo_request_is_what_scapy_reads_with_a_valid_checksum():
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+
+    raw = dc.icmp6_echo_request("fd00::1000", "fd00::1", 0x4242, 9, b"abcde")
+    packet = IPv6(raw)
+    assert (packet.src, packet.dst, packet.nh, packet.hlim, packet.plen) == ("fd00::1000", "fd00::1", 58, 64, 13)
+    echo = packet[ICMPv6EchoRequest]
+    assert (echo.id, echo.seq, bytes(echo.data)) == (0x4242, 9, b"abcde")
+    rebuilt = IPv6(raw)
+    del rebuilt[ICMPv6EchoRequest].cksum
+    assert bytes(rebuilt) == raw
+    reply = bytes(IPv6(src="fd00::1", dst="fd00::1000") / ICMPv6EchoReply(id=0x4242, seq=9, data=b"abcde"))
+    assert dc.parse_icmp6_echo_reply(reply) == ("fd00::1", "fd00::1000", 0x4242, 9, b"abcde")
+    broken = bytearray(reply)
+    broken[-1] ^= 1
+    assert dc.parse_icmp6_echo_reply(bytes(broken)) is None
+    assert dc.parse_icmp6_echo_reply(raw) is None  # a request is not a reply
+
+
+def test_ipv6_addresses_come_from_ifconfig_ipv6():
+    peer = FakePeer(ifconfig_ipv6=["fd00::1000/64", "fd00::1"])
+    assert dc._addresses(peer) == ("10.9.0.2", "10.9.0.1")  # IPv4 first when both were pushed
+    peer.settings.ping_target = "fd00::7"
+    assert dc._addresses(peer) == ("fd00::1000", "fd00::7")
+    peer.settings.ping_target = None
+    peer.push_reply = {"ifconfig_ipv6": ["fd00::1000/64", "fd00::1"]}  # an IPv6-only tunnel
+    assert dc._addresses(peer) == ("fd00::1000", "fd00::1")

@@ -30,7 +30,8 @@ explicit-exit-notify is ``occ_magic | OCC_EXIT``, occ.c), framed for compression
 server was configured with comp-lzo or compress (pushed, or the profile's option) and behind
 a 4-byte header with --fragment (the profile's). The data stage sends
 ICMP echoes from the pushed ifconfig address to the route-gateway (or
-``--ping-target``) and counts the authenticated replies; to a ``dev tap`` server (its
+``--ping-target``) and counts the authenticated replies (ICMPv6 from the ifconfig-ipv6
+address when the target is IPv6 or no IPv4 address was pushed); to a ``dev tap`` server (its
 key-method options say so) they go in Ethernet frames, after ARP.
 
 What this module uses from the Client (ovpndiag.client.session):
@@ -358,6 +359,35 @@ def parse_icmp_echo_reply(packet: bytes):
             ident, seq, icmp[8:])
 
 
+def _icmp6_checksum(source: bytes, target: bytes, icmp: bytes) -> int:
+    pseudo_header = source + target + struct.pack("!I3xB", len(icmp), 58)
+    return internet_checksum(pseudo_header + icmp)
+
+
+def icmp6_echo_request(source: str, target: str, ident: int, seq: int, payload: bytes = b"") -> bytes:
+    """An IPv6 packet carrying an ICMPv6 echo request, checksum (over the pseudo-header) filled in."""
+    src, dst = ipaddress.IPv6Address(source).packed, ipaddress.IPv6Address(target).packed
+    icmp = struct.pack("!BBHHH", 128, 0, 0, ident, seq) + payload
+    icmp = icmp[:2] + struct.pack("!H", _icmp6_checksum(src, dst, icmp)) + icmp[4:]
+    return struct.pack("!IHBB", 6 << 28, len(icmp), 58, 64) + src + dst + icmp
+
+
+def parse_icmp6_echo_reply(packet: bytes):
+    """(source, destination, ident, seq, payload) of an IPv6 ICMPv6 echo reply (no extension
+    headers) whose checksum verifies, else None."""
+    if len(packet) < 48 or packet[0] >> 4 != 6 or packet[6] != 58:
+        return None
+    length = struct.unpack("!H", packet[4:6])[0]
+    icmp = packet[40:40 + length]
+    if length < 8 or len(icmp) < length or icmp[0] != 129 or icmp[1] != 0:
+        return None
+    if _icmp6_checksum(packet[8:24], packet[24:40], icmp) != 0:
+        return None
+    ident, seq = struct.unpack("!HH", icmp[4:8])
+    return (str(ipaddress.IPv6Address(packet[8:24])), str(ipaddress.IPv6Address(packet[24:40])),
+            ident, seq, icmp[8:])
+
+
 class EthernetLink:
     """For a ``dev tap`` server the data channel carries Ethernet frames: ask the target's MAC
     by ARP (the server's kernel answers for its tap address), answer ARP for our address, and
@@ -491,29 +521,45 @@ def _proto(client) -> str:
 
 
 def _addresses(client):
-    """(source, target) for the echo: the pushed ifconfig address, and --ping-target, else the
-    route-gateway, else (net30/p2p) the ifconfig remote end."""
+    """(source, target) for the echo: from the pushed ifconfig address to --ping-target, else
+    the route-gateway, else (net30/p2p) the ifconfig remote end. IPv6 (ifconfig-ipv6: our
+    address, then the server's) when --ping-target is IPv6 or no IPv4 address was pushed."""
     push = client.push_reply or {}
     ifconfig = _words(_option(push, "ifconfig"))
+    ifconfig6 = _words(_option(push, "ifconfig_ipv6", "ifconfig-ipv6"))
+    wanted = client.settings.ping_target
+    if ifconfig6 and (_is_ipv6(wanted) or (not ifconfig and wanted is None)):
+        return ifconfig6[0].split("/")[0], wanted or (ifconfig6[1] if len(ifconfig6) > 1 else None)
     source = ifconfig[0] if ifconfig else None
-    target = client.settings.ping_target or (_words(_option(push, "route_gateway", "route-gateway")) or [None])[0]
+    target = wanted or (_words(_option(push, "route_gateway", "route-gateway")) or [None])[0]
     if target is None and len(ifconfig) > 1 and not ifconfig[1].startswith("255."):
         target = ifconfig[1]
     return source, target
 
 
-def _unusable(source, target) -> Optional[str]:
+def _is_ipv6(address) -> bool:
+    try:
+        return ipaddress.ip_address(address).version == 6
+    except ValueError:
+        return False
+
+
+def _unusable(source, target, dev_type="tun") -> Optional[str]:
     """Why no echo can be sent between these addresses, or None."""
     if source is None:  # e.g. a bridged tap server that leaves addresses to DHCP
-        return "the PUSH_REPLY has no ifconfig (IPv4) address for us"
+        return "the PUSH_REPLY has no ifconfig address for us"
     if target is None:
         return "the PUSH_REPLY has no route-gateway: give --ping-target"
     if target == "dhcp":
         return "the route-gateway is 'dhcp' (a bridged tap server): give --ping-target"
     try:
-        ipaddress.IPv4Address(source), ipaddress.IPv4Address(target)
+        versions = {ipaddress.ip_address(source).version, ipaddress.ip_address(target).version}
     except ValueError:
-        return f"cannot ping {target} from {source}: only IPv4 echoes are sent"
+        return f"cannot ping {target} from {source}: not IP addresses"
+    if len(versions) > 1:
+        return f"cannot ping {target} from {source}: the tunnel gave us no address of that family"
+    if versions == {6} and dev_type == "tap":
+        return f"cannot ping {target}: IPv6 through a dev tap server is not done here (no neighbour discovery)"
     return None
 
 
@@ -537,13 +583,13 @@ def run_data_stage(client) -> Stage:
     facts.update(cipher=channel.cipher, key_derivation=channel.key_derivation, format=channel.format,
                  peer_id=channel.peer_id, compression=channel.compression, fragment=channel.fragment)
     source, target = _addresses(client)
-    unusable = _unusable(source, target)
+    facts["dev_type"] = _dev_type(client)
+    unusable = _unusable(source, target, facts["dev_type"])
     if unusable:
         facts["verdict"] = "echo-unanswered"
         return stage(False, f"nothing to ping: {unusable}")
     facts.update(source=source, target=target)
 
-    facts["dev_type"] = _dev_type(client)
     echo = _Echo(client, channel, source, target, EthernetLink(source, target) if facts["dev_type"] == "tap" else None)
     lost = lost_kind = None
     try:
@@ -605,6 +651,9 @@ class _Echo:
     def __init__(self, client, channel, source, target, ethernet: Optional[EthernetLink] = None):
         self.client, self.channel, self.source, self.target = client, channel, source, target
         self.ethernet = ethernet
+        ipv6 = _is_ipv6(source)
+        self.build, self.parse = (icmp6_echo_request, parse_icmp6_echo_reply) if ipv6 else \
+            (icmp_echo_request, parse_icmp_echo_reply)
         self.ident = int.from_bytes(os.urandom(2), "big")
         self.pending, self.rtts, self.rejected, self.pings, self.unreadable = {}, [], [], 0, 0
 
@@ -643,7 +692,7 @@ class _Echo:
             seq += 1
             payload = os.urandom(16) + struct.pack("!d", time.time())  # like ping's: ours to match
             self.pending[seq] = (payload, time.monotonic())
-            packet = icmp_echo_request(self.source, self.target, self.ident, seq, payload)
+            packet = self.build(self.source, self.target, self.ident, seq, payload)
             client.transport_send(self.channel.seal(self.ethernet.frame(packet) if self.ethernet else packet))
             facts["sent"] += 1
             self._wait(lambda: seq not in self.pending, ECHO_INTERVAL)
@@ -668,7 +717,7 @@ class _Echo:
                 self.client.transport_send(self.channel.seal(arp_reply))
             if plaintext is None:
                 return
-        reply = parse_icmp_echo_reply(plaintext)
+        reply = self.parse(plaintext)
         if reply is None:
             return
         answer_from, answer_to, ident, seq, payload = reply
