@@ -41,6 +41,9 @@ ACK_V1_ACKS = 8  # in a P_ACK_V1
 SEND_WINDOW = 6  # unacknowledged packets in flight (OpenVPN's TLS_RELIABLE_N_SEND_BUFFERS)
 RECEIVE_WINDOW = 12  # how far ahead of the next expected packet we keep (TLS_RELIABLE_N_REC_BUFFERS)
 MIN_RTO, MAX_RTO, INITIAL_RTO = 0.2, 4.0, 0.5
+# A lone P_ACK_V1 waits this long for a packet of ours to ride on (the server's next
+# message usually follows at once); its retransmission timer is 2 s, so nothing is lost.
+ACK_DELAY = 0.002
 
 
 class ProtocolError(Exception):
@@ -86,6 +89,7 @@ class ControlChannel:
         self.unacked: Dict[int, _Outgoing] = {}
         self.queue: List[_Outgoing] = []  # waiting for room in the send window
         self.to_ack: List[int] = []  # received, not yet acknowledged
+        self.ack_owed_since: Optional[float] = None
         self.recent_acks: List[int] = []  # acknowledged lately: re-sent, as ACKs get lost too
         self.expected = 1  # next message packet-id to hand on
         self.early: Dict[int, bytes] = {}
@@ -125,13 +129,16 @@ class ControlChannel:
     def next_due(self) -> Optional[float]:
         """When ``outgoing`` next has something to send (None: nothing pending)."""
         dues = [e.due for e in self.unacked.values()]
-        if self.to_ack or (self.queue and len(self.unacked) < SEND_WINDOW):
+        if self.queue and len(self.unacked) < SEND_WINDOW:
             return self.clock()
+        if self.to_ack and self.remote_session_id is not None:
+            dues.append(self.ack_owed_since + ACK_DELAY)
         return min(dues) if dues else None
 
     def outgoing(self, acks=True) -> List[bytes]:
         """The wire packets to send now: new and timed-out control packets (with
-        ACKs piggybacked), or a P_ACK_V1 when only ACKs are owed."""
+        ACKs piggybacked), or a P_ACK_V1 when only ACKs are owed - after ACK_DELAY,
+        or at once with ``acks="now"``; none with ``acks=False``."""
         now = self.clock()
         while self.queue and len(self.unacked) < SEND_WINDOW:
             entry = self.queue.pop(0)
@@ -148,7 +155,8 @@ class ControlChannel:
             entry.later_acks = 0
             # Exponential backoff per packet, as reliable.c does.
             entry.due = now + min(MAX_RTO, self.rto * (2 ** (entry.sent - 1)))
-        if acks and self.to_ack and self.remote_session_id is not None:
+        if acks and self.to_ack and self.remote_session_id is not None \
+                and (acks == "now" or now >= self.ack_owed_since + ACK_DELAY):
             packets.append(self._build_ack())
         return packets
 
@@ -156,6 +164,8 @@ class ControlChannel:
         """ACKs owed first, then recently sent ones again (they may have been lost)."""
         acks = self.to_ack[:limit]
         self.to_ack = self.to_ack[limit:]
+        if not self.to_ack:
+            self.ack_owed_since = None
         for old in self.recent_acks:
             if len(acks) >= limit:
                 break
@@ -192,12 +202,6 @@ class ControlChannel:
         self.replay_packet_id += 1
         self.packets_sent += 1
         return self.wrapper.wrap(raw, self.replay_packet_id, self.net_time)
-
-    def build_ack_only(self) -> Optional[bytes]:
-        """A P_ACK_V1 with the ACKs owed (None when none are)."""
-        if not self.to_ack or self.remote_session_id is None:
-            return None
-        return self._build_ack()
 
     # --- receiving ------------------------------------------------------------------
 
@@ -236,6 +240,8 @@ class ControlChannel:
         mpid = received.message_packet_id
         if mpid not in self.to_ack:
             self.to_ack.append(mpid)
+            if self.ack_owed_since is None:
+                self.ack_owed_since = now
         if received.opcode == P_CONTROL_HARD_RESET_SERVER_V2:
             return b""
         if mpid < self.expected or mpid in self.early:
@@ -243,6 +249,8 @@ class ControlChannel:
             return b""
         if mpid >= self.expected + RECEIVE_WINDOW:
             self.to_ack.remove(mpid)  # beyond our window: OpenVPN drops it unacknowledged
+            if not self.to_ack:
+                self.ack_owed_since = None
             return b""
         if mpid > self.expected:
             self.out_of_order += 1

@@ -111,12 +111,14 @@ class Client:
         until = time.monotonic() + max(0.0, timeout)
         while not self._data_queue:
             self._flush()
-            try:
-                wire = self.link.receive(max(until, time.monotonic() + 1e-4)) if time.monotonic() < until else None
-            except transport.Timeout:
-                wire = None
-            if wire is None:
+            now = time.monotonic()
+            if now >= until:
                 return None
+            due = self.channel.next_due()  # a delayed ACK, a retransmission
+            try:
+                wire = self.link.receive(until if due is None else max(min(until, due), now + 1e-4))
+            except transport.Timeout:
+                continue
             try:
                 self._handle(wire)
             except _StageFailed as failure:  # e.g. a TLS alert: to the data stage, the link is lost
@@ -510,6 +512,11 @@ class Client:
         except (transport.TransportError, TLSFailure, _StageFailed, OSError):
             pass
         finally:
+            try:
+                if self.link is not None and self.channel is not None:
+                    self._flush(acks="now")  # what the server sent last is ACKed before we go
+            except (transport.TransportError, OSError):
+                pass
             self._close_link()
             if self.data_result is not None:
                 self.result.data = self.data_result
