@@ -550,3 +550,34 @@ def test_garbage_inside_tls_is_a_tls_error_in_one_line():
     assert result.verdict == "tls-error" and [s.ok for s in result.stages] == [True, False]
     assert result.message.startswith("TLS error: ") and "\n" not in result.message
     assert result.stages[1].facts["alerts"][0]["direction"] == "sent"  # we told it why
+
+
+def test_a_wrong_tls_auth_key_is_silence_within_the_budget(servers):
+    server = servers.get(proto="udp", wrapping="tls-auth", auth="SHA1")
+    started = time.monotonic()
+    result = Client(settings_for(server.host, server.port, timeout=2.0,
+                                 tls_auth=str(key_path("keys/ta-wrong.key")))).run("push")
+    took = time.monotonic() - started
+    assert result.verdict == "server-silent" and [s.name for s in result.stages] == ["reset"]
+    assert result.message == f"no reply from 127.0.0.1:{server.port}/udp to 3 resets in 2.0 s"  # 0, 0.5, 1.5 s
+    assert any("tls-auth" in advice for advice in result.advice)
+    assert 2.0 <= took < 2.5 and result.exit_sent is None
+
+
+def test_every_address_is_tried_until_one_answers(servers, monkeypatch):
+    """A name with an IPv6 address where nothing listens, then the IPv4 server."""
+    from ovpndiag import transport
+
+    server = servers.get(proto="udp")
+    closed = free_port("udp", socket.AF_INET6)
+
+    def resolve(host, port, proto, family=None):
+        return [transport.Address(socket.AF_INET6, "::1", closed), transport.Address(socket.AF_INET, "127.0.0.1", port)]
+
+    monkeypatch.setattr(transport, "resolve", resolve)
+    client = Client(settings_for("vpn.test", server.port))
+    result = client.run("push")
+    assert result.verdict == "ok" and result.address == f"127.0.0.1:{server.port}"
+    assert {packet_from[0] for _, packet_from, _, _, _, sent in client.exchange if sent} == {"::1", "127.0.0.1"}
+    assert_server_saw_a_whole_session(server, client, port=[local for _, local, _, _, _, sent in client.exchange
+                                                            if sent][-1][1])
