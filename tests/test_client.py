@@ -4,6 +4,7 @@ proven from the server's side (its log shows the peer initiated, the PUSH_REPLY
 sent and our EXIT received), and the control channel's reliability through a
 relay that loses, duplicates and reorders packets."""
 
+import json
 import re
 import socket
 import threading
@@ -141,8 +142,9 @@ def test_stages_one_by_one_and_the_json(servers):
     assert client.tls() is tls  # a stage runs once
     client.close()
     client.close()
-    data = client.result.to_dict()
+    data = json.loads(json.dumps(client.result.to_dict()))  # plain JSON all through, facts included
     assert [s["name"] for s in data["stages"]] == ["reset", "tls", "auth", "push"]
+    assert data["stages"][1]["facts"]["server_certificate"]["subject"].endswith("CN=ovpndiag-test-server")
     assert data["verdict"] == "ok" and data["exit_sent"] == "cc-exit" and data["ok"] is True
     assert_server_saw_a_whole_session(server, client)
 
