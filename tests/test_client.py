@@ -583,3 +583,23 @@ def test_every_address_is_tried_until_one_answers(servers, monkeypatch):
     assert {packet_from[0] for _, packet_from, _, _, _, sent in client.exchange if sent} == {"::1", "127.0.0.1"}
     assert_server_saw_a_whole_session(server, client, port=[local for _, local, _, _, _, sent in client.exchange
                                                             if sent][-1][1])
+
+
+def test_a_client_certificate_refused_under_tls_1_2_is_named_so(tmp_path):
+    """Under TLS 1.2 our certificate goes out before the server's Finished (the handshake is not
+    done yet): silence after it is still the server refusing our certificate."""
+    from pki import get_pki
+    from servers import pki_server
+
+    pki = get_pki()
+    server = pki_server("valid").start()
+    try:
+        settings = settings_for(server.host, server.port, timeout=2.5, ca=pki.ca, cert=pki.client["other-ca"],
+                                key=pki.client_key["other-ca"])
+        settings.tls_version_max = "1.2"
+        result = Client(settings).run("push")
+    finally:
+        server.stop()
+    assert result.verdict == "client-certificate-rejected", result.message
+    assert result.tls is None and result.server_certificate["verified"] is True
+    assert "after our certificate" in result.message

@@ -234,6 +234,8 @@ class Client:
         except (OSError, UnicodeError, transport.Timeout) as error:
             raise _StageFailed("unresolvable", f"cannot resolve {probe.host}: "
                                                f"{getattr(error, 'strerror', None) or error}") from None
+        if not addresses:
+            raise _StageFailed("unresolvable", f"{probe.host} has no address")
         failure = None
         for index, address in enumerate(addresses):
             share = (self.deadline - time.monotonic()) / (len(addresses) - index)
@@ -309,7 +311,6 @@ class Client:
             if not tls.handshake_done:
                 tls.handshake()
                 if tls.handshake_done:
-                    self._client_flight_sent = True
                     if self._wants("auth"):
                         # As OpenVPN does: key-method 2 right behind our Finished, not a round
                         # trip later (the tls stage still ends only when the server ACKs our flight).
@@ -329,6 +330,8 @@ class Client:
         if data:
             if not self._hello_sent_packets:  # the last message packet-id our ClientHello takes
                 self._hello_sent_packets = self.channel.next_packet_id + (len(data) - 1) // MAX_PAYLOAD
+            else:  # our certificate flight (TLS 1.3: with Finished; TLS 1.2: before the server's)
+                self._client_flight_sent = True
             self.channel.send_bytes(data)
 
     def _tls_failure(self, failure: TLSFailure) -> _StageFailed:
