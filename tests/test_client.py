@@ -603,3 +603,15 @@ def test_a_client_certificate_refused_under_tls_1_2_is_named_so(tmp_path):
     assert result.verdict == "client-certificate-rejected", result.message
     assert result.tls is None and result.server_certificate["verified"] is True
     assert "after our certificate" in result.message
+
+
+def test_an_alert_from_the_server_is_named():
+    peer = GarbageInsideTLS(answer=bytes.fromhex("15030300020246"))  # fatal protocol_version (70)
+    try:
+        result = Client(settings_for("127.0.0.1", peer.port, timeout=2)).run("push")
+    finally:
+        peer.close()
+    assert result.verdict == "client-hello-rejected"
+    assert result.message == "the server refused our ClientHello: TLS alert protocol_version"
+    assert {"direction": "received", "level": "fatal", "description": "protocol_version"} in \
+        result.stages[1].facts["alerts"]
