@@ -103,11 +103,15 @@ class Client:
         return time.monotonic() - self.started if self.started else 0.0
 
     def transport_send(self, packet: bytes):
+        if self.link is None:
+            raise transport.Closed("the session is closed")
         self._send_wire(packet)
 
     def transport_recv(self, timeout: float) -> Optional[bytes]:
         """The next data-channel packet, or None after ``timeout`` seconds; control
         packets that come meanwhile are ACKed and their messages kept."""
+        if self.link is None:
+            raise transport.Closed("the session is closed")
         until = time.monotonic() + max(0.0, timeout)
         while not self._data_queue:
             self._flush()
@@ -130,7 +134,10 @@ class Client:
 
     # --- the stages ------------------------------------------------------------------------
 
-    def run(self, stage: str = "data") -> HandshakeResult:
+    def run(self, stage: Optional[str] = None) -> HandshakeResult:
+        """Every stage up to ``stage`` (by default the settings', "data"), stopping at the
+        first failure; always closes."""
+        stage = stage or self.settings.stage or "data"
         if stage not in STAGES:
             raise ValueError(f"unknown stage '{stage}' (one of {', '.join(STAGES)})")
         self._target = stage
