@@ -1,7 +1,10 @@
 """The data stage against real OpenVPN 2.6 servers on loopback: each AEAD cipher the server is
 limited to (--data-ciphers), keys from the TLS exporter and from OpenVPN's PRF, over UDP and
 TCP. An answered echo proves the keys, the cipher and the packet layout are the server's: with
-anything wrong its tags would not verify (the server drops our echo, we reject its answer)."""
+anything wrong its tags would not verify (the server drops our echo, we reject its answer).
+Then what real servers add: P_DATA_V1 without peer-id, keepalive pings, keys that differ,
+loss through a relay, compression framing and --fragment, dev tap, IPv6 outside and inside,
+and the explicit-exit-notify each time as the server's log shows it."""
 
 import os
 import re
