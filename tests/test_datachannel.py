@@ -209,7 +209,7 @@ def test_loss_is_counted_and_the_exit_notify_survives_a_lost_copy(servers, monke
             self.seen[direction] += 1
             return self.seen[direction] not in self.drop[direction]
 
-    monkeypatch.setattr(datachannel, "ECHO_INTERVAL", 0.3)  # lost echoes need not cost a second each
+    monkeypatch.setattr(datachannel, "ECHO_INTERVAL", 0.5)  # lost echoes need not cost a second each
     server = servers.get(proto="udp", extra=("--data-ciphers", "AES-128-GCM"))
     relay = DropDataPackets(server.host, server.port, up={2, 5, 9}, down={3})
     try:
