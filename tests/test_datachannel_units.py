@@ -261,7 +261,7 @@ def test_stage_counts_answered_echoes_and_ignores_keepalive():
     assert "2/2 echoes to 10.9.0.1 answered" in stage.detail and "verdict" not in facts
 
 
-def test_stage_counts_only_authentic_matching_replies():
+def test_stage_counts_only_authentic_matching_replies(monkeypatch):
     def forged(server, request):
         packet = bytearray(server.seal(_as_reply(request)))
         packet[-1] ^= 1
@@ -276,6 +276,7 @@ def test_stage_counts_only_authentic_matching_replies():
         del packet.chksum, packet[ICMP].chksum
         return server.seal(bytes(packet))
 
+    monkeypatch.setattr(dc, "ECHO_INTERVAL", 0.2)
     peer = FakePeer(extras=[forged, wrong_ident], answer=False)
     peer.settings.count = 1
     stage = dc.run_data_stage(peer)
@@ -284,14 +285,11 @@ def test_stage_counts_only_authentic_matching_replies():
     assert "tag does not verify" in stage.detail and stage.facts["verdict"] == "data-keys-mismatch"
 
 
-def test_stage_sends_more_echoes_over_udp_when_none_was_answered():
+def test_stage_sends_more_echoes_over_udp_when_none_was_answered(monkeypatch):
     peer = FakePeer(answer=False)
     peer.settings.count, peer.settings.probe.retries = 1, 2
-    dc.ECHO_INTERVAL, saved = 0.05, dc.ECHO_INTERVAL
-    try:
-        stage = dc.run_data_stage(peer)
-    finally:
-        dc.ECHO_INTERVAL = saved
+    monkeypatch.setattr(dc, "ECHO_INTERVAL", 0.05)
+    stage = dc.run_data_stage(peer)
     assert not stage.ok and (stage.facts["sent"], stage.facts["received"], stage.facts["loss"]) == (3, 0, 100.0)
     assert "nothing came back" in stage.detail and stage.facts["verdict"] == "data-one-way"
 
