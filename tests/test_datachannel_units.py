@@ -428,13 +428,14 @@ def test_fragment_header_whole_packets_only():
     assert server.open(packet) == b"\x45abc"
 
 
-def test_authentic_packets_we_cannot_read_still_show_the_channel_works():
+def test_authentic_packets_we_cannot_read_still_show_the_channel_works(monkeypatch):
     def compressed(server, request):  # what a comp-lzo server sends for a big, compressible packet
         server.compression = "none"
         packet = server.seal(b"\x66" + b"lzo-compressed bytes")
         server.compression = "lzo"
         return packet
 
+    monkeypatch.setattr(dc, "ECHO_INTERVAL", 0.2)
     peer = FakePeer(extras=[compressed], answer=False, raw=["comp-lzo no"])
     peer.server = DataChannel(KEY2, "CHACHA20-POLY1305", peer_id=3, server=True, compression="lzo")
     peer.settings.count = 1
