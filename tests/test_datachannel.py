@@ -48,6 +48,18 @@ def _wait_for(server, client_port, pattern, timeout=3.0):
     return []
 
 
+def _assert_no_key_material(client):
+    """Neither the data-channel keys nor what they come from appear in the result, its JSON or reprs."""
+    import json
+
+    key2, _ = datachannel.derive_key2(client)
+    exchange = client.key_exchange
+    secrets = [key2[i:i + 8] for i in range(0, 256, 8)] + [exchange.client_pre_master, exchange.client_random1]
+    shown = json.dumps(client.result.to_dict(), default=str) + repr(client.result) + repr(client.data_channel.send_keys)
+    for secret in secrets:
+        assert secret.hex() not in shown and secret.hex(":") not in shown and repr(secret)[2:-1] not in shown
+
+
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 @pytest.mark.parametrize("derivation", ["tls-ekm", "prf"])
 @pytest.mark.parametrize("cipher", CIPHERS)
@@ -65,6 +77,7 @@ def test_echo_answered_through_the_data_channel(servers, cipher, derivation, pro
         assert facts["format"] == "P_DATA_V2" and facts["rejected"] == 0
         assert 0 < facts["rtt_min"] <= facts["rtt"] <= facts["rtt_max"] < 0.5
         assert facts["target"] == client.push_reply["route_gateway"]
+        _assert_no_key_material(client)
         port = client.link.local[1]
         # The server's side: what it pushed to us (cipher; tls-ekm only when we announced key export),
         # and no packet of ours failed its checks.
