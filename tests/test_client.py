@@ -294,6 +294,21 @@ def test_bad_credentials_are_one_line_errors_before_anything_is_sent(tmp_path):
         Client(settings_for("127.0.0.1", 9, key=str(tmp_path / "missing.key")))
     with pytest.raises(CredentialsError, match="does not match"):
         Client(settings_for("127.0.0.1", 9, key=str(key_path("keys/rogue-client.key"))))
+    # an encrypted key: its passphrase is needed, and a wrong one is said so
+    from cryptography.hazmat.primitives import serialization
+
+    plain = serialization.load_pem_private_key(key_path("keys/client.key").read_bytes(), None)
+    encrypted = plain.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.BestAvailableEncryption(b"open sesame"))
+    with pytest.raises(CredentialsError, match="encrypted; give its passphrase"):
+        Client(settings_for("127.0.0.1", 9, key=encrypted))
+    settings = settings_for("127.0.0.1", 9, key=encrypted)
+    settings.key_password = b"wrong"
+    with pytest.raises(CredentialsError, match="wrong passphrase") as raised:
+        Client(settings)
+    assert "\n" not in str(raised.value) and "open sesame" not in str(raised.value)
+    settings.key_password = b"open sesame"
+    assert Client(settings).tls_client is not None
 
 
 class ShufflingRelay(UDPRelay):
