@@ -632,3 +632,46 @@ def test_an_alert_from_the_server_is_named():
     assert result.message == "the server refused our ClientHello: TLS alert protocol_version"
     assert {"direction": "received", "level": "fatal", "description": "protocol_version"} in \
         result.stages[1].facts["alerts"]
+
+
+class DropFirstServerTLSPacket(UDPRelay):
+    """Loses the server's first P_CONTROL_V1 (the start of its TLS flight), once."""
+
+    def __init__(self, host, port):
+        self.lost = 0
+        super().__init__(host, port)
+
+    def passes(self, direction, data):
+        if direction == "down" and data[0] >> 3 == 4 and not self.lost:
+            self.lost += 1
+            return False
+        return True
+
+
+def test_a_lost_server_packet_is_resent_at_once_when_we_ack_later_ones(servers):
+    """The server's timer would resend it after 2 s; three ACKs of the packet after it make a
+    2.6 server resend it at once (reliable.c, N_ACK_RETRANSMIT)."""
+    server = servers.get(proto="udp")
+    relay = DropFirstServerTLSPacket(server.host, server.port)
+    try:
+        client = Client(settings_for(relay.host, relay.port))
+        result = client.run("push")
+    finally:
+        relay.close()
+    assert relay.lost == 1 and result.verdict == "ok", result.message
+    assert client.channel.out_of_order >= 1
+    assert result.stage("tls").elapsed < 1.0, result.stage("tls").elapsed  # not 2 s
+
+
+def test_a_gap_sends_three_acks_of_the_later_packet_at_once():
+    from ovpndiag.client.reliable import ControlChannel, Received
+    from ovpndiag.layers import dissect
+    from ovpndiag.wrap import NoWrapping
+
+    channel = ControlChannel(NoWrapping(), 1, "udp", clock=FakeClock())
+    channel.remote_session_id = 2
+    assert channel.receive(Received(4, 0, 2, [], 2, b"later", None)) == b""  # 1 is missing
+    acks = [dissect(packet)[0] for packet in channel.outgoing()]
+    assert [(a.opcode, list(a.acks)) for a in acks] == [(5, [2])] * 3
+    assert channel.outgoing() == []
+    assert channel.receive(Received(4, 0, 2, [], 1, b"first ", None)) == b"first later"

@@ -44,6 +44,7 @@ MIN_RTO, MAX_RTO, INITIAL_RTO = 0.2, 4.0, 0.5
 # A lone P_ACK_V1 waits this long for a packet of ours to ride on (the server's next
 # message usually follows at once); its retransmission timer is 2 s, so nothing is lost.
 ACK_DELAY = 0.002
+NUDGE_ACKS = 3
 
 
 class ProtocolError(Exception):
@@ -90,6 +91,7 @@ class ControlChannel:
         self.queue: List[_Outgoing] = []  # waiting for room in the send window
         self.to_ack: List[int] = []  # received, not yet acknowledged
         self.ack_owed_since: Optional[float] = None
+        self.nudges = 0  # P_ACK_V1s to send at once: a gap in the server's packets
         self.recent_acks: List[int] = []  # acknowledged lately: re-sent, as ACKs get lost too
         self.expected = 1  # next message packet-id to hand on
         self.early: Dict[int, bytes] = {}
@@ -129,7 +131,7 @@ class ControlChannel:
     def next_due(self) -> Optional[float]:
         """When ``outgoing`` next has something to send (None: nothing pending)."""
         dues = [e.due for e in self.unacked.values()]
-        if self.queue and len(self.unacked) < SEND_WINDOW:
+        if self.nudges or (self.queue and len(self.unacked) < SEND_WINDOW):
             return self.clock()
         if self.to_ack and self.remote_session_id is not None:
             dues.append(self.ack_owed_since + ACK_DELAY)
@@ -157,6 +159,9 @@ class ControlChannel:
             entry.due = now + min(MAX_RTO, self.rto * (2 ** (entry.sent - 1)))
         if acks and self.to_ack and self.remote_session_id is not None \
                 and (acks == "now" or now >= self.ack_owed_since + ACK_DELAY):
+            packets.append(self._build_ack())
+        while self.nudges and self.remote_session_id is not None:
+            self.nudges -= 1
             packets.append(self._build_ack())
         return packets
 
@@ -254,6 +259,10 @@ class ControlChannel:
             return b""
         if mpid > self.expected:
             self.out_of_order += 1
+            # Packet ``expected`` is probably lost. A 2.6 server resends a packet at once when
+            # 3 ACKs of later ones have come (reliable.c, N_ACK_RETRANSMIT), instead of after
+            # its 2 s timeout: we send them.
+            self.nudges = NUDGE_ACKS
         self.early[mpid] = received.payload
         data = []
         while self.expected in self.early:
