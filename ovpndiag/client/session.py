@@ -119,6 +119,7 @@ class Client:
             if now >= until:
                 return None
             due = self.channel.next_due()  # a delayed ACK, a retransmission
+            self._quickack()
             try:
                 wire = self.link.receive(until if due is None else max(min(until, due), now + 1e-4))
             except transport.Timeout:
