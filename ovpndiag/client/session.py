@@ -26,7 +26,7 @@ from typing import List, Optional
 from .. import transport
 from . import STAGES, HandshakeResult, HandshakeSettings, Stage
 from .keymethod import KeyExchange, KeyMethodError, client_message, iv_proto_names, options_string, \
-    parse_server_message, peer_info
+    parse_server_message, peer_info, server_randoms
 from .push import EXIT, PUSH_REQUEST, MessageReader, PushReply, classify, parse_options
 from .reliable import MAX_PAYLOAD, P_CONTROL_HARD_RESET_SERVER_V2, ControlChannel, ProtocolError, early_negotiation_flags
 from .tlslayer import CERTIFICATE_ALERTS, HELLO_ALERTS, TLSClient, TLSFailure, exporter_available
@@ -674,8 +674,7 @@ class Client:
             except KeyMethodError as error:
                 raise _StageFailed("tls-error", f"the server's key-method 2 message cannot be read: {error}") \
                     from None
-            self.key_exchange.server_random1 = record[5:37]
-            self.key_exchange.server_random2 = record[37:69]
+            self.key_exchange.server_random1, self.key_exchange.server_random2 = server_randoms(record)
             if self._wants("push") and self.outcome is None:
                 self._send_push_request()  # as OpenVPN does, at once (a 2.6 server may push first anyway)
             return
