@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .checksum import internet_checksum
+
 LINKTYPE_RAW = 101
 _HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW)
 
@@ -89,15 +91,6 @@ class PcapWriter:
             self.write_openvpn(stamp, src, sport, dst, dport, proto, data)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _pseudo(src, dst, protocol, length):
     a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if a.version == 4:
@@ -108,13 +101,13 @@ def _pseudo(src, dst, protocol, length):
 def _udp(src, dst, sport, dport, data):
     length = 8 + len(data)
     header = struct.pack("!HHHH", sport, dport, length, 0)
-    checksum = _checksum(_pseudo(src, dst, 17, length) + header + data) or 0xFFFF
+    checksum = internet_checksum(_pseudo(src, dst, 17, length) + header + data) or 0xFFFF
     return struct.pack("!HHHH", sport, dport, length, checksum) + data
 
 
 def _tcp(src, dst, sport, dport, seq, ack, data):
     header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, 0x18, 65535, 0, 0)
-    checksum = _checksum(_pseudo(src, dst, 6, len(header) + len(data)) + header + data)
+    checksum = internet_checksum(_pseudo(src, dst, 6, len(header) + len(data)) + header + data)
     return header[:16] + struct.pack("!H", checksum) + header[18:] + data
 
 
@@ -124,4 +117,4 @@ def _ip(src, dst, protocol, segment):
         return struct.pack("!IHBB", 6 << 28, len(segment), protocol, 64) + a.packed + b.packed + segment
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 0, 0x4000, 64, protocol, 0,
                          a.packed, b.packed)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + segment
+    return header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:] + segment

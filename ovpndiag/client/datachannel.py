@@ -52,6 +52,7 @@ import struct
 import time
 from typing import Optional
 
+from ..checksum import internet_checksum
 from . import Stage
 
 KEY_EXPORT_LABEL = "EXPORTER-OpenVPN-datakeys"
@@ -320,15 +321,6 @@ def is_data_packet(packet: bytes) -> bool:
 
 
 # --- ICMP echo (IPv4) ----------------------------------------------------------------------
-
-def internet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
 
 def icmp_echo_request(source: str, target: str, ident: int, seq: int, payload: bytes = b"") -> bytes:
     """An IPv4 packet carrying an ICMP echo request, checksums filled in."""
