@@ -270,11 +270,12 @@ def test_server_stopped_mid_handshake(started, wrapping):
 
 
 # The server's control packets on loopback with this PKI (TLS 1.3, EC P-256): 1st its first TLS flight
-# packet, 2nd the rest of that flight, 3rd its ACK + key-method 2 message.
+# packet, 2nd the rest of that flight, 3rd its ACK + key-method 2 message, 4th the one before PUSH_REPLY.
 @pytest.mark.parametrize("nth, stage, evidence", [
     (1, "tls", "half-way through TLS"),  # part of its flight came
     (2, "tls", "a new reset is not answered"),  # silent after our certificate, but dead, not refusing
     (3, "auth", "after our key-method 2 message"),
+    (4, "push", "after our PUSH_REQUEST"),  # its key-method 2 came, then nothing: not a push-timeout
 ])
 def test_server_stopped_later_in_the_handshake(started, nth, stage, evidence):
     server = started(pki_server("valid"))

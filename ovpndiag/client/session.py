@@ -460,11 +460,16 @@ class Client:
     def _push(self):
         if self.outcome is None and not self._push_requested:
             self._send_push_request()
-        while self.outcome is None and time.monotonic() < self.deadline:
-            self._pump(lambda: self.outcome is not None, min(self.deadline, time.monotonic() + PUSH_RETRY))
+        silence = self._silence_deadline()
+        while self.outcome is None and time.monotonic() < silence:
+            self._pump(lambda: self.outcome is not None, min(silence, time.monotonic() + PUSH_RETRY))
             if self.outcome is None:
                 self._send_push_request()
         if self.outcome is None:
+            # A server that does not even ACK our PUSH_REQUEST may have stopped: ask it with a new reset.
+            if self.channel.unacked and not self._server_alive():
+                raise _StageFailed("server-stopped", "the server stopped answering after our PUSH_REQUEST "
+                                                     "(a new reset is not answered either)")
             raise _StageFailed("push-timeout", f"no PUSH_REPLY to PUSH_REQUEST within {self.elapsed():.1f} s")
         if self.outcome.kind == "auth-pending":
             # the URL or prompt for the user follows in INFO_PRE: wait a moment for it
