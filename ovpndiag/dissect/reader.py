@@ -31,7 +31,7 @@ import collections
 import struct
 from typing import Dict, List, Optional
 
-from ..protocol import CARRIES_WKC, OPCODES
+from ..protocol import CARRIES_WKC, CLIENT_RESETS, OPCODES
 from ..render.line import endpoint  # the listing's per-direction labels are made once per flow
 from .decode import decode
 from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
@@ -42,7 +42,6 @@ from .tls import TLSStream
 OPENVPN_PORT = 1194
 _TCP_LENGTH = struct.Struct("!H").unpack_from  # OpenVPN's 2-byte frame length over TCP
 CONTROL_OPCODES = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
-CLIENT_RESET_OPCODES = (7, 10, 1)
 HOLD_PACKETS = 32  # packets of an undecided flow that wait before its best guess is taken
 HOLD_TIME = 2.0  # seconds of capture time a packet waits at most for its flow to be decided
 MAX_QUEUE = 50000  # packets waiting in all: beyond, the oldest waiting flow is guessed at once
@@ -212,7 +211,6 @@ class Reader:
         self.waiting: Dict[Flow, float] = {}  # undecided flows with packets queued -> first one's time
         self.first_time = None  # what relative times count from: the first frame's (set by the caller), or datagram's
         self.tally = collections.Counter()  # payloads by what they were: see TALLY
-        self.static_flows: List[Flow] = []
         self.no_keys = self.options.keys.empty
         # wrapping -> [packets the user's key for it opened or verified, packets it applied to]
         self.key_verdicts = {kind: [0, 0] for kind in self.options.keys.kinds}
@@ -241,7 +239,7 @@ class Reader:
         if transport == "udp" and state is OPENVPN and payload and not self.queue:  # the common case
             record = self._at_once(flow, frame, time, sender, payload)
             return [] if record is None else [record]
-        ready = self._overdue(time) if self.waiting else []  # (the common case never has any waiting)
+        ready = self.tick(time)  # (the common case, above, never has any waiting)
         if state is OTHER or state is STATIC:
             if payload:
                 self.tally[state] += 1
@@ -263,7 +261,7 @@ class Reader:
             return self._record(flow, frame, time, sender, data, None)
         inference = flow.inference
         if inference is not None and inference.decided is not None and not data[0] & 7 \
-                and data[0] >> 3 not in CLIENT_RESET_OPCODES:  # _learn, inlined (a reset may start a new session)
+                and data[0] >> 3 not in CLIENT_RESETS:  # _learn, inlined (a reset may start a new session)
             if len(data) >= 9:
                 flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
             return self._record(flow, frame, time, sender, data, inference)
@@ -275,8 +273,8 @@ class Reader:
         return None
 
     def tick(self, now: float) -> List[dict]:
-        """Live capture: the clock moved on to ``now`` with no packet (a quiet interface),
-        so what has waited HOLD_TIME is decided and shown."""
+        """The clock moved on to ``now``: what has waited HOLD_TIME is decided and shown.
+        feed() calls it for each datagram; a live capture calls it on a quiet interface."""
         return self._overdue(now) if self.waiting else []
 
     def finish(self) -> List[dict]:
@@ -461,8 +459,6 @@ class Reader:
             self._requeue([item for item in self.queue if item[0] is not flow])
             self.tally[verdict] += held
         self.waiting.pop(flow, None)
-        if verdict is STATIC:
-            self.static_flows.append(flow)
 
     # --- waiting, and deciding what has waited long enough ------------------------
 
@@ -684,7 +680,7 @@ class Reader:
 def _new_session(flow, sender, data, session_id, time):
     """Is this a client reset of a new session that the flow's current wrapping cannot read?"""
     inference = flow.inference
-    return (sender == "client" and data[0] >> 3 in CLIENT_RESET_OPCODES and not data[0] & 7
+    return (sender == "client" and data[0] >> 3 in CLIENT_RESETS and not data[0] & 7
             and inference.decided is not None and session_id != flow.session_ids.get("client")
             and not plausible(decode(data, inference.decided), None, time))
 

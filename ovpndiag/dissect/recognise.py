@@ -55,7 +55,7 @@ class Recognition:
     ``client`` is then the sender the evidence shows to be the client (a reset's
     sender, or the ephemeral-port side), or None when nothing tells."""
 
-    __slots__ = ("known_port", "seen", "impossible", "evidence", "client", "session_ids", "stable",
+    __slots__ = ("known_port", "seen", "impossible", "evidence", "client", "session_ids",
                  "data_first", "data_streak", "packet_ids")
 
     def __init__(self, known_port: bool):
@@ -65,7 +65,6 @@ class Recognition:
         self.evidence = 0  # packets that read as OpenVPN, short of recognising the flow
         self.client = None
         self.session_ids = {}  # sender -> first session id seen from it
-        self.stable = {}  # sender -> control packets carrying that first session id
         self.data_first = None  # (first byte, peer-id) of the flow's first data packet
         self.data_streak = 0
         self.packet_ids = {}  # sender -> latest AEAD packet-id of its data packets
@@ -100,9 +99,7 @@ class Recognition:
         session_id = session_id_of(data)
         if session_id is None:
             return None
-        first = self.session_ids.setdefault(sender, session_id)
-        if first == session_id:
-            self.stable[sender] = self.stable.get(sender, 0) + 1
+        self.session_ids.setdefault(sender, session_id)
         other = "server" if sender == "client" else "client"
         peer = self.session_ids.get(other)
         if not data[0] & 7 and opcode in CLIENT_RESETS and (
@@ -115,7 +112,7 @@ class Recognition:
         if opcode in SERVER_RESETS and fits(data, None, time):
             self.client = other
             return OPENVPN
-        if peer is not None and fits(data, peer, time) and self.stable.get(other):
+        if peer is not None and fits(data, peer, time):
             return OPENVPN  # answers the other side's session (or carries no ACK to say)
         if not fits(data, None, time):
             return None
