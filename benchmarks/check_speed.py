@@ -33,6 +33,28 @@ def run(argv):
     return elapsed, usage.ru_maxrss / 1024, code
 
 
+def interleaved(commands, n, label=""):
+    """Run each (name, argv) of ``commands`` in turn, ``n`` times (after one run each to warm
+    the page cache), print each one's median and best wall time and peak RSS; return the
+    medians by name. A command other than the first that exits non-zero stops it all."""
+    results = {name: [] for name, _argv in commands}
+    for _name, argv in commands:
+        run(argv)
+    for _ in range(n):
+        for index, (name, argv) in enumerate(commands):
+            elapsed, rss, code = run(argv)
+            if index and code != 0:
+                raise SystemExit(f"{name} failed with exit {code}")
+            results[name].append((elapsed, rss))
+    medians = {}
+    for name, samples in results.items():
+        times = [t for t, _ in samples]
+        medians[name] = statistics.median(times)
+        print(f"{name:<20} median {medians[name] * 1000:7.1f} ms  best {min(times) * 1000:7.1f} ms  "
+              f"peak RSS {max(r for _, r in samples):5.1f} MB  ({len(samples)} runs{label})")
+    return medians
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=15, help="runs of each command")
@@ -44,22 +66,9 @@ def main():
         floor = [sys.executable, "-c", "import scapy.packet"]
         check = [sys.executable, "-m", "ovpndiag", "check", server.host, "-p", str(server.port),
                  "--tls-auth", str(ROOT / "captures/keys/ta.key"), "--auth", "SHA256"]
-        results = {"import scapy.packet": [], "ovpndiag check": []}
-        run(floor), run(check)  # warm the page cache
-        for _ in range(args.n):
-            for name, argv in (("import scapy.packet", floor), ("ovpndiag check", check)):
-                elapsed, rss, code = run(argv)
-                if name == "ovpndiag check" and code != 0:
-                    raise SystemExit(f"check failed with exit {code}")
-                results[name].append((elapsed, rss))
+        summary = interleaved((("import scapy.packet", floor), ("ovpndiag check", check)), args.n)
     finally:
         server.stop()
-    summary = {}
-    for name, samples in results.items():
-        times = [t for t, _ in samples]
-        summary[name] = statistics.median(times)
-        print(f"{name:<20} median {statistics.median(times) * 1000:7.1f} ms  best {min(times) * 1000:7.1f} ms  "
-              f"peak RSS {max(r for _, r in samples):5.1f} MB  ({len(samples)} runs)")
     ratio = summary["ovpndiag check"] / summary["import scapy.packet"]
     print(f"ratio check / import scapy.packet (medians): {ratio:.2f}  (target < 1.5)")
 

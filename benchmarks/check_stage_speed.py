@@ -13,7 +13,6 @@ Issue 11 asks for a ratio of at most 2 and at most 80 MB.
 """
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from check_speed import run  # noqa: E402 - one way to time a child process
+from check_speed import interleaved  # noqa: E402 - one way to time child processes
 
 
 def main():
@@ -38,23 +37,10 @@ def main():
         floor = [sys.executable, "-c", "import scapy.packet"]
         check = [sys.executable, "-m", "ovpndiag", "check", server.host, "-p", str(server.port), "--proto", args.proto,
                  "--stage", "data", "--ca", pki.ca, "--cert", pki.client["valid"], "--key", pki.client_key["valid"]]
-        names = ("import scapy.packet", "check --stage data")
-        results = {name: [] for name in names}
-        run(floor), run(check)  # warm the page cache
-        for _ in range(args.n):
-            for name, argv in zip(names, (floor, check)):
-                elapsed, rss, code = run(argv)
-                if argv is check and code != 0:
-                    raise SystemExit(f"check failed with exit {code}")
-                results[name].append((elapsed, rss))
+        medians = interleaved((("import scapy.packet", floor), ("check --stage data", check)), args.n,
+                              f", {args.proto}")
     finally:
         server.stop()
-    medians = {}
-    for name, samples in results.items():
-        times = [t for t, _ in samples]
-        medians[name] = statistics.median(times)
-        print(f"{name:<20} median {medians[name] * 1000:7.1f} ms  best {min(times) * 1000:7.1f} ms  "
-              f"peak RSS {max(r for _, r in samples):5.1f} MB  ({len(samples)} runs, {args.proto})")
     ratio = medians["check --stage data"] / medians["import scapy.packet"]
     print(f"ratio check --stage data / import scapy.packet (medians): {ratio:.2f}  (target <= 2)")
 
