@@ -1,0 +1,99 @@
+"""openvpn (and ovpndiag probe) command lines for a scenario's peers.
+
+Paths in them (keys/...) are relative to captures/, where every process runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .layout import CAPTURES
+from .scenario import Scenario, Side
+
+
+def wrap_args(side: Side, wrapping: str) -> list[str]:
+    if wrapping == "tls-auth":
+        args = ["--tls-auth", side.key]
+        if side.key_direction is not None:
+            args.append(str(side.key_direction))
+        return args + ["--auth", side.auth]
+    if wrapping == "tls-crypt":
+        return ["--tls-crypt", side.key]
+    if wrapping == "tls-crypt-v2":
+        return ["--tls-crypt-v2", side.key]
+    return []
+
+
+def server_argv(sc: Scenario, idx: int, local: str | None = None, subnet: str | None = None,
+                dev: str | None = None) -> list[str]:
+    proto = {("udp", 4): "udp4", ("udp", 6): "udp6",
+             ("tcp", 4): "tcp4-server", ("tcp", 6): "tcp6-server"}[(sc.transport, sc.family)]
+    return ["openvpn",
+            "--server", subnet or f"10.201.{idx}.0", "255.255.255.0",
+            "--topology", "subnet",
+            "--local", local or ("127.0.0.1" if sc.family == 4 else "::1"),
+            "--port", str(sc.port), "--proto", proto,
+            "--dev", dev or f"ovdiag-s{idx}", "--dev-type", "tun",
+            "--ca", "keys/ca.crt", "--cert", "keys/server.crt", "--key", "keys/server.key",
+            "--dh", "none",
+            "--ping", "1",
+            "--disable-dco",
+            "--verb", "3",
+            *wrap_args(sc.server, sc.wrapping),
+            *sc.server_extra]
+
+
+def client_argv(sc: Scenario, idx: int, remote: str | None = None, dev: str | None = None,
+                port: int | None = None) -> list[str]:
+    proto = {("udp", 4): "udp4", ("udp", 6): "udp6",
+             ("tcp", 4): "tcp4-client", ("tcp", 6): "tcp6-client"}[(sc.transport, sc.family)]
+    argv = ["openvpn",
+            "--client",
+            "--remote", remote or ("127.0.0.1" if sc.family == 4 else "::1"), str(port or sc.port),
+            "--proto", proto, "--nobind",
+            "--dev", dev or f"ovdiag-c{idx}", "--dev-type", "tun",
+            "--ca", "keys/ca.crt",
+            "--cert", f"keys/{sc.client_cert}.crt", "--key", f"keys/{sc.client_cert}.key",
+            "--remote-cert-tls", "server",
+            "--ping", "1",
+            "--connect-retry", "1", "1",
+            "--disable-dco",
+            "--verb", "3",
+            *wrap_args(sc.client, sc.wrapping),
+            *sc.client_extra]
+    if sc.outcome == "failed":
+        # Give up on an unanswered attempt after 1 s so several attempts (with fresh
+        # session ids) fit in the short capture.
+        argv += ["--server-poll-timeout", "1"]
+    return argv
+
+
+def static_key_argv(sc: Scenario, idx: int, role: str, server_addr: str) -> list[str]:
+    """A point-to-point static-key peer (`--secret`, no TLS): the "server" listens on the
+    scenario's port and learns its peer from the first authenticated packet."""
+    side = sc.server if role == "server" else sc.client
+    mine, theirs = (f"10.203.{idx}.1", f"10.203.{idx}.2") if role == "server" else \
+        (f"10.203.{idx}.2", f"10.203.{idx}.1")
+    argv = ["openvpn",
+            "--dev", f"ovdiag-{role[0]}{idx}", "--dev-type", "tun",
+            "--ifconfig", mine, theirs,
+            "--secret", side.key, str(side.key_direction),
+            "--cipher", "AES-256-CBC", "--auth", side.auth,
+            "--proto", "udp4",
+            "--ping", "1",
+            "--disable-dco",
+            "--verb", "3"]
+    if role == "server":
+        return argv + ["--local", server_addr, "--lport", str(sc.port)]
+    return argv + ["--remote", server_addr, str(sc.port), "--nobind"]
+
+
+def run_probe(sc: Scenario, log) -> None:
+    """ovpndiag's own probe, from this checkout, trying every setting against the server."""
+    env = dict(os.environ, PYTHONPATH=str(CAPTURES.parent))
+    argv = [sys.executable, "-m", "ovpndiag", "probe", "127.0.0.1", "-p", str(sc.port),
+            "--tls-auth", sc.client.key, "--try-keys"]
+    log.write("$ ovpndiag " + " ".join(argv[3:]) + "\n")
+    log.flush()
+    subprocess.run(argv, cwd=CAPTURES, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
