@@ -456,6 +456,83 @@ def test_the_fast_build_gives_scapys_bytes(layer, fields):
     assert problem is None and packet.session_id == fields["session_id"]
 
 
+def _scapy_fields(data):
+    """What ControlChannel.read takes from a packet, read by Scapy (None: malformed)."""
+    from ovpndiag import layers
+
+    packet, problem = layers.dissect(data)
+    if problem:
+        return None
+    acks = list(packet.acks or [])
+    payload = bytes(packet.payload) if packet.opcode in (3, 4) else b""
+    return (packet.opcode, packet.key_id, packet.session_id, acks,
+            packet.message_packet_id if "message_packet_id" in packet.fields else None,
+            packet.remote_session_id if acks else None, payload, list(getattr(packet, "tlvs", None) or []))
+
+
+def _codec_fields(received):
+    return (received.opcode, received.key_id, received.session_id, received.acks, received.message_packet_id,
+            received.remote_session_id, received.payload, received.tlvs)
+
+
+def test_the_struct_codec_builds_and_reads_what_scapy_does():
+    """PlainCodec (structs read off the layers' field lists) against the layers themselves:
+    every opcode it builds or reads, every ACK count, random values; and mangled packets
+    are either read the same or left to Scapy (None), never read differently."""
+    import random
+
+    from scapy.packet import Raw
+
+    from ovpndiag import layers
+    from ovpndiag.client.reliable import CODEC
+    from ovpndiag.protocol import MAX_ACKS, PLAIN
+
+    rng = random.Random(5)
+    shapes = [(layers.OpenVPNControl, 4), (layers.OpenVPNControl, 3), (layers.OpenVPNAck, 5),
+              (layers.OpenVPNReset, 7), (layers.OpenVPNReset, 8)]
+    packets = []
+    for layer, opcode in shapes:
+        for count in range(MAX_ACKS + 1):
+            for _ in range(3):
+                fields = dict(opcode=opcode, key_id=rng.randrange(8), session_id=rng.getrandbits(64),
+                              acks=[rng.getrandbits(32) for _ in range(count)])
+                if count:
+                    fields["remote_session_id"] = rng.getrandbits(64)
+                if layer is not layers.OpenVPNAck:
+                    fields["message_packet_id"] = rng.getrandbits(32)
+                payload = rng.randbytes(rng.randrange(1, 1200)) if layer is layers.OpenVPNControl else b""
+                expected = bytes(layer(**fields, wrapping=PLAIN) / Raw(payload)) if payload else \
+                    bytes(layer(**fields, wrapping=PLAIN))
+                assert CODEC.build(layer, fields, payload) == expected, (layer.__name__, count)
+                packets.append(expected)
+    read = 0
+    for data in packets:
+        received = CODEC.read(data)
+        if data[0] >> 3 in (3, 4, 5, 8):  # the server's packets: all read here
+            assert received is not None and _codec_fields(received) == _scapy_fields(data)
+            read += 1
+        else:
+            assert received is None  # a client reset is not ours to read
+    assert read == 4 * (MAX_ACKS + 1) * 3
+    # left to Scapy: a reset with TLVs, bytes after a P_ACK_V1's ACKs, too many ACKs
+    with_tlv = bytes(layers.OpenVPNReset(opcode=8, session_id=1, acks=[0], remote_session_id=2, message_packet_id=0,
+                                         tlvs=[layers.EarlyNegotiationFlags(flags=1)], wrapping=PLAIN))
+    assert CODEC.read(with_tlv) is None and _scapy_fields(with_tlv)[7]
+    assert CODEC.read(packets[2 * 27] + b"x") is None and _scapy_fields(packets[2 * 27] + b"x") is None
+    nine = bytes([4 << 3]) + bytes(8) + bytes([9]) + bytes(9 * 4 + 8 + 4)
+    assert CODEC.read(nine) is None and _scapy_fields(nine) is None
+    for _ in range(3000):  # mangled: cut short, bytes flipped
+        data = bytearray(rng.choice(packets))
+        if rng.random() < 0.5:
+            del data[rng.randrange(1, len(data)):]
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        data = bytes(data)
+        received = CODEC.read(data)
+        if received is not None:
+            assert _codec_fields(received) == _scapy_fields(data)
+
+
 def test_the_result_api_is_importable_without_scapy_or_tls():
     import subprocess
     import sys

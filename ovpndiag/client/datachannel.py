@@ -281,10 +281,8 @@ class DataChannel:
         # cryptography appends the tag; OpenVPN puts it before the ciphertext
         return self.header + packet_id + sealed[-TAG_SIZE:] + sealed[:-TAG_SIZE]
 
-    def open(self, packet: bytes) -> bytes:
-        """The plaintext of the peer's data packet, authenticated and not replayed.
-
-        Raises DataChannelError saying what is wrong."""
+    def _body(self, packet: bytes) -> bytes:
+        """What follows the header, read by the layers; raises DataChannelError."""
         from ..layers import dissect
 
         parsed, malformed = dissect(packet)
@@ -296,7 +294,18 @@ class DataChannel:
             raise DataChannelError(f"key_id {parsed.key_id}, ours is {self.key_id}")
         if self.peer_id is not None and parsed.peer_id != self.peer_id:
             raise DataChannelError(f"peer-id {parsed.peer_id}, ours is {self.peer_id}")
-        body = bytes(parsed.payload)
+        return bytes(parsed.payload)
+
+    def open(self, packet: bytes) -> bytes:
+        """The plaintext of the peer's data packet, authenticated and not replayed.
+
+        Raises DataChannelError saying what is wrong."""
+        if packet[:len(self.header)] == self.header:
+            # opcode, key_id and peer-id as ours (built by the layers): what the checks below
+            # accept, without a Scapy dissection (60 us, on the echo's round trip)
+            body = packet[len(self.header):]
+        else:
+            body = self._body(packet)
         if len(body) < PACKET_ID_SIZE + TAG_SIZE:
             raise DataChannelError(f"{len(body)} bytes after the header: too short for packet-id and tag")
         packet_id, tag, ciphertext = body[:4], body[4:4 + TAG_SIZE], body[4 + TAG_SIZE:]

@@ -13,7 +13,10 @@ packets and back:
   come out in message packet-id order;
 - every packet is built and read through the project's Scapy layers
   (``ovpndiag.layers``) and wrapped/unwrapped by the session's wrapper
-  (``ovpndiag.wrap``: none, tls-auth, tls-crypt, tls-crypt-v2).
+  (``ovpndiag.wrap``: none, tls-auth, tls-crypt, tls-crypt-v2). The usual
+  shapes go through ``PlainCodec``: one struct per shape, read off the
+  layers' field lists (a Scapy build or dissection costs 60-100 us, a dozen of
+  them a fifth of a loopback handshake); anything else through Scapy itself.
 
 No I/O here: ``outgoing(now)`` says what to send, ``receive(bytes, now)`` takes
 what came; the session moves the bytes. Over TCP nothing is retransmitted
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..layers import EARLY_NEG_START, OpenVPNAck, OpenVPNControl, OpenVPNReset, dissect
-from ..protocol import PLAIN
+from ..protocol import MAX_ACKS, OPCODES, PLAIN
 
 P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1, P_ACK_V1 = 3, 4, 5
 P_CONTROL_HARD_RESET_CLIENT_V2, P_CONTROL_HARD_RESET_SERVER_V2 = 7, 8
@@ -72,8 +75,13 @@ class Received:
     acks: List[int]
     message_packet_id: Optional[int]
     payload: bytes
-    packet: object  # the Scapy layer (plain layout)
+    packet: object  # the Scapy layer (plain layout); None when read by PlainCodec
     tlvs: list = field(default_factory=list)
+    remote_session_id: Optional[int] = None
+
+    @property
+    def opcode_name(self) -> str:
+        return OPCODES.get(self.opcode, f"opcode {self.opcode}")
 
 
 class ControlChannel:
@@ -191,17 +199,17 @@ class ControlChannel:
                           message_packet_id=entry.packet_id)
             if acks:
                 fields["remote_session_id"] = self.remote_session_id
-            plain = OpenVPNControl(**fields, wrapping=PLAIN)
-        raw = build(plain, entry.payload)
+            plain = CODEC.build(OpenVPNControl, fields, entry.payload)
+        raw = plain if isinstance(plain, bytes) else build(plain, entry.payload)
         if entry.opcode != raw[0] >> 3:  # V3 reset and WKC_V1: same plain layout, another opcode
             raw = bytes([entry.opcode << 3]) + raw[1:]
         return self._wrap(raw)
 
     def _build_ack(self) -> bytes:
         acks = self._take_acks(ACK_V1_ACKS)
-        plain = OpenVPNAck(session_id=self.session_id, acks=acks, remote_session_id=self.remote_session_id,
-                           wrapping=PLAIN)
-        return self._wrap(build(plain))
+        fields = dict(opcode=P_ACK_V1, session_id=self.session_id, acks=acks,
+                      remote_session_id=self.remote_session_id)
+        return self._wrap(CODEC.build(OpenVPNAck, fields))
 
     def _wrap(self, raw: bytes) -> bytes:
         self.replay_packet_id += 1
@@ -216,6 +224,9 @@ class ControlChannel:
         from ..wrap import WrapError
 
         unwrapped = self.wrapper.unwrap(wire)
+        received = CODEC.read(unwrapped.plain)
+        if received is not None:
+            return received
         packet, problem = dissect(unwrapped.plain, PLAIN)
         if problem:
             raise WrapError(problem)
@@ -223,8 +234,9 @@ class ControlChannel:
         acks = list(getattr(packet, "acks", None) or [])
         mpid = packet.message_packet_id if "message_packet_id" in packet.fields else None
         payload = getattr(packet.payload, "load", b"") if opcode in (P_CONTROL_V1, P_CONTROL_SOFT_RESET_V1) else b""
+        remote = packet.remote_session_id if acks and "remote_session_id" in packet.fields else None
         return Received(opcode, packet.key_id, packet.session_id, acks, mpid, payload, packet,
-                        list(getattr(packet, "tlvs", None) or []))
+                        list(getattr(packet, "tlvs", None) or []), remote)
 
     def receive(self, received: Received) -> bytes:
         """Take one server packet: note its ACKs, queue our ACK of it, and return
@@ -290,6 +302,137 @@ class ControlChannel:
                 entry.later_acks += 1
                 if entry.later_acks == 1:
                     entry.due = min(entry.due, now)
+
+
+class PlainCodec:
+    """Plain (unwrapped) control packets as structs, one per shape (layer, opcode,
+    ACK count), each read off the layer's ``fields_desc`` the first time it is
+    needed: which fields are there (Scapy's own conditions, evaluated on a packet of
+    that shape), in which order, in which struct format. A shape with a field that is
+    not a plain number (a wrapping's HMAC or tag, a WKc) is left to Scapy, and so is
+    a packet with TLVs or one Scapy would call malformed. tests/test_client.py proves
+    the bytes and the fields equal to Scapy's."""
+
+    def __init__(self):
+        self._shapes = {}
+
+    def shape(self, layer, opcode: int, count: int) -> Optional["_Shape"]:
+        key = (layer, opcode, count)
+        if key not in self._shapes:
+            self._shapes[key] = _Shape.derive(layer, opcode, count)
+        return self._shapes[key]
+
+    def build(self, layer, fields: dict, payload: bytes = b""):
+        """The packet's bytes; or, for a shape without a struct, the Scapy layer to build."""
+        shape = self.shape(layer, fields.get("opcode", 0), len(fields.get("acks") or ()))
+        if shape is None or any(fields.get(name) for name in shape.empty):
+            return layer(**fields, wrapping=PLAIN)
+        values = []
+        for kind, name, detail in shape.steps:
+            if kind == "bits":
+                byte = 0
+                for bit_name, bits, default in detail:
+                    byte = byte << bits | fields.get(bit_name, default)
+                values.append(byte)
+            elif kind == "count":
+                values.append(len(fields[detail]))
+            elif kind == "list":
+                values.extend(fields[name])
+            else:
+                values.append(fields.get(name, detail))
+        return shape.struct.pack(*values) + payload
+
+    def read(self, plain: bytes) -> Optional["Received"]:
+        """A server packet of a usual shape (P_CONTROL_V1, soft reset, P_ACK_V1, a
+        server reset without TLVs), or None: then Scapy reads it (and says what is wrong)."""
+        layer, carries_payload = _READ_LAYERS.get(plain[0] >> 3, (None, False)) if plain else (None, False)
+        if layer is None:
+            return None
+        opcode = plain[0] >> 3
+        first = self.shape(layer, opcode, 0)
+        if first is None or len(plain) <= first.count_at or plain[first.count_at] > MAX_ACKS:
+            return None
+        shape = self.shape(layer, opcode, plain[first.count_at])
+        if shape is None or len(plain) < shape.struct.size:
+            return None
+        payload = plain[shape.struct.size:]
+        if payload and not carries_payload:
+            return None  # bytes after a P_ACK_V1's ACKs (malformed), a reset's TLVs
+        values = iter(shape.struct.unpack_from(plain))
+        got = {}
+        for kind, name, detail in shape.steps:
+            if kind == "bits":
+                byte, left = next(values), 8
+                for bit_name, bits, _default in detail:
+                    left -= bits
+                    got[bit_name] = byte >> left & ((1 << bits) - 1)
+            elif kind == "list":
+                got[name] = [next(values) for _ in range(detail)]
+            else:
+                got[name] = next(values)
+        return Received(opcode, got["key_id"], got["session_id"], got.get("acks", []),
+                        got.get("message_packet_id"), payload, None, [], got.get("remote_session_id"))
+
+
+class _Shape:
+    """One shape's struct and what each of its values is: steps of (kind, name, detail)
+    with kind "bits" (detail: [(name, bits, default)] sharing one byte), "count" (the
+    number of items of field ``detail``), "list" (``detail`` numbers) or "value" (detail:
+    the default); ``count_at``: the count's offset; ``empty``: list fields that must be
+    empty here (a reset's TLVs)."""
+
+    def __init__(self, struct_, steps, count_at, empty):
+        self.struct, self.steps, self.count_at, self.empty = struct_, steps, count_at, empty
+
+    @classmethod
+    def derive(cls, layer, opcode, count) -> Optional["_Shape"]:
+        from scapy.fields import ConditionalField, Field, FieldLenField, FieldListField, PacketListField
+        from scapy.fields import _BitField as BitField  # BitField and BitEnumField
+
+        template = layer(opcode=opcode, acks=[0] * count, wrapping=PLAIN)
+        codes, steps, bits, count_at, empty = "!", [], [], None, []
+
+        def number(field):  # written as struct writes its format, nothing computed
+            return type(field).addfield is Field.addfield and type(field).i2m is Field.i2m and \
+                struct.calcsize(field.fmt) == field.sz
+
+        for field in template.fields_desc:
+            if isinstance(field, ConditionalField):
+                if not field._evalcond(template):
+                    continue
+                field = field.fld
+            if isinstance(field, BitField):
+                bits.append((field.name, field.size, field.default))
+                if sum(size for _name, size, _default in bits) == 8:
+                    codes += "B"
+                    steps.append(("bits", None, bits))
+                    bits = []
+                continue
+            if bits or empty:  # bits across a byte boundary; a field after the TLVs
+                return None
+            if isinstance(field, FieldLenField) and field.count_of and type(field).addfield is Field.addfield:
+                count_at = struct.calcsize(codes)
+                codes += field.fmt[-1]
+                steps.append(("count", field.name, field.count_of))
+            elif isinstance(field, FieldListField) and number(field.field):
+                codes += field.field.fmt[-1] * count
+                steps.append(("list", field.name, count))
+            elif isinstance(field, PacketListField):
+                empty.append(field.name)
+            elif number(field):
+                codes += field.fmt[-1]
+                steps.append(("value", field.name, field.default))
+            else:
+                return None
+        if bits or count_at is None:
+            return None
+        return cls(struct.Struct(codes), steps, count_at, empty)
+
+
+CODEC = PlainCodec()
+# the server's packets PlainCodec reads, by opcode: (layer, whether TLS bytes follow)
+_READ_LAYERS = {P_CONTROL_V1: (OpenVPNControl, True), P_CONTROL_SOFT_RESET_V1: (OpenVPNControl, True),
+                P_ACK_V1: (OpenVPNAck, False), P_CONTROL_HARD_RESET_SERVER_V2: (OpenVPNReset, False)}
 
 
 def build(layer, payload: bytes = b"") -> bytes:

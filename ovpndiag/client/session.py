@@ -645,14 +645,14 @@ class Client:
             return
         if received.opcode == P_CONTROL_HARD_RESET_SERVER_V2:
             if self._server_reset is None:
-                if received.acks and received.acks[0] != 0 or (received.acks and received.packet.remote_session_id
+                if received.acks and received.acks[0] != 0 or (received.acks and received.remote_session_id
                                                                != self.channel.session_id):
                     raise _StageFailed("wrong-reply", "the server's reset does not answer ours "
                                                       "(another session id)")
                 self._server_reset = received
                 self.channel.resend_wkc = bool(early_negotiation_flags(received.tlvs) & 1)
         elif self._server_reset is None:
-            self.channel.ignored.append(f"{received.packet.opcode_name} before the server's reset")
+            self.channel.ignored.append(f"{received.opcode_name} before the server's reset")
             return
         try:
             data = self.channel.receive(received)
