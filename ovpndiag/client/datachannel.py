@@ -248,6 +248,7 @@ class DataChannel:
     def __init__(self, key2: bytes, cipher: str, peer_id: Optional[int] = None, key_id: int = 0,
                  server: bool = False, compression: str = "none", fragment: bool = False):
         from ..layers import OpenVPNDataV1, OpenVPNDataV2
+        from .reliable import build  # bytes(layer) without Scapy's copy: 25 us, not 75
 
         if compression not in FRAMINGS:
             raise DataChannelError(f"unknown compression framing {compression!r}")
@@ -256,11 +257,11 @@ class DataChannel:
         self.send_keys, self.recv_keys = split_key2(key2, cipher, server)
         # The header is the same for every packet: built once through the layers.
         if peer_id is None:
-            self.header, self.layer = bytes(OpenVPNDataV1(key_id=key_id)), OpenVPNDataV1
+            self.header, self.layer = build(OpenVPNDataV1(key_id=key_id)), OpenVPNDataV1
         else:
             if not 0 <= peer_id <= 0xFFFFFF:
                 raise DataChannelError(f"peer-id {peer_id} does not fit in 3 bytes")
-            self.header, self.layer = bytes(OpenVPNDataV2(key_id=key_id, peer_id=peer_id)), OpenVPNDataV2
+            self.header, self.layer = build(OpenVPNDataV2(key_id=key_id, peer_id=peer_id)), OpenVPNDataV2
         self.ad_header = self.header if peer_id is not None else b""
         self.next_packet_id = 1
         self.replay = ReplayWindow()
