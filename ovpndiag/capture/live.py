@@ -69,8 +69,9 @@ _IPV4_PROTOCOLS = (6, 17)                                  # TCP, UDP (fragments
 _IPV6_NEXT = (6, 17, 44, 0, 43, 60, 51, 135, 139, 140)      # TCP, UDP, fragment, extension headers
 
 
-def _filter_program(loopback: bool) -> List[Tuple[int, int, int, int]]:
-    """Accept IPv4/IPv6 packets carrying UDP or TCP, whole; reject everything else."""
+def _filter_program(loopback: bool, user=()) -> List[Tuple[int, int, int, int]]:
+    """Accept IPv4/IPv6 packets carrying UDP or TCP, whole; reject everything else. With
+    ``user`` (a compiled capture filter, -f) those packets go on to it instead of being accepted."""
     program = []
     if loopback:
         program += [(_LDB_ABS, 0, 0, _AD_PKTTYPE), (_JEQ, "reject", 0, PACKET_OUTGOING)]
@@ -81,8 +82,77 @@ def _filter_program(loopback: bool) -> List[Tuple[int, int, int, int]]:
     program += [(_JEQ, "accept", 0, value) for value in _IPV6_NEXT]
     program += [(_JA, 0, 0, "reject"), ("label", "ipv4"), (_LDB_ABS, 0, 0, 9)]
     program += [(_JEQ, "accept", 0, value) for value in _IPV4_PROTOCOLS]
-    program += [("label", "reject"), (_RET, 0, 0, 0), ("label", "accept"), (_RET, 0, 0, 0xFFFFFFFF)]
+    program += [("label", "reject"), (_RET, 0, 0, 0), ("label", "accept")]
+    # The user's program (its jumps are relative: they stay right), each packet it accepts taken whole.
+    program += [(op, jt, jf, 0xFFFFFFFF if op & 0x07 == _RET and k else k) for op, jt, jf, k in user] \
+        or [(_RET, 0, 0, 0xFFFFFFFF)]
     return _assemble(program)
+
+
+class CaptureFilterError(ValueError):
+    """A capture filter (-f) that libpcap cannot compile; the message is one line."""
+
+
+DLT_RAW = 12  # libpcap's raw IP: the network header at offset 0, as on this cooked socket
+
+
+def compile_capture_filter(expression: str) -> List[Tuple[int, int, int, int]]:
+    """A pcap-filter(7) expression as classic BPF for raw IP packets: by libpcap itself
+    (ctypes, pcap_compile on a dead handle), or by ``tcpdump -ddd`` where libpcap cannot be loaded."""
+    import ctypes.util
+
+    name = ctypes.util.find_library("pcap")
+    try:
+        pcap = ctypes.CDLL(name or "libpcap.so.0.8")
+    except OSError:
+        return _tcpdump_compile(expression)
+
+    class Program(ctypes.Structure):
+        _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+
+    pcap.pcap_open_dead.restype = ctypes.c_void_p
+    pcap.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+    pcap.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(Program), ctypes.c_char_p, ctypes.c_int,
+                                  ctypes.c_uint32]
+    pcap.pcap_geterr.restype = ctypes.c_char_p
+    pcap.pcap_geterr.argtypes = [ctypes.c_void_p]
+    pcap.pcap_freecode.argtypes = [ctypes.POINTER(Program)]
+    pcap.pcap_close.argtypes = [ctypes.c_void_p]
+    handle = pcap.pcap_open_dead(DLT_RAW, 262144)
+    if not handle:
+        return _tcpdump_compile(expression)
+    program = Program()
+    try:
+        if pcap.pcap_compile(handle, ctypes.byref(program), expression.encode(), 1, 0xFFFFFFFF) != 0:
+            raise CaptureFilterError(f"bad capture filter '{expression}': "
+                                     f"{pcap.pcap_geterr(handle).decode(errors='replace')}")
+        code = ctypes.string_at(program.bf_insns, program.bf_len * 8)
+        pcap.pcap_freecode(ctypes.byref(program))
+    finally:
+        pcap.pcap_close(handle)
+    return [struct.unpack_from("<HBBI", code, offset) for offset in range(0, len(code), 8)]
+
+
+def _tcpdump_compile(expression):
+    """``tcpdump -ddd`` over an empty raw-IP capture (its link type is the file's)."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".pcap") as empty:
+        empty.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, LINKTYPE_RAW))
+        empty.flush()
+        try:
+            done = subprocess.run(["tcpdump", "-r", empty.name, "-ddd", expression], capture_output=True,
+                                  text=True, env={**os.environ, "LC_ALL": "C"})
+        except OSError:
+            raise CaptureFilterError("-f needs libpcap or tcpdump, and neither was found") from None
+    if done.returncode != 0:
+        message = next((line for line in done.stderr.splitlines() if not line.startswith("reading from")),
+                       "tcpdump could not compile it")
+        raise CaptureFilterError(f"bad capture filter '{expression}': {message.removeprefix('tcpdump: ')}")
+    numbers = [tuple(map(int, line.split())) for line in done.stdout.splitlines()[1:] if line.strip()]
+    return [tuple(n) for n in numbers]
 
 
 def _assemble(program):
@@ -120,8 +190,9 @@ class LiveCapture:
     """One interface opened for capture: ``batches()`` yields its frames, ``stats()``
     says what the kernel counted."""
 
-    def __init__(self, interface: str, buffer_mib: int = DEFAULT_BUFFER_MIB):
+    def __init__(self, interface: str, buffer_mib: int = DEFAULT_BUFFER_MIB, capture_filter=()):
         self.interface = interface
+        self.capture_filter = capture_filter  # compile_capture_filter's program (-f), run after ours
         self.buffer_mib = buffer_mib
         self.blocks = max(4, (buffer_mib << 20) // BLOCK_SIZE)
         self.read = 0                   # frames handed out
@@ -150,7 +221,7 @@ class LiveCapture:
             raise LiveError(f"cannot open a packet socket: {getattr(error, 'strerror', None) or error}") from None
         try:
             sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-            _attach(sock, _filter_program(_is_loopback(interface)))
+            _attach(sock, _filter_program(_is_loopback(interface), self.capture_filter))
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, _ring_request(
                 BLOCK_SIZE, self.blocks, BLOCK_SIZE, self.blocks, BLOCK_TIMEOUT_MS, 0, 0))
         except OSError as error:
@@ -238,5 +309,5 @@ class LiveCapture:
         self.sock.close()
 
 
-def open_interface(interface: str, buffer_mib: int = DEFAULT_BUFFER_MIB) -> LiveCapture:
-    return LiveCapture(interface, buffer_mib)
+def open_interface(interface: str, buffer_mib: int = DEFAULT_BUFFER_MIB, capture_filter=()) -> LiveCapture:
+    return LiveCapture(interface, buffer_mib, capture_filter)

@@ -94,9 +94,12 @@ def scan(source: Source) -> Iterator[Tuple[int, float, int, bytes, int]]:
 
 @contextlib.contextmanager
 def opened(source: Source):
-    """``(binary file, name for messages)``; a path is opened (and closed) here."""
+    """``(binary file, name for messages)``; a path is opened (and closed) here. A
+    gzip-compressed capture (told by its magic, as tshark does) is decompressed as it
+    is read - a file object too, if it can ``peek``."""
     if hasattr(source, "read"):
-        yield source, str(getattr(source, "name", "<capture>"))
+        name = str(getattr(source, "name", "<capture>"))
+        yield _gunzipped(source, name), name
         return
     name = os.fspath(source)
     try:
@@ -104,7 +107,50 @@ def opened(source: Source):
     except OSError as e:
         raise CaptureError(f"{name}: {e.strerror or e}") from None
     with f:
-        yield f, name
+        yield _gunzipped(f, name), name
+
+
+def _gunzipped(f, name):
+    peek = getattr(f, "peek", None)
+    try:
+        if peek is None or peek(2)[:2] != b"\x1f\x8b":
+            return f
+    except OSError:
+        return f  # (read() then says what is wrong)
+    return _Gunzip(f, name)
+
+
+class _Gunzip:
+    """A gzip stream read as the capture inside it; damage or an early end is a
+    CaptureError, raised after everything before it was read."""
+
+    def __init__(self, f, name):
+        import gzip
+
+        self.gzip, self.name, self.given, self.failure = gzip.GzipFile(fileobj=f, mode="rb"), name, 0, None
+
+    def read(self, size):
+        import zlib
+
+        if self.failure is not None:
+            raise self.failure
+        data = b""
+        try:
+            while len(data) < size:  # whole chunks, as a plain file gives them
+                more = self.gzip.read1(size - len(data))
+                if not more:
+                    break
+                data += more
+        except EOFError:
+            self.failure = CaptureError(f"{self.name}: compressed capture truncated (the gzip stream ends "
+                                        f"after {self.given + len(data):,} bytes of capture)")
+        except (OSError, zlib.error) as error:
+            self.failure = CaptureError(f"{self.name}: corrupt gzip stream after "
+                                        f"{self.given + len(data):,} bytes of capture: {error}")
+        if self.failure is not None and not data:
+            raise self.failure
+        self.given += len(data)
+        return data
 
 
 class Header(NamedTuple):
