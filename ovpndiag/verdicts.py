@@ -105,11 +105,17 @@ _ALL = [
     Verdict("wrong-reply", "reset", "the server answered, but not as to our reset (wrong session or opcode)",
             ("another client may share the address, or a middlebox rewrites packets: run again and "
              "capture (--write)",)),
-    Verdict("max-clients", "tls",
-            "the server answered the reset, then dropped the session: it has as many clients as its "
-            "max-clients allows",
+    # No one stage: over UDP a full server answers the reset and drops the ClientHello (tls);
+    # over TCP it closes the connection before answering the reset (reset).
+    Verdict("max-clients", None,
+            "the server takes no new client: it answers resets but drops every ClientHello (UDP), or closes "
+            "every new connection before reading it (TCP) - it has as many clients as its max-clients allows",
             ("raise max-clients on the server, or look for stale sessions filling it (its log: 'would "
-             "exceed maximum number of clients')",), capture=False),
+             "exceed maximum number of clients')",
+             "UDP: a server over its --connect-freq limit of new sessions looks the same (its log: 'would "
+             "exceed new connection frequency limit'): try again later",
+             "TCP: a connection limit in front of the server (a firewall's connlimit, a proxy) looks the same"),
+            capture=False),
     # --- tls stage ---------------------------------------------------------------------------
     Verdict("client-hello-rejected", "tls",
             "the server stopped after our ClientHello, or refused it: no common TLS version or cipher suite",

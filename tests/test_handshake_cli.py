@@ -599,6 +599,28 @@ def test_tls_version_max_tests_a_servers_minimum(tmp_path):
         server.stop()
 
 
+@pytest.mark.parametrize("proto, stage, evidence", [
+    ("udp", "tls", "dropped a second session's ClientHello offering TLS 1.0-1.3 and every cipher suite too"),
+    ("tcp", "reset", "closes a new idle connection at once too")])
+def test_check_names_a_full_server(proto, stage, evidence):
+    """A server with max-clients reached: CRITICAL, the stage it shows at, max-clients and why."""
+    from servers import max_clients_server, pki_client
+
+    server = max_clients_server(proto=proto).start()
+    first = pki_client(server).start()  # the one client it takes
+    try:
+        result = ovpndiag("check", server.host, "-p", server.port, "--proto", proto, "--stage", "tls",
+                          *pki_options(), "-t", "2", "-v")
+    finally:
+        first.stop()
+        server.stop()
+    line = result.stdout.splitlines()[0]
+    assert result.returncode == 2 and STATUS.match(line), result.stdout
+    assert line.startswith(f"OPENVPN CRITICAL - 127.0.0.1:{server.port}/{proto}: {stage} stage failed: "), line
+    assert evidence in line and "max-clients reached" in line, line
+    assert "verdict: max-clients" in result.stdout.splitlines(), result.stdout
+
+
 def test_warn_on_retry_applies_to_a_staged_check():
     result = _result()
     result.stages[0].facts = {"resets_sent": 2}

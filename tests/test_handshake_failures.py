@@ -52,14 +52,25 @@ CLIENT_WRAPPING = {
 def handshake(target, stage="data", client="valid", timeout=TIMEOUT, wrapping="none",
               **options) -> HandshakeResult:
     """Runs the Client with the test PKI's CA and client certificate ``client`` against ``target``."""
+    return make_client(target, stage, client, timeout, wrapping, **options).run(stage)
+
+
+def make_client(target, stage="data", client="valid", timeout=TIMEOUT, wrapping="none", keys=None,
+                **options) -> Client:
+    """The Client ``handshake`` runs (``keys``: the wrapping's key files instead of the server's)."""
     pki = get_pki()
-    keys = {name: str(CAPTURES / path) if path.startswith("keys/") else path
-            for name, path in CLIENT_WRAPPING[wrapping].items()}
+    keys = keys or {name: str(CAPTURES / path) if path.startswith("keys/") else path
+                    for name, path in CLIENT_WRAPPING[wrapping].items()}
     probe = probe_settings(host=target.host, port=target.port, proto=target.proto, family=4, timeout=timeout,
                            retry_interval=0.5, **keys)
     settings = HandshakeSettings(probe=probe, ca=pki.ca, cert=pki.client[client], key=pki.client_key[client],
                                  stage=stage, **options)
-    return Client(settings).run(stage)
+    return Client(settings)
+
+
+def local_ports(client) -> set:
+    """The client's source ports: one per session it opened (a second session has its own)."""
+    return {local[1] for _, local, _, _, _, sent in client.exchange if sent}
 
 
 def assert_fails(result, verdict, stage, *evidence):
@@ -194,6 +205,28 @@ def test_tls_version_mismatch(started, proto):
     assert control.verdict == "ok" and control.tls["version"] == "TLSv1.3", control.message
 
 
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_tls_version_mismatch_is_proven_by_a_second_session(started, proto):
+    """Silence after our ClientHello is a refusal or a full server: a second session offering every
+    TLS version and suite is answered, so it was our TLS version - and that session, ended by our
+    alert at once, leaves nothing on the server."""
+    server = started(tls13_server(proto=proto))
+    client = make_client(server_target(server), tls_version_max="1.2")
+    result = client.run("data")
+    assert_fails(result, "client-hello-rejected", "tls", "after our ClientHello",
+                 "but answered a second session's ClientHello offering TLS 1.0-1.3 and every cipher suite "
+                 "(TLSv1.3 TLS_AES_256_GCM_SHA384): proven, no common TLS version",
+                 "above our maximum, TLS 1.2")
+    widest = result.stage("tls").facts["widest_hello"]
+    assert widest["reset_answered"] and widest["answered"] and widest["version"] == "TLSv1.3", widest
+    ours = client.exchange[0][1][1]  # (our first packet's source port)
+    (second,) = local_ports(client) - {ours}
+    # the server refused our ClientHello for its version, and took the second session's, which our alert ended
+    assert server.wait_for(rf"127.0.0.1:{ours} TLS error: Unsupported protocol", 1)
+    assert server.wait_for(rf"127.0.0.1:{second} Received fatal SSL alert: unknown CA", 1)
+    assert server.wait_for(rf"127.0.0.1:{second} SIGUSR1\[soft,tls-error\] received, client-instance restarting", 1)
+
+
 @pytest.mark.parametrize("wrapping", ["tls-auth", "tls-crypt", "tls-crypt-v2"])
 def test_tls_version_mismatch_under_a_wrapping(started, wrapping):
     """Silence after the ClientHello, then a fresh reset that must be wrapped as the first was,
@@ -233,28 +266,51 @@ def test_no_shared_data_cipher(started, proto):
 # --- the server's state ----------------------------------------------------------------------
 
 def test_max_clients_reached_over_udp(started):
-    """A full 2.6 server answers the reset (statelessly) and drops the ClientHello: on the wire
-    exactly a refused ClientHello, so the client names that and gives max-clients as the other
-    cause. (The vocabulary's own "max-clients" would need a second, unrestricted ClientHello
-    to tell the two apart; the client does not send one.)"""
+    """A full 2.6 server answers the reset (statelessly) and drops the ClientHello: on the wire a
+    refused ClientHello. A second session offering every TLS version and suite is dropped too
+    (while a TLS mismatch gets it answered: the test above), so the server is full."""
     server = started(max_clients_server())
     started(pki_client(server))  # the one client it takes
-    result = handshake(server_target(server))
-    assert_fails(result, "client-hello-rejected", "tls", "after our ClientHello", "max-clients")
-    assert result.stage("tls").facts["server_tls_bytes"] == 0
-    assert server.wait_for(r"new incoming connection would exceed maximum number of clients \(1\)", 1)
+    client = make_client(server_target(server))
+    begun = time.monotonic()
+    result = client.run("data")
+    took = time.monotonic() - begun
+    assert_fails(result, "max-clients", "tls", "after our ClientHello",
+                 "dropped a second session's ClientHello offering TLS 1.0-1.3 and every cipher suite too, though "
+                 "it answered that session's reset", "max-clients reached")
+    facts = result.stage("tls").facts
+    assert facts["server_tls_bytes"] == 0 and facts["widest_hello"] == {
+        "reset_answered": True, "answered": False, "session_id": facts["widest_hello"]["session_id"]}, facts
+    assert took < TIMEOUT + 1, f"{took:.1f} s: the budget is {TIMEOUT} s"
+    # both sessions reached the server, and both were refused as one client too many
+    ports = local_ports(client)
+    assert len(ports) == 2
+    for port in ports:
+        assert server.wait_for(rf"127.0.0.1:{port} MULTI: new incoming connection would exceed maximum number of "
+                               rf"clients \(1\)", 1)
 
 
 def test_max_clients_reached_over_tcp(started):
     """Over TCP a full server accepts the connection and drops it before any answer: a FIN, or an
-    RST when our reset was still unread (about half the runs each on loopback). The client cannot
-    see why, so it names the closed connection at the reset stage, not max-clients."""
+    RST when our reset was still unread. A second connection that sends nothing is closed at once
+    too: the server refused it for being one too many, not for anything we sent."""
     server = started(max_clients_server(proto="tcp"))
     started(pki_client(server))  # the one client it takes
     result = handshake(server_target(server))
+    assert_fails(result, "max-clients", "reset", f"127.0.0.1:{server.port}/tcp closed the connection",
+                 "closes a new idle connection at once too", "max-clients reached")
+    assert result.stage("reset").facts["idle_connection_closed_after"] < 0.3
+    assert server.wait_for(r"(?s)(new incoming connection would exceed maximum number of clients \(1\).*){2}", 1)
+
+
+def test_a_wrong_tls_auth_key_over_tcp_is_not_max_clients(started):
+    """A server with room closes our connection too when our reset does not verify, but only after
+    reading it: an idle connection stays open, so the client keeps the closed connection."""
+    server = started(pki_server("valid", proto="tcp", wrapping="tls-auth"))
+    result = handshake(server_target(server), keys={"tls_auth": str(CAPTURES / "keys/tc.key"), "key_direction": "1"})
     assert result.verdict in ("connection-closed", "connection-reset"), result.message
     assert_fails(result, result.verdict, "reset", f"127.0.0.1:{server.port}")
-    assert server.wait_for(r"new incoming connection would exceed maximum number of clients \(1\)", 1)
+    assert server.wait_for(r"packet HMAC authentication failed", 1)
 
 
 @pytest.mark.parametrize("wrapping", ["none", "tls-crypt-v2"])

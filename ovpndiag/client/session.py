@@ -8,10 +8,13 @@
 
 Each stage method returns a ``Stage``; ``run`` chains them and fills a
 ``HandshakeResult`` with a verdict from ovpndiag.verdicts. Silence is judged by
-what was last sent: no answer to our ClientHello means the server refused it (no
-common TLS version or cipher, or max-clients); no ACK of our certificate flight
-means it refused our certificate - unless the server is not answering anybody any
-more (a fresh reset goes unanswered too): then it stopped.
+what was last sent: no answer to our ClientHello means the server refused it - or
+is full: a second session whose ClientHello offers every TLS version and suite
+tells the two apart (answered: our TLS settings; dropped too: max-clients). No ACK
+of our certificate flight means it refused our certificate - unless the server is
+not answering anybody any more (a fresh reset goes unanswered too): then it
+stopped. Over TCP a full server closes the connection before reading anything:
+an idle second connection closed at once says so.
 
 Packets go through ``reliable.ControlChannel`` (the Scapy layers and the
 session's wrapper) over ovpndiag.transport's sockets; ``exchange`` keeps every
@@ -35,6 +38,8 @@ EXPORTER_LABEL = "EXPORTER-OpenVPN-datakeys"
 PUSH_RETRY = 3.0  # PUSH_REQUEST again when unanswered this long (the server may be slow to authenticate)
 LIVENESS_RESERVE = 1.0  # seconds kept at the end of the budget to ask whether the server still answers
 CLOSE_BUDGET = 1.0  # seconds close() may take to get EXIT acknowledged, beyond the stages' budget
+IDLE_WAIT = 0.3  # TCP: an idle connection the server keeps this long was not refused for being one too many
+WIDEST_OFFER = "TLS 1.0-1.3 and every cipher suite"  # what the second session's ClientHello offers
 
 
 class _StageFailed(Exception):
@@ -261,6 +266,7 @@ class Client:
 
     def _reset_address(self, address, until):
         self.result.address = str(address)
+        self._address = address
         if self.proto == "udp":
             self.link = transport.UDPTransport(address)
         else:
@@ -276,7 +282,12 @@ class Client:
         self._server_reset = None
         self._flush()  # the reset goes out; then, while the server answers, the ClientHello is made
         self.tls_client.handshake()  # (it stays in the memory BIO until the tls stage takes it)
-        if not self._pump(lambda: self._server_reset is not None, until):
+        try:
+            answered = self._pump(lambda: self._server_reset is not None, until)
+        except (transport.Closed, transport.Reset) as error:
+            self._judge_closed_connection(address, error)
+            raise
+        if not answered:
             sends = self.channel.packets_sent
             raise _StageFailed("server-silent", f"no reply from {address}/{self.proto} to {sends} reset"
                                f"{'s' if sends != 1 else ''} in {self.elapsed():.1f} s",
@@ -289,6 +300,46 @@ class Client:
             facts["early_negotiation"] = "RESEND_WKC"
         rtt = f" in {self.channel.srtt * 1000:.1f} ms" if self.channel.srtt is not None else ""
         return f"{address}/{self.proto} answered{rtt} ({self.result.wrapping})", facts
+
+    def _judge_closed_connection(self, address, error):
+        """TCP: the server dropped the connection before answering our reset. A full 2.6
+        server accepts and closes every new connection before reading from it; one with
+        room keeps an idle connection open (waiting for a reset), and closes ours only
+        in answer to what we sent (e.g. another tls-auth key). Raises max-clients, or
+        returns (the caller keeps connection-closed/-reset)."""
+        if self.proto != "tcp":
+            return
+        closed_after = self._idle_connection_closed(address)
+        if closed_after is None:
+            return
+        raise _StageFailed("max-clients", f"{address}/tcp closed the connection without answering our reset, and "
+                                          f"closes a new idle connection at once too ({closed_after * 1000:.1f} ms "
+                                          f"after accepting it, without being sent anything): the server is full "
+                                          f"(max-clients reached), or a connection limit in front of OpenVPN "
+                                          f"refuses new connections",
+                           {"closed": str(error), "idle_connection_closed_after": closed_after})
+
+    def _idle_connection_closed(self, address) -> Optional[float]:
+        """Seconds after which the server closed a new connection we sent nothing on,
+        or None when it kept it open IDLE_WAIT (or several round trips) or time is short."""
+        if self.deadline - time.monotonic() <= 0.05:
+            return None
+        begun = time.monotonic()
+        try:
+            link = transport.TCPTransport(address, self.deadline)
+        except transport.TransportError:
+            return None
+        accepted = time.monotonic()
+        wait = min(max(IDLE_WAIT, 4 * (accepted - begun)), self.deadline - accepted)
+        try:
+            link.receive(accepted + wait)
+        except (transport.Closed, transport.Reset):
+            return time.monotonic() - accepted
+        except transport.TransportError:
+            return None  # still open (Timeout), or it said something first: not a silent refusal
+        finally:
+            link.close()
+        return None
 
     # tls ---------------------------------------------------------------------------------------
 
@@ -385,19 +436,84 @@ class Client:
         self.result.server_certificate = facts["server_certificate"]
         if closed:
             detail, facts["closed"] = "the server closed the connection", closed
+        if verdict == "client-hello-rejected":
+            self._judge_hello_silence(detail, facts)
         if verdict != "server-stopped" and not closed and not self._server_alive():
             verdict = "server-stopped"
             raise _StageFailed(verdict, f"the server stopped answering after {what} ({detail}), and a new reset "
                                         f"is not answered either", facts)
-        if verdict == "client-hello-rejected":
-            message = f"the server went silent after our ClientHello ({detail}): no common TLS version or " \
-                      f"cipher suite, or max-clients reached"
-        elif verdict == "client-certificate-rejected":
+        if verdict == "client-certificate-rejected":
             message = f"the server went silent after {what} ({detail}): it refused our certificate " \
                       f"(untrusted, revoked or expired{', or none given' if not self.settings.cert else ''})"
         else:
             message = f"the server stopped answering half-way through TLS ({what}: {detail})"
         raise _StageFailed(verdict, message, facts)
+
+    def _judge_hello_silence(self, detail, facts):
+        """No TLS answer to our ClientHello: a refused ClientHello, or a full server (which
+        answers resets statelessly and drops the session's next packet). Ask with a
+        second session offering everything: answered -> it was our TLS settings; dropped
+        too -> (UDP) max-clients. Always raises."""
+        head = f"the server went silent after our ClientHello ({detail})"
+        if self.deadline - time.monotonic() <= 0.05:  # no time to ask
+            raise _StageFailed("client-hello-rejected", f"{head}: no common TLS version or cipher suite, or "
+                                                        f"max-clients reached", facts)
+        widest = facts["widest_hello"] = self._widest_hello()
+        if widest.get("verdict") == "max-clients":  # TCP: its connection was refused as one too many
+            raise _StageFailed("max-clients", f"{head}; then {widest['message']}", facts)
+        if not widest["reset_answered"]:
+            raise _StageFailed("server-stopped", f"the server stopped answering after our ClientHello ({detail}), "
+                                                 f"and a new reset is not answered either", facts)
+        offer = f"a second session's ClientHello offering {WIDEST_OFFER}"
+        if widest["answered"]:
+            chose = " ".join(str(widest[k]) for k in ("version", "cipher") if widest.get(k)) or "TLS"
+            ours = self.settings.tls_version_max
+            above = f"; it chose a version above our maximum, TLS {ours}" if ours and widest.get("version") \
+                and widest["version"].replace("TLSv", "") > ours else ""
+            raise _StageFailed("client-hello-rejected", f"{head}, but answered {offer} ({chose}): proven, no common "
+                                                        f"TLS version or cipher suite with ours{above}", facts)
+        if self.proto == "udp":
+            raise _StageFailed("max-clients", f"{head}, and dropped {offer} too, though it answered that "
+                                              f"session's reset: it takes no new client (max-clients reached, or "
+                                              f"its connect-freq limit of new sessions)", facts)
+        raise _StageFailed("client-hello-rejected", f"{head}, and did not answer {offer} either: it refuses "
+                                                    f"every TLS offer we can make", facts)
+
+    def _widest_hello(self) -> dict:
+        """A second session to the same address (new socket, new session id, same
+        wrapping) whose ClientHello offers everything (tlslayer's permissive client).
+        It refuses the server's certificate as soon as the server's flight comes, so
+        our TLS alert ends it at once on the server (no session left to time out).
+        Its packets join ``exchange``."""
+        from dataclasses import replace
+
+        sibling = Client(replace(self.settings, ca=None, cert=None, key=None, key_password=None, keylog=None,
+                                 remote_cert_tls=None, verify_x509_name=None, tls_version_max=None, write=None,
+                                 stage="tls"))
+        sibling.tls_client = TLSClient(permissive=True)
+        sibling.deadline = self.deadline
+        facts = {"reset_answered": False, "answered": False}
+        try:
+            sibling._reset_address(self._address, self.deadline)
+            facts["reset_answered"] = True
+            sibling._tls_step()
+            if sibling._pump(lambda: sibling._tls_bytes_in > 0, self.deadline):
+                # the rest of its flight, then our alert (raised as a failed stage)
+                grace = 0.2 + 4 * (sibling.channel.srtt or 0.0)
+                sibling._pump(lambda: False, min(self.deadline, time.monotonic() + grace))
+        except _StageFailed as failure:
+            if not facts["reset_answered"]:
+                facts.update(verdict=failure.verdict, message=failure.message)
+        except (transport.TransportError, TLSFailure) as error:
+            facts.setdefault("error", str(error))
+        finally:
+            sibling._close_link()  # (no ACKs: its session is over on the server)
+            self.exchange += sibling.exchange
+        if sibling._tls_bytes_in:
+            tls = sibling.tls_client
+            facts.update(answered=True, server_tls_bytes=sibling._tls_bytes_in, alerts=tls.alerts, **tls.tls_facts())
+        facts["session_id"] = f"{sibling.channel.session_id:016x}" if sibling.channel else None
+        return facts
 
     def _server_alive(self) -> bool:
         """Does the server answer a fresh reset (from a new socket)? Tells a refusal

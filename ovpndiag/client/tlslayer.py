@@ -182,7 +182,11 @@ class TLSClient:
     """One TLS client session over memory BIOs."""
 
     def __init__(self, ca=None, cert=None, key=None, key_password=None, remote_cert_tls=None,
-                 verify_x509_name=None, keylog=None, tls_version_max=None):
+                 verify_x509_name=None, keylog=None, tls_version_max=None, permissive=False):
+        """``permissive``: the widest ClientHello this OpenSSL can make (TLS 1.0-1.3, every
+        cipher suite and group, @SECLEVEL=0) and a client that refuses every server
+        certificate, so the handshake ends with our alert right after the server's first
+        flight: to ask a server that ignored our ClientHello whether it answers any."""
         from OpenSSL import SSL, crypto
 
         self._SSL = SSL
@@ -203,7 +207,9 @@ class TLSClient:
                 raise CredentialsError(f"TLS version must be 1.2 or 1.3, not '{tls_version_max}'")
             context.set_max_proto_version(versions[tls_version_max])
         context.set_options(SSL.OP_NO_TICKET)
-        _classic_groups(context)
+        _set_groups(context, ALL_GROUPS if permissive else CLASSIC_GROUPS)
+        if permissive:
+            _widest_offer(context)
         if ca is not None:
             store = context.get_cert_store()
             for certificate in load_certificates(ca):
@@ -222,7 +228,7 @@ class TLSClient:
                                        f"{_source(cert, 'certificate')}") from None
         self.verify_errors: List[dict] = []  # {depth, error, subject}
         self.name_problem: Optional[str] = None  # remote-cert-tls / verify-x509-name
-        context.set_verify(SSL.VERIFY_PEER, self._verify)
+        context.set_verify(SSL.VERIFY_PEER, (lambda *args: False) if permissive else self._verify)
         self.alerts: List[dict] = []  # {"direction": "sent"|"received", "level", "description"}
         context.set_info_callback(self._info)
         self.keylog_lines: List[bytes] = []
@@ -411,15 +417,38 @@ class TLSClient:
 # The OpenSSL bundled with recent pyOpenSSL adds a post-quantum hybrid key share of
 # 1.2 KB, which makes our ClientHello two control packets instead of one.
 CLASSIC_GROUPS = b"X25519:P-256:X448:P-521:P-384"
+# Every group, but a key share for X25519 only ("*"), so the ClientHello stays one packet
+# (a server that wants another group asks for it: HelloRetryRequest). A name this
+# OpenSSL does not know makes the whole list fail: then the classic one.
+ALL_GROUPS = (b"*X25519:P-256:X448:P-521:P-384:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192:"
+              b"X25519MLKEM768:SecP256r1MLKEM768:SecP384r1MLKEM1024:brainpoolP256r1:brainpoolP384r1:"
+              b"brainpoolP512r1")
+ALL_TLS13_SUITES = (b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:"
+                    b"TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256")
 
 
-def _classic_groups(context):
+def _set_groups(context, groups):
     try:  # pyOpenSSL has no call for it: its OpenSSL binding (private, so guarded)
         from OpenSSL._util import lib
 
-        lib.SSL_CTX_set1_curves_list(context._context, CLASSIC_GROUPS)
+        if lib.SSL_CTX_set1_curves_list(context._context, groups) != 1 and groups != CLASSIC_GROUPS:
+            lib.SSL_CTX_set1_curves_list(context._context, CLASSIC_GROUPS)
     except Exception:
         pass  # OpenSSL's own defaults then: only a bigger ClientHello
+
+
+def _widest_offer(context):
+    """TLS 1.0 up (OpenSSL refuses 1.0/1.1 above security level 0), every TLS 1.2 suite
+    including the NULL and anonymous ones, every TLS 1.3 suite."""
+    from OpenSSL import SSL
+
+    context.set_min_proto_version(0)  # the lowest this OpenSSL was built with
+    context.set_max_proto_version(0)  # and the highest
+    context.set_cipher_list(b"ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    try:
+        context.set_tls13_ciphersuites(ALL_TLS13_SUITES)
+    except (AttributeError, SSL.Error):
+        pass  # older pyOpenSSL: OpenSSL's default three
 
 
 def _give(method, value, convert):
