@@ -188,13 +188,12 @@ class _WKcField(XStrField):
     payload read what is before it) and ``post_build`` appends it last.
     """
 
+    at_end = True  # (how wirelayout knows it is not where it stands in fields_desc)
+
     def getfield(self, pkt, s):
-        if len(s) < 2:
-            raise MalformedPacket(f"{len(s)} bytes left where a wrapped client key (WKc) belongs")
-        length = struct.unpack("!H", s[-2:])[0]
-        if not 2 <= length <= len(s):
-            raise MalformedPacket(
-                f"WKc length {length} in the last two bytes does not fit the {len(s)} bytes left")
+        from .wirelayout import wkc_length
+
+        length = wkc_length(s, 0)
         return s[:-length], s[-length:]
 
     def addfield(self, pkt, s, val):

@@ -5,25 +5,42 @@ are the facts they share with code that must not pay for importing Scapy (the
 fast capture path, the key wrapping, the monitoring check's settings).
 """
 
+from enum import IntEnum
 from typing import NamedTuple
 
-OPCODES = {
-    1: "P_CONTROL_HARD_RESET_CLIENT_V1",
-    2: "P_CONTROL_HARD_RESET_SERVER_V1",
-    3: "P_CONTROL_SOFT_RESET_V1",
-    4: "P_CONTROL_V1",
-    5: "P_ACK_V1",
-    6: "P_DATA_V1",
-    7: "P_CONTROL_HARD_RESET_CLIENT_V2",
-    8: "P_CONTROL_HARD_RESET_SERVER_V2",
-    9: "P_DATA_V2",
-    10: "P_CONTROL_HARD_RESET_CLIENT_V3",
-    11: "P_CONTROL_WKC_V1",
-}
-CLIENT_RESETS = (1, 7, 10)
-SERVER_RESETS = (2, 8)
+
+class Opcode(IntEnum):
+    """The top 5 bits of a packet's first byte (``opcode << 3 | key_id``)."""
+
+    P_CONTROL_HARD_RESET_CLIENT_V1 = 1  # obsolete, rejected by 2.x
+    P_CONTROL_HARD_RESET_SERVER_V1 = 2  # obsolete
+    P_CONTROL_SOFT_RESET_V1 = 3  # renegotiation
+    P_CONTROL_V1 = 4  # TLS bytes
+    P_ACK_V1 = 5
+    P_DATA_V1 = 6
+    P_CONTROL_HARD_RESET_CLIENT_V2 = 7
+    P_CONTROL_HARD_RESET_SERVER_V2 = 8
+    P_DATA_V2 = 9  # a 3-byte peer-id follows
+    P_CONTROL_HARD_RESET_CLIENT_V3 = 10  # tls-crypt-v2
+    P_CONTROL_WKC_V1 = 11  # control + wrapped client key
+
+
+OPCODES = {opcode.value: opcode.name for opcode in Opcode}
+# Groups of opcodes, as plain ints: the hot paths test bytes against them.
+CLIENT_RESETS = tuple(map(int, (Opcode.P_CONTROL_HARD_RESET_CLIENT_V1, Opcode.P_CONTROL_HARD_RESET_CLIENT_V2,
+                                Opcode.P_CONTROL_HARD_RESET_CLIENT_V3)))
+SERVER_RESETS = tuple(map(int, (Opcode.P_CONTROL_HARD_RESET_SERVER_V1, Opcode.P_CONTROL_HARD_RESET_SERVER_V2)))
 RESETS = CLIENT_RESETS + SERVER_RESETS
-CARRIES_WKC = (10, 11)  # a wrapped client key is appended to these
+CARRIES_WKC = tuple(map(int, (Opcode.P_CONTROL_HARD_RESET_CLIENT_V3, Opcode.P_CONTROL_WKC_V1)))  # a WKc is appended
+DATA_OPCODES = tuple(map(int, (Opcode.P_DATA_V1, Opcode.P_DATA_V2)))
+CONTROL_OPCODES = frozenset(map(int, Opcode)).difference(DATA_OPCODES)
+KEY_ID_BITS = 3
+
+
+def first_byte(opcode: int, key_id: int = 0) -> int:
+    """A packet's first byte: ``opcode << 3 | key_id``."""
+    return opcode << KEY_ID_BITS | key_id
+
 
 # tls-auth HMAC size by --auth digest; nothing on the wire says which one.
 HMAC_SIZES = {"MD5": 16, "SHA1": 20, "SHA224": 28, "SHA256": 32, "SHA384": 48, "SHA512": 64}
@@ -33,10 +50,13 @@ EARLY_NEG_START = 0x0F000000  # tls-crypt-v2 client's first replay packet-id, mi
 SESSION_ID_SIZE = 8
 
 
+WRAPPING_KINDS = ("none", "tls-auth", "tls-crypt", "tls-crypt-v2")
+
+
 class Wrapping(NamedTuple):
     """How control packets are wrapped: information the reader is given.
 
-    kind: "none", "tls-auth", "tls-crypt" or "tls-crypt-v2".
+    kind: one of WRAPPING_KINDS.
     hmac_size: tls-auth HMAC length in bytes.
     decrypted: tls-crypt only - the bytes after the tag are the plaintext
         (as ``wrap.TLSCrypt.unwrap`` returns them), so they are dissected.

@@ -29,7 +29,7 @@ def datagrams(name):
 def record_path(stream, options, colour=False):
     reader = Reader(options)
     records = [record for datagram in stream for record in reader.feed(datagram)] + reader.finish()
-    return [(record["frame"], packet_line(record, colour)) for record in records]
+    return [(record.frame, packet_line(record, colour)) for record in records]
 
 
 def fast_path(stream, options, colour=False):
@@ -98,11 +98,11 @@ def test_mangled_packets_have_the_record_paths_line(seed):
 
 def test_rendering_reader_pairs_each_record_with_its_frame():
     stream = datagrams("udp-plain.pcap")
-    reader = RenderingReader(options(), lambda record: record["opcode"])
+    reader = RenderingReader(options(), lambda record: record.opcode)
     pairs = [pair for datagram in stream for pair in reader.feed(datagram)] + reader.finish()
     plain = Reader(options())
     records = [record for datagram in stream for record in plain.feed(datagram)] + plain.finish()
-    assert pairs == [(record["frame"], record["opcode"]) for record in records]
+    assert pairs == [(record.frame, record.opcode) for record in records]
 
 
 def test_a_reset_with_tlvs_is_listed_with_them():

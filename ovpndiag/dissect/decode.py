@@ -1,18 +1,23 @@
 """The fast path: one OpenVPN packet's fields from raw bytes, without Scapy.
 
 Scapy dissects some 15 k packets/s; captures run to millions of packets, so the
-listing and JSON read packets here instead. This is the same layout as
-``ovpndiag.layers`` - same fields, same conditions, same reasons for calling a
-packet malformed - and tests/test_decode.py proves the two equal on every
-packet of every bundled capture and on tens of thousands of mangled ones.
-Scapy objects are built only where a packet needs a field tree (``-V``).
+listing and JSON read packets here instead. Where each field sits comes from
+``ovpndiag.wirelayout``, which reads it off the Scapy layers (``ovpndiag.layers``);
+what is left here is how to read them - the ACK count says how many ACKs follow,
+the WKc says its own length, the reasons for calling a packet malformed - and
+tests/test_decode.py proves this equal to the layers on every packet of every
+bundled capture and on tens of thousands of mangled ones. Scapy objects are built
+only where a packet needs a field tree (``-V``).
 """
 
-from struct import Struct, unpack_from
+from struct import unpack_from
 
-from ..protocol import (CARRIES_WKC, MAX_ACKS, OPCODES, PLAIN, RESETS, TLS_CRYPT_TAG_SIZE, Wrapping)
+from ..protocol import CARRIES_WKC, MAX_ACKS, OPCODES, PLAIN, RESETS, MalformedPacket, Opcode, Wrapping
+from ..wirelayout import control_layout, data_header, wkc_length
+from .record import Record
 
 _TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
+_P_DATA_V1, _P_DATA_V2, _P_ACK_V1 = int(Opcode.P_DATA_V1), int(Opcode.P_DATA_V2), int(Opcode.P_ACK_V1)
 
 
 def effective_wrapping(opcode: int, wrapping: Wrapping) -> Wrapping:
@@ -22,141 +27,124 @@ def effective_wrapping(opcode: int, wrapping: Wrapping) -> Wrapping:
     return wrapping
 
 
-def decode(data: bytes, wrapping: Wrapping = PLAIN, fields: dict = None) -> dict:
-    """Fields of one OpenVPN packet (no TCP framing), added to ``fields`` (a new
-    dict by default), named as in the JSON output.
+def decode(data: bytes, wrapping: Wrapping = PLAIN, fields: Record = None) -> Record:
+    """Fields of one OpenVPN packet (no TCP framing), set on ``fields`` (a new
+    Record by default), named as in the JSON output.
 
-    Keys (absent when the packet has no such field): ``opcode`` (name),
-    ``opcode_value``, ``key_id``, ``session_id`` (int), ``wrapping`` (kind) and
-    ``hmac_size`` (tls-auth), ``replay_packet_id``, ``net_time``,
+    Attributes set (left None when the packet has no such field): ``opcode``
+    (name), ``opcode_value``, ``key_id``, ``session_id`` (int), ``wrapping`` (kind)
+    and ``hmac_size`` (tls-auth), ``replay_packet_id``, ``net_time``,
     ``ciphertext_len``, ``acks`` (list), ``remote_session_id`` (int),
     ``message_packet_id``, ``peer_id``, ``payload_len`` (TLS bytes, TLVs or data),
-    ``wkc_len``, ``malformed`` (the reason); and, for renderers, ``_hmac`` and
-    ``_tag`` (bytes), ``_payload_offset``, ``_tlvs`` (list of (optional, type,
+    ``wkc_len``, ``malformed`` (the reason); and, for renderers, ``hmac`` and
+    ``tag`` (bytes), ``payload_offset``, ``raw_tlvs`` (list of (optional, type,
     value)). Never raises.
     """
     if fields is None:
-        fields = {}
+        fields = Record()
     size = len(data)
     if not size:
-        fields["malformed"] = "empty packet"
+        fields.malformed = "empty packet"
         return fields
     first = data[0]
     opcode = first >> 3
-    fields["opcode"] = OPCODES.get(opcode) or f"opcode {opcode}"
-    fields["opcode_value"] = opcode
-    fields["key_id"] = first & 7
-    if opcode == 9:  # P_DATA_V2, the bulk of most captures: first
-        if size < 4:
+    fields.opcode = OPCODES.get(opcode) or f"opcode {opcode}"
+    fields.opcode_value = opcode
+    fields.key_id = first & 7
+    if opcode == _P_DATA_V2:  # the bulk of most captures: first
+        header = _DATA_V2_HEADER or _data_headers()[1]
+        if size < header:
             return _truncated(fields, size, opcode, wrapping)
-        fields["peer_id"] = int.from_bytes(data[1:4], "big")
-        fields["_payload_offset"], fields["payload_len"] = 4, size - 4
+        fields.peer_id = int.from_bytes(data[1:header], "big")
+        fields.payload_offset, fields.payload_len = header, size - header
         return fields
     if opcode not in OPCODES:
-        fields["malformed"] = f"unknown opcode {opcode}"
+        fields.malformed = f"unknown opcode {opcode}"
         return fields
-    if opcode == 6:  # P_DATA_V1
-        fields["_payload_offset"], fields["payload_len"] = 1, size - 1
+    if opcode == _P_DATA_V1:
+        header = _DATA_V1_HEADER or _data_headers()[0]
+        fields.payload_offset, fields.payload_len = header, size - header
         return fields
     effective = effective_wrapping(opcode, wrapping) if opcode in CARRIES_WKC else wrapping
     return _control(data, size, opcode, effective, wrapping, fields)
 
 
+_DATA_V1_HEADER = _DATA_V2_HEADER = 0  # set at first use, from the layers
+
+
+def _data_headers():
+    global _DATA_V1_HEADER, _DATA_V2_HEADER
+    _DATA_V1_HEADER, _DATA_V2_HEADER = data_header(_P_DATA_V1), data_header(_P_DATA_V2)
+    return _DATA_V1_HEADER, _DATA_V2_HEADER
+
+
 def _truncated(fields, size, opcode, given):
-    fields["malformed"] = f"truncated: {size} bytes is too short for {OPCODES[opcode]} ({given})"
+    fields.malformed = f"truncated: {size} bytes is too short for {OPCODES[opcode]} ({given})"
     return fields
 
 
-# Wrapping -> (kind, hmac_size, visible, header, unpack of the header): what _control reads
-# of a wrapping, worked out once per Wrapping (a run sees a handful) instead of per packet.
+# Wrapping -> (kind, hmac_size, visible, header, the header's unpack and field names,
+# after_acks): what _control reads of a wirelayout.ControlLayout, once per Wrapping.
 _LAYOUTS = {}
-# By ACK count: the ACKs, the remote session id and the message packet-id in one unpack
-# (without the packet-id for P_ACK_V1).
-_AFTER_ACKS = [Struct(f"!{count}I" + ("Q" if count else "") + "I").unpack_from for count in range(MAX_ACKS + 1)]
-_AFTER_ACKS_V1 = [Struct(f"!{count}IQ").unpack_from if count else None for count in range(MAX_ACKS + 1)]
 
 
 def _layout(wrapping):
-    kind = wrapping.kind
-    if kind == "tls-auth":
-        header = 9 + wrapping.hmac_size + 8
-        unpack = Struct(f"!xQ{wrapping.hmac_size}sII").unpack_from  # session id, HMAC, replay id, time
-    elif kind != "none":
-        header = 9 + 8 + TLS_CRYPT_TAG_SIZE
-        unpack = Struct(f"!xQII{TLS_CRYPT_TAG_SIZE}s").unpack_from  # session id, replay id, time, tag
-    else:
-        header = 9
-        unpack = Struct("!xQ").unpack_from
-    layout = _LAYOUTS[wrapping] = (kind, wrapping.hmac_size, not wrapping.hides_control_fields, header, unpack)
-    return layout
+    layout = control_layout(wrapping)
+    entry = _LAYOUTS[wrapping] = (layout.kind, layout.hmac_size, layout.visible, layout.header,
+                                  layout.unpack_header, layout.header_names, layout.after_acks)
+    return entry
 
 
 def shortest(wrapping: Wrapping) -> int:
     """The fewest bytes a control packet (opcodes 10 and 11 aside) has under this
     wrapping: decode() calls a shorter one malformed, so trying it is no use."""
-    kind, _hmac_size, visible, header, _unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
-    return header + (1 if visible else 0)
+    return control_layout(wrapping).shortest
 
 
 def _control(data, size, opcode, wrapping, given, fields):
-    kind, hmac_size, visible, header, unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
-    fields["wrapping"] = kind
+    kind, hmac_size, visible, header, unpack, names, after_acks = _LAYOUTS.get(wrapping) or _layout(wrapping)
+    fields.wrapping = kind
     if kind == "tls-auth":
-        fields["hmac_size"] = hmac_size
+        fields.hmac_size = hmac_size
     needed = header + (1 if visible else 0)
     if size < needed:
-        fields["malformed"] = (f"truncated: {size} bytes, {OPCODES[opcode]} with {wrapping} "
-                               f"needs at least {needed}")
+        fields.malformed = f"truncated: {size} bytes, {OPCODES[opcode]} with {wrapping} needs at least {needed}"
         return fields
-    if kind == "tls-auth":
-        fields["session_id"], fields["_hmac"], fields["replay_packet_id"], fields["net_time"] = unpack(data)
-    elif kind == "none":
-        fields["session_id"] = unpack(data)[0]
-    else:
-        fields["session_id"], fields["replay_packet_id"], fields["net_time"], fields["_tag"] = unpack(data)
+    for name, value in zip(names, unpack(data)):  # session id, and the wrapping's fields
+        setattr(fields, name, value)
     end = size
     if opcode in CARRIES_WKC:
-        left = size - header
-        if left < 2:
-            fields["malformed"] = f"{left} bytes left where a wrapped client key (WKc) belongs"
+        try:
+            wkc_len = wkc_length(data, header)
+        except MalformedPacket as error:
+            fields.malformed = str(error)
             return fields
-        wkc_len = unpack_from("!H", data, size - 2)[0]
-        if not 2 <= wkc_len <= left:
-            fields["malformed"] = (f"WKc length {wkc_len} in the last two bytes does not fit the "
-                                   f"{left} bytes left")
-            return fields
-        fields["wkc_len"] = wkc_len
+        fields.wkc_len = wkc_len
         end = size - wkc_len
     if not visible:
-        fields["ciphertext_len"] = end - header
+        fields.ciphertext_len = end - header
         return fields
     if header >= end:
         return _truncated(fields, size, opcode, given)
     count = data[header]
     if count > MAX_ACKS:
-        fields["malformed"] = f"ACK count {count} exceeds {MAX_ACKS}"
+        fields.malformed = f"ACK count {count} exceeds {MAX_ACKS}"
         return fields
-    position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
+    after = after_acks[opcode][count]
+    position = header + 1 + after.size
     if position > end:
         return _truncated(fields, size, opcode, given)
-    if opcode == 5:
-        if count:
-            values = _AFTER_ACKS_V1[count](data, header + 1)
-            fields["acks"], fields["remote_session_id"] = list(values[:count]), values[count]
-        else:
-            fields["acks"] = []
-        fields["_payload_offset"], fields["payload_len"] = position, end - position
-        if end > position:
-            fields["malformed"] = f"{end - position} bytes after the ACKs of a P_ACK_V1"
-        return fields
+    values = after.unpack(data, header + 1)
+    fields.acks = list(values[:count])
     if count:
-        values = _AFTER_ACKS[count](data, header + 1)
-        fields["acks"], fields["remote_session_id"] = list(values[:count]), values[count]
-        fields["message_packet_id"] = values[count + 1]
-    else:
-        fields["acks"] = []
-        fields["message_packet_id"] = unpack_from("!I", data, header + 1)[0]
-    fields["_payload_offset"], fields["payload_len"] = position, end - position
+        fields.remote_session_id = values[after.remote_at]
+    if after.message_at is not None:
+        fields.message_packet_id = values[after.message_at]
+    fields.payload_offset, fields.payload_len = position, end - position
+    if opcode == _P_ACK_V1:
+        if end > position:  # (a P_ACK_V1 has no payload: layers._check_consumed)
+            fields.malformed = f"{end - position} bytes after the ACKs of a P_ACK_V1"
+        return fields
     if opcode in RESETS:
         _tlvs(data, position, end, fields)
     return fields
@@ -166,12 +154,12 @@ def _tlvs(data, position, end, fields):
     tlvs = []
     while position < end:
         if end - position < 4:
-            fields["malformed"] = f"{end - position} bytes left where a TLV header (4 bytes) belongs"
+            fields.malformed = f"{end - position} bytes left where a TLV header (4 bytes) belongs"
             break
         kind, length = unpack_from("!HH", data, position)
         if position + 4 + length > end:
-            fields["malformed"] = f"TLV length {length} runs past the end of the packet"
+            fields.malformed = f"TLV length {length} runs past the end of the packet"
             break
         tlvs.append((kind >> 15, kind & 0x7FFF, data[position + 4:position + 4 + length]))
         position += 4 + length
-    fields["_tlvs"] = tlvs
+    fields.raw_tlvs = tlvs

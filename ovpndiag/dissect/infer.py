@@ -14,8 +14,10 @@ settles it by verifying.
 from struct import Struct
 from typing import Optional
 
-from ..protocol import EARLY_NEG_START, PLAIN, Wrapping
-from .decode import decode, shortest
+from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, DATA_OPCODES, EARLY_NEG_START, PLAIN, \
+    SERVER_RESETS, Wrapping
+from ..wirelayout import control_layout
+from .decode import decode
 
 TLS_CRYPT = Wrapping("tls-crypt")
 TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
@@ -30,27 +32,27 @@ REPLAY_LIMIT = 1 << 20  # replay packet-ids count packets of one key; they do no
 DECIDE_AFTER = 6  # control packets looked at before ties are broken by preference
 
 
-def plausible(fields: dict, peer_session_id: Optional[int], now: float) -> bool:
-    """Do these fields, read under one wrapping, make sense for a real packet?"""
-    if "malformed" in fields:
+def plausible(fields, peer_session_id: Optional[int], now: float) -> bool:
+    """Do these fields (a Record), read under one wrapping, make sense for a real packet?"""
+    if fields.malformed is not None:
         return False
-    replay = fields.get("replay_packet_id")
+    replay = fields.replay_packet_id
     if replay is not None:
         if not (0 < replay < REPLAY_LIMIT or EARLY_NEG_START < replay < EARLY_NEG_START + REPLAY_LIMIT):
             return False
-        if CLOCK_FROM < now < CLOCK_UNTIL and abs(fields["net_time"] - now) > MAX_SKEW:
+        if CLOCK_FROM < now < CLOCK_UNTIL and abs(fields.net_time - now) > MAX_SKEW:
             return False
-    acks = fields.get("acks")
+    acks = fields.acks
     if acks is None:
         return True  # encrypted: nothing more to check
-    opcode = fields["opcode_value"]
-    if opcode in (7, 10, 1) and (acks or fields["message_packet_id"] or fields["payload_len"]):
+    opcode = fields.opcode_value
+    if opcode in CLIENT_RESETS and (acks or fields.message_packet_id or fields.payload_len):
         return False  # a client reset acknowledges nothing and carries nothing
-    if opcode in (8, 2) and (fields["message_packet_id"] != 0 or acks != [0]):
+    if opcode in SERVER_RESETS and (fields.message_packet_id != 0 or acks != [0]):
         return False  # a server reset is packet 0 and acknowledges the client's packet 0
-    if acks and peer_session_id is not None and fields["remote_session_id"] != peer_session_id:
+    if acks and peer_session_id is not None and fields.remote_session_id != peer_session_id:
         return False
-    if fields.get("message_packet_id", 0) >= REPLAY_LIMIT:
+    if (fields.message_packet_id or 0) >= REPLAY_LIMIT:
         return False
     return True
 
@@ -60,7 +62,8 @@ def readable_as(data: bytes, wrapping: Wrapping, peer_session_id: Optional[int],
     its size, then its replay packet-id and net time, and only then a decode.)"""
     facts = _FACTS.get(wrapping)
     if facts is None:
-        facts = _FACTS[wrapping] = (shortest(wrapping), _replay_offset(wrapping))
+        layout = control_layout(wrapping)
+        facts = _FACTS[wrapping] = (layout.shortest, layout.replay_at)
     if len(data) < facts[0] or _rules_out_at(data, facts[1], now):
         return False
     return plausible(decode(data, wrapping), peer_session_id, now)
@@ -91,7 +94,7 @@ class WrappingInference:
         if self.decided is not None:
             return self.decided
         opcode = data[0] >> 3 if data else 0
-        if opcode in (10, 11):  # only tls-crypt-v2 has these
+        if opcode in CARRIES_WKC:  # only tls-crypt-v2 has these
             self.decided = TLS_CRYPT_V2
             return self.decided
         survivors = [w for w in self.candidates if readable_as(data, w, peer_session_id, now)]
@@ -111,19 +114,14 @@ class WrappingInference:
 
 _REPLAY_AND_TIME = Struct("!II").unpack_from
 _FACTS = {}  # Wrapping -> (fewest bytes of a control packet, offset of its replay packet-id or None)
-_WRAPPED_AS_GIVEN = frozenset((1, 2, 3, 4, 5, 7, 8))  # control opcodes but 10, 11 (always tls-crypt-v2)
-
-
-def _replay_offset(wrapping: Wrapping) -> Optional[int]:
-    kind = wrapping.kind
-    return 9 + wrapping.hmac_size if kind == "tls-auth" else None if kind == "none" else 9
+_WRAPPED_AS_GIVEN = CONTROL_OPCODES.difference(CARRIES_WKC)  # (10 and 11 are always tls-crypt-v2)
 
 
 def _clock_rules_out(data: bytes, wrapping: Wrapping, now: float) -> bool:
     """The replay packet-id and net time checks of plausible(), on the two words alone:
     most candidates fail them, and reading two words costs far less than a decode.
     (Only a quick no: whatever passes is still decoded and checked in full.)"""
-    return _rules_out_at(data, _replay_offset(wrapping), now)
+    return _rules_out_at(data, control_layout(wrapping).replay_at, now)
 
 
 def _rules_out_at(data: bytes, offset: Optional[int], now: float) -> bool:
@@ -137,7 +135,18 @@ def _rules_out_at(data: bytes, offset: Optional[int], now: float) -> bool:
 
 
 def session_id_of(data: bytes) -> Optional[int]:
-    """Bytes 1..8 of a control packet are its sender's session id in every wrapping."""
-    if len(data) >= 9 and data[0] >> 3 not in (6, 9):
-        return int.from_bytes(data[1:9], "big")
+    """A control packet's sender's session id: where it is in every wrapping."""
+    start, end = _SESSION_ID or _session_id_span()
+    if len(data) >= end and data[0] >> 3 not in DATA_OPCODES:
+        return int.from_bytes(data[start:end], "big")
     return None
+
+
+_SESSION_ID = None
+
+
+def _session_id_span():
+    global _SESSION_ID
+    offset, size = control_layout(PLAIN).fields["session_id"]
+    _SESSION_ID = offset, offset + size
+    return _SESSION_ID

@@ -13,20 +13,17 @@ the common packets use; tests/test_listing.py proves the two paths give the same
 line for every packet of every bundled capture and of thousands of mangled ones.
 """
 
-from struct import Struct
 
 from ..protocol import CARRIES_WKC, CLIENT_RESETS, MAX_ACKS, OPCODES, RESETS
-from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
-                           _wrapping_words, packet_line)
-from .decode import _AFTER_ACKS, _AFTER_ACKS_V1, _LAYOUTS, _layout
+from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _LABELS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
+                           _wrapping_words, direction_label, packet_line)
+from ..wirelayout import control_layout
 from .infer import PLAIN
 from .reader import CONTROL_OPCODES, Reader
 
 _DATA_V2 = "%6d %11.6f %s %s kid=%d peer=%d len=%d"
 _DATA_V1 = "%6d %11.6f %s %s kid=%d len=%d"
 _P_DATA_V2, _P_DATA_V1 = OPCODES[9], OPCODES[6]
-_SESSION_ID = Struct("!xQ").unpack_from  # bytes 1-8 in every wrapping
-_MESSAGE_PACKET_ID = Struct("!I").unpack_from
 
 
 class RenderingReader(Reader):
@@ -55,6 +52,9 @@ class ListingReader(Reader):
         # ...and, on arrival, not a client reset (it may start a session with another wrapping).
         self._fast_arrival = self._fast_control.difference(CLIENT_RESETS)
         self._layouts = {}  # Wrapping -> _wrapping_layout()
+        # Every wrapping starts as the plain layout does: op, session id (its only field).
+        self._session_id = control_layout(PLAIN).unpack_header
+        self._min_control = control_layout(PLAIN).header
 
     def _at_once(self, flow, frame, time, sender, data):
         """Reader._at_once (a packet of an OpenVPN flow while nothing waits), with the
@@ -65,10 +65,10 @@ class ListingReader(Reader):
             line = self._data_line(flow, frame, time, sender, data, opcode)
             if line is not None:
                 return frame, line
-        elif opcode in self._fast_arrival and not first & 7 and len(data) >= 9:
+        elif opcode in self._fast_arrival and not first & 7 and len(data) >= self._min_control:
             inference = flow.inference
             if inference is not None and inference.decided is not None:
-                session_id = _SESSION_ID(data)[0]
+                session_id = self._session_id(data)[0]
                 line = self._control_line(flow, frame, time, sender, data, opcode, session_id, inference.decided)
                 if line is not None:
                     flow.session_ids[sender] = session_id
@@ -81,10 +81,10 @@ class ListingReader(Reader):
             opcode = first >> 3
             if opcode == 9 or opcode == 6:
                 line = self._data_line(flow, frame, time, sender, data, opcode)
-            elif opcode in self._fast_control and not first & 7 and len(data) >= 9:
+            elif opcode in self._fast_control and not first & 7 and len(data) >= self._min_control:
                 inference = inference or flow.inference
                 wrapping = inference.decided if inference is not None and inference.decided is not None else PLAIN
-                line = self._control_line(flow, frame, time, sender, data, opcode, _SESSION_ID(data)[0], wrapping)
+                line = self._control_line(flow, frame, time, sender, data, opcode, self._session_id(data)[0], wrapping)
             else:
                 line = None
             if line is not None:
@@ -92,47 +92,46 @@ class ListingReader(Reader):
         return frame, packet_line(Reader._record(self, flow, frame, time, sender, data, inference), self.colour)
 
     def _data_line(self, flow, frame, time, sender, data, opcode):
+        label = _LABELS.get(flow.ends[sender]) or direction_label(*flow.ends[sender])
         if opcode == 6:
-            return _DATA_V1 % (frame, time - self.first_time, flow.labels[sender], _P_DATA_V1, data[0] & 7,
+            return _DATA_V1 % (frame, time - self.first_time, label, _P_DATA_V1, data[0] & 7,
                                len(data))
         if len(data) < 4:
             return None  # malformed
-        return _DATA_V2 % (frame, time - self.first_time, flow.labels[sender], _P_DATA_V2, data[0] & 7,
+        return _DATA_V2 % (frame, time - self.first_time, label, _P_DATA_V2, data[0] & 7,
                            int.from_bytes(data[1:4], "big"), len(data))
 
     def _control_line(self, flow, frame, time, sender, data, opcode, session_id, wrapping):
         """A key-0 control packet's line (as decode then packet_line), or None for the
         record path: a malformed packet, a reset with TLVs."""
-        visible, header, words = self._layouts.get(wrapping) or self._wrapping_layout(wrapping)
+        visible, header, words, after_acks = self._layouts.get(wrapping) or self._wrapping_layout(wrapping)
         size = len(data)
         if size <= header:
             return None
         sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
+        label = _LABELS.get(flow.ends[sender]) or direction_label(*flow.ends[sender])
         count = 0
         if visible:
             count = data[header]
             if count > MAX_ACKS:
                 return None
-            position = header + 1 + 4 * count + (8 if count else 0) + (0 if opcode == 5 else 4)
+            after = after_acks[opcode][count]
+            position = header + 1 + after.size
             if position > size or (position < size and (opcode == 5 or opcode in RESETS)):
                 return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
         if not visible or (opcode == 5 and not count):  # tls-crypt without its key; an empty ACK
-            return _OPAQUE % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
+            return _OPAQUE % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                               None, size) + words
+        values = after.unpack(data, header + 1)
+        mpid = values[after.message_at] if after.message_at is not None else None
         if count:
-            if opcode == 5:
-                values = _AFTER_ACKS_V1[count](data, header + 1)
-                line, mpid = _ACK, None
-            else:
-                values = _AFTER_ACKS[count](data, header + 1)
-                line, mpid = _CONTROL_ACKS, values[count + 1]
-            remote = values[count]
-            line %= (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
+            line = _ACK if mpid is None else _CONTROL_ACKS
+            remote = values[after.remote_at]
+            line %= (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                      ",".join(map(str, values[:count])) if count > 1 else values[0],
                      _SHORT_IDS.get(remote) or _short_id(remote), mpid, size)
         else:
-            mpid = _MESSAGE_PACKET_ID(data, header + 1)[0]
-            line = _CONTROL % (frame, time - self.first_time, flow.labels[sender], OPCODES[opcode], 0, sid,
+            line = _CONTROL % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                                mpid, size)
         if opcode == 4 and position < size:
             names = self._tls_names(flow, sender, session_id, mpid, data, position, frame)
@@ -141,15 +140,16 @@ class ListingReader(Reader):
         return line + words
 
     def _wrapping_layout(self, wrapping):
-        """(control fields visible, header size, the words the line ends with) of a
-        wrapping: worked out once per reader and wrapping."""
-        kind, hmac_size, visible, header, _unpack = _LAYOUTS.get(wrapping) or _layout(wrapping)
+        """(control fields visible, header size, the words the line ends with, the structs
+        after the ACK count) of a wrapping: worked out once per reader and wrapping."""
+        layout = control_layout(wrapping)
+        kind = layout.kind
         words = ""
         if kind != "none":
-            key = (kind, hmac_size if kind == "tls-auth" else None, None, None, self.colour)
+            key = (kind, layout.hmac_size if kind == "tls-auth" else None, None, None, self.colour)
             words = _WRAPPING_WORDS.get(key) or _wrapping_words(*key)
-        layout = self._layouts[wrapping] = (visible, header, words)
-        return layout
+        entry = self._layouts[wrapping] = (layout.visible, layout.header, words, layout.after_acks)
+        return entry
 
     def _tls_names(self, flow, sender, session_id, mpid, data, position, frame):
         """As Reader._tls: what this payload completes in its direction's TLS stream."""

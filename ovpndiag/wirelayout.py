@@ -1,0 +1,287 @@
+"""Where each field of an OpenVPN packet sits, per wrapping: read off the Scapy layers.
+
+``layers`` is the one definition of the wire format. Code that reads raw bytes
+fast - the decoder and the listing, the wrapping inference, the wrappers, the
+probe - takes offsets, sizes and structs from here instead of writing them down
+again, and this module works them out from the layer classes' ``fields_desc``
+(conditions evaluated under each wrapping, sizes from what each field writes):
+adding a field or a wrapping in ``layers`` is the one edit.
+
+``control_layout(wrapping)`` -> ``ControlLayout``: the fixed fields before the ACK
+array (or before the ciphertext, where tls-crypt hides it) with their offsets, one
+struct for them, and by opcode one struct per ACK count for ACKs, remote session
+id and message packet-id. ``data_header(opcode)`` is the data packets' header
+size; ``wkc_length`` reads the tls-crypt-v2 client key's trailer; ``plain`` strips
+a wrapping's fields.
+
+Importing Scapy costs some 70 ms, more than listing a small capture takes, so
+what the field lists say is kept as a small cache (``cache_path()``), named by a
+checksum of the sources it comes from (layers.py, protocol.py and this file), much
+like bytecode. Without it (a first run, nowhere to write, a wrapping outside
+``KNOWN``) it is derived in the process, once, at first use - never per packet.
+"""
+
+import marshal
+import os
+import zlib
+from pathlib import Path
+from struct import Struct, calcsize
+from typing import Dict, Optional
+
+from .protocol import HMAC_SIZES, MAX_ACKS, OPCODES, PLAIN, WRAPPING_KINDS, MalformedPacket, Wrapping
+
+# The wrappings worked out at once (and cached): every kind, every tls-auth digest,
+# tls-crypt opened or not. Any other (a tls-auth HMAC of an odd size) is derived when asked.
+KNOWN = [PLAIN] + [Wrapping.tls_auth(size) for size in sorted(set(HMAC_SIZES.values()))] + [
+    Wrapping(kind, decrypted=decrypted) for kind in WRAPPING_KINDS if kind not in ("none", "tls-auth")
+    for decrypted in (False, True)]
+
+_HERE = Path(__file__).resolve().parent
+_SOURCES = ("layers.py", "protocol.py", "wirelayout.py")
+_WKC_LENGTH = Struct("!H")
+
+
+class AfterAcks:
+    """What follows the ACK count for one opcode and count: one unpack for the ACKs,
+    the remote session id and the message packet-id, and where each value is in it."""
+
+    __slots__ = ("unpack", "size", "remote_at", "message_at", "names")
+
+    def __init__(self, names, code):
+        self.names = tuple(names)
+        self.unpack = Struct("!" + code).unpack_from
+        self.size = calcsize("!" + code)
+        self.remote_at = self.names.index("remote_session_id") if "remote_session_id" in self.names else None
+        self.message_at = self.names.index("message_packet_id") if "message_packet_id" in self.names else None
+
+
+class ControlLayout:
+    """A control packet's layout under one wrapping (see the module's docstring).
+
+    ``fields``: name -> (offset, size) of the fixed fields after the first byte
+    (session id, and the wrapping's: hmac, replay_packet_id, net_time, tag);
+    ``unpack_header`` reads them all, in ``header_names`` order; ``header``: the
+    bytes before the ACK count (or the ciphertext); ``visible``: ACKs, message
+    packet-id and payload are in the clear; ``after_acks[opcode][count]``: an
+    ``AfterAcks``; ``trailer_opcodes``: the opcodes whose last bytes are a WKc.
+    """
+
+    __slots__ = ("wrapping", "kind", "hmac_size", "visible", "header", "shortest", "fields", "header_names",
+                 "unpack_header", "after_acks", "trailer_opcodes", "replay_at", "tagged")
+
+    def __init__(self, wrapping, description):
+        fixed, header, visible, after, trailer_opcodes = description
+        self.wrapping, self.kind = wrapping, wrapping.kind
+        self.hmac_size = wrapping.hmac_size
+        self.visible, self.header = visible, header
+        self.shortest = header + (1 if visible else 0)  # what decode() needs to read a packet at all
+        self.fields = {name: (offset, calcsize("!" + code)) for name, offset, code in fixed}
+        self.header_names = tuple(name for name, _offset, _code in fixed)
+        self.unpack_header = Struct("!x" + "".join(code for _name, _offset, code in fixed)).unpack_from
+        shapes = {}
+        self.after_acks = {opcode: shapes.setdefault(tuple(shape), [AfterAcks(names, code) for names, code in shape])
+                           for opcode, shape in after.items()}  # (opcodes of one shape share its structs)
+        self.trailer_opcodes = frozenset(trailer_opcodes)
+        self.replay_at = self.fields["replay_packet_id"][0] if "replay_packet_id" in self.fields else None
+        self.tagged = "hmac" in self.fields or "tag" in self.fields
+
+    def __repr__(self):
+        return f"ControlLayout({self.wrapping}, header={self.header}, fields={self.fields})"
+
+
+_LAYOUTS: Dict[Wrapping, ControlLayout] = {}
+_DATA: Dict[int, int] = {}
+
+
+def control_layout(wrapping: Wrapping) -> ControlLayout:
+    """The layout of control packets under ``wrapping`` (made once per wrapping)."""
+    layout = _LAYOUTS.get(wrapping)
+    if layout is None:
+        description = _descriptions().get(tuple(wrapping))
+        if description is None:  # not among KNOWN: read the layers for this one
+            description = derive(wrapping)
+        layout = _LAYOUTS[wrapping] = ControlLayout(wrapping, description)
+    return layout
+
+
+def data_header(opcode: int) -> int:
+    """Bytes before a data packet's payload (P_DATA_V1: 1, P_DATA_V2: 4)."""
+    if not _DATA:
+        _DATA.update(_descriptions()["data"])
+    return _DATA[opcode]
+
+
+def plain(wire: bytes, wrapping: Wrapping, wkc_length: int = 0) -> bytes:
+    """The packet as it would be unwrapped: without the wrapping's fields (HMAC, replay
+    packet-id, time, tag) and without a trailing WKc of ``wkc_length`` bytes. For
+    tls-crypt, ``wire`` must hold the plaintext (``Unwrapped.decrypted``)."""
+    start = control_layout(wrapping).header
+    return wire[:control_layout(PLAIN).header] + wire[start:len(wire) - wkc_length]
+
+
+def wkc_length(data: bytes, start: int) -> int:
+    """The length of the wrapped client key (WKc) at the end of ``data`` - its last two
+    bytes say it, itself included - checked to fit after offset ``start``.
+    Raises MalformedPacket with the reason."""
+    left = len(data) - start
+    if left < _WKC_LENGTH.size:
+        raise MalformedPacket(f"{left} bytes left where a wrapped client key (WKc) belongs")
+    length = _WKC_LENGTH.unpack_from(data, len(data) - _WKC_LENGTH.size)[0]
+    if not _WKC_LENGTH.size <= length <= left:
+        raise MalformedPacket(f"WKc length {length} in the last two bytes does not fit the {left} bytes left")
+    return length
+
+
+# --- reading the layers ---------------------------------------------------------
+
+def layer_classes() -> dict:
+    """opcode -> the layer class ``layers.OpenVPN`` dissects it with."""
+    from . import layers
+
+    return {opcode: layers.OpenVPN.dispatch_hook(opcode=opcode) for opcode in OPCODES}
+
+
+def derive(wrapping: Wrapping, classes: Optional[dict] = None) -> tuple:
+    """What ``ControlLayout`` is made from, read off the control layer classes
+    (``classes``: opcode -> class, by default ``layer_classes()``) under ``wrapping``:
+    (fixed fields [(name, offset, struct code)], header size, visible,
+    {opcode: [(names after the ACK count, struct code) by ACK count]}, opcodes
+    with a trailer). Opcodes that force a wrapping of their own (10 and 11 are
+    always tls-crypt-v2) count only under that wrapping."""
+    fixed = header = visible = None
+    after, trailer_opcodes = {}, []
+    for opcode, cls in (classes or layer_classes()).items():
+        by_count = []
+        if not _is_control(cls):
+            continue
+        for count in range(MAX_ACKS + 1):
+            pkt = cls(wrapping=wrapping, opcode=opcode, ack_count=count, acks=[0] * count)
+            if pkt.effective_wrapping != wrapping:
+                break  # read under another wrapping than this one
+            before, rest, trailer = _read_fields(pkt)
+            if fixed is None:
+                fixed, header, visible = before, _end(before), rest is not None
+            elif before != fixed:
+                raise ValueError(f"{cls.__name__} has other fields before its ACKs than the others under {wrapping}")
+            if count == 0 and trailer:
+                trailer_opcodes.append(opcode)
+            if rest is not None:
+                by_count.append(rest)
+        if by_count:
+            after[opcode] = by_count
+    return fixed, header, visible, after, trailer_opcodes
+
+
+def _is_control(cls):
+    return any(field.name == "session_id" for field in cls.fields_desc)
+
+
+def _end(fixed):
+    if not fixed:
+        return 1
+    _name, offset, code = fixed[-1]
+    return offset + calcsize("!" + code)
+
+
+def _read_fields(pkt):
+    """([(name, offset, code)] of the fixed fields after the first byte and before
+    the ACK count or the ciphertext; (names, code) of what follows the ACK count up
+    to the payload, or None where the rest is ciphertext; whether a field is read
+    from the end of the packet)."""
+    from scapy.fields import (ConditionalField, FieldLenField, FieldListField, StrFixedLenField, StrLenField,
+                              _BitField, _StrField)
+
+    def takes_the_rest(field):
+        return isinstance(field, _StrField) and not isinstance(field, (StrFixedLenField, StrLenField))
+
+    fixed, offset, bits = [], 0, 0
+    after_count = None
+    trailer = False
+    for field in pkt.fields_desc:
+        if isinstance(field, ConditionalField):
+            if not field._evalcond(pkt):
+                continue
+            field = field.fld
+        if getattr(field, "at_end", False):  # (the WKc: taken from the end, not here)
+            trailer = True
+        elif isinstance(field, _BitField):  # opcode and key id share the first byte
+            bits += field.size
+            offset, bits = offset + bits // 8, bits % 8
+        elif takes_the_rest(field):
+            break  # the ciphertext, or the payload after the ACKs
+        elif after_count is not None:  # the ACK array and what follows it
+            names, codes = after_count
+            if isinstance(field, FieldListField):
+                names.extend([field.name] * pkt.ack_count)
+                codes.append(f"{pkt.ack_count}{_code(pkt, field.field, 0)}" if pkt.ack_count else "")
+            else:
+                names.append(field.name)
+                codes.append(_code(pkt, field))
+        elif isinstance(field, FieldLenField):  # the ACK count: what follows depends on it
+            after_count = ([], [])
+        else:
+            code = _code(pkt, field)
+            fixed.append((field.name, offset, code))
+            offset += calcsize("!" + code)
+    rest = (tuple(after_count[0]), "".join(after_count[1])) if after_count is not None else None
+    return fixed, rest, trailer
+
+
+def _code(pkt, field, value=None):
+    """The struct code of a fixed-size field: its own format where that is what it
+    writes, else that many bytes."""
+    size = len(field.addfield(pkt, b"", pkt.getfieldval(field.name) if value is None else value))
+    fmt = getattr(field, "fmt", "")
+    return fmt[-1] if fmt[-1:] in ("B", "H", "I", "Q") and calcsize(fmt) == size else f"{size}s"
+
+
+def _derive_all():
+    descriptions = {tuple(wrapping): derive(wrapping) for wrapping in KNOWN}
+    descriptions["data"] = {opcode: _end(_read_fields(cls())[0]) for opcode, cls in layer_classes().items()
+                            if not _is_control(cls)}
+    return descriptions
+
+
+# --- the cache ----------------------------------------------------------------
+
+_DESCRIPTIONS = {}
+
+
+def _descriptions():
+    if not _DESCRIPTIONS:
+        path = cache_path()
+        try:
+            _DESCRIPTIONS.update(marshal.loads(path.read_bytes()))
+        except (OSError, ValueError, EOFError, TypeError):
+            _DESCRIPTIONS.update(_derive_all())
+            _write_cache(path, _DESCRIPTIONS)
+    return _DESCRIPTIONS
+
+
+def _fingerprint() -> int:
+    crc = 0
+    for name in _SOURCES:
+        crc = zlib.crc32((_HERE / name).read_bytes(), crc)
+    return crc
+
+
+def cache_path() -> Path:
+    """Where the derived layouts are kept: the user's cache folder (not __pycache__,
+    which PYTHONDONTWRITEBYTECODE would leave unwritten), named by the sources' checksum,
+    so an edit of layers.py is seen at the next run."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ovpndiag" / f"wirelayout-{_fingerprint():08x}.marshal"
+
+
+def _write_cache(path, descriptions):
+    """Whole or not at all (another process may read it meanwhile); older ones removed.
+    Where nothing may be written, the next run derives again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob("wirelayout-*.marshal"):
+            old.unlink(missing_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(marshal.dumps(dict(descriptions)))
+        os.replace(temporary, path)
+    except OSError:
+        pass
