@@ -60,12 +60,13 @@ def run():
         _give_up("ovpndiag", f"internal error: {type(error).__name__}: {error} (please report it)", EX_SOFTWARE)
 
 
-def emit(text):
-    """click.echo to standard output, or OutputError saying why it could not be written."""
+def emit(text, colour=None):
+    """click.echo to standard output (``colour``: True keeps click's styles, False strips
+    them, None: on a terminal only), or OutputError saying why it could not be written."""
     if sys.stdout is None:  # started with it closed (>&-): Python has no stdout object at all
         raise OutputError("standard output is closed")
     try:
-        click.echo(text)
+        click.echo(text, color=colour)
     except OSError as error:
         raise OutputError(error.strerror or str(error)) from None
 
@@ -103,6 +104,24 @@ def main(context):
     check them from monitoring, read OpenVPN captures."""
     if sys.stdout is None and context.invoked_subcommand != "check":  # (check says UNKNOWN itself)
         raise OutputError("standard output is closed")  # (started with >&-): said before any work
+
+
+def colour_option(command):
+    return click.option("--color", "--colour", "color", type=click.Choice(["auto", "always", "never"]),
+                        default="auto", show_default=True,
+                        help="Colour the output: auto is on a terminal unless NO_COLOR is set.")(command)
+
+
+def _colour(choice) -> Optional[bool]:
+    """--color as click.echo's ``color``: True, False, or None (auto: a terminal decides).
+    NO_COLOR (no-color.org), set and not empty, turns auto off; --color always wins."""
+    import os
+
+    if choice == "always":
+        return True
+    if choice == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return None
 
 
 def probe_options(command):
@@ -167,7 +186,8 @@ def _user_errors():
               help="With a key file: try every key direction, digest and wrapping, report what the server answers.")
 @click.option("--write", "write_path", metavar="FILE.pcap", help="Save the exchange as a capture (never overwrites).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def probe(as_json, try_keys, write_path, **options):
+@colour_option
+def probe(as_json, try_keys, write_path, color, **options):
     """Send an OpenVPN client reset to HOST and explain what happens."""
     try:
         settings = _settings(options)
@@ -194,11 +214,11 @@ def probe(as_json, try_keys, write_path, **options):
     elif try_keys:
         from .render.report import try_keys_report
 
-        emit(try_keys_report(result))
+        emit(try_keys_report(result), _colour(color))
     else:
         from .render.report import probe_report
 
-        emit(probe_report(result, settings))
+        emit(probe_report(result, settings), _colour(color))
     sys.exit(0 if result.ok else 1)
 
 
@@ -366,7 +386,8 @@ unreadable or malformed CA, certificate, key, passphrase or credentials file;
 @handshake_options("data")
 @click.option("--write", "write_path", metavar="FILE.pcap", help="Save every packet as a capture (never overwrites).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def handshake(as_json, **options):
+@colour_option
+def handshake(as_json, color, **options):
     """Walk the whole OpenVPN handshake with HOST as a client would, stage by
     stage (reset, tls, auth, push, data), and say where it stops and why."""
     from .handshake_check import judge, to_dict
@@ -395,7 +416,7 @@ def handshake(as_json, **options):
     else:
         from .render.handshake import handshake_report
 
-        emit(handshake_report(result, judgement, settings.stage))
+        emit(handshake_report(result, judgement, settings.stage), _colour(color))
     sys.exit(0 if judgement.state == 0 else 1)
 
 
@@ -462,10 +483,55 @@ def dissect_options(command):
         click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per packet (or session)."),
         click.option("--sessions", is_flag=True, help="One summary per OpenVPN session instead of packets."),
         click.option("-c", "--count", type=click.IntRange(1), help="Stop after this many OpenVPN packets."),
+        click.option("-Y", "--display-filter", "display_filter", metavar="FILTER", callback=_display_filter,
+                     help="Show only the packets that match, in Wireshark's syntax over the --json keys: "
+                          "-Y 'opcode == P_CONTROL_V1 and hmac_valid == false' (see README)."),
+        click.option("-T", "output_format", type=click.Choice(["text", "fields", "json", "ek"]),
+                     help="fields: the -e fields tab-separated, one line per packet, as tshark -T fields; "
+                          "json/ek: as --json (JSON Lines)."),
+        click.option("-e", "fields", metavar="FIELD", multiple=True,
+                     help="A field (a --json key) for -T fields. Repeatable."),
+        click.option("-E", "field_settings", metavar="NAME=VALUE", multiple=True,
+                     help="-T fields options as tshark's: header=y, separator=,|/t|/s, quote=d, "
+                          "aggregator=CHAR, occurrence=a|f|l. Repeatable."),
+        colour_option,
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _display_filter(_context, _parameter, text):
+    """-Y compiled once, at parsing: a bad filter stops before any file is read."""
+    if text is None:
+        return None
+    from .dissect.displayfilter import FilterError, compile_filter
+
+    try:
+        return compile_filter(text)
+    except FilterError as error:
+        raise UserError(f"-Y: {error}") from None
+
+
+def _fields_output(options):
+    """-T fields / -e / -E checked, and -T json|ek folded into --json."""
+    from .render.fields import FieldsError, check_names, parse_options
+
+    if options["output_format"] in ("json", "ek"):
+        options["as_json"] = True
+    if options["output_format"] != "fields":
+        if options["fields"] or options["field_settings"]:
+            raise UserError("-e and -E need -T fields")
+        return None
+    if not options["fields"]:
+        raise UserError("-T fields needs at least one -e FIELD")
+    if options["as_json"] or options["verbose"] or options["sessions"]:
+        raise UserError("-T fields is an output of its own: not with --json, -V or --sessions")
+    try:
+        check_names(options["fields"])
+        return parse_options(options["field_settings"])
+    except FieldsError as error:
+        raise UserError(str(error)) from None
 
 
 def _reader_options(options):
@@ -508,11 +574,23 @@ class _Output:
         self.as_json = options["as_json"]
         self.file = None
         self.many = many_files
-        colour = self.colour = sys.stdout.isatty() and not self.as_json
-        self.listing = not self.as_json and not options["verbose"]
-        self.take = self.render = None
+        choice = _colour(options["color"])
+        self.fields = options.get("fields_output")  # -T fields: its -E options
+        colour = self.colour = (sys.stdout.isatty() if choice is None else choice) and not self.as_json \
+            and self.fields is None
+        self.listing = not self.as_json and not options["verbose"] and self.fields is None
+        self.filter = options["display_filter"]  # -Y: a predicate on records
+        self.take = self.render = self.keep = None
+        self.pending = []
         if self.as_json:
             self.render = (lambda record: jsonl.packet_json(record, self.file)) if many_files else jsonl.packet_json
+        elif self.fields is not None:
+            from .render.fields import fields_renderer, header_line
+
+            render_fields = fields_renderer(list(options["fields"]), self.fields)
+            self.render = lambda record: render_fields(record, self.file)
+            if self.fields.header:
+                self.pending.append(header_line(list(options["fields"]), self.fields))
         elif options["verbose"]:
             from .render import tree  # imports Scapy (0.2 s): only -V needs it
 
@@ -523,7 +601,6 @@ class _Output:
             self.render = line.packet_line
         self.jsonl, self.session_render = jsonl, session_render
         self.write = sys.stdout.write
-        self.pending = []
         self.key_names = {}  # wrapping -> how its key was given, e.g. "--tls-crypt key"
         self.file_start = 0  # self.count when the current file began
 
@@ -563,12 +640,17 @@ class _Output:
         from .dissect.reader import Reader
 
         if records or reader_options.sessions:
-            self.take = self.render
+            self.take, self.keep = self.render, self.filter
             return Reader(reader_options)
         self.take = itemgetter(1)
-        if self.listing:
-            return ListingReader(reader_options, self.colour)
-        return RenderingReader(reader_options, self.render)
+        if self.filter is None:
+            if self.listing:
+                return ListingReader(reader_options, self.colour)
+            return RenderingReader(reader_options, self.render)
+        # -Y: every packet becomes a record to test (no fast path); the others render as None.
+        keep, render = self.filter, self.render
+        self.keep = _rendered
+        return RenderingReader(reader_options, lambda record: render(record) if keep(record) else None)
 
     @property
     def full(self):
@@ -576,6 +658,8 @@ class _Output:
 
     def packets(self, records):
         """What the reader made by reader() gives: records, or (frame, text) pairs."""
+        if self.keep is not None:
+            records = [record for record in records if self.keep(record)]
         if self.sessions:
             self.count += len(records)
             return
@@ -588,6 +672,8 @@ class _Output:
 
     def lines(self, lines):
         """Lines already rendered (by parallel workers)."""
+        if self.filter is not None:
+            lines = [line for line in lines if line is not None]
         if self.limit is not None:
             lines = lines[:max(0, self.limit - self.count)]
         self.count += len(lines)
@@ -614,26 +700,75 @@ class _Output:
                 self.write(self.session_render.session_text(number, summary) + "\n\n")
 
 
-PROGRESS_EVERY = 200000  # datagrams (packets, with workers) between progress lines on a terminal
+def _rendered(pair):
+    return pair[1] is not None
+
+
+PROGRESS_EVERY = 50000  # datagrams (packets, with workers) between progress lines on a terminal
 
 
 def _progress(frames, packets):
     if sys.stderr.isatty():
-        sys.stderr.write(f"\r{frames:,} frames, {packets:,} OpenVPN packets ")
+        sys.stderr.write(f"\r{frames:,} frames, {packets:,} OpenVPN packets {_Reading.share()}")
         sys.stderr.flush()
 
 
+class _Reading:
+    """The capture file one reader is reading, opened here (on a terminal only) so that the
+    progress line can say how far into it the reader is (of a .gz, in its compressed bytes)."""
+
+    file = None
+    size = 0
+
+    @classmethod
+    def open(cls, path):
+        """The file at ``path``, or ``path`` itself where there is nothing to measure."""
+        import os
+        import stat
+
+        cls.close()
+        if not sys.stderr.isatty():
+            return path
+        try:
+            file = open(path, "rb")
+        except OSError:
+            return path  # (the reader says why, as it would have)
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode) or not status.st_size:
+            file.close()
+            return path
+        cls.file, cls.size = file, status.st_size
+        return file
+
+    @classmethod
+    def close(cls):
+        if cls.file is not None:
+            cls.file.close()
+            cls.file = None
+
+    @classmethod
+    def share(cls) -> str:
+        """"(42% of the file) " read so far, or nothing."""
+        try:
+            return f"({min(100, 100 * cls.file.tell() // cls.size)}% of the file) " if cls.file is not None else ""
+        except (OSError, ValueError):
+            return ""
+
+
 @main.command()
-@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.argument("files", nargs=-1, metavar="FILE...")
+@click.option("-r", "--read-file", "read_files", metavar="FILE", multiple=True,
+              help="A capture to read, as tshark -r (the same as a FILE argument). Repeatable.")
 @dissect_options
 @click.option("--write-decrypted", "write_decrypted", metavar="OUT.pcap",
               help="Write the OpenVPN packets with tls-crypt removed, for Wireshark (never overwrites).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64),
               help="Processes sharing a capture's flows for the listing and --json (default: one per "
                    "CPU, up to 4, for files of 16 MB or more; 1: one process). The output is the same.")
-def dissect(files, write_decrypted, jobs, **options):
+def dissect(files, read_files, write_decrypted, jobs, **options):
     """Print the OpenVPN traffic in pcap/pcapng captures, Wireshark-style.
-    A FILE of - reads a capture from standard input (tcpdump -w - | ovpndiag dissect -).
+    A FILE of - reads a capture from standard input (tcpdump -w - | ovpndiag dissect -);
+    gzip-compressed captures are read as they are.
 
     \b
     Exit status: 0 read, 1 a capture could not be read to its end (what was
@@ -641,6 +776,10 @@ def dissect(files, write_decrypted, jobs, **options):
     from .capture.pcapfile import CaptureError
     from .capture.transport import Transport, read_transport
 
+    files = read_files + files
+    if not files:
+        raise UserError("no capture to read: give FILE... or -r FILE (- for standard input)")
+    options["fields_output"] = _fields_output(options)
     try:
         reader_options = _reader_options(options)
         writer = None
@@ -656,7 +795,7 @@ def dissect(files, write_decrypted, jobs, **options):
     try:
         for path in files:
             output.file, output.file_start = path, output.count
-            if output.many and not options["as_json"] and not options["sessions"]:
+            if output.many and not options["as_json"] and not options["sessions"] and output.fields is None:
                 output.write(f"==> {path} <==\n")
             workers = _workers(path, jobs, write_decrypted, options, output)
             if workers > 1:
@@ -724,10 +863,11 @@ class _StandardInput:
             raise CaptureError("-: standard input is a terminal, not a capture "
                                "(pipe one in: tcpdump -w - ... | ovpndiag dissect -)")
         self.read = sys.stdin.buffer.read
+        self.peek = getattr(sys.stdin.buffer, "peek", None)  # (to tell a gzip-compressed capture)
 
 
 def _source(path):
-    return _StandardInput() if path == "-" else path
+    return _StandardInput() if path == "-" else _Reading.open(path)
 
 
 def _collect_less():
@@ -760,6 +900,7 @@ def _dissect_parallel(path, reader_options, output, jobs) -> Optional[bool]:
     reader does the job, and says what is wrong)."""
     from .dissect import parallel
 
+    _Reading.close()  # (no percentage: each worker reads the file on its own)
     first_time = parallel.first_frame_time(path)
     if first_time is None:
         return None
@@ -829,7 +970,10 @@ def _write_decrypted(records, writer):
 @click.option("--write", "write_path", metavar="FILE.pcap", help="Also save what was captured (never overwrites).")
 @click.option("--buffer", "buffer_mib", type=click.IntRange(1, 4096), default=64, show_default=True, metavar="MIB",
               help="Kernel capture buffer, MiB: it holds the packets not yet read in a burst.")
-def sniff(interface, duration, write_path, buffer_mib, **options):
+@click.option("-f", "capture_filter", metavar="BPF",
+              help="Capture filter (pcap-filter syntax, as tcpdump's): run in the kernel, so what it "
+                   "rejects is never copied nor counted.")
+def sniff(interface, duration, write_path, buffer_mib, capture_filter, **options):
     """Dissect OpenVPN traffic live on an interface; Ctrl-C (or SIGTERM) stops
     with a summary, after showing what was already captured.
 
@@ -839,15 +983,20 @@ def sniff(interface, duration, write_path, buffer_mib, **options):
     import math
     import time
 
-    from .capture.live import LiveError, open_interface
+    from .capture.live import CaptureFilterError, LiveError, compile_capture_filter, open_interface
     from .capture.transport import Transport
 
     try:
         if duration is not None and not (math.isfinite(duration) and duration > 0):
             raise UserError(f"--duration must be a number of seconds above 0, not {duration}")
+        options["fields_output"] = _fields_output(options)
+        try:
+            program = compile_capture_filter(capture_filter) if capture_filter else ()
+        except CaptureFilterError as error:
+            raise UserError(f"-f: {error}") from None
         reader_options = _reader_options(options)
         reader_options.sessions = True  # keep summaries for the closing line
-        capture = open_interface(interface, buffer_mib)
+        capture = open_interface(interface, buffer_mib, program)
     except LiveError as error:
         click.echo(f"ovpndiag: error: {error}", err=True)
         sys.exit(1)
