@@ -122,7 +122,8 @@ _ALL = [
             ("compare tls-version-min/tls-version-max and tls-cipher/tls-ciphersuites on both sides "
              "(the server's log: 'TLS error: Unsupported protocol', 'no shared cipher')",
              "an old client (TLS 1.2 or older) against a server with tls-version-min 1.3 fails so",
-             "the server may also have reached max-clients, or stopped: read its log")),
+             "unless the message says a second session's ClientHello was answered, the server may also "
+             "be full (max-clients) or have stopped: read its log")),
     Verdict("server-certificate-rejected", "tls",
             "the client refused the server's certificate (untrusted CA, expired, not yet valid, name or "
             "key usage wrong)",

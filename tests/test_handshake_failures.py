@@ -311,6 +311,8 @@ def test_a_wrong_tls_auth_key_over_tcp_is_not_max_clients(started):
     assert result.verdict in ("connection-closed", "connection-reset"), result.message
     assert_fails(result, result.verdict, "reset", f"127.0.0.1:{server.port}")
     assert server.wait_for(r"packet HMAC authentication failed", 1)
+    # the idle connection we opened to ask was closed by us, and the server dropped its instance at once
+    assert server.wait_for(r"SIGUSR1\[soft,connection-reset\] received, client-instance restarting", 1)
 
 
 @pytest.mark.parametrize("wrapping", ["none", "tls-crypt-v2"])
