@@ -4,6 +4,7 @@ proven from the server's side (its log shows the peer initiated, the PUSH_REPLY
 sent and our EXIT received), and the control channel's reliability through a
 relay that loses, duplicates and reorders packets."""
 
+import datetime
 import json
 import re
 import socket
@@ -752,3 +753,64 @@ def test_a_gap_sends_three_acks_of_the_later_packet_at_once():
     assert [(a.opcode, list(a.acks)) for a in acks] == [(5, [2])] * 3
     assert channel.outgoing() == []
     assert channel.receive(Received(4, 0, 2, [], 1, b"first ", None)) == b"first later"
+
+
+def test_three_server_packets_unacknowledged_are_acked_at_once():
+    """A 2.6 server sends at most 6 control packets unacknowledged: a lone ACK held back for
+    ACK_DELAY would stall a longer certificate flight. One or two wait for a packet of ours."""
+    from ovpndiag.client.reliable import ACK_DELAY, ControlChannel, Received
+    from ovpndiag.layers import dissect
+    from ovpndiag.wrap import NoWrapping
+
+    clock = FakeClock()
+    channel = ControlChannel(NoWrapping(), 1, "udp", clock=clock)
+    channel.remote_session_id = 2
+    for packet_id in (1, 2):
+        channel.receive(Received(4, 0, 2, [], packet_id, b"x", None))
+    assert channel.outgoing() == [] and channel.next_due() == ACK_DELAY
+    channel.receive(Received(4, 0, 2, [], 3, b"x", None))
+    assert channel.next_due() == 0.0
+    acks = [dissect(packet)[0] for packet in channel.outgoing()]
+    assert [(a.opcode, sorted(a.acks)) for a in acks] == [(5, [1, 2, 3])]
+
+
+def test_a_certificate_flight_longer_than_the_servers_window_does_not_stall(tmp_path):
+    """A ~10 KB server certificate: 10 control packets, 6 at most unacknowledged. Our ACK
+    of the first 6 goes at once, not after ACK_DELAY (which stalled the flight 2 ms)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from ovpndiag.client.reliable import ACK_DELAY
+    from pki import get_pki
+    from servers import OpenVPNServer
+
+    pki = get_pki()
+    ca = x509.load_pem_x509_certificate(open(pki.ca, "rb").read())
+    ca_key = serialization.load_pem_private_key(open(pki.ca_key, "rb").read(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names = [x509.DNSName(f"host{i:04d}.example.invalid") for i in range(400)]
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False).sign(ca_key, hashes.SHA256()))
+    (tmp_path / "big.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "big.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    server = OpenVPNServer(ca=pki.ca, cert=str(tmp_path / "big.crt"), cert_key=str(tmp_path / "big.key")).start()
+    try:
+        client = Client(settings_for(server.host, server.port, ca=pki.ca, cert=pki.client["valid"],
+                                     key=pki.client_key["valid"]))
+        result = client.run("tls")
+    finally:
+        server.stop()
+    assert result.verdict == "ok", result.message
+    packets = [(at, data, sent) for at, _, _, _, data, sent in client.exchange]
+    tls = [at for at, data, sent in packets if not sent and data[0] >> 3 == 4]
+    assert len(tls) >= 8  # longer than the server's window
+    ack = next(at for at, data, sent in packets if sent and data[0] >> 3 == 5)
+    assert tls[5] <= ack < tls[6]  # the server's 7th packet waited for our ACK ...
+    assert ack - tls[5] < ACK_DELAY, ack - tls[5]  # ... which did not wait for the delay

@@ -47,6 +47,10 @@ MIN_RTO, MAX_RTO, INITIAL_RTO = 0.2, 4.0, 0.5
 # A lone P_ACK_V1 waits this long for a packet of ours to ride on (the server's next
 # message usually follows at once); its retransmission timer is 2 s, so nothing is lost.
 ACK_DELAY = 0.002
+# ... unless this many of the server's packets wait for it: a 2.6 server sends at most 6
+# unacknowledged (TLS_RELIABLE_N_SEND_BUFFERS), so a certificate flight of more packets
+# would stall for ACK_DELAY; ACKed by halves, it never stops.
+ACK_AT_ONCE = 3
 NUDGE_ACKS = 3
 
 
@@ -142,13 +146,14 @@ class ControlChannel:
         if self.nudges or (self.queue and len(self.unacked) < SEND_WINDOW):
             return self.clock()
         if self.to_ack and self.remote_session_id is not None:
-            dues.append(self.ack_owed_since + ACK_DELAY)
+            dues.append(self.ack_owed_since + (ACK_DELAY if len(self.to_ack) < ACK_AT_ONCE else 0.0))
         return min(dues) if dues else None
 
     def outgoing(self, acks=True) -> List[bytes]:
         """The wire packets to send now: new and timed-out control packets (with
         ACKs piggybacked), or a P_ACK_V1 when only ACKs are owed - after ACK_DELAY,
-        or at once with ``acks="now"``; none with ``acks=False``."""
+        at once for ACK_AT_ONCE packets or more, or with ``acks="now"``; none with
+        ``acks=False``."""
         now = self.clock()
         while self.queue and len(self.unacked) < SEND_WINDOW:
             entry = self.queue.pop(0)
@@ -166,7 +171,7 @@ class ControlChannel:
             # Exponential backoff per packet, as reliable.c does.
             entry.due = now + min(MAX_RTO, self.rto * (2 ** (entry.sent - 1)))
         if acks and self.to_ack and self.remote_session_id is not None \
-                and (acks == "now" or now >= self.ack_owed_since + ACK_DELAY):
+                and (acks == "now" or len(self.to_ack) >= ACK_AT_ONCE or now >= self.ack_owed_since + ACK_DELAY):
             packets.append(self._build_ack())
         while self.nudges and self.remote_session_id is not None:
             self.nudges -= 1
