@@ -328,8 +328,9 @@ class PlainCodec:
         return self._shapes[key]
 
     def build(self, layer, fields: dict, payload: bytes = b""):
-        """The packet's bytes; or, for a shape without a struct, the Scapy layer to build."""
-        shape = self.shape(layer, fields.get("opcode", 0), len(fields.get("acks") or ()))
+        """The packet's bytes (``fields`` as the layer takes them, opcode included); or,
+        for a shape without a struct, the Scapy layer to build."""
+        shape = self.shape(layer, fields["opcode"], len(fields.get("acks") or ()))
         if shape is None or any(fields.get(name) for name in shape.empty):
             return layer(**fields, wrapping=PLAIN)
         values = []
