@@ -1,24 +1,37 @@
 #!/usr/bin/env python3
-"""ovpndiag dissect beside tshark on a capture of 500,000+ packets.
+"""ovpndiag dissect beside tshark on a capture of 500,000+ packets, every output.
 
-Builds (in a temporary folder) a control-heavy capture by repeating the bundled
-real Ethernet captures, each repetition on its own client ports and shifted in
-time, then times, in one run and on the same file:
+Two workloads (--workload):
 
-  ovpndiag dissect FILE -p 12345 -p 443            (one line per packet; workers by default)
-  ovpndiag dissect FILE ... -j 1                    (the same in one process)
-  tshark -r FILE -d udp.port==12345,openvpn ...     (its one-line listing)
-  ovpndiag dissect FILE ... --json                  (JSON Lines)
-  tshark -r FILE ... -T ek                          (its JSON)
+  sessions  (default) 24,000 real short sessions of every wrapping (none, tls-auth SHA1/256/512,
+            tls-crypt, tls-crypt-v2; UDP and TCP) in four minutes, 546,000 frames: made by
+            sessions_capture.py from the real sessions in data/short-sessions.pcap.gz and
+            cached in ~/.cache/ovpndiag-bench (built once, ~10 s).
+  repeat    the bundled real Ethernet captures repeated, each repetition on its own client
+            ports and shifted in time (a new flow every 20 packets or so), built in a
+            temporary folder.
 
-with output to /dev/null. Each command is timed --repeat times (rounds interleaved,
-so a slow spell of a shared machine hits every command alike; best and median are
-reported), then run once more for its peak memory (for ovpndiag the sum over its
-worker processes; see tree_memory), since sampling /proc would slow a timed run.
-Issue 4 asks: listing at least as fast as tshark, --json at least as fast as
-tshark -T ek, and ovpndiag's peak memory under 150 MB at any size.
+Each output is timed beside what it is judged against, with output to /dev/null:
 
-    python3 benchmarks/dissect_speed.py [--packets 500000] [--repeat 3] [--keep FILE]
+  listing   ovpndiag dissect FILE -p PORT...        tshark -r FILE -d udp.port==...,openvpn ...
+            (-j 1 too: the same in one process)
+  sessions  ovpndiag dissect ... --sessions         ovpndiag's listing
+  json      ovpndiag dissect ... --json             tshark -r FILE ... -T ek
+  tree      ovpndiag dissect ... -V                 tshark -r FILE ... -V       (--outputs ...,tree: slow)
+
+Every command runs --repeat times, in interleaved rounds (a slow spell of the shared
+machine hits every command alike); medians and bests are reported, and each pair's ratio
+as the median of the per-round ratios. Then one more run each for peak memory (for
+ovpndiag the sum over its worker processes; see tree_memory): sampling /proc would slow
+a timed run. With --session-memory the sessions workload also measures what a finished
+session costs: --sessions' peak memory on 24,000 and on 144,000 sessions, the difference
+divided by the 120,000 more. Issue 10 asks: listing at least as fast as tshark -r (ratio
+<= 1), --sessions at most 1.5x the listing, a finished session a few hundred bytes,
+--json at least 5x faster than tshark -T ek (ratio <= 0.2) with flat memory, -V at most
+2x tshark -V.
+
+    python3 benchmarks/dissect_speed.py [--workload sessions|repeat] [--repeat 3]
+        [--outputs listing,sessions,json,tree] [--session-memory] [--keep FILE]
 """
 
 import argparse
@@ -150,25 +163,117 @@ def peak_memory(argv):
     return max(peak, usage.ru_maxrss / 1024)
 
 
+class Workload:
+    """A capture, the ports ovpndiag is told (-p) and tshark's Decode As for them."""
+
+    def __init__(self, capture, ports):
+        self.capture = capture
+        self.ours = [sys.executable, "-m", "ovpndiag", "dissect", str(capture)]
+        self.theirs = ["tshark", "-r", str(capture)]
+        for port in sorted(set(ports) - {1194}):
+            self.ours += ["-p", str(port)]
+            self.theirs += ["-d", f"udp.port=={port},openvpn", "-d", f"tcp.port=={port},openvpn"]
+
+
+def sessions_workload(sessions=24000):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import sessions_capture
+
+    return Workload(sessions_capture.cached(sessions), sessions_capture.ports())
+
+
+def repeat_workload(folder, packets):
+    capture = folder / "big.pcap"
+    build(packets, capture)
+    return Workload(capture, [12345, 443])
+
+
+# (output, what it is judged against, target for ovpndiag's time / the other's, what the target says)
+PAIRS = {
+    "listing": ("tshark -r", 1.0, "at least as fast as tshark -r"),
+    "sessions": ("ovpndiag dissect", 1.5, "at most 1.5x the listing"),
+    "json": ("tshark -T ek", 0.2, "at least 5x faster than tshark -T ek"),
+    "tree": ("tshark -V", 2.0, "at most 2x tshark -V"),
+}
+
+
+def commands(workload, outputs, tshark):
+    """(name, argv) of every command the outputs need, each once."""
+    ours, theirs = workload.ours, workload.theirs
+    wanted = {"listing": [("ovpndiag dissect", ours), ("ovpndiag dissect -j 1", ours + ["-j", "1"])],
+              "sessions": [("ovpndiag dissect", ours), ("ovpndiag dissect --sessions", ours + ["--sessions"])],
+              "json": [("ovpndiag dissect --json", ours + ["--json"])],
+              "tree": [("ovpndiag dissect -V", ours + ["-V"])]}
+    if tshark:
+        wanted["listing"].append(("tshark -r", theirs))
+        wanted["json"].append(("tshark -T ek", theirs + ["-T", "ek"]))
+        wanted["tree"].append(("tshark -V", theirs + ["-V"]))
+    runs = {}
+    for output in outputs:
+        for name, argv in wanted[output]:
+            runs.setdefault(name, argv)
+    return list(runs.items())
+
+
+def ours_for(output):
+    return {"listing": "ovpndiag dissect", "sessions": "ovpndiag dissect --sessions",
+            "json": "ovpndiag dissect --json", "tree": "ovpndiag dissect -V"}[output]
+
+
+def report_pairs(outputs, times):
+    """Each output's ratio to what it is judged against: the median of the per-round ratios."""
+    print("ratios (median of the rounds' ratios; target):")
+    for output in outputs:
+        other, target, says = PAIRS[output]
+        ours = ours_for(output)
+        if other not in times:
+            continue
+        ratios = [a / b for a, b in zip(times[ours], times[other])]
+        ratio = statistics.median(ratios)
+        verdict = "met" if ratio <= target else "NOT met"
+        print(f"  {output:<9} {ours} / {other}: {ratio:5.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}); "
+              f"target <= {target:g}, {says}: {verdict}")
+
+
+def session_memory():
+    """What a finished session costs --sessions: peak memory on 24,000 and 144,000 sessions."""
+    peaks = {}
+    for sessions in (24000, 144000):
+        workload = sessions_workload(sessions)
+        argv = workload.ours + ["--sessions"]
+        started = time.perf_counter()
+        peaks[sessions] = peak_memory(argv)
+        print(f"--sessions on {sessions:,} sessions: peak memory {peaks[sessions]:7.1f} MB "
+              f"({time.perf_counter() - started:.1f} s, sampled)")
+    per_session = (peaks[144000] - peaks[24000]) * 2 ** 20 / 120000
+    print(f"a finished session costs {per_session:,.0f} bytes ((peak at 144,000 - at 24,000) / 120,000); "
+          f"target: a few hundred")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--packets", type=int, default=500000)
+    parser.add_argument("--workload", choices=("sessions", "repeat"), default="sessions")
+    parser.add_argument("--sessions", type=int, default=24000, help="sessions workload: sessions (default 24000)")
+    parser.add_argument("--packets", type=int, default=500000, help="repeat workload: packets (default 500000)")
+    parser.add_argument("--outputs", default="listing,sessions,json",
+                        help="comma-separated: listing, sessions, json, tree (default listing,sessions,json)")
+    parser.add_argument("--session-memory", action="store_true",
+                        help="also measure a finished session's memory (24,000 vs 144,000 sessions)")
     parser.add_argument("--keep", help="keep the built capture at this path")
     parser.add_argument("--skip-tshark", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each command (default 3)")
     args = parser.parse_args()
+    outputs = [output.strip() for output in args.outputs.split(",") if output.strip()]
+    unknown = set(outputs) - set(PAIRS)
+    if unknown:
+        parser.error(f"unknown outputs: {', '.join(sorted(unknown))}")
     folder = Path(tempfile.mkdtemp(prefix="ovpndiag-bench-"))
     try:
-        capture = folder / "big.pcap"
-        count = build(args.packets, capture)
-        print(f"capture: {count:,} packets, {capture.stat().st_size / 1e6:.0f} MB")
-        ours = [sys.executable, "-m", "ovpndiag", "dissect", str(capture), "-p", "12345", "-p", "443"]
-        decode_as = ["-d", "udp.port==12345,openvpn", "-d", "tcp.port==443,openvpn"]
-        runs = [("ovpndiag dissect", ours), ("ovpndiag dissect -j 1", ours + ["-j", "1"]),
-                ("ovpndiag dissect --json", ours + ["--json"])]
-        if not args.skip_tshark and shutil.which("tshark"):
-            runs += [("tshark -r", ["tshark", "-r", str(capture), *decode_as]),
-                     ("tshark -T ek", ["tshark", "-r", str(capture), *decode_as, "-T", "ek"])]
+        workload = sessions_workload(args.sessions) if args.workload == "sessions" \
+            else repeat_workload(folder, args.packets)
+        capture = workload.capture
+        print(f"capture: {capture} ({capture.stat().st_size / 1e6:.0f} MB)")
+        runs = commands(workload, outputs, not args.skip_tshark and shutil.which("tshark"))
         with open(capture, "rb") as f:  # in the page cache (and written back) before any run
             while f.read(1 << 20):
                 pass
@@ -179,16 +284,31 @@ def main():
             for name, argv in runs:
                 elapsed, codes[name] = timed(argv)
                 times[name].append(elapsed)
-        print(f"{args.repeat} timed runs each (best, median), then one run for peak memory:")
+        frames = count_frames(capture)
+        print(f"{frames:,} frames; {args.repeat} timed runs each (best, median), then one run for peak memory:")
         for name, argv in runs:
             best, median = min(times[name]), statistics.median(times[name])
             state = "" if codes[name] == 0 else f"  (exit {codes[name]})"
-            print(f"{name:<26} {best:6.2f} s {count / best / 1000:6.1f} k/s, median {median:6.2f} s "
-                  f"{count / median / 1000:6.1f} k/s  peak memory {peak_memory(argv):6.1f} MB{state}")
+            print(f"{name:<28} {best:6.2f} s {frames / best / 1000:6.1f} k/s, median {median:6.2f} s "
+                  f"{frames / median / 1000:6.1f} k/s  peak memory {peak_memory(argv):6.1f} MB{state}")
+        report_pairs(outputs, times)
+        if args.session_memory and args.workload == "sessions":
+            session_memory()
         if args.keep:
             shutil.copy(capture, args.keep)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def count_frames(path):
+    """Frames in a classic pcap (the rate's numerator)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    count, offset = 0, 24
+    while offset + 16 <= len(data):
+        offset += 16 + struct.unpack_from("<I", data, offset + 8)[0]
+        count += 1
+    return count
 
 
 if __name__ == "__main__":
