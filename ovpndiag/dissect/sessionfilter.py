@@ -1,0 +1,47 @@
+"""``--sessions`` with ``-Y``: the sessions one of whose packets matches, each shown whole.
+
+A display filter picks packets; a session summary is made of all of a session's
+packets. So the filter chooses which summaries are shown, never what is in them
+(``--sessions -Y 'hmac_valid == false'``: the sessions with a bad HMAC, with all their
+counts). A matching packet is placed by its flow (transport, server and client
+endpoints) and its client's session id; a packet that names no client session id (a
+data packet, a server packet without its peer's) stands for every session of its flow.
+"""
+
+from typing import Dict, Optional, Set, Tuple
+
+Flow = Tuple[str, tuple, tuple]  # (transport, (server, port), (client, port))
+
+
+def _sender(record) -> Optional[str]:
+    return record.get("_sender") if record.__class__ is dict else getattr(record, "sender", None)
+
+
+def _get(record, name):
+    return record.get(name) if record.__class__ is dict else getattr(record, name, None)
+
+
+class MatchedSessions:
+    def __init__(self):
+        self.flows: Dict[Flow, Set[Optional[int]]] = {}  # -> client session ids seen matching (None: any)
+
+    def add(self, record):
+        """A packet that matched the filter."""
+        sender = _sender(record)
+        here, there = (_get(record, "src"), _get(record, "sport")), (_get(record, "dst"), _get(record, "dport"))
+        client, server = (here, there) if sender == "client" else (there, here)
+        client_id = _get(record, "session_id" if sender == "client" else "remote_session_id")
+        self.flows.setdefault((_get(record, "transport"), server, client), set()).add(client_id)
+
+    def keeps(self, summary: dict) -> bool:
+        """Whether this session summary (``Session.to_dict``) had a matching packet."""
+        own = summary.get("client_session_id")
+        own = int(own, 16) if isinstance(own, str) else own
+        server = (summary["server"], summary["server_port"])
+        clients = [(summary["client"], summary["client_port"])] + \
+            [(moved["client"], moved["client_port"]) for moved in summary.get("floated_to", ())]
+        for client in clients:
+            ids = self.flows.get((summary["transport"], server, client))
+            if ids and (None in ids or own is None or own in ids):
+                return True
+        return False
