@@ -538,16 +538,18 @@ def _reader_options(options):
     from .dissect.infer import candidates_for
     from .dissect.keyring import KeyRing
     from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey, read_key
-    from .protocol import HMAC_SIZES  # not .layers: the listing and JSON never import Scapy
+    from .protocol import digest_name  # not .layers: the listing and JSON never import Scapy
     from .dissect.reader import Options
     from .profile import read_profile
     from .settings import SettingsError
 
     profile = read_profile(options["config"]) if options["config"] else None
     auth = options["auth"] or (profile.auth if profile else None)
-    if auth and auth.upper().replace("-", "") not in HMAC_SIZES:
-        raise SettingsError(f"unknown --auth digest '{auth}' (use one of {', '.join(HMAC_SIZES)})")
-    digest = auth.upper().replace("-", "") if auth and options["wrapping"] in (None, "tls-auth") else None
+    try:
+        digest = digest_name(auth) if auth else None
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+    digest = digest if options["wrapping"] in (None, "tls-auth") else None
     direction = options["key_direction"] or (str(profile.key_direction) if profile and
                                             profile.key_direction is not None else None)
     v2 = options["tls_crypt_v2"]

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from . import transport
 from .layers import EARLY_NEG_START, SERVER_RESETS, OpenVPNReset, dissect
+from .protocol import PLAIN, Opcode, first_byte
 from .settings import ProbeSettings, describe_wrapper
 
 # Verdicts: what the server did, from the client's side.
@@ -150,9 +151,9 @@ def _probe_address(settings, address, result, started, deadline):
             if time.monotonic() >= deadline:
                 break
             session_id = new_session_id()
-            plain = bytes(OpenVPNReset(opcode=7, session_id=session_id))
+            plain = bytes(OpenVPNReset(opcode=Opcode.P_CONTROL_HARD_RESET_CLIENT_V2, session_id=session_id))
             if v3:  # same plain layout, other opcode; wrap() appends the client's WKc
-                plain = bytes([10 << 3]) + plain[1:]
+                plain = bytes([first_byte(Opcode.P_CONTROL_HARD_RESET_CLIENT_V3)]) + plain[1:]
             replay_packet_id = (EARLY_NEG_START if v3 else 0) + number
             packet = wrapper.wrap(plain, replay_packet_id, net_time)
             now = time.monotonic()
@@ -272,7 +273,7 @@ def validate_reply(reply: bytes, session_id: int, settings: ProbeSettings, resul
         result.verdict = NOT_OPENVPN
         return
     result.reply = reply_fields(packet, len(reply))
-    checks.append(Check("opcode", packet.opcode == 8, packet.opcode_name))
+    checks.append(Check("opcode", packet.opcode == Opcode.P_CONTROL_HARD_RESET_SERVER_V2, packet.opcode_name))
     checks.append(Check("key id 0", packet.key_id == 0, f"key_id {packet.key_id}"))
     checks.append(Check("acknowledges our reset (message packet-id 0)", 0 in packet.acks,
                         f"acks {list(packet.acks)}"))
@@ -298,8 +299,13 @@ def validate_reply(reply: bytes, session_id: int, settings: ProbeSettings, resul
 
 
 def _looks_like_server_reset(data):
-    """First byte of a server reset with key id 0, and long enough to be one."""
-    return len(data) >= 26 and data[0] in (8 << 3, 2 << 3)
+    """First byte of a server reset with key id 0, and long enough to be one (the
+    shortest: unwrapped, acknowledging the client's reset)."""
+    from .wirelayout import control_layout
+
+    layout = control_layout(PLAIN)
+    shortest = layout.header + 1 + layout.after_acks[Opcode.P_CONTROL_HARD_RESET_SERVER_V2][1].size
+    return len(data) >= shortest and data[0] in {first_byte(opcode) for opcode in SERVER_RESETS}
 
 
 def _auth_name(wrapper):

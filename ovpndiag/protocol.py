@@ -44,10 +44,35 @@ def first_byte(opcode: int, key_id: int = 0) -> int:
 
 # tls-auth HMAC size by --auth digest; nothing on the wire says which one.
 HMAC_SIZES = {"MD5": 16, "SHA1": 20, "SHA224": 28, "SHA256": 32, "SHA384": 48, "SHA512": 64}
+
+
+def digest_name(text: str) -> str:
+    """The HMAC_SIZES name of an ``--auth`` digest as people write it (``sha256``,
+    ``SHA-256``); raises ValueError, naming the known ones, for any other."""
+    name = text.strip().upper().replace("-", "")
+    if name not in HMAC_SIZES:
+        raise ValueError(f"unknown --auth digest '{text}' (use one of {', '.join(HMAC_SIZES)})")
+    return name
+
 TLS_CRYPT_TAG_SIZE = 32
 MAX_ACKS = 8  # OpenVPN rejects a longer ACK array (reliable.h, RELIABLE_ACK_SIZE)
 EARLY_NEG_START = 0x0F000000  # tls-crypt-v2 client's first replay packet-id, minus one
 SESSION_ID_SIZE = 8
+MIN_PACKET = 1 + SESSION_ID_SIZE  # OpenVPN drops shorter packets unread
+# OpenVPN's control packets, wrapping and WKc included, are at most TLS_CHANNEL_BUF_SIZE
+# (2048) bytes: ssl.c caps each at min(2048, --tls-mtu), and options.c caps --tls-mtu at
+# 2048. Data packets stay below that too unless --tun-mtu is raised far above its default
+# 1500 (then both peers must agree, or OpenVPN restarts on "Bad encapsulated packet
+# length"). So a TCP frame longer than this, where OpenVPN is not known to run (a probe's
+# first reply, a stream on an unknown port), is taken for another protocol.
+MAX_PLAUSIBLE_FRAME = 2048
+
+
+def plausible_tcp_frame(length: int, first: int) -> bool:
+    """Could a TCP frame of this length (its 2-byte prefix), starting with this byte,
+    be an OpenVPN packet - where nothing else says OpenVPN runs there?"""
+    return MIN_PACKET <= length <= MAX_PLAUSIBLE_FRAME and first >> KEY_ID_BITS in OPCODES
+
 
 
 WRAPPING_KINDS = ("none", "tls-auth", "tls-crypt", "tls-crypt-v2")
@@ -68,7 +93,7 @@ class Wrapping(NamedTuple):
 
     @classmethod
     def tls_auth(cls, digest_or_size="SHA1"):
-        size = digest_or_size if isinstance(digest_or_size, int) else HMAC_SIZES[digest_or_size.upper()]
+        size = digest_or_size if isinstance(digest_or_size, int) else HMAC_SIZES[digest_name(digest_or_size)]
         return cls("tls-auth", hmac_size=size)
 
     @property

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .keys import KeyFileError, StaticKey, TLSCryptV2ClientKey, read_key
-from .protocol import HMAC_SIZES
+from .protocol import digest_name
 from .profile import read_profile
 
 DEFAULT_PORT = 1194
@@ -144,9 +144,10 @@ def _wrapper(tls_auth, key_direction, auth, tls_crypt, tls_crypt_v2, profile):
         key = profile.tls_auth
     else:
         return NoWrapping()
-    digest = (auth or "SHA1").upper().replace("-", "")
-    if digest not in HMAC_SIZES:
-        raise SettingsError(f"unknown --auth digest '{auth}' (use one of {', '.join(HMAC_SIZES)})")
+    try:
+        digest = digest_name(auth or "SHA1")
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
     return TLSAuth(key, parse_key_direction(key_direction), digest)
 
 

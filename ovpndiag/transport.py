@@ -14,10 +14,9 @@ import threading
 import time
 from typing import List, NamedTuple, Optional
 
+from .protocol import plausible_tcp_frame
+
 MAX_PACKET = 65535
-# A real OpenVPN TCP frame is a control or data packet: a first length bigger than
-# this, or a first byte that is no opcode, means another protocol answered.
-PLAUSIBLE_FRAME = 3000
 
 
 class TransportError(Exception):
@@ -194,8 +193,7 @@ class TCPTransport:
         while True:
             if len(self._buffer) >= 3:
                 length = struct.unpack("!H", self._buffer[:2])[0]
-                opcode = self._buffer[2] >> 3
-                if not 9 <= length <= PLAUSIBLE_FRAME or not 1 <= opcode <= 11:
+                if not plausible_tcp_frame(length, self._buffer[2]):  # (another protocol answered)
                     raise NotOpenVPN("the reply is not OpenVPN's TCP framing", self._buffer)
                 if len(self._buffer) >= 2 + length:
                     packet, self._buffer = self._buffer[2:2 + length], self._buffer[2 + length:]

@@ -17,6 +17,7 @@ from . import transport
 from .keys import StaticKey, TLSCryptV2ClientKey
 from .layers import EARLY_NEG_START, OpenVPNReset, dissect
 from .probe import new_session_id
+from .protocol import Opcode, first_byte
 from .settings import ProbeSettings, describe_wrapper
 from .wrap import TLSAuth, TLSCrypt, TLSCryptV2Client, WrapError
 
@@ -63,8 +64,9 @@ def candidates(key) -> list:
 
 def _reset_for(wrapper, session_id):
     plain = bytes(OpenVPNReset(session_id=session_id))
-    if wrapper.wrapping.kind == "tls-crypt-v2":
-        return wrapper.wrap(bytes([10 << 3]) + plain[1:], EARLY_NEG_START + 1, int(time.time()))
+    if wrapper.wrapping.kind == "tls-crypt-v2":  # the same plain layout under another opcode
+        plain = bytes([first_byte(Opcode.P_CONTROL_HARD_RESET_CLIENT_V3)]) + plain[1:]
+        return wrapper.wrap(plain, EARLY_NEG_START + 1, int(time.time()))
     return wrapper.wrap(plain, 1, int(time.time()))
 
 
@@ -75,7 +77,8 @@ def _echoes(wrapper, reply, session_id):
         return False
     wire = opened.decrypted or reply
     packet, problem = dissect(wire, wrapper.wrapping._replace(decrypted=wrapper.wrapping.is_tls_crypt))
-    return problem is None and packet.opcode == 8 and packet.acks and packet.remote_session_id == session_id
+    return (problem is None and packet.opcode == Opcode.P_CONTROL_HARD_RESET_SERVER_V2 and packet.acks
+            and packet.remote_session_id == session_id)
 
 
 def try_keys(settings: ProbeSettings, key) -> TryKeysResult:

@@ -45,12 +45,13 @@ class AfterAcks:
     """What follows the ACK count for one opcode and count: one unpack for the ACKs,
     the remote session id and the message packet-id, and where each value is in it."""
 
-    __slots__ = ("unpack", "size", "remote_at", "message_at", "names")
+    __slots__ = ("struct", "unpack", "size", "remote_at", "message_at", "names")
 
     def __init__(self, names, code):
         self.names = tuple(names)
-        self.unpack = Struct("!" + code).unpack_from
-        self.size = calcsize("!" + code)
+        self.struct = Struct("!" + code)  # (its pack() builds them, in ``names`` order)
+        self.unpack = self.struct.unpack_from
+        self.size = self.struct.size
         self.remote_at = self.names.index("remote_session_id") if "remote_session_id" in self.names else None
         self.message_at = self.names.index("message_packet_id") if "message_packet_id" in self.names else None
 
@@ -123,7 +124,7 @@ def wkc_length(data: bytes, start: int) -> int:
     """The length of the wrapped client key (WKc) at the end of ``data`` - its last two
     bytes say it, itself included - checked to fit after offset ``start``.
     Raises MalformedPacket with the reason."""
-    left = len(data) - start
+    left = max(len(data) - start, 0)
     if left < _WKC_LENGTH.size:
         raise MalformedPacket(f"{left} bytes left where a wrapped client key (WKc) belongs")
     length = _WKC_LENGTH.unpack_from(data, len(data) - _WKC_LENGTH.size)[0]

@@ -15,12 +15,12 @@ import hmac
 import struct
 from typing import NamedTuple, Optional
 
+from . import wirelayout
 from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey
-from .protocol import CARRIES_WKC, HMAC_SIZES, TLS_CRYPT_TAG_SIZE, Wrapping
+from .protocol import CARRIES_WKC, HMAC_SIZES, PLAIN, MalformedPacket, Wrapping, digest_name
 
-HEADER_SIZE = 9  # op/key_id + session id
-REPLAY_SIZE = 8  # replay packet-id + net_time
 CLIENT, SERVER = "client", "server"
+_REPLAY = struct.Struct("!II")  # replay packet-id, net_time: what the HMAC or tag covers first
 
 _DIGESTS = {name: name.lower() for name in HMAC_SIZES}
 
@@ -76,9 +76,7 @@ class TLSAuth(_Wrapper):
     """
 
     def __init__(self, key: StaticKey, direction: Optional[int] = None, digest: str = "SHA1"):
-        digest = digest.upper().replace("-", "")
-        if digest not in _DIGESTS:
-            raise ValueError(f"unsupported tls-auth digest {digest!r} (use one of {', '.join(HMAC_SIZES)})")
+        digest = digest_name(digest)  # (ValueError for an unknown one)
         if direction not in (0, 1, None):
             raise ValueError(f"key direction must be 0, 1 or None, not {direction!r}")
         self.key, self.direction, self.digest = key, direction, digest
@@ -88,6 +86,7 @@ class TLSAuth(_Wrapper):
         self._send_key = key.hmac(send)[:self.hmac_size]
         self._receive_key = key.hmac(receive)[:self.hmac_size]
         self.wrapping = Wrapping.tls_auth(self.hmac_size)
+        self._layout = _Spans(self.wrapping)
 
     def peer(self):
         return TLSAuth(self.key, None if self.direction is None else 1 - self.direction, self.digest)
@@ -98,24 +97,24 @@ class TLSAuth(_Wrapper):
 
     def wrap(self, plain, replay_packet_id, net_time):
         plain = bytes(plain)
-        if len(plain) < HEADER_SIZE:
+        spans = self._layout
+        if len(plain) < spans.plain_header:
             raise WrapError(f"{len(plain)} bytes is too short to be a control packet")
-        replay = struct.pack("!II", replay_packet_id, net_time)
-        mac = self._hmac(self._send_key, replay, plain)
-        return plain[:HEADER_SIZE] + mac + replay + plain[HEADER_SIZE:]
+        replay = _REPLAY.pack(replay_packet_id, net_time)
+        return spans.header(plain, hmac=self._hmac(self._send_key, replay, plain), replay=replay) + \
+            plain[spans.plain_header:]
 
     def unwrap(self, wrapped):
         wrapped = bytes(wrapped)
-        end = HEADER_SIZE + self.hmac_size + REPLAY_SIZE
-        if len(wrapped) < end:
+        spans = self._layout
+        if len(wrapped) < spans.end:
             raise WrapError(f"{len(wrapped)} bytes is too short for a {self.digest} tls-auth packet "
-                            f"(at least {end})")
-        mac = wrapped[HEADER_SIZE:HEADER_SIZE + self.hmac_size]
-        replay = wrapped[end - REPLAY_SIZE:end]
-        plain = wrapped[:HEADER_SIZE] + wrapped[end:]
+                            f"(at least {spans.end})")
+        mac, replay = wrapped[spans.hmac], wrapped[spans.replay]
+        plain = wirelayout.plain(wrapped, self.wrapping)
         if not hmac.compare_digest(mac, self._hmac(self._receive_key, replay, plain)):
             raise WrapError("HMAC does not match")
-        replay_packet_id, net_time = struct.unpack("!II", replay)
+        replay_packet_id, net_time = _REPLAY.unpack(replay)
         return Unwrapped(plain, replay_packet_id, net_time)
 
     def __repr__(self):
@@ -146,38 +145,44 @@ class TLSCrypt(_Wrapper):
         self._send = (key.cipher(send)[:32], key.hmac(send)[:32])
         self._receive = (key.cipher(receive)[:32], key.hmac(receive)[:32])
         self.wrapping = Wrapping("tls-crypt")
+        self._layout = _Spans(self.wrapping)
 
     def peer(self):
         return TLSCrypt(self.key, SERVER if self.role == CLIENT else CLIENT)
 
     def wrap(self, plain, replay_packet_id, net_time, wkc=b""):
         plain = bytes(plain)
-        if len(plain) < HEADER_SIZE:
+        spans = self._layout
+        if len(plain) < spans.plain_header:
             raise WrapError(f"{len(plain)} bytes is too short to be a control packet")
         encrypt_key, auth_key = self._send
-        header = plain[:HEADER_SIZE] + struct.pack("!II", replay_packet_id, net_time)
-        tag = hmac.new(auth_key, header + plain[HEADER_SIZE:], hashlib.sha256).digest()
-        return header + tag + _aes256_ctr(encrypt_key, tag[:16], plain[HEADER_SIZE:]) + wkc
+        replay, plaintext = _REPLAY.pack(replay_packet_id, net_time), plain[spans.plain_header:]
+        # The tag covers the header before it (op, session id, replay packet-id, time) and the plaintext.
+        covered = spans.header(plain, replay=replay)[:spans.tag.start]
+        tag = hmac.new(auth_key, covered + plaintext, hashlib.sha256).digest()
+        return spans.header(plain, replay=replay, tag=tag) + _aes256_ctr(encrypt_key, tag[:16], plaintext) + wkc
 
     def unwrap(self, wrapped, wkc_size=None):
         """Open a packet from the peer; ``wkc_size`` bytes at the end are its WKc
         (by default read from the last two bytes of opcodes 10 and 11)."""
         wrapped = bytes(wrapped)
-        start = HEADER_SIZE + REPLAY_SIZE + TLS_CRYPT_TAG_SIZE
+        spans = self._layout
+        start = spans.end
         if len(wrapped) < start:
             raise WrapError(f"{len(wrapped)} bytes is too short for a tls-crypt packet (at least {start})")
         if wkc_size is None:
             wkc_size = _wkc_size(wrapped, start)
         body_end = len(wrapped) - wkc_size
         encrypt_key, auth_key = self._receive
-        header, tag = wrapped[:HEADER_SIZE + REPLAY_SIZE], wrapped[HEADER_SIZE + REPLAY_SIZE:start]
+        tag = wrapped[spans.tag]
         plaintext = _aes256_ctr(encrypt_key, tag[:16], wrapped[start:body_end])
-        expected = hmac.new(auth_key, header + plaintext, hashlib.sha256).digest()
+        expected = hmac.new(auth_key, wrapped[:spans.tag.start] + plaintext, hashlib.sha256).digest()
         if not hmac.compare_digest(tag, expected):
             raise WrapError("tls-crypt tag does not match (wrong key, or packet altered)")
-        replay_packet_id, net_time = struct.unpack("!II", header[HEADER_SIZE:])
-        return Unwrapped(plain=wrapped[:HEADER_SIZE] + plaintext, replay_packet_id=replay_packet_id,
-                         net_time=net_time, decrypted=wrapped[:start] + plaintext + wrapped[body_end:],
+        replay_packet_id, net_time = _REPLAY.unpack(wrapped[spans.replay])
+        decrypted = wrapped[:start] + plaintext + wrapped[body_end:]
+        return Unwrapped(plain=wirelayout.plain(decrypted, self.wrapping, wkc_size),
+                         replay_packet_id=replay_packet_id, net_time=net_time, decrypted=decrypted,
                          wkc=wrapped[body_end:])
 
     def __repr__(self):
@@ -187,10 +192,32 @@ class TLSCrypt(_Wrapper):
 def _wkc_size(wrapped, start):
     if wrapped[0] >> 3 not in CARRIES_WKC:
         return 0
-    size = struct.unpack("!H", wrapped[-2:])[0]
-    if not 2 <= size <= len(wrapped) - start:
-        raise WrapError(f"WKc length {size} in the last two bytes does not fit the packet")
-    return size
+    try:
+        return wirelayout.wkc_length(wrapped, start)
+    except MalformedPacket as error:
+        raise WrapError(str(error)) from None
+
+
+class _Spans:
+    """Where a wrapping's fields sit (from wirelayout, i.e. from the layers), as slices;
+    ``header()`` puts a plain packet's op and session id and the given fields in place."""
+
+    def __init__(self, wrapping):
+        layout = wirelayout.control_layout(wrapping)
+        self.plain_header = wirelayout.control_layout(PLAIN).header  # op | session id
+        self.end = layout.header
+        spans = {name: slice(offset, offset + size) for name, (offset, size) in layout.fields.items()}
+        self.hmac, self.tag = spans.get("hmac"), spans.get("tag")
+        # replay packet-id and net time, next to each other: covered (and packed) as one
+        self.replay = slice(spans["replay_packet_id"].start, spans["net_time"].stop)
+        assert self.replay.stop - self.replay.start == _REPLAY.size
+
+    def header(self, plain, **fields):
+        header = bytearray(self.end)
+        header[:self.plain_header] = plain[:self.plain_header]
+        for name, value in fields.items():
+            header[getattr(self, name)] = value
+        return bytes(header)
 
 
 class TLSCryptV2Client(TLSCrypt):
@@ -267,8 +294,7 @@ class TLSCryptV2Server(_Wrapper):
         if not wrapped or wrapped[0] >> 3 not in CARRIES_WKC:
             raise WrapError("only P_CONTROL_HARD_RESET_CLIENT_V3 and P_CONTROL_WKC_V1 carry the "
                             "client key; other packets need the session's key (for_client)")
-        wkc_size = _wkc_size(wrapped, HEADER_SIZE + REPLAY_SIZE + TLS_CRYPT_TAG_SIZE) \
-            if len(wrapped) >= 2 else 0
+        wkc_size = _wkc_size(wrapped, wirelayout.control_layout(self.wrapping).header)
         return self.for_client(wrapped[len(wrapped) - wkc_size:]).unwrap(wrapped, wkc_size)
 
     def __repr__(self):
