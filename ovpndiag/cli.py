@@ -603,6 +603,11 @@ class _Output:
             self.render = line.packet_line
         self.jsonl, self.session_render = jsonl, session_render
         self.write = sys.stdout.write
+        self.matched = None
+        if self.sessions and self.filter is not None:
+            from .dissect.sessionfilter import MatchedSessions
+
+            self.matched = MatchedSessions()
         self.key_names = {}  # wrapping -> how its key was given, e.g. "--tls-crypt key"
         self.file_start = 0  # self.count when the current file began
 
@@ -663,6 +668,9 @@ class _Output:
         if self.keep is not None:
             records = [record for record in records if self.keep(record)]
         if self.sessions:
+            if self.matched is not None:  # -Y: the sessions shown are those with a packet that matched
+                for record in records:
+                    self.matched.add(record)
             self.count += len(records)
             return
         if self.limit is not None:
@@ -693,7 +701,10 @@ class _Output:
         self.flush()
         if not self.sessions:
             return
-        for number, summary in enumerate(reader.summaries(), start=1):
+        summaries = reader.summaries()
+        if self.matched is not None:
+            summaries = [summary for summary in summaries if self.matched.keeps(summary)]
+        for number, summary in enumerate(summaries, start=1):
             if self.as_json:
                 if self.many:
                     summary["file"] = self.file
