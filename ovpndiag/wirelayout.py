@@ -63,12 +63,13 @@ class ControlLayout:
     (session id, and the wrapping's: hmac, replay_packet_id, net_time, tag);
     ``unpack_header`` reads them all, in ``header_names`` order; ``header``: the
     bytes before the ACK count (or the ciphertext); ``visible``: ACKs, message
-    packet-id and payload are in the clear; ``after_acks[opcode][count]``: an
+    packet-id and payload are in the clear; ``header_struct`` packs and unpacks the fixed
+    fields (its first byte a pad byte, for op and key id); ``after_acks[opcode][count]``: an
     ``AfterAcks``; ``trailer_opcodes``: the opcodes whose last bytes are a WKc.
     """
 
     __slots__ = ("wrapping", "kind", "hmac_size", "visible", "header", "shortest", "fields", "header_names",
-                 "unpack_header", "after_acks", "trailer_opcodes", "replay_at", "tagged")
+                 "header_struct", "unpack_header", "after_acks", "trailer_opcodes", "replay_at", "tagged")
 
     def __init__(self, wrapping, description):
         fixed, header, visible, after, trailer_opcodes = description
@@ -78,7 +79,9 @@ class ControlLayout:
         self.shortest = header + (1 if visible else 0)  # what decode() needs to read a packet at all
         self.fields = {name: (offset, calcsize("!" + code)) for name, offset, code in fixed}
         self.header_names = tuple(name for name, _offset, _code in fixed)
-        self.unpack_header = Struct("!x" + "".join(code for _name, _offset, code in fixed)).unpack_from
+        # (the first byte, op and key id, is left to the caller: ``x`` - it is bits, not a field)
+        self.header_struct = Struct("!x" + "".join(code for _name, _offset, code in fixed))
+        self.unpack_header = self.header_struct.unpack_from
         shapes = {}
         self.after_acks = {opcode: shapes.setdefault(tuple(shape), [AfterAcks(names, code) for names, code in shape])
                            for opcode, shape in after.items()}  # (opcodes of one shape share its structs)
