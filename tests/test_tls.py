@@ -485,7 +485,7 @@ def test_fast_path_needs_no_scapy_and_details_import_it_only_on_request():
         "before = sorted(m for m in set(sys.modules) - loaded if m.startswith('scapy'))\n"
         "before += sorted(m for m in sys.modules if m.startswith('scapy.layers.tls'))\n"
         "s.details()\n"
-        "print(json.dumps([names, before, 'scapy.layers.tls.handshake' in sys.modules]))\n")
+        "print(json.dumps([names, before, 'scapy.layers.tls.crypto.suites' in sys.modules]))\n")
     result = subprocess.run([sys.executable, "-c", code], input=json.dumps(payloads), capture_output=True,
                             text=True, cwd=CAPTURES.parent, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -25,8 +25,9 @@ Two speeds:
   allows, a gap that never fills) is marked ``broken`` with the reason, and names
   nothing more.
 * ``details()`` is computed on request only (``-V``, ``--sessions``): one dict per
-  completed record / handshake message, in stream order, parsed with Scapy's TLS
-  layers (imported there, never at module import) and ``cryptography.x509``.
+  completed record / handshake message, in stream order, each parsed once (hellos by
+  a small length-checked reader here, certificates with ``cryptography.x509``, cached
+  by their bytes; Scapy only for the cipher suite names).
 
 Keys of a ``details()`` dict (absent when they do not apply):
 
@@ -50,6 +51,10 @@ Keys of a ``details()`` dict (absent when they do not apply):
 ``hello_retry_request`` ServerHello: true when it is a HelloRetryRequest
 ``certificates``    Certificate: list of ``{"subject", "issuer", "not_before",
                     "not_after"}`` (RFC 4514 names, ISO 8601 UTC times), leaf first
+``certificate_fields`` Certificate, for -V: ``certificate_fields()`` of each, leaf first
+``session_id_length``, ``compression_methods`` / ``compression_method``,
+``cipher_suite_values`` / ``cipher_suite_value``, ``legacy_version`` (ServerHello),
+``extensions``      hellos, for -V: ``(type, name, length, [strings])`` per extension
 ``level``           Alert: ``"Warning"`` / ``"Fatal"``
 ``description``     Alert: e.g. ``"Unknown CA"``
 ``problem``         why the message's content could not be shown (truncated, over the
@@ -171,6 +176,7 @@ class TLSStream:
         self._hs_version = 0
         self._kept = 0
         self._items: List[tuple] = []
+        self._entries: List[dict] = []  # details() of _items, each made once (they never change)
         # details=False (a plain listing): names only, nothing kept for details(), which
         # then returns [] (every completed message counts as omitted).
         self._keep_entries = KEEP_ENTRIES if details else 0
@@ -425,10 +431,11 @@ class TLSStream:
 
     def details(self) -> List[dict]:
         """One dict per completed record / handshake message, in stream order (keys in
-        the module docstring). Parses with Scapy's TLS layers; never raises."""
-        out = []
+        the module docstring). Each message is parsed once; never raises. The dicts are
+        shared between calls: read them, do not change them."""
+        entries = self._entries
         for (frame, name, content_type, version, handshake_type, length, first_pid, last_pid,
-             encrypted, body, problem) in self._items:
+             encrypted, body, problem) in self._items[len(entries):]:
             entry = {"frame": frame, "name": name, "content_type": content_type,
                      "record_version": version_name(version)}
             if handshake_type is not None:
@@ -451,8 +458,8 @@ class TLSStream:
                         entry.update(_certificates(body))
                 except Exception as exc:  # a parser's complaint is a finding, not a crash
                     entry["problem"] = f"cannot parse {name}: {type(exc).__name__}: {exc}"[:200]
-            out.append(entry)
-        return out
+            entries.append(entry)
+        return list(entries)
 
 
 def tls_names(payloads) -> List[str]:
@@ -482,62 +489,233 @@ def _suite_name(value: int) -> str:
     return _tls_cipher_suites.get(value, f"0x{value:04x}")
 
 
-def _client_hello(body: bytes, length: int) -> dict:
-    from scapy.layers.tls.handshake import TLSClientHello
-    from scapy.layers.tls.extensions import TLS_Ext_ServerName, TLS_Ext_SupportedVersion_CH
+def _grease(value: int) -> bool:
+    """RFC 8701 values (0x0A0A, 0x1A1A, ...) a client sends to keep servers tolerant."""
+    return (value & 0x0F0F) == 0x0A0A
 
-    hello = TLSClientHello(b"\x01" + length.to_bytes(3, "big") + body)
-    _check_parsed(hello)
-    client_version = hello.version
+
+class _Cursor:
+    """Reads a handshake body front to back; running past its end is a ValueError."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: Optional[int] = None):
+        self.data, self.pos, self.end = data, pos, len(data) if end is None else end
+
+    def take(self, size: int, what: str) -> bytes:
+        stop = self.pos + size
+        if stop > self.end:
+            raise ValueError(f"{what} runs past the end ({size} bytes at offset {self.pos} of {self.end})")
+        chunk = self.data[self.pos:stop]
+        self.pos = stop
+        return chunk
+
+    def number(self, size: int, what: str) -> int:
+        return int.from_bytes(self.take(size, what), "big")
+
+    def vector(self, size_bytes: int, what: str) -> bytes:
+        return self.take(self.number(size_bytes, what + " length"), what)
+
+    @property
+    def left(self) -> int:
+        return self.end - self.pos
+
+
+def _u16s(data: bytes) -> List[int]:
+    return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data) - 1, 2)]
+
+
+def _extensions(cursor: "_Cursor") -> List[tuple]:
+    """(type, body) of each extension, when the message has an extensions block."""
+    if not cursor.left:
+        return []
+    block = _Cursor(cursor.vector(2, "extensions"))
+    found = []
+    while block.left:
+        kind = block.number(2, "extension type")
+        found.append((kind, block.vector(2, f"extension {kind}")))
+    if cursor.left:
+        raise ValueError(f"{cursor.left} bytes after the extensions")
+    return found
+
+
+def _client_hello(body: bytes, length: int) -> dict:
+    """A ClientHello's fields: the summary keys (client_version, versions_offered,
+    cipher_suites, sni) and, for -V, ``session_id_length``, ``cipher_suite_values``,
+    ``compression_methods`` and ``extensions`` (see ``_extension``)."""
+    cursor = _Cursor(body)
+    client_version = cursor.number(2, "version")
+    cursor.take(32, "random")
+    session_id = cursor.vector(1, "session id")
+    suites = _u16s(cursor.vector(2, "cipher suites"))
+    compression = list(cursor.vector(1, "compression methods"))
+    extensions = _extensions(cursor)
     out = {"client_version": version_name(client_version)}
-    offered = None
-    sni = None
-    for ext in hello.ext or []:
-        if isinstance(ext, TLS_Ext_SupportedVersion_CH):
-            offered = [version_name(v) for v in ext.versions or [] if (v & 0x0F0F) != 0x0A0A]
-        elif isinstance(ext, TLS_Ext_ServerName):
-            for server_name in ext.servernames or []:
-                if getattr(server_name, "nametype", 0) == 0 and server_name.servername:
-                    sni = server_name.servername.decode("ascii", "replace")
-                    break
+    offered = sni = None
+    for kind, data in extensions:
+        if kind == 43 and offered is None:
+            offered = [version_name(v) for v in _u16s(_Cursor(data).vector(1, "supported_versions"))
+                       if not _grease(v)]
+        elif kind == 0 and sni is None:
+            names = _Cursor(_Cursor(data).vector(2, "server_name list"))
+            while names.left and sni is None:
+                name_type, name = names.number(1, "name type"), names.vector(2, "server name")
+                if name_type == 0 and name:
+                    sni = name.decode("ascii", "replace")
     out["versions_offered"] = offered if offered is not None else [version_name(client_version)]
-    out["cipher_suites"] = [_suite_name(s) for s in hello.ciphers or [] if (s & 0x0F0F) != 0x0A0A]
+    out["cipher_suites"] = [_suite_name(s) for s in suites if not _grease(s)]
     if sni is not None:
         out["sni"] = sni
+    out["session_id_length"] = len(session_id)
+    out["cipher_suite_values"] = suites
+    out["compression_methods"] = compression
+    out["extensions"] = [_extension(kind, data, True) for kind, data in extensions]
     return out
 
 
 def _server_hello(body: bytes, length: int) -> dict:
-    from scapy.layers.tls.handshake import TLSServerHello
-    from scapy.layers.tls.extensions import TLS_Ext_SupportedVersion_SH
-
-    hello = TLSServerHello(b"\x02" + length.to_bytes(3, "big") + body)
-    _check_parsed(hello)
-    version = hello.version
-    for ext in getattr(hello, "ext", None) or []:
-        if isinstance(ext, TLS_Ext_SupportedVersion_SH):
-            version = ext.version
-    out = {"version": version_name(version), "cipher_suite": _suite_name(hello.cipher)}
+    """A ServerHello's fields: version, cipher_suite, hello_retry_request and, for -V,
+    ``legacy_version``, ``session_id_length``, ``cipher_suite_value``, ``compression_method``,
+    ``extensions``."""
+    cursor = _Cursor(body)
+    legacy = version = cursor.number(2, "version")
+    cursor.take(32, "random")
+    session_id = cursor.vector(1, "session id")
+    suite = cursor.number(2, "cipher suite")
+    compression = cursor.number(1, "compression method")
+    extensions = _extensions(cursor)
+    for kind, data in extensions:
+        if kind == 43 and len(data) == 2:
+            version = int.from_bytes(data, "big")
+    out = {"version": version_name(version), "cipher_suite": _suite_name(suite)}
     if body[2:34] == _HRR_RANDOM:
         out["hello_retry_request"] = True
+    out.update(legacy_version=version_name(legacy), session_id_length=len(session_id), cipher_suite_value=suite,
+               compression_method=compression,
+               extensions=[_extension(kind, data, False) for kind, data in extensions])
     return out
 
 
-def _check_parsed(packet) -> None:
-    """Scapy leaves what it could not read as Raw / Padding: report that as a problem."""
-    from scapy.packet import Padding, Raw
-    if packet.haslayer(Raw) or packet.haslayer(Padding):
-        raise ValueError("trailing bytes Scapy's TLS layer could not read")
+# IANA "TLS ExtensionType Values", "TLS Supported Groups", "TLS SignatureScheme" and
+# "EC Point Formats" registries (the names tshark shows).
+EXTENSION_NAMES = {
+    0: "server_name", 1: "max_fragment_length", 2: "client_certificate_url", 3: "trusted_ca_keys",
+    4: "truncated_hmac", 5: "status_request", 6: "user_mapping", 7: "client_authz", 8: "server_authz",
+    9: "cert_type", 10: "supported_groups", 11: "ec_point_formats", 12: "srp", 13: "signature_algorithms",
+    14: "use_srtp", 15: "heartbeat", 16: "application_layer_protocol_negotiation", 17: "status_request_v2",
+    18: "signed_certificate_timestamp", 19: "client_certificate_type", 20: "server_certificate_type",
+    21: "padding", 22: "encrypt_then_mac", 23: "extended_master_secret", 24: "token_binding",
+    25: "cached_info", 27: "compress_certificate", 28: "record_size_limit", 35: "session_ticket",
+    41: "pre_shared_key", 42: "early_data", 43: "supported_versions", 44: "cookie",
+    45: "psk_key_exchange_modes", 47: "certificate_authorities", 48: "oid_filters",
+    49: "post_handshake_auth", 50: "signature_algorithms_cert", 51: "key_share",
+    57: "quic_transport_parameters", 13172: "next_protocol_negotiation", 17513: "application_settings",
+    65037: "encrypted_client_hello", 65281: "renegotiation_info",
+}
+GROUP_NAMES = {
+    1: "sect163k1", 23: "secp256r1", 24: "secp384r1", 25: "secp521r1", 26: "brainpoolP256r1",
+    27: "brainpoolP384r1", 28: "brainpoolP512r1", 29: "x25519", 30: "x448", 31: "brainpoolP256r1tls13",
+    32: "brainpoolP384r1tls13", 33: "brainpoolP512r1tls13", 256: "ffdhe2048", 257: "ffdhe3072",
+    258: "ffdhe4096", 259: "ffdhe6144", 260: "ffdhe8192", 0x6399: "X25519Kyber768Draft00",
+    0x11EC: "X25519MLKEM768", 0x11EB: "SecP256r1MLKEM768", 0x0200: "MLKEM512", 0x0201: "MLKEM768",
+    0x0202: "MLKEM1024",
+}
+SIGNATURE_SCHEMES = {
+    0x0201: "rsa_pkcs1_sha1", 0x0203: "ecdsa_sha1", 0x0401: "rsa_pkcs1_sha256", 0x0403: "ecdsa_secp256r1_sha256",
+    0x0501: "rsa_pkcs1_sha384", 0x0503: "ecdsa_secp384r1_sha384", 0x0601: "rsa_pkcs1_sha512",
+    0x0603: "ecdsa_secp521r1_sha512", 0x0804: "rsa_pss_rsae_sha256", 0x0805: "rsa_pss_rsae_sha384",
+    0x0806: "rsa_pss_rsae_sha512", 0x0807: "ed25519", 0x0808: "ed448", 0x0809: "rsa_pss_pss_sha256",
+    0x080A: "rsa_pss_pss_sha384", 0x080B: "rsa_pss_pss_sha512", 0x081A: "ecdsa_brainpoolP256r1tls13_sha256",
+    0x081B: "ecdsa_brainpoolP384r1tls13_sha384", 0x081C: "ecdsa_brainpoolP512r1tls13_sha512",
+    0x0301: "SHA224 RSA", 0x0302: "SHA224 DSA", 0x0303: "SHA224 ECDSA", 0x0202: "SHA1 DSA",
+    0x0402: "SHA256 DSA", 0x0502: "SHA384 DSA", 0x0602: "SHA512 DSA",
+}
+POINT_FORMATS = {0: "uncompressed", 1: "ansiX962_compressed_prime", 2: "ansiX962_compressed_char2"}
+PSK_MODES = {0: "psk_ke", 1: "psk_dhe_ke"}
+
+
+def _named(table: dict, value: int) -> str:
+    name = table.get(value)
+    if name is None:
+        name = "Reserved (GREASE)" if _grease(value) else "Unknown"
+    return f"{name} (0x{value:04x})"
+
+
+def _extension(kind: int, data: bytes, client: bool) -> tuple:
+    """(type, name, length, [what it says, one string per item]) of one extension;
+    an extension whose inside does not parse says so instead of raising."""
+    name = EXTENSION_NAMES.get(kind) or ("Reserved (GREASE)" if _grease(kind) else "Unknown")
+    try:
+        values = _extension_values(kind, data, client)
+    except ValueError as exc:
+        values = [f"[cannot read: {exc}]"]
+    return kind, name, len(data), values
+
+
+def _extension_values(kind: int, data: bytes, client: bool) -> List[str]:
+    cursor = _Cursor(data)
+    if kind == 0:
+        names = _Cursor(cursor.vector(2, "server_name list")) if data else None
+        out = []
+        while names is not None and names.left:
+            names.number(1, "name type")
+            out.append("Server Name: " + names.vector(2, "server name").decode("ascii", "replace"))
+        return out
+    if kind == 10:
+        return ["Supported Group: " + _named(GROUP_NAMES, g) for g in _u16s(cursor.vector(2, "groups"))]
+    if kind == 11:
+        return [f"EC point format: {POINT_FORMATS.get(f, 'Unknown')} ({f})" for f in cursor.vector(1, "formats")]
+    if kind in (13, 50):
+        return ["Signature Algorithm: " + _named(SIGNATURE_SCHEMES, s)
+                for s in _u16s(cursor.vector(2, "signature algorithms"))]
+    if kind == 43:
+        if client:
+            return ["Supported Version: " + _version_shown(v) for v in _u16s(cursor.vector(1, "versions"))]
+        return ["Supported Version: " + _version_shown(cursor.number(2, "version"))]
+    if kind == 51:
+        if not client:
+            group = cursor.number(2, "group")
+            if not cursor.left:  # a HelloRetryRequest names the group only
+                return ["Selected Group: " + _named(GROUP_NAMES, group)]
+            return [f"Key Share Entry: Group: {_named(GROUP_NAMES, group)}, "
+                    f"Key Exchange length: {len(cursor.vector(2, 'key exchange'))}"]
+        shares = _Cursor(cursor.vector(2, "client shares"))
+        out = []
+        while shares.left:
+            group = shares.number(2, "group")
+            out.append(f"Key Share Entry: Group: {_named(GROUP_NAMES, group)}, "
+                       f"Key Exchange length: {len(shares.vector(2, 'key exchange'))}")
+        return out
+    if kind == 45:
+        return [f"PSK Key Exchange Mode: {PSK_MODES.get(m, 'Unknown')} ({m})" for m in cursor.vector(1, "modes")]
+    if kind == 16:
+        protocols = _Cursor(cursor.vector(2, "protocol list"))
+        out = []
+        while protocols.left:
+            out.append("ALPN Next Protocol: " + protocols.vector(1, "protocol").decode("ascii", "replace"))
+        return out
+    if kind == 28:
+        return [f"Record Size Limit: {cursor.number(2, 'limit')}"]
+    if kind == 65281:
+        return [f"Renegotiation info extension length: {len(cursor.vector(1, 'renegotiated connection'))}"]
+    return []
+
+
+def _version_shown(value: int) -> str:
+    return ("Reserved (GREASE)" if _grease(value) else version_name(value)) + f" (0x{value:04x})"
 
 
 def _certificates(body: bytes) -> dict:
-    """A Certificate message's chain: TLS 1.2 layout, else TLS 1.3 (context + extensions)."""
+    """A Certificate message's chain: TLS 1.2 layout, else TLS 1.3 (context + extensions).
+    ``certificates`` holds what --sessions shows; ``certificate_fields`` what -V shows
+    (``certificate_fields()``, one dict per certificate, leaf first)."""
     chain = _cert_list(body, tls13=False)
     if chain is None:
         chain = _cert_list(body, tls13=True)
     if chain is None:
         raise ValueError("certificate list lengths do not add up")
-    return {"certificates": [_certificate(der) for der in chain]}
+    return {"certificates": [_certificate(der) for der in chain],
+            "certificate_fields": [certificate_fields(der) for der in chain]}
 
 
 def _cert_list(body: bytes, tls13: bool):
@@ -585,3 +763,92 @@ def _utc(cert, attribute: str) -> str:
     if value is None:
         value = getattr(cert, attribute)
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_FIELDS_CACHE: Dict[bytes, dict] = {}  # DER -> certificate_fields(): a capture repeats a few certificates
+_FIELDS_CACHE_MAX = 1024
+
+
+def certificate_fields(der: bytes) -> dict:
+    """What -V shows of one certificate, read with ``cryptography`` (once per distinct
+    certificate): ``length``, ``version``, ``serial`` (hex), ``signature_algorithm``
+    (name and OID), ``issuer``, ``subject`` (RFC 4514), ``not_before``, ``not_after``,
+    ``public_key`` (e.g. ``"EC secp256r1, 256 bits"``), ``extensions`` (list of strings);
+    or ``length`` and ``problem``."""
+    fields = _FIELDS_CACHE.get(der)
+    if fields is None:
+        if len(_FIELDS_CACHE) >= _FIELDS_CACHE_MAX:
+            _FIELDS_CACHE.clear()
+        fields = _FIELDS_CACHE[der] = _read_certificate(der)
+    return fields
+
+
+def _read_certificate(der: bytes) -> dict:
+    from cryptography import x509
+
+    out = {"length": len(der)}
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        oid = cert.signature_algorithm_oid
+        out.update(version=cert.version.name, serial=f"0x{cert.serial_number:x}",
+                   signature_algorithm=f"{getattr(oid, '_name', 'unknown')} ({oid.dotted_string})",
+                   issuer=cert.issuer.rfc4514_string(), not_before=_utc(cert, "not_valid_before"),
+                   not_after=_utc(cert, "not_valid_after"), subject=cert.subject.rfc4514_string(),
+                   public_key=_public_key(cert))
+        out["extensions"] = _certificate_extensions(cert)
+    except Exception as exc:  # a certificate the library cannot read is shown as such
+        out["problem"] = f"cannot parse certificate: {type(exc).__name__}: {exc}"[:200]
+    return out
+
+
+def _public_key(cert) -> str:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+    try:
+        key = cert.public_key()
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA, {key.key_size} bits, exponent {key.public_numbers().e}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}, {key.key_size} bits"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448"
+    if isinstance(key, dsa.DSAPublicKey):
+        return f"DSA, {key.key_size} bits"
+    return type(key).__name__
+
+
+def _certificate_extensions(cert) -> List[str]:
+    from cryptography import x509
+
+    out = []
+    try:
+        extensions = list(cert.extensions)
+    except Exception as exc:  # (cryptography refuses some malformed or duplicate extensions)
+        return [f"unreadable: {type(exc).__name__}: {exc}"[:200]]
+    for ext in extensions:
+        value, name = ext.value, getattr(ext.oid, "_name", ext.oid.dotted_string)
+        if isinstance(value, x509.BasicConstraints):
+            text = f"CA: {value.ca}" + (f", path length {value.path_length}" if value.path_length is not None else "")
+        elif isinstance(value, x509.KeyUsage):
+            uses = [use for use in ("digital_signature", "content_commitment", "key_encipherment",
+                                    "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign")
+                    if getattr(value, use)]
+            if value.key_agreement:
+                uses += [use for use in ("encipher_only", "decipher_only") if getattr(value, use)]
+            text = ", ".join(uses)
+        elif isinstance(value, x509.ExtendedKeyUsage):
+            text = ", ".join(getattr(usage, "_name", usage.dotted_string) for usage in value)
+        elif isinstance(value, x509.SubjectAlternativeName):
+            text = ", ".join(f"{type(general).__name__.replace('Name', '')}: {general.value}" for general in value)
+        elif isinstance(value, (x509.SubjectKeyIdentifier,)):
+            text = value.digest.hex()
+        elif isinstance(value, x509.AuthorityKeyIdentifier) and value.key_identifier:
+            text = value.key_identifier.hex()
+        else:
+            text = ""
+        out.append(f"{name}{' (critical)' if ext.critical else ''}" + (f": {text}" if text else ""))
+    return out
