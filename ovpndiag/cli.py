@@ -480,6 +480,9 @@ def dissect_options(command):
                      help="tls-crypt-v2 server key (opens every client's WKc) or client key."),
         click.option("--config", metavar="PROFILE.ovpn", help="Take keys, key-direction and auth from a profile."),
         click.option("-V", "--verbose", is_flag=True, help="A field tree per packet, like tshark -V."),
+        click.option("-x", "--hex", "hex_dump", is_flag=True,
+                     help="A hex and ASCII dump of each packet's OpenVPN bytes, like tshark -x (after its tree "
+                          "with -V, else after its line)."),
         click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per packet (or session)."),
         click.option("--sessions", is_flag=True, help="One summary per OpenVPN session instead of packets."),
         click.option("-c", "--count", type=click.IntRange(1), help="Stop after this many OpenVPN packets."),
@@ -580,7 +583,8 @@ class _Output:
         self.fields = options.get("fields_output")  # -T fields: its -E options
         colour = self.colour = (sys.stdout.isatty() if choice is None else choice) and not self.as_json \
             and self.fields is None
-        self.listing = not self.as_json and not options["verbose"] and self.fields is None
+        self.listing = not self.as_json and not options["verbose"] and not options["hex_dump"] and self.fields is None
+        self.frames = None  # -V: the frames kept to show their headers (capture.keptframes)
         self.filter = options["display_filter"]  # -Y: a predicate on records
         self.take = self.render = self.keep = None
         self.pending = []
@@ -593,10 +597,15 @@ class _Output:
             self.render = lambda record: render_fields(record, self.file)
             if self.fields.header:
                 self.pending.append(header_line(list(options["fields"]), self.fields))
-        elif options["verbose"]:
-            from .render import tree  # imports Scapy (0.2 s): only -V needs it
+        elif options["verbose"] or options["hex_dump"]:
+            from .render.tree import TreeRenderer
 
-            self.render = lambda record: tree.packet_tree(record) + "\n"
+            if options["verbose"]:
+                from .capture.keptframes import KeptFrames
+
+                self.frames = KeptFrames()
+            self.render = TreeRenderer(self.frames, tree=options["verbose"], hexdump=options["hex_dump"],
+                                       line=lambda record: line.packet_line(record, colour))
         elif colour:
             self.render = lambda record: line.packet_line(record, True)
         else:
@@ -820,7 +829,13 @@ def dissect(files, read_files, write_decrypted, jobs, **options):
                     continue
             reader, transport = output.reader(reader_options, records=writer is not None), Transport()
             try:
-                for number, datagram in enumerate(read_transport(_source(path), transport), start=1):
+                if output.frames is None:
+                    datagrams = read_transport(_source(path), transport)
+                else:  # -V shows each packet's frame and headers: keep the frames as they are read
+                    from .capture import keptframes
+
+                    datagrams = keptframes.read_transport(_source(path), output.frames, transport)
+                for number, datagram in enumerate(datagrams, start=1):
                     if number == 1:
                         reader.first_time = transport.first_time  # times count from the first frame, as tshark's
                     records = reader.feed(datagram)
@@ -899,7 +914,7 @@ def _workers(path, jobs, write_decrypted, options, output) -> int:
     file (or as -j asks), not for what needs every flow in one place."""
     import os.path
 
-    if (jobs == 1 or write_decrypted or options["sessions"] or options["verbose"]
+    if (jobs == 1 or write_decrypted or options["sessions"] or options["verbose"] or options["hex_dump"]
             or path == "-" or not os.path.isfile(path)):
         return 1  # (standard input, a pipe or a device cannot be read by several processes at once)
     from .dissect import parallel
@@ -1035,6 +1050,8 @@ def sniff(interface, duration, write_path, buffer_mib, capture_filter, **options
             if not batch:  # quiet: flows waiting to be recognised are decided in time all the same
                 output.packets(reader.tick(time.time()))
             for number, stamp, linktype, packet in batch:
+                if output.frames is not None:
+                    output.frames.keep(number, linktype, packet, len(packet))
                 if writer is not None:
                     writer.write_ip(stamp, packet)
                 for datagram in transport.feed(number, stamp, linktype, packet):

@@ -243,9 +243,9 @@ def test_line_output_and_count():
 def test_verbose_tree_shows_offsets():
     result = ovpndiag("dissect", CAPTURES / "tcp-tls-auth.pcap", "-V", "-c", "2")
     assert result.returncode == 0
-    assert "session_id: 0x" in result.stdout and "(offset 1, 8 bytes)" in result.stdout
-    assert "hmac: " in result.stdout and "(offset 9, 20 bytes)" in result.stdout
-    assert "TCP framing: length" in result.stdout
+    assert "\n    Session ID: 141604f10b4cc058 (offset 1, 8 bytes)\n" in result.stdout  # zero-padded hex
+    assert "\n    HMAC: 0cb707890695adfcd27c8352ff001ecf998dd467 (offset 9, 20 bytes)" in result.stdout
+    assert "OpenVPN over TCP: packet length 42 (the 2 bytes before the packet)" in result.stdout
 
 
 def test_sessions_summary():
@@ -310,7 +310,7 @@ def test_certificates_and_tls_handshake_where_visible():
     assert server_chain[0]["subject"].startswith("CN=ovpndiag-test-server")
     assert server_chain[0]["issuer"].startswith("CN=ovpndiag-test-ca") and server_chain[0]["not_after"]
     tree = ovpndiag("dissect", CAPTURES / "udp-tls12.pcap", "-V")
-    assert "TLS: Certificate" in tree.stdout and "CN=ovpndiag-test-server" in tree.stdout
+    assert "Handshake Protocol: Certificate\n" in tree.stdout and "CN=ovpndiag-test-server" in tree.stdout
     tls13 = json.loads(ovpndiag("dissect", CAPTURES / "udp-plain.pcap", "--sessions", "--json").stdout)
     assert tls13["tls_version"] == "TLS 1.3" and "certificates" not in tls13
 

@@ -1,88 +1,201 @@
-"""-V: a field tree per packet, like ``tshark -V``: every field of the Scapy
-layer with its value, offset and length (offsets within the OpenVPN packet)."""
+"""-V: a field tree per packet, like ``tshark -V``.
 
-from scapy.fields import ConditionalField, FieldLenField, PacketListField
-from scapy.packet import Raw
+The frame (length on the wire and captured, link type, time), its link, IP and
+UDP/TCP headers (``frametree``, from the frame ``capture.keptframes`` kept), the
+OpenVPN fields with their offsets in the OpenVPN packet, and the TLS records and
+handshake messages the packet completes (``tlstree``). With ``hexdump`` the
+OpenVPN bytes follow, as ``tshark -x`` prints bytes.
 
-from ..layers import PLAIN, dissect
-from .line import _digest, endpoint, utc
+Built from the record's decoded fields and the wrapping's layout (``wirelayout``,
+read off the Scapy layers once per wrapping), never by dissecting the packet
+again: a capture of half a million packets is printed in seconds. Records are
+read through ``field`` (plain dicts with ``_`` keys, or ``Record`` objects).
+"""
+
+from ..protocol import DIGEST_BY_SIZE, PLAIN
+from ..wirelayout import control_layout
+from . import frametree, hexdump as hexdumps, tlstree
+
+# Record attributes and the dict keys they had before records became objects.
+_DICT_KEYS = {"data": "_data", "decrypted": "_wire", "decoded_with": "_wrapping", "relative_time": "_relative",
+              "payload_offset": "_payload_offset", "hmac": "_hmac", "tag": "_tag", "raw_tlvs": "_tlvs",
+              "tls_details": "_tls_details", "sender": "_sender"}
 
 
-def packet_tree(record: dict) -> str:
-    wire = record.get("_wire", record["_data"])
-    wrapping = record.get("_wrapping", PLAIN)
-    lines = [f"Frame {record['frame']}: {record['length']} bytes at {utc(record['time'])} "
-             f"(+{record['_relative']:.6f} s), {endpoint(record['src'], record['sport'])} -> "
-             f"{endpoint(record['dst'], record['dport'])} {record['transport'].upper()}"]
-    if record["transport"] == "tcp":
-        lines.append(f"    TCP framing: length {record['length']} (2 bytes before the packet)")
-    packet, problem = dissect(wire, wrapping)
-    title = "OpenVPN Protocol"
-    if wrapping.kind != "none":
-        kind = f"tls-auth {_digest(wrapping.hmac_size)}" if wrapping.kind == "tls-auth" else wrapping.kind
-        title += f", {'dynamic ' if record.get('dynamic') else ''}{kind}"
-        title += ", decrypted" if wrapping.decrypted else ""
-    lines.append(title)
-    lines.extend(_field_lines(packet, wire))
-    if problem:
-        lines.append(f"    [Malformed: {problem}]")
-    if record.get("hmac_valid") is not None:
-        word = "tag" if wrapping.is_tls_crypt else "HMAC"
-        verdict = "valid" if record["hmac_valid"] else "INVALID"
-        direction = f" (sender's key-direction {record['key_direction']})" if "key_direction" in record else ""
-        lines.append(f"    [{word}: {verdict}{direction}]")
-    elif wrapping.kind != "none" and "hmac_valid" in record:
-        lines.append("    [HMAC/tag not checked: no key given" +
-                     (", or a dynamic tls-crypt key from the TLS session" if record.get("dynamic") else "") + "]")
-    for name in record.get("tls", ()):
-        lines.append(f"    TLS: {name}")
-    for detail in record.get("_tls_details", ()):
-        shown = {k: v for k, v in detail.items() if k not in ("frame", "name", "packet_ids")}
-        lines.append(f"        {detail['name']}: " + ", ".join(f"{k}: {v}" for k, v in shown.items()))
+def fields_of(record):
+    """A getter ``get(name)`` for a record: None when it has no such field."""
+    if isinstance(record, dict):
+        get = record.get
+        keys = _DICT_KEYS
+        return lambda name: get(keys.get(name, name))
+    if hasattr(record, "__slots__"):  # a Record: every field is set, None when absent
+        return record.__getattribute__
+    return lambda name: getattr(record, name, None)
+
+
+def signed(record) -> bool:
+    """Does the packet carry an HMAC or tag (whether or not a key checked it)?"""
+    if isinstance(record, dict):
+        return "hmac_valid" in record
+    return bool(getattr(record, "signed", False))
+
+
+class TreeRenderer:
+    """``render(record) -> str``: the tree, the hex dump, or both, per packet.
+    ``frames``: a ``KeptFrames`` to show each packet's frame and headers from (None:
+    the frame's one-line summary only). ``line``: the one-line renderer shown above a
+    hex dump without the tree (``-x`` alone)."""
+
+    def __init__(self, frames=None, tree: bool = True, hexdump: bool = False, line=None):
+        self.frames, self.tree, self.hexdump, self.line = frames, tree, hexdump, line
+
+    def __call__(self, record) -> str:
+        if self.tree:
+            text = packet_tree(record, self.frames)
+        else:
+            text = self.line(record)
+        if self.hexdump:
+            get = fields_of(record)
+            text += "\n\n" + hexdumps.packet_dump(get("data"), get("decrypted"), get("decoded_with"))
+        return text + "\n"
+
+
+def packet_tree(record, frames=None) -> str:
+    get = fields_of(record)
+    lines = []
+    kept = frames.get(get("frame")) if frames is not None else None
+    frametree.frame_lines(lines, get, kept)
+    _openvpn_lines(lines, record, get)
+    details = get("tls_details")
+    if details:
+        tlstree.tls_lines(lines, details)
+    elif get("opcode_value") in (4, 11) and get("payload_len") and get("message_packet_id") is not None:
+        lines.append("Transport Layer Security")
+        lines.append(f"    [TLS bytes of a record that is not complete yet ({get('payload_len')} bytes here)]")
     return "\n".join(lines)
 
 
-def _field_lines(packet, wire):
-    """Each active field of the layer with the bytes it takes."""
-    lines, offset = [], 0
-    for field in packet.fields_desc:
-        if isinstance(field, ConditionalField):
-            if not field._evalcond(packet):
-                continue
-            field = field.fld
-        value = packet.getfieldval(field.name)
-        bits = getattr(field, "size", 8)
-        if bits < 8:  # opcode and key_id share the first byte
-            mask = "opcode << 3" if field.name == "opcode" else "low 3 bits"
-            lines.append(f"    {field.name}: {field.i2repr(packet, value)} (offset 0, {mask})")
-            offset = 1
+# --- OpenVPN ------------------------------------------------------------------------
+
+_TYPE_LINES = {}  # first byte -> its three lines
+
+
+def _type_lines(first: int, opcode_name: str) -> str:
+    text = _TYPE_LINES.get(first)
+    if text is None:
+        bits = f"{first >> 3:05b}"
+        text = _TYPE_LINES[first] = (
+            f"    Type: 0x{first:02x} [opcode/key_id]\n"
+            f"        {bits[:4]} {bits[4]}... = Opcode: {opcode_name} (0x{first >> 3:02x})\n"
+            f"        .... .{first & 7:03b} = Key ID: {first & 7}")
+    return text
+
+
+_HEADER_LABELS = {"session_id": "Session ID", "hmac": "HMAC", "replay_packet_id": "Replay Packet-ID",
+                  "net_time": "Net Time", "tag": "Tag"}
+
+
+def _wrapping_title(wrapping, dynamic) -> str:
+    if wrapping is None or wrapping.kind == "none":
+        return "OpenVPN Protocol"
+    kind = wrapping.kind
+    if kind == "tls-auth":
+        kind = f"tls-auth {DIGEST_BY_SIZE.get(wrapping.hmac_size, f'{wrapping.hmac_size}-byte HMAC')}"
+    return (f"OpenVPN Protocol, {'dynamic ' if dynamic else ''}{kind}"
+            + (", decrypted" if wrapping.decrypted else ""))
+
+
+def _openvpn_lines(lines, record, get):
+    wire = get("decrypted") or get("data") or b""
+    wrapping = get("decoded_with") or PLAIN
+    opcode = get("opcode_value")
+    add = lines.append
+    if get("transport") == "tcp":
+        add(f"OpenVPN over TCP: packet length {get('length')} (the 2 bytes before the packet)")
+    add(_wrapping_title(wrapping, get("dynamic")))
+    if not wire:
+        add("    [Malformed: empty packet]")
+        return
+    add(_type_lines(wire[0], get("opcode") or f"opcode {wire[0] >> 3}"))
+    malformed = get("malformed")
+    if opcode == 9 and get("peer_id") is not None:
+        add(f"    Peer ID: {get('peer_id')} (offset 1, 3 bytes)")
+        add(f"    Data: {get('payload_len')} bytes (offset 4, encrypted)")
+    elif opcode == 6:
+        add(f"    Data: {get('payload_len')} bytes (offset 1, encrypted)")
+    elif get("session_id") is not None:
+        _control_lines(add, record, get, wire, wrapping, opcode)
+    if malformed:
+        add(f"    [Malformed: {malformed}]")
+
+
+def _control_lines(add, record, get, wire, wrapping, opcode):
+    layout = control_layout(wrapping)
+    for name, (offset, size) in layout.fields.items():
+        value = get(name)
+        if value is None:
             continue
-        if field.name == "wkc":  # carried at the very end of the packet
-            lines.append(f"    wkc: wrapped client key, {len(value)} bytes (offset {len(wire) - len(value)}, "
-                         f"{len(value)} bytes)")
-            continue
-        size = _size(field, packet, value)
-        shown = _show(field, packet, value)
-        lines.append(f"    {field.name}: {shown} (offset {offset}, {size} bytes)")
-        offset += size
-    if Raw in packet:
-        load = packet[Raw].load
-        lines.append(f"    payload: {len(load)} bytes (offset {offset}, {len(load)} bytes)")
-    return lines
+        label = _HEADER_LABELS.get(name, name)
+        if name == "session_id":
+            add("    Session ID: %016x (offset %d, %d bytes)" % (value, offset, size))
+        elif name in ("hmac", "tag"):
+            add(f"    {label}: {value.hex()} (offset {offset}, {size} bytes)" + _verdict(record, get, wrapping))
+        elif name == "net_time":
+            add(f"    Net Time: {value} ({frametree.utc_text(value)}) (offset {offset}, {size} bytes)")
+        else:
+            add(f"    {label}: {value} (offset {offset}, {size} bytes)")
+    position = layout.header
+    ciphertext = get("ciphertext_len")
+    if ciphertext is not None:  # tls-crypt without its key: the rest is sealed
+        add(f"    Encrypted: {ciphertext} bytes (offset {position}): ACKs, packet-id and TLS payload")
+    acks = get("acks")
+    if acks is not None:
+        count = len(acks)
+        add(f"    Message Packet-ID Array Length: {count} (offset {position}, 1 byte)")
+        position += 1
+        if count:
+            add(f"    Packet-ID Array (offset {position}, {4 * count} bytes)")
+            for ack in acks:
+                add(f"        Message Packet-ID Array Element: {ack}")
+            position += 4 * count
+            remote = get("remote_session_id")
+            if remote is not None:
+                add("    Remote Session ID: %016x (offset %d, 8 bytes)" % (remote, position))
+                position += 8
+    mpid = get("message_packet_id")
+    if mpid is not None:
+        add(f"    Message Packet-ID: {mpid} (offset {position}, 4 bytes)")
+    payload = get("payload_len")
+    offset = get("payload_offset")
+    tlvs = get("raw_tlvs")
+    if tlvs:
+        names = get("tlvs") or []
+        at = offset
+        for number, (optional, kind, value) in enumerate(tlvs):
+            shown = names[number] if number < len(names) else f"TLV type {kind}"
+            add(f"    Early Negotiation TLV: {shown} (offset {at}, {4 + len(value)} bytes)")
+            add(f"        Type: {kind}{' (optional)' if optional else ''}, Length: {len(value)}, "
+                f"Value: {value.hex() or '(empty)'}")
+            at += 4 + len(value)
+    elif payload and offset is not None:
+        what = "TLS" if opcode in (3, 4, 11) else "bytes after the ACKs" if opcode == 5 else "TLVs"
+        add(f"    Payload: {payload} bytes of {what} (offset {offset})")
+    wkc = get("wkc_len")
+    if wkc:
+        add(f"    Wrapped Client Key (WKc): {wkc} bytes (offset {len(wire) - wkc}, at the end; "
+            f"its last 2 bytes are its length)")
+    if not get("hmac") and not get("tag") and signed(record):
+        add(_verdict(record, get, wrapping).strip())
 
 
-def _size(field, packet, value):
-    if isinstance(field, FieldLenField):
-        return field.sz
-    if isinstance(field, PacketListField):
-        return sum(len(bytes(item)) for item in value)
-    return len(field.addfield(packet, b"", value))
-
-
-def _show(field, packet, value):
-    if isinstance(field, PacketListField):
-        return "[" + "; ".join(item.mysummary() for item in value) + "]" if value else "[]"
-    if isinstance(value, bytes):
-        text = value.hex()
-        return text if len(text) <= 64 else f"{text[:64]}... ({len(value)} bytes)"
-    return field.i2repr(packet, value)
+def _verdict(record, get, wrapping) -> str:
+    valid = get("hmac_valid")
+    word = "tag" if wrapping.is_tls_crypt else "HMAC"
+    if valid is not None:
+        direction = get("key_direction")
+        return (f" [{word} {'valid' if valid else 'INVALID'}"
+                + (f", sender's key-direction {direction}" if direction is not None else "") + "]")
+    if signed(record):
+        return (f" [{word} not checked: no key given"
+                + (", or a dynamic tls-crypt key from the TLS session" if get("dynamic") else "") + "]")
+    return ""
