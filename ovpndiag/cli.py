@@ -540,27 +540,23 @@ def _fields_output(options):
 def _reader_options(options):
     from .dissect.infer import candidates_for
     from .dissect.keyring import KeyRing
-    from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey, read_key
+    from .keys import TLSCryptV2ClientKey, TLSCryptV2ServerKey
     from .protocol import digest_name  # not .layers: the listing and JSON never import Scapy
     from .dissect.reader import Options
-    from .profile import read_profile
+    from .profile import control_keys, overlay, read_profile
     from .settings import SettingsError
 
     profile = read_profile(options["config"]) if options["config"] else None
-    auth = options["auth"] or (profile.auth if profile else None)
+    merged = overlay(profile, auth=options["auth"], key_direction=options["key_direction"])
     try:
-        digest = digest_name(auth) if auth else None
+        digest = digest_name(merged.auth) if merged.auth else None
     except ValueError as error:
         raise SettingsError(str(error)) from None
     digest = digest if options["wrapping"] in (None, "tls-auth") else None
-    direction = options["key_direction"] or (str(profile.key_direction) if profile and
-                                            profile.key_direction is not None else None)
-    v2 = options["tls_crypt_v2"]
-    keys = KeyRing(
-        tls_auth=read_key(options["tls_auth"], StaticKey) if options["tls_auth"] else (profile and profile.tls_auth),
-        tls_crypt=read_key(options["tls_crypt"], StaticKey) if options["tls_crypt"] else (profile and profile.tls_crypt),
-        tls_crypt_v2=read_key(v2, (TLSCryptV2ClientKey, TLSCryptV2ServerKey)) if v2 else (profile and profile.tls_crypt_v2),
-        client_key_direction=direction)
+    given = control_keys(profile, options["tls_auth"], options["tls_crypt"], options["tls_crypt_v2"],
+                         v2_types=(TLSCryptV2ClientKey, TLSCryptV2ServerKey))
+    keys = KeyRing(tls_auth=given.tls_auth, tls_crypt=given.tls_crypt, tls_crypt_v2=given.tls_crypt_v2,
+                   client_key_direction=None if merged.key_direction is None else str(merged.key_direction))
     wrapping = options["wrapping"]
     candidates = candidates_for(wrapping, digest) if (wrapping or digest) else None
     return Options(ports=options["ports"], candidates=candidates, keys=keys, sessions=options["sessions"],

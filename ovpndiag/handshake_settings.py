@@ -37,7 +37,7 @@ def handshake_settings(probe, *, ca=None, cert=None, key=None, askpass=None, aut
                        config=None) -> HandshakeSettings:
     """``probe`` is the ProbeSettings (from settings.probe_settings); options given
     here win over the profile's. Raises CredentialError or SettingsError."""
-    from .profile import read_profile
+    from .profile import overlay, read_profile
 
     if stage not in STAGES:
         raise SettingsError(f"--stage must be one of {', '.join(STAGES)}, not '{stage}'")
@@ -63,14 +63,15 @@ def handshake_settings(probe, *, ca=None, cert=None, key=None, askpass=None, aut
             settings.key_password = password
     if reaches >= STAGES.index("auth"):
         settings.auth_user_pass = _credentials(auth_user_pass, profile)
-    settings.remote_cert_tls = remote_cert_tls or (profile and profile.remote_cert_tls) or None
+    merged = overlay(profile, remote_cert_tls=remote_cert_tls, tls_version_max=tls_version_max)
+    settings.remote_cert_tls = merged.remote_cert_tls
     if settings.remote_cert_tls not in (None, "server"):
         raise SettingsError(f"--remote-cert-tls must be 'server' for a client, not '{settings.remote_cert_tls}'")
     settings.verify_x509_name = _x509_name(verify_x509_name, verify_x509_type, profile)
     settings.data_ciphers = _data_ciphers(data_ciphers, profile)
     settings.compress = profile.compress if profile else None
     settings.fragment = profile.fragment if profile else None
-    settings.tls_version_max = tls_version_max or (profile.tls_version_max if profile else None)
+    settings.tls_version_max = merged.tls_version_max
     if settings.tls_version_max not in (None, "1.2", "1.3"):
         raise SettingsError(f"tls-version-max must be 1.2 or 1.3 here, not '{settings.tls_version_max}'")
     if ping_target is not None:

@@ -15,6 +15,7 @@ Everything else in the profile is ignored.
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple, Union
 
 from .keys import (KeyFileError, StaticKey, TLSCryptV2ClientKey, parse_key, read_key, read_small_file)
@@ -63,6 +64,26 @@ class Profile:
     fragment: Optional[int] = None  # --fragment: data packets carry a fragment header
     pkcs12: Optional[str] = None  # where a pkcs12 line or block is (not supported: says so when used)
     where: Dict[str, str] = field(default_factory=dict)  # option -> "profile:line" it came from
+
+
+def overlay(profile: Optional[Profile], **given) -> SimpleNamespace:
+    """The one rule for options over a profile: each option given (not None, not empty)
+    wins, else the profile's value of the same name (None without one), e.g.
+    ``overlay(profile, auth=auth).auth``."""
+    return SimpleNamespace(**{name: value if value is not None and value != "" else getattr(profile, name, None)
+                              for name, value in given.items()})
+
+
+def control_keys(profile: Optional[Profile], tls_auth=None, tls_crypt=None, tls_crypt_v2=None,
+                 v2_types=(TLSCryptV2ClientKey,)) -> SimpleNamespace:
+    """The control-channel keys under the same rule: each read from the file given,
+    else the profile's; ``given`` names the options given (e.g. ["--tls-auth"])."""
+    keys = overlay(profile, tls_auth=tls_auth and read_key(tls_auth, StaticKey),
+                   tls_crypt=tls_crypt and read_key(tls_crypt, StaticKey),
+                   tls_crypt_v2=tls_crypt_v2 and read_key(tls_crypt_v2, v2_types))
+    keys.given = [name for name, value in (("--tls-auth", tls_auth), ("--tls-crypt", tls_crypt),
+                                           ("--tls-crypt-v2", tls_crypt_v2)) if value]
+    return keys
 
 
 def read_profile(path) -> Profile:

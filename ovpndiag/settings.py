@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .keys import KeyFileError, StaticKey, TLSCryptV2ClientKey, read_key
+from .keys import KeyFileError, TLSCryptV2ClientKey, TLSCryptV2ServerKey
 from .protocol import digest_name
-from .profile import read_profile
+from .profile import control_keys, overlay, read_profile
 
 DEFAULT_PORT = 1194
 MAX_SECONDS = 86400  # a day: more is a typo, and sockets refuse some of the larger values
@@ -78,11 +78,8 @@ def probe_settings(host=None, port=None, proto=None, family=None, timeout=10.0, 
             host = host or remote.host
             port = port or remote.port
             proto = proto or remote.proto
-        port = port or profile.port
-        proto = proto or profile.proto
-        auth = auth or profile.auth
-        if key_direction is None and profile.key_direction is not None:
-            key_direction = str(profile.key_direction)
+    merged = overlay(profile, port=port, proto=proto, auth=auth, key_direction=key_direction)
+    port, proto, auth, key_direction = merged.port, merged.proto, merged.auth, merged.key_direction
     if not host:
         raise SettingsError("no host given (and no 'remote' in a --config profile)")
 
@@ -130,20 +127,16 @@ def _wrapper(tls_auth, key_direction, auth, tls_crypt, tls_crypt_v2, profile):
                                       ("--tls-crypt-v2", tls_crypt_v2)) if value]
     if len(given) > 1:
         raise SettingsError(f"{' and '.join(given)} exclude each other: a server uses one of them")
-    if tls_auth:
-        key = read_key(tls_auth, StaticKey)
-    elif tls_crypt:
-        return TLSCrypt(read_key(tls_crypt, StaticKey), "client")
-    elif tls_crypt_v2:
-        return TLSCryptV2Client(_client_key(tls_crypt_v2))
-    elif profile and profile.tls_crypt_v2:
-        return TLSCryptV2Client(profile.tls_crypt_v2)
-    elif profile and profile.tls_crypt:
-        return TLSCrypt(profile.tls_crypt, "client")
-    elif profile and profile.tls_auth:
-        key = profile.tls_auth
-    else:
+    # A key given on the command line replaces the profile's (whatever its kind): one wrapping.
+    keys = control_keys(None if given else profile, tls_auth, tls_crypt, tls_crypt_v2,
+                        v2_types=(TLSCryptV2ClientKey, TLSCryptV2ServerKey))
+    if keys.tls_crypt_v2 is not None:
+        return TLSCryptV2Client(_client_key(keys.tls_crypt_v2, tls_crypt_v2))
+    if keys.tls_crypt is not None:
+        return TLSCrypt(keys.tls_crypt, "client")
+    if keys.tls_auth is None:
         return NoWrapping()
+    key = keys.tls_auth
     try:
         digest = digest_name(auth or "SHA1")
     except ValueError as error:
@@ -162,10 +155,7 @@ def parse_key_direction(text) -> Optional[int]:
     raise SettingsError(f"--key-direction must be 0, 1 or none, not '{text}'")
 
 
-def _client_key(path):
-    from .keys import TLSCryptV2ServerKey
-
-    key = read_key(path, (TLSCryptV2ClientKey, TLSCryptV2ServerKey))
+def _client_key(key, path):
     if isinstance(key, TLSCryptV2ServerKey):
         raise KeyFileError(f"{path}: is the server's tls-crypt-v2 key; a probe needs a client key "
                            f"(openvpn --genkey tls-crypt-v2-client CLIENT.key --tls-crypt-v2 {path})")

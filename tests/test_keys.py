@@ -111,6 +111,22 @@ def test_profile_key_files_are_found_beside_the_profile(tmp_path):
     assert profile.tls_crypt == read_static_key(key_path("keys/tc.key"))
 
 
+def test_options_over_a_profile_follow_one_rule(tmp_path):
+    """profile.overlay and control_keys: what the probe, the handshake and dissect all use."""
+    from ovpndiag.profile import control_keys, overlay
+
+    (tmp_path / "ta.key").write_text(TA.read_text())
+    (tmp_path / "tc.key").write_text(key_path("keys/tc.key").read_text())
+    profile = parse_profile("auth SHA256\nkey-direction 0\nport 1196\ntls-auth ta.key\n", base_dir=tmp_path)
+    merged = overlay(profile, auth="SHA512", key_direction=None, port="", tls_version_max=None)
+    assert (merged.auth, merged.key_direction, merged.port, merged.tls_version_max) == ("SHA512", 0, 1196, None)
+    assert vars(overlay(None, auth=None, port=1194)) == {"auth": None, "port": 1194}
+    keys = control_keys(profile, tls_crypt=str(tmp_path / "tc.key"))
+    assert keys.tls_auth == read_static_key(TA) and keys.tls_crypt == read_static_key(key_path("keys/tc.key"))
+    assert keys.tls_crypt_v2 is None and keys.given == ["--tls-crypt"]
+    assert control_keys(None, tls_auth=str(tmp_path / "tc.key")).tls_auth == read_static_key(key_path("keys/tc.key"))
+
+
 @pytest.mark.parametrize("text,message", [
     ("<tls-auth>\n-----BEGIN OpenVPN Static key V1-----\n", "never closed"),
     ("tls-auth missing.key\n", "missing.key: no such file"),
