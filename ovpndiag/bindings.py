@@ -1,13 +1,14 @@
-"""Bind the OpenVPN layers to UDP and TCP port 1194, for Scapy sessions.
+"""Bind the OpenVPN layers to UDP and TCP ports, for Scapy sessions.
 
-    >>> from ovpndiag.bindings import *      # in Scapy's shell, or a script
-    >>> rdpcap("captures/udp-plain.pcap")[0].summary()
-
-Port 1194 dissects whether it is the source or the destination port; over TCP
-the packets come framed in ``OpenVPNTCP``. ``bind_port(443)`` adds another port.
+Port 1194 is bound on import; ``bind(ports)`` (or ``bind_port(443)``) adds more.
+A port dissects as OpenVPN whether it is the source or the destination port; over
+TCP the packets come framed in ``OpenVPNTCP``. Scapy users import
+``ovpndiag.scapy_contrib`` (this, plus the ``conf.contribs["openvpn"]`` settings).
 Kept apart from ``ovpndiag.layers`` because importing Scapy's IP layers costs
 time that code building and parsing OpenVPN packets does not need to pay.
 """
+
+from typing import Iterable
 
 from scapy.layers.inet import TCP, UDP
 from scapy.packet import bind_bottom_up, bind_layers
@@ -15,7 +16,7 @@ from scapy.packet import bind_bottom_up, bind_layers
 from .layers import *  # noqa: F401,F403 - re-exported for interactive use
 from .layers import OpenVPN, OpenVPNTCP, __all__ as _layer_names
 
-__all__ = list(_layer_names) + ["bind_port", "OPENVPN_PORT"]
+__all__ = list(_layer_names) + ["bind", "bind_port", "OPENVPN_PORT"]
 
 OPENVPN_PORT = 1194
 
@@ -28,4 +29,10 @@ def bind_port(port: int):
         bind_layers(transport, layer, sport=port, dport=port)
 
 
-bind_port(OPENVPN_PORT)
+def bind(ports: Iterable[int] = ()):
+    """Dissect UDP and TCP port 1194 and ``ports`` as OpenVPN."""
+    for port in (OPENVPN_PORT, *ports):
+        bind_port(port)
+
+
+bind()

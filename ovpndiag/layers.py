@@ -14,8 +14,9 @@ an HMAC of some size, tls-crypt), so the caller says it, with a ``Wrapping``::
 
     OpenVPN(data, wrapping=Wrapping.tls_auth("SHA256"))
 
-Without one, packets are read as unwrapped (or as ``conf.contribs["openvpn"]
-["wrapping"]`` says, for interactive use). Opcodes 10 and 11 exist only under
+Without one, packets are read as unwrapped, or as ``conf.contribs["openvpn"]``
+says for Scapy users (``ovpndiag.scapy_contrib``: by default inferred from the
+packet and what its flow showed, see ``ovpndiag.layer_settings``). Opcodes 10 and 11 exist only under
 tls-crypt-v2 and are always read so. Binding to UDP/TCP port 1194 lives in
 ``ovpndiag.bindings`` so that code which only builds and parses packets does not
 pay for importing Scapy's IP layers.
@@ -63,8 +64,14 @@ from .protocol import (  # noqa: F401 - the wire facts, re-exported with the lay
 )
 
 
-def _default_wrapping():
-    return conf.contribs.get("openvpn", {}).get("wrapping", PLAIN)
+def _default_wrapping(data=b"", underlayer=None):
+    """No wrapping given: none, unless conf.contribs["openvpn"] says otherwise
+    (``ovpndiag.scapy_contrib``: fixed, or inferred from the packet and its flow)."""
+    settings = conf.contribs.get("openvpn")
+    if not settings:
+        return PLAIN
+    from .layer_settings import wrapping_for  # Scapy users' settings only: the library always says
+    return wrapping_for(settings, data, underlayer)
 
 
 class _WithWrapping(Packet):
@@ -74,9 +81,12 @@ class _WithWrapping(Packet):
 
     def __init__(self, _pkt=b"", *args, wrapping=None, **kwargs):
         if wrapping is None:
-            wrapping = getattr(kwargs.get("_underlayer"), "wrapping", None) or _default_wrapping()
+            underlayer = kwargs.get("_underlayer")
+            wrapping = getattr(underlayer, "wrapping", None) or self._wrapping_not_given(_pkt, underlayer)
         self.wrapping = wrapping
         super().__init__(_pkt, *args, **kwargs)
+
+    _wrapping_not_given = staticmethod(_default_wrapping)
 
     def copy(self):
         clone = super().copy()
@@ -336,6 +346,16 @@ class OpenVPNControl(_ControlBase):
     def guess_payload_class(self, payload):
         return Raw
 
+    def do_dissect_payload(self, s):
+        settings = conf.contribs.get("openvpn")
+        if s and settings and settings.get("tls"):
+            from .layer_settings import hands_to_tls, tls_payload  # Scapy's TLS layer, when asked
+            records = tls_payload(s, self) if hands_to_tls(settings, self.opcode) else None
+            if records is not None:
+                self.add_payload(records)
+                return
+        super().do_dissect_payload(s)
+
 
 class OpenVPNAck(_ControlBase):
     name = "OpenVPN ACK"
@@ -389,7 +409,7 @@ class _FramedPacketField(PacketLenField):
     """The OpenVPN packet inside a TCP frame, read with the frame's Wrapping."""
 
     def m2i(self, pkt, m):
-        return OpenVPN(m, wrapping=pkt.wrapping)
+        return OpenVPN(m, wrapping=pkt.wrapping, _underlayer=pkt)  # (the frame's flow, for inference)
 
 
 class OpenVPNTCP(_WithWrapping):
@@ -422,7 +442,18 @@ class OpenVPNTCP(_WithWrapping):
         """Scapy TCPSession hook: return the complete frames, once there is one."""
         if not _complete_frames_length(data):
             return None
-        return cls(data, wrapping=session.get("openvpn_wrapping"))
+        if metadata.get("original") is not None:  # (cleared for the frames after the first)
+            session["openvpn_segment"] = metadata["original"].getlayer("TCP")
+        return cls(data, wrapping=session.get("openvpn_wrapping"), _underlayer=session.get("openvpn_segment"))
+
+    @staticmethod
+    def _wrapping_not_given(data=b"", underlayer=None):
+        """A frame's packets infer their wrapping themselves (None) unless it is fixed."""
+        settings = conf.contribs.get("openvpn")
+        if not settings:
+            return PLAIN
+        from .layer_settings import fixed_wrapping
+        return fixed_wrapping(settings)
 
 
 def _complete_frames_length(data):
