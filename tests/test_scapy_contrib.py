@@ -377,3 +377,21 @@ def test_the_flow_memory_is_bounded(contrib):
 def test_building_a_packet_under_auto_builds_it_unwrapped(contrib):
     wire = bytes(contrib.OpenVPNReset(session_id=0x1122334455667788))
     assert wire == bytes.fromhex("38" "1122334455667788" "00" "00000000")
+
+
+def test_the_readme_scapy_session_prints_what_it_says():
+    """README's "In a Scapy session" example, run as a doctest in a fresh interpreter."""
+    import re
+
+    readme = (CAPTURES.parent / "README.md").read_text()
+    session = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                   if "from ovpndiag.scapy_contrib import *" in block)
+    script = ("import doctest, sys\n"
+              "test = doctest.DocTestParser().get_doctest(sys.stdin.read(), {}, 'README', 'README.md', 0)\n"
+              "runner = doctest.DocTestRunner()\n"
+              "runner.run(test)\n"
+              "print(runner.summarize(verbose=False))\n")
+    result = subprocess.run([sys.executable, "-c", script], input=session, cwd=CAPTURES.parent,
+                            capture_output=True, text=True, timeout=120)
+    assert "attempted=" in result.stdout and "failed=0" in result.stdout, result.stdout + result.stderr
+    assert session.count(">>> ") >= 8
