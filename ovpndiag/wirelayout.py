@@ -23,6 +23,7 @@ like bytecode. Without it (a first run, nowhere to write, a wrapping outside
 
 import marshal
 import os
+from keyword import iskeyword
 import zlib
 from pathlib import Path
 from struct import Struct, calcsize
@@ -64,12 +65,13 @@ class ControlLayout:
     ``unpack_header`` reads them all, in ``header_names`` order; ``header``: the
     bytes before the ACK count (or the ciphertext); ``visible``: ACKs, message
     packet-id and payload are in the clear; ``header_struct`` packs and unpacks the fixed
-    fields (its first byte a pad byte, for op and key id); ``after_acks[opcode][count]``: an
+    fields (its first byte a pad byte, for op and key id); ``read_header(obj, data)``
+    sets them as attributes of ``obj``, named as the layers name them; ``after_acks[opcode][count]``: an
     ``AfterAcks``; ``trailer_opcodes``: the opcodes whose last bytes are a WKc.
     """
 
     __slots__ = ("wrapping", "kind", "hmac_size", "visible", "header", "shortest", "fields", "header_names",
-                 "header_struct", "unpack_header", "after_acks", "trailer_opcodes", "replay_at", "tagged")
+                 "header_struct", "unpack_header", "read_header", "after_acks", "trailer_opcodes", "replay_at", "tagged")
 
     def __init__(self, wrapping, description):
         fixed, header, visible, after, trailer_opcodes = description
@@ -82,6 +84,7 @@ class ControlLayout:
         # (the first byte, op and key id, is left to the caller: ``x`` - it is bits, not a field)
         self.header_struct = Struct("!x" + "".join(code for _name, _offset, code in fixed))
         self.unpack_header = self.header_struct.unpack_from
+        self.read_header = _reader(self.header_names, self.unpack_header)
         shapes = {}
         self.after_acks = {opcode: shapes.setdefault(tuple(shape), [AfterAcks(names, code) for names, code in shape])
                            for opcode, shape in after.items()}  # (opcodes of one shape share its structs)
@@ -91,6 +94,17 @@ class ControlLayout:
 
     def __repr__(self):
         return f"ControlLayout({self.wrapping}, header={self.header}, fields={self.fields})"
+
+
+def _reader(names, unpack):
+    """``read(obj, data)``: ``obj.<name>, ... = unpack(data)``, as fast as written out by
+    hand (a loop of setattr costs three times as much, on every control packet)."""
+    if not all(name.isidentifier() and not iskeyword(name) for name in names):
+        raise ValueError(f"field names {names} are not all identifiers")
+    targets = "".join(f"obj.{name}, " for name in names)
+    namespace = {"unpack": unpack}
+    exec(f"def read(obj, data):\n    {targets}= unpack(data)\n", namespace)  # (names: the layers' own)
+    return namespace["read"]
 
 
 _LAYOUTS: Dict[Wrapping, ControlLayout] = {}

@@ -83,15 +83,15 @@ def _truncated(fields, size, opcode, given):
     return fields
 
 
-# Wrapping -> (kind, hmac_size, visible, header, the header's unpack and field names,
-# after_acks): what _control reads of a wirelayout.ControlLayout, once per Wrapping.
+# Wrapping -> (kind, hmac_size, visible, header, read_header, after_acks): what _control
+# reads of a wirelayout.ControlLayout, once per Wrapping.
 _LAYOUTS = {}
 
 
 def _layout(wrapping):
     layout = control_layout(wrapping)
     entry = _LAYOUTS[wrapping] = (layout.kind, layout.hmac_size, layout.visible, layout.header,
-                                  layout.unpack_header, layout.header_names, layout.after_acks)
+                                  layout.read_header, layout.after_acks)
     return entry
 
 
@@ -102,7 +102,7 @@ def shortest(wrapping: Wrapping) -> int:
 
 
 def _control(data, size, opcode, wrapping, given, fields):
-    kind, hmac_size, visible, header, unpack, names, after_acks = _LAYOUTS.get(wrapping) or _layout(wrapping)
+    kind, hmac_size, visible, header, read_header, after_acks = _LAYOUTS.get(wrapping) or _layout(wrapping)
     fields.wrapping = kind
     if kind == "tls-auth":
         fields.hmac_size = hmac_size
@@ -110,8 +110,7 @@ def _control(data, size, opcode, wrapping, given, fields):
     if size < needed:
         fields.malformed = f"truncated: {size} bytes, {OPCODES[opcode]} with {wrapping} needs at least {needed}"
         return fields
-    for name, value in zip(names, unpack(data)):  # session id, and the wrapping's fields
-        setattr(fields, name, value)
+    read_header(fields, data)  # session id, and the wrapping's fields
     end = size
     if opcode in CARRIES_WKC:
         try:
