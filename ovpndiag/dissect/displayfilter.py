@@ -98,6 +98,8 @@ def tokens(text: str) -> List[Token]:
         if match is None:
             if text[at] == '"':
                 raise FilterError("a string without its closing quote", at + 1)
+            if text[at] == "=":
+                raise FilterError("'=' is not a comparison (use ==)", at + 1)
             raise FilterError(f"unexpected '{text[at]}'", at + 1)
         kind = match.lastgroup
         if kind == "string":
