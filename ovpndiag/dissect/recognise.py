@@ -22,7 +22,7 @@ opcodes that do not exist. Elsewhere a flow that shows none of the above within
 
 from typing import Optional
 
-from ..protocol import CLIENT_RESETS, OPCODES, SERVER_RESETS
+from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, OPCODES, SERVER_RESETS, Opcode
 from .decode import shortest
 from .infer import CANDIDATES, TLS_CRYPT_V2, readable_as, session_id_of
 
@@ -33,12 +33,13 @@ STATIC_AFTER = 2  # impossible opcodes that make a flow on an OpenVPN port stati
 
 OPENVPN, OTHER, STATIC = "openvpn", "other", "static"
 UNDECIDED = "undecided"  # looked like OpenVPN, but too little of it to be sure: shown, and counted apart
-_CONTROL = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
+_CONTROL = CONTROL_OPCODES
+_P_DATA_V2 = int(Opcode.P_DATA_V2)
 
 
 def fits(data: bytes, peer_session_id: Optional[int], time: float, candidates=CANDIDATES) -> bool:
     """Does this control packet read as sense under some wrapping?"""
-    if data[0] >> 3 in (10, 11):
+    if data[0] >> 3 in CARRIES_WKC:
         candidates = (TLS_CRYPT_V2,)
     return any(readable_as(data, w, peer_session_id, time) for w in candidates)
 
@@ -123,7 +124,7 @@ class Recognition:
 
     def _data(self, sender, data, opcode) -> bool:
         """A data packet: True when the flow's data stream is long enough to be sure."""
-        if opcode == 9:
+        if opcode == _P_DATA_V2:
             if len(data) < 8:
                 return False
             mark, packet_id = data[:4], int.from_bytes(data[4:8], "big")
