@@ -25,8 +25,8 @@ from captures import ALL_CAPTURES, CAPTURES, entry, key_path, openvpn_packets, t
 # Static-key tunnels have no control channel: nothing to infer, and nothing on their port
 # is an OpenVPN header (test_captures.py reads them apart).
 CAPTURES_WITH_CONTROL = [c["file"] for c in ALL_CAPTURES if c["wrapping"] != "static-key"]
-# Keys whose packets this reads in the clear: no wrapping, or tls-auth.
-CLEAR_TLS = [c["file"] for c in ALL_CAPTURES if c["wrapping"] in ("none", "tls-auth") and c["file"] != "udp-try-keys.pcap"]
+# Captures whose TLS is on the wire in the clear (tls-crypt encrypts it).
+CLEAR_TLS = [c["file"] for c in ALL_CAPTURES if c["wrapping"] in ("none", "tls-auth")]
 
 
 @pytest.fixture
@@ -180,8 +180,8 @@ def test_the_layers_wrapping_agrees_with_dissect_json_on_every_packet(contrib):
         record = json.loads(line)
         if record["opcode_value"] not in (6, 9):
             kind = record["wrapping"]
-            by_file[record["file"]].append(
-                (record["session_id"], Wrapping.tls_auth(record["hmac_size"]) if kind == "tls-auth" else Wrapping(kind)))
+            wrapping = Wrapping.tls_auth(record["hmac_size"]) if kind == "tls-auth" else Wrapping(kind)
+            by_file[record["file"]].append((record["session_id"], wrapping))
     compared = 0
     for name in CAPTURES_WITH_CONTROL:
         mine = [(f"{p.session_id:016x}", p.effective_wrapping._replace(decrypted=False))
