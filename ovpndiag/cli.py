@@ -978,12 +978,14 @@ def _tally_text(output, path, frames, tally, skipped):
 def _write_decrypted(records, writer):
     """Pass records through, writing each packet with tls-crypt removed."""
     for record in records:
-        data = record["_data"]
-        wire = record.get("_wire")
-        if wire is not None:  # decrypted layout: header | replay id | time | tag | plaintext | [WKc]
-            data = wire[:9] + wire[49:len(wire) - record.get("wkc_len", 0)]
-        writer.write_openvpn(record["time"], record["src"], record["sport"], record["dst"], record["dport"],
-                             record["transport"], data)
+        data = record.data
+        wire = record.decrypted
+        if wire is not None:  # opened by a key: the plaintext in place of the ciphertext
+            from .wirelayout import plain
+
+            data = plain(wire, record.decoded_with, record.wkc_len or 0)
+        writer.write_openvpn(record.time, record.src, record.sport, record.dst, record.dport,
+                             record.transport, data)
         yield record
 
 

@@ -122,7 +122,7 @@ class FlowKeys:
     def _v2_pair(self, data, sender, client_session_id):
         if self.ring.v2_server is not None and sender == "client" and data and data[0] >> 3 in CARRIES_WKC:
             server = TLSCryptV2Server(self.ring.v2_server)
-            wkc_len = decode(data, TLS_CRYPT_V2).get("wkc_len")
+            wkc_len = decode(data, TLS_CRYPT_V2).wkc_len
             if wkc_len:
                 try:
                     info = server.unwrap_client_key(data[-wkc_len:])

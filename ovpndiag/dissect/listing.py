@@ -15,7 +15,7 @@ line for every packet of every bundled capture and of thousands of mangled ones.
 
 
 from ..protocol import CARRIES_WKC, CLIENT_RESETS, MAX_ACKS, OPCODES, RESETS
-from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _LABELS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
+from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
                            _wrapping_words, direction_label, packet_line)
 from ..wirelayout import control_layout
 from .infer import PLAIN
@@ -24,6 +24,7 @@ from .reader import CONTROL_OPCODES, Reader
 _DATA_V2 = "%6d %11.6f %s %s kid=%d peer=%d len=%d"
 _DATA_V1 = "%6d %11.6f %s %s kid=%d len=%d"
 _P_DATA_V2, _P_DATA_V1 = OPCODES[9], OPCODES[6]
+_LABELS_KEPT = 1 << 16  # flows whose labels are kept (a bound: flows come and go)
 
 
 class RenderingReader(Reader):
@@ -52,6 +53,7 @@ class ListingReader(Reader):
         # ...and, on arrival, not a client reset (it may start a session with another wrapping).
         self._fast_arrival = self._fast_control.difference(CLIENT_RESETS)
         self._layouts = {}  # Wrapping -> _wrapping_layout()
+        self._labels = {}  # Flow -> (its ends, {sender: label}), see _label
         # Every wrapping starts as the plain layout does: op, session id (its only field).
         self._session_id = control_layout(PLAIN).unpack_header
         self._min_control = control_layout(PLAIN).header
@@ -89,10 +91,23 @@ class ListingReader(Reader):
                 line = None
             if line is not None:
                 return frame, line
-        return frame, packet_line(Reader._record(self, flow, frame, time, sender, data, inference), self.colour)
+        return frame, packet_line(Reader._record(self, flow, frame, time, sender, data, inference), self.colour,
+                                  self._label(flow, sender))
+
+    def _label(self, flow, sender):
+        """The flow's direction as lines show it, made once per flow (and again if its
+        roles were found reversed: Flow.ends is then new)."""
+        cached = self._labels.get(flow)
+        if cached is None or cached[0] is not flow.ends:
+            if len(self._labels) >= _LABELS_KEPT:
+                self._labels.clear()
+            cached = self._labels[flow] = (flow.ends, {side: direction_label(*ends)
+                                                       for side, ends in flow.ends.items()})
+        return cached[1][sender]
 
     def _data_line(self, flow, frame, time, sender, data, opcode):
-        label = _LABELS.get(flow.ends[sender]) or direction_label(*flow.ends[sender])
+        cached = self._labels.get(flow)  # (self._label, inlined: this runs for most packets)
+        label = cached[1][sender] if cached is not None and cached[0] is flow.ends else self._label(flow, sender)
         if opcode == 6:
             return _DATA_V1 % (frame, time - self.first_time, label, _P_DATA_V1, data[0] & 7,
                                len(data))
@@ -109,7 +124,8 @@ class ListingReader(Reader):
         if size <= header:
             return None
         sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
-        label = _LABELS.get(flow.ends[sender]) or direction_label(*flow.ends[sender])
+        cached = self._labels.get(flow)  # (self._label, inlined: this runs for most packets)
+        label = cached[1][sender] if cached is not None and cached[0] is flow.ends else self._label(flow, sender)
         count = 0
         if visible:
             count = data[header]

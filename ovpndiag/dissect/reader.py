@@ -16,8 +16,9 @@ packets it completes, one per packet, in capture order. On the way it:
 - follows the TLS inside each session's control channel (``tls``);
 - keeps one summary per session for ``--sessions``.
 
-Records are plain dicts whose keys are the JSON keys (see README); keys that
-start with ``_`` are for renderers only (raw bytes, the Wrapping used). Packets
+Records are ``record.Record`` objects: fields named as the JSON keys (see README)
+and a few for renderers only (raw bytes, the Wrapping used); the reader fills
+them and formats nothing. Packets
 of flows not yet decided wait in a queue, so output stays in frame order. Nothing
 waits for ever, and what decides a flow is only its own packets and the capture's
 clock: a flow is decided by its best guess after ``HOLD_PACKETS`` of its packets
@@ -32,11 +33,11 @@ import struct
 from typing import Dict, List, Optional
 
 from ..protocol import CARRIES_WKC, CLIENT_RESETS, OPCODES
-from ..render.line import endpoint  # the listing's per-direction labels are made once per flow
 from .decode import decode
 from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
 from .recognise import OTHER, OPENVPN, STATIC, UNDECIDED, Recognition
+from .record import Record
 from .tls import TLSStream
 
 OPENVPN_PORT = 1194
@@ -83,20 +84,20 @@ class Session:
         self.floats = []  # (address, port) the client went on from, in order
 
     def count(self, record):
-        opcode = record.get("opcode", "malformed")
+        opcode = record.opcode or "malformed"
         self.packets[opcode] += 1
-        self.bytes[opcode] += record["length"]
-        if "key_id" in record:
-            self.key_ids.add(record["key_id"])
-        self.first = record["time"] if self.first is None else self.first
-        self.last = record["time"]
-        if "hmac_valid" in record:
-            self.hmac[record["hmac_valid"]] += 1
-        if "key_direction" in record:
-            self.key_directions[record["_sender"]] = record["key_direction"]
-        for name in record.get("tls", ()):
+        self.bytes[opcode] += record.length
+        if record.key_id is not None:
+            self.key_ids.add(record.key_id)
+        self.first = record.time if self.first is None else self.first
+        self.last = record.time
+        if record.signed:
+            self.hmac[record.hmac_valid] += 1
+        if record.key_direction is not None:
+            self.key_directions[record.sender] = record.key_direction
+        for name in record.tls or ():
             self.tls[name] += 1
-        self.malformed += "malformed" in record
+        self.malformed += record.malformed is not None
 
     def _handshake(self, flow):
         """What the first key's TLS handshake shows: version, cipher suite, certificates."""
@@ -181,20 +182,10 @@ class Flow:
         return "client" if address == self.client else "server"
 
     def set_roles(self, client, server):
-        """Who is who, and the strings every record of the flow repeats."""
+        """Who is who: each direction's (src, dst, sport, dport, transport), made once for its records."""
         self.client, self.server = client, server
-        proto = self.transport.upper()
-        self.ends = {"client": (client[0], server[0], client[1], server[1]),
-                     "server": (server[0], client[0], server[1], client[1])}
-        self.labels = {"client": f"{endpoint(*client)} -> {endpoint(*server)} {proto}",
-                       "server": f"{endpoint(*server)} -> {endpoint(*client)} {proto}"}
-        # A record starts as a copy of its direction's base, cheaper than a new dict; the
-        # keys are in record (and JSON) order, the None values are set per packet.
-        self.bases = {sender: {"frame": None, "time": None, "src": src, "dst": dst, "sport": sport,
-                               "dport": dport, "transport": self.transport, "length": None,
-                               "_sender": sender, "_data": None, "_relative": None,
-                               "_label": self.labels[sender]}
-                      for sender, (src, dst, sport, dport) in self.ends.items()}
+        self.ends = {"client": (client[0], server[0], client[1], server[1], self.transport),
+                     "server": (server[0], client[0], server[1], client[1], self.transport)}
 
 
 class Reader:
@@ -224,7 +215,7 @@ class Reader:
 
     # --- input ---------------------------------------------------------------
 
-    def feed(self, datagram) -> List[dict]:
+    def feed(self, datagram) -> List[Record]:
         """The records this datagram makes ready (usually one, maybe none or many)."""
         frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, gap, _end = datagram
         if self.first_time is None:
@@ -272,12 +263,12 @@ class Reader:
         self._wait(flow, time)
         return None
 
-    def tick(self, now: float) -> List[dict]:
+    def tick(self, now: float) -> List[Record]:
         """The clock moved on to ``now``: what has waited HOLD_TIME is decided and shown.
         feed() calls it for each datagram; a live capture calls it on a quiet interface."""
         return self._overdue(now) if self.waiting else []
 
-    def finish(self) -> List[dict]:
+    def finish(self) -> List[Record]:
         """End of input: decide what is still undecided and emit everything."""
         for flow in list(self.flows.values()):
             self._decide(flow)
@@ -519,9 +510,7 @@ class Reader:
         return ready
 
     def _record(self, flow, frame, time, sender, data, inference):
-        record = flow.bases[sender].copy()
-        record["frame"], record["time"], record["length"] = frame, time, len(data)
-        record["_data"], record["_relative"] = data, time - self.first_time
+        record = Record(frame, time, flow.ends[sender], len(data), sender, data, time - self.first_time)
         opcode = data[0] >> 3 if data else None
         if opcode in CONTROL_OPCODES:
             if inference is None:  # (a short packet: no session id, nothing learnt)
@@ -530,16 +519,16 @@ class Reader:
             if self.no_keys and not data[0] & 7 and opcode not in CARRIES_WKC:
                 # The common case of _control: the flow's own wrapping, nothing to open.
                 decode(data, wrapping, record)
-                record["_wrapping"] = wrapping
+                record.decoded_with = wrapping
                 if wrapping.kind != "none":
-                    record["hmac_valid"] = None
+                    record.signed = True  # (hmac_valid None: not checked)
             else:
                 self._control(flow, sender, data, record, wrapping, inference is not None and inference.renegotiation)
             if opcode == 4 or opcode == 11:
                 self._tls(flow, sender, record)
-            tlvs = record.get("_tlvs")
+            tlvs = record.raw_tlvs
             if tlvs:
-                record["tlvs"] = [_tlv_name(t) for t in tlvs]
+                record.tlvs = [_tlv_name(t) for t in tlvs]
         else:
             decode(data, PLAIN, record)
         if self.sessions:
@@ -556,8 +545,8 @@ class Reader:
             layout = flow.renegotiation.get(key_id)
             if layout is None:
                 peer = flow.session_ids.get("server" if sender == "client" else "client")
-                fits = plausible(decode(data, wrapping), peer, record["time"])
-                layout = wrapping if fits or not plausible(decode(data, TLS_CRYPT), None, record["time"]) \
+                fits = plausible(decode(data, wrapping), peer, record.time)
+                layout = wrapping if fits or not plausible(decode(data, TLS_CRYPT), None, record.time) \
                     else TLS_CRYPT
                 flow.renegotiation[key_id] = layout
             if layout is TLS_CRYPT:
@@ -575,36 +564,36 @@ class Reader:
                 dynamic, opened = True, NOT_CHECKED  # the static key no longer applies: a 2.6 renegotiation
         if opened.decrypted is not None:
             wrapping = wrapping._replace(decrypted=True)
-            record["_wire"] = opened.decrypted
+            record.decrypted = opened.decrypted
             decode(opened.decrypted, wrapping, record)
         else:
             decode(data, wrapping, record)
-        record["_wrapping"] = wrapping
+        record.decoded_with = wrapping
         if dynamic:
-            record["dynamic"] = True
+            record.dynamic = True
         else:  # (a renegotiation under dynamic tls-crypt has a key of its own, never the user's)
             verdicts = self.key_verdicts.get(wrapping.kind)
             if verdicts is not None:
                 verdicts[1] += 1
                 verdicts[0] += bool(opened.valid)  # (a tls-crypt-v2 key that opens no WKc leaves it None)
         if wrapping.kind != "none":
-            record["hmac_valid"] = opened.valid
+            record.signed, record.hmac_valid = True, opened.valid
         if opened.key_direction is not None:
-            record["key_direction"] = opened.key_direction
+            record.key_direction = opened.key_direction
 
     def _tls(self, flow, sender, record):
         """The TLS records and messages a P_CONTROL_V1 payload completes."""
-        length = record.get("payload_len")
-        if not length or "message_packet_id" not in record:
+        length = record.payload_len
+        if not length or record.message_packet_id is None:
             return
-        stream = self._tls_stream(flow, (sender, record["key_id"], record["session_id"]))
-        wire = record.get("_wire") or record["_data"]
-        offset = record["_payload_offset"]
-        names = stream.add(record["message_packet_id"], wire[offset:offset + length], record["frame"])
+        stream = self._tls_stream(flow, (sender, record.key_id, record.session_id))
+        wire = record.decrypted or record.data
+        offset = record.payload_offset
+        names = stream.add(record.message_packet_id, wire[offset:offset + length], record.frame)
         if names:
-            record["tls"] = names
+            record.tls = names
             if self.options.tls_details:
-                record["_tls_details"] = [d for d in stream.details() if d["frame"] == record["frame"]]
+                record.tls_details = [d for d in stream.details() if d["frame"] == record.frame]
 
     def _tls_stream(self, flow, key):
         """The TLS stream of one direction of one session's key, (sender, key id, session id)."""
@@ -616,10 +605,10 @@ class Reader:
 
     def _count(self, flow, sender, record):
         """--sessions: add the packet to its session's summary."""
-        session_id = record.get("session_id")
-        client_id = session_id if sender == "client" else record.get("remote_session_id")
+        session_id = record.session_id
+        client_id = session_id if sender == "client" else record.remote_session_id
         if not flow.sessions and flow.floated_to is None:
-            self._float(flow, client_id, record.get("peer_id"))
+            self._float(flow, client_id, record.peer_id)
         session = flow.sessions.get(client_id) if client_id is not None else None
         if session is None and sender == "client" and session_id is not None:
             current = flow.current
@@ -639,7 +628,7 @@ class Reader:
         flow.current = session
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id
-        peer_id = record.get("peer_id")
+        peer_id = record.peer_id
         if peer_id is not None and flow.peer_id is None:
             flow.peer_id = peer_id
             self._floats_by((flow.server, flow.transport, "peer", peer_id), flow)

@@ -29,55 +29,70 @@ def _short_id(session_id):
     return text
 
 
-def packet_line(record: dict, colour: bool = False) -> str:
+def packet_line(record, colour: bool = False, label: str = None) -> str:
     """e.g. ``3  0.001234 127.0.0.1:46328 -> 127.0.0.1:1194 UDP P_CONTROL_V1 kid=0
     sid=88587622 acks=[0] rsid=6a2f01d7 mpid=1 len=1142 tls-auth SHA1 HMAC ok
-    [Client Hello]``"""
+    [Client Hello]`` (``record``: a dissect.record.Record; ``label``: its
+    direction_label, when the caller has it at hand)"""
     # This runs for every packet of captures of millions: %-formatting (cheaper than
     # f-string format specs), few lookups, the wrapping's words made once per kind.
-    get = record.get
-    label = get("_label") or (f"{endpoint(record['src'], record['sport'])} -> "
-                              f"{endpoint(record['dst'], record['dport'])} {record['transport'].upper()}")
-    malformed = get("malformed")
-    session_id = get("session_id")
+    if label is None:
+        label = direction_label(record.src, record.dst, record.sport, record.dport, record.transport)
+    malformed = record.malformed
+    session_id = record.session_id
     if session_id is not None:  # a control packet: its common fields in one format
         sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
-        acks = get("acks")
-        message_packet_id = get("message_packet_id")
+        acks = record.acks
+        message_packet_id = record.message_packet_id
         if acks:
-            remote = record["remote_session_id"]
+            remote = record.remote_session_id
             line = (_CONTROL_ACKS if message_packet_id is not None else _ACK) % (
-                record["frame"], record["_relative"], label, record["opcode"], record["key_id"], sid,
+                record.frame, record.relative_time, label, record.opcode, record.key_id, sid,
                 ",".join(map(str, acks)) if len(acks) > 1 else acks[0],
-                _SHORT_IDS.get(remote) or _short_id(remote), message_packet_id, record["length"])
+                _SHORT_IDS.get(remote) or _short_id(remote), message_packet_id, record.length)
         else:
             line = (_CONTROL if message_packet_id is not None else _OPAQUE) % (
-                record["frame"], record["_relative"], label, record["opcode"], record["key_id"], sid,
-                message_packet_id, record["length"])
-    elif "peer_id" in record:  # data: the bulk of a capture, kept short
+                record.frame, record.relative_time, label, record.opcode, record.key_id, sid,
+                message_packet_id, record.length)
+    elif record.peer_id is not None:  # data: the bulk of a capture, kept short
         line = "%6d %11.6f %s %s kid=%d peer=%d len=%d" % (
-            record["frame"], record["_relative"], label, record["opcode"], record["key_id"], record["peer_id"],
-            record["length"])
+            record.frame, record.relative_time, label, record.opcode, record.key_id, record.peer_id,
+            record.length)
         if malformed is None:
             return line
-    elif "opcode" in record:
-        line = "%6d %11.6f %s %s kid=%d len=%d" % (record["frame"], record["_relative"], label, record["opcode"],
-                                                    record["key_id"], record["length"])
+    elif record.opcode is not None:
+        line = "%6d %11.6f %s %s kid=%d len=%d" % (record.frame, record.relative_time, label, record.opcode,
+                                                    record.key_id, record.length)
     else:
-        line = "%6d %11.6f %s len=%d" % (record["frame"], record["_relative"], label, record["length"])
-    wrapping = get("wrapping")
+        line = "%6d %11.6f %s len=%d" % (record.frame, record.relative_time, label, record.length)
+    wrapping = record.wrapping
     if wrapping and wrapping != "none":
-        key = (wrapping, get("hmac_size"), get("dynamic"), get("hmac_valid"), colour)
+        key = (wrapping, record.hmac_size, record.dynamic, record.hmac_valid, colour)
         line += _WRAPPING_WORDS.get(key) or _wrapping_words(*key)
-    tlvs = get("tlvs")
+    tlvs = record.tlvs
     if tlvs is not None:
         line += " " + ", ".join(tlvs)
-    tls = get("tls")
+    tls = record.tls
     if tls is not None:
         line += " [" + ", ".join(tls) + "]"
     if malformed is not None:
         line += " " + _paint("MALFORMED: " + malformed, "\033[31m", colour)
     return line
+
+
+_LABELS = {}  # (src, dst, sport, dport, transport) -> e.g. "10.0.0.1:40000 -> 10.0.0.2:1194 UDP"
+_LABELS_MAX = 1 << 16
+
+
+def direction_label(src, dst, sport, dport, transport) -> str:
+    """One direction of a flow as lines show it, e.g. ``10.0.0.1:40000 -> 10.0.0.2:1194 UDP``."""
+    ends = (src, dst, sport, dport, transport)
+    label = _LABELS.get(ends)
+    if label is None:  # (a flow's packets repeat it: made once)
+        if len(_LABELS) >= _LABELS_MAX:
+            _LABELS.clear()
+        label = _LABELS[ends] = f"{endpoint(src, sport)} -> {endpoint(dst, dport)} {transport.upper()}"
+    return label
 
 
 _WRAPPING_WORDS = {}  # (wrapping, hmac_size, dynamic, hmac_valid, colour) -> e.g. " tls-auth SHA1 HMAC ok"
