@@ -32,7 +32,7 @@ import collections
 import struct
 from typing import Dict, List, Optional
 
-from ..protocol import CARRIES_WKC, CLIENT_RESETS, OPCODES
+from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, MAX_PLAUSIBLE_FRAME, Opcode, plausible_tcp_frame
 from .decode import decode
 from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
@@ -42,11 +42,11 @@ from .tls import TLSStream
 
 OPENVPN_PORT = 1194
 _TCP_LENGTH = struct.Struct("!H").unpack_from  # OpenVPN's 2-byte frame length over TCP
-CONTROL_OPCODES = frozenset((1, 2, 3, 4, 5, 7, 8, 10, 11))
+_CARRY_TLS = (int(Opcode.P_CONTROL_V1), int(Opcode.P_CONTROL_WKC_V1))  # (their payload is TLS bytes)
 HOLD_PACKETS = 32  # packets of an undecided flow that wait before its best guess is taken
 HOLD_TIME = 2.0  # seconds of capture time a packet waits at most for its flow to be decided
 MAX_QUEUE = 50000  # packets waiting in all: beyond, the oldest waiting flow is guessed at once
-MAX_TCP_FRAME = 2048  # bigger first frames on an unknown port are not OpenVPN
+MAX_TCP_FRAME = MAX_PLAUSIBLE_FRAME  # bigger first frames on an unknown port are not OpenVPN (protocol: why)
 RESYNC_WITHIN = 2 * (MAX_TCP_FRAME + 2)  # stream bytes searched for a frame boundary (then: not OpenVPN, or drop)
 
 FLOW_IDLE = 300.0  # seconds of capture time after which an idle flow is forgotten
@@ -524,7 +524,7 @@ class Reader:
                     record.signed = True  # (hmac_valid None: not checked)
             else:
                 self._control(flow, sender, data, record, wrapping, inference is not None and inference.renegotiation)
-            if opcode == 4 or opcode == 11:
+            if opcode in _CARRY_TLS:
                 self._tls(flow, sender, record)
             tlvs = record.raw_tlvs
             if tlvs:
@@ -551,7 +551,7 @@ class Reader:
                 flow.renegotiation[key_id] = layout
             if layout is TLS_CRYPT:
                 wrapping, dynamic = TLS_CRYPT, True
-        elif data[0] >> 3 in (10, 11) and wrapping.kind != "tls-crypt-v2":
+        elif data[0] >> 3 in CARRIES_WKC and wrapping.kind != "tls-crypt-v2":
             wrapping = TLS_CRYPT_V2
         opened = NOT_CHECKED
         keys = self.options.keys
@@ -698,8 +698,7 @@ def _resync(buffered, start):
         position, frames = offset, 0
         while position + 3 <= end:
             length = _TCP_LENGTH(buffered, position)[0]
-            if not 9 <= length <= MAX_TCP_FRAME or buffered[position + 2] >> 3 not in OPCODES \
-                    or position + 2 + length > end:
+            if not plausible_tcp_frame(length, buffered[position + 2]) or position + 2 + length > end:
                 break
             position += 2 + length
             frames += 1
