@@ -528,8 +528,8 @@ def _fields_output(options):
         return None
     if not options["fields"]:
         raise UserError("-T fields needs at least one -e FIELD")
-    if options["as_json"] or options["verbose"] or options["sessions"]:
-        raise UserError("-T fields is an output of its own: not with --json, -V or --sessions")
+    if options["as_json"] or options["verbose"] or options.get("hex_dump") or options["sessions"]:
+        raise UserError("-T fields is an output of its own: not with --json, -V, -x or --sessions")
     try:
         check_names(options["fields"])
         return parse_options(options["field_settings"])
