@@ -39,25 +39,25 @@ def test_every_openvpn_packet_is_found_in_order_with_its_frame(name):
     capture = entry(name)
     _, records = dissect(CAPTURES / name)
     expected = [(p.frame, p.sender, p.data) for p in openvpn_packets(capture)]
-    seen = [(r["frame"], r["_sender"], r["_data"]) for r in records]
+    seen = [(r.frame, r.sender, r.data) for r in records]
     assert seen == expected
-    assert not any("malformed" in r for r in records)
+    assert not any(r.malformed is not None for r in records)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_wrapping_is_inferred_per_flow(name):
     capture = entry(name)
     _, records = dissect(CAPTURES / name)
-    control = [r for r in records if "wrapping" in r]
-    first_keys = [r for r in control if r["key_id"] == 0]
-    assert {r["wrapping"] for r in first_keys} == {capture["wrapping"]}
+    control = [r for r in records if r.wrapping is not None]
+    first_keys = [r for r in control if r.key_id == 0]
+    assert {r.wrapping for r in first_keys} == {capture["wrapping"]}
     if capture["wrapping"] == "tls-auth":
         sizes = {"SHA1": 20, "SHA256": 32, "SHA512": 64}
         client_size = sizes[capture["client"]["auth"]]
-        assert {r["hmac_size"] for r in first_keys} == {client_size}
-    renegotiated = [r for r in control if r["key_id"] > 0]
+        assert {r.hmac_size for r in first_keys} == {client_size}
+    renegotiated = [r for r in control if r.key_id > 0]
     assert bool(renegotiated) == capture["renegotiation"]
-    assert all(r["wrapping"] == "tls-crypt" and r["dynamic"] for r in renegotiated)
+    assert all(r.wrapping == "tls-crypt" and r.dynamic for r in renegotiated)
 
 
 def _tshark_fields(capture):
@@ -104,26 +104,26 @@ def test_fields_match_tshark(name):
     _, records = dissect(CAPTURES / name)
     compared = 0
     for record in records:
-        if record.get("dynamic"):
+        if record.dynamic:
             continue
-        row = rows[record["frame"]]
-        data = record["_data"]
+        row = rows[record.frame]
+        data = record.data
         assert int(row["openvpn.type"], 16) == data[0]
-        assert int(row["openvpn.keyid"]) == record["key_id"]
-        if "peer_id" in record:
-            assert int(row["openvpn.peerid"]) == record["peer_id"]
+        assert int(row["openvpn.keyid"]) == record.key_id
+        if record.peer_id is not None:
+            assert int(row["openvpn.peerid"]) == record.peer_id
             continue
-        assert int(row["openvpn.sessionid"]) == record["session_id"]
+        assert int(row["openvpn.sessionid"]) == record.session_id
         acks = [int(a) for a in row["openvpn.mpidarrayelement"].split(",") if a]
-        assert acks == record["acks"]
-        if record["acks"]:
-            assert int(row["openvpn.rsessionid"]) == record["remote_session_id"]
-        if "message_packet_id" in record:
-            assert int(row["openvpn.mpid"]) == record["message_packet_id"]
-        if record["wrapping"] == "tls-auth":
-            assert int(row["openvpn.pid"]) == record["replay_packet_id"]
-            assert _epoch(row["openvpn.net_time"]) == record["net_time"]
-            assert bytes.fromhex(row["openvpn.hmac"]) == data[9:9 + record["hmac_size"]]
+        assert acks == record.acks
+        if record.acks:
+            assert int(row["openvpn.rsessionid"]) == record.remote_session_id
+        if record.message_packet_id is not None:
+            assert int(row["openvpn.mpid"]) == record.message_packet_id
+        if record.wrapping == "tls-auth":
+            assert int(row["openvpn.pid"]) == record.replay_packet_id
+            assert _epoch(row["openvpn.net_time"]) == record.net_time
+            assert bytes.fromhex(row["openvpn.hmac"]) == data[9:9 + record.hmac_size]
         compared += 1
     assert compared >= 4
 
@@ -146,10 +146,9 @@ def test_mixed_capture_infers_each_flow_on_its_own(tmp_path):
     _, records = dissect(merged)
     by_port = {}
     for record in records:
-        if record.get("key_id") == 0 and "wrapping" in record:
-            server_port = record["dport"] if record["_sender"] == "client" else record["sport"]
-            by_port.setdefault((record["transport"], server_port), set()).add((record["wrapping"],
-                                                                                record.get("hmac_size")))
+        if record.key_id == 0 and record.wrapping is not None:
+            server_port = record.dport if record.sender == "client" else record.sport
+            by_port.setdefault((record.transport, server_port), set()).add((record.wrapping, record.hmac_size))
     assert by_port[("udp", 12345)] == {("tls-auth", 64)}
     assert by_port[("tcp", 443)] == {("tls-crypt", None)}
     assert by_port[("udp", 1194)] == {("tls-auth", 20), ("tls-auth", 32)}  # the SHA1 and the SHA256 flow
@@ -164,11 +163,11 @@ def test_hmac_verdicts_with_right_and_wrong_keys(name):
     _, with_right = dissect(CAPTURES / name, keys=right)
     _, with_wrong = dissect(CAPTURES / name, keys=wrong)
     made_with_wrong = capture["client"]["key"] == "keys/ta-wrong.key"
-    checked = [r for r in with_right if r.get("wrapping") == "tls-auth"]
-    assert checked and all(r["hmac_valid"] is not made_with_wrong for r in checked)
-    assert all(r["hmac_valid"] is made_with_wrong for r in with_wrong if r.get("wrapping") == "tls-auth")
+    checked = [r for r in with_right if r.wrapping == "tls-auth"]
+    assert checked and all(r.hmac_valid is not made_with_wrong for r in checked)
+    assert all(r.hmac_valid is made_with_wrong for r in with_wrong if r.wrapping == "tls-auth")
     if capture["outcome"] == "connected":
-        directions = {(r["_sender"], r["key_direction"]) for r in checked if r["key_id"] == 0}
+        directions = {(r.sender, r.key_direction) for r in checked if r.key_id == 0}
         client = capture["client"]["key_direction"]
         expected_client = "bidirectional" if client is None else str(client)
         assert ("client", expected_client) in directions
@@ -177,7 +176,7 @@ def test_hmac_verdicts_with_right_and_wrong_keys(name):
 def test_pinned_wrong_key_direction_fails_verification():
     keys = KeyRing(tls_auth=read_key(key_path("keys/ta.key")), client_key_direction="0")
     _, records = dissect(CAPTURES / "udp-tls-auth-sha1.pcap", keys=keys)
-    assert all(r["hmac_valid"] is False for r in records if r.get("wrapping") == "tls-auth")
+    assert all(r.hmac_valid is False for r in records if r.wrapping == "tls-auth")
 
 
 @pytest.mark.parametrize("name,key", [("udp-tls-crypt.pcap", "keys/tc.key"), ("tcp-tls-crypt.pcap", "keys/tc.key"),
@@ -187,15 +186,15 @@ def test_tls_crypt_is_decrypted_and_dissected_like_plain(name, key):
     material = read_key(key_path(key))
     keys = KeyRing(tls_crypt=material) if name.startswith(("udp-tls-crypt.", "tcp")) else KeyRing(tls_crypt_v2=material)
     _, records = dissect(CAPTURES / name, keys=keys)
-    control = [r for r in records if "wrapping" in r]
-    assert control and all(r["hmac_valid"] is True for r in control)
-    assert all("acks" in r and "message_packet_id" in r or r["opcode"] == "P_ACK_V1" for r in control)
-    assert any(r.get("tls") == ["Client Hello"] for r in control)
+    control = [r for r in records if r.wrapping is not None]
+    assert control and all(r.hmac_valid is True for r in control)
+    assert all(r.acks is not None and r.message_packet_id is not None or r.opcode == "P_ACK_V1" for r in control)
+    assert any(r.tls == ["Client Hello"] for r in control)
     _, without = dissect(CAPTURES / name)
-    assert all("acks" not in r and r["hmac_valid"] is None for r in without if "wrapping" in r)
+    assert all(r.acks is None and r.signed and r.hmac_valid is None for r in without if r.wrapping is not None)
     _, wrong = dissect(CAPTURES / name, keys=KeyRing(tls_crypt=read_key(key_path("keys/tc-wrong.key"))))
     if name.startswith(("udp-tls-crypt.", "tcp")):
-        assert all(r["hmac_valid"] is False for r in wrong if "wrapping" in r)
+        assert all(r.hmac_valid is False for r in wrong if r.wrapping is not None)
 
 
 def test_write_decrypted_gives_wireshark_the_tls(tmp_path):
@@ -204,8 +203,8 @@ def test_write_decrypted_gives_wireshark_the_tls(tmp_path):
                       "--write-decrypted", out)
     assert result.returncode == 0, result.stderr
     _, records = dissect(out)
-    assert {r.get("wrapping") for r in records if "wrapping" in r} == {"none"}
-    assert any(r.get("tls") == ["Client Hello"] for r in records)
+    assert {r.wrapping for r in records if r.wrapping is not None} == {"none"}
+    assert any(r.tls == ["Client Hello"] for r in records)
     tshark = subprocess.run(["tshark", "-r", str(out), "-d", "udp.port==1194,openvpn", "-Y", "tls.handshake.type == 1"],
                             capture_output=True, text=True, timeout=60)
     assert tshark.returncode == 0 and "Client Hello" in tshark.stdout
@@ -297,8 +296,8 @@ def test_missing_file_and_bad_options():
 
 def test_auth_and_wrapping_override_the_inference():
     _, records = dissect(CAPTURES / "udp-tls-auth-sha1.pcap", candidates=[__import__("ovpndiag.layers").layers.Wrapping.tls_auth("SHA256")])
-    assert {r.get("hmac_size") for r in records if "wrapping" in r} == {32}
-    assert any("malformed" in r for r in records)
+    assert {r.hmac_size for r in records if r.wrapping is not None} == {32}
+    assert any(r.malformed is not None for r in records)
 
 
 def test_certificates_and_tls_handshake_where_visible():
@@ -340,8 +339,8 @@ def test_other_traffic_is_skipped_and_counted(tmp_path):
                 out.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
     reader, records = dissect(mixed)
     assert len(records) == len(frames) and reader.not_openvpn == len(frames)
-    assert {r["sport"] for r in records} | {r["dport"] for r in records} >= {1194}
-    assert not {5000} & ({r["sport"] for r in records} | {r["dport"] for r in records})
+    assert {r.sport for r in records} | {r.dport for r in records} >= {1194}
+    assert not {5000} & ({r.sport for r in records} | {r.dport for r in records})
 
 
 def _other_protocol(frame):

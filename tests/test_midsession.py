@@ -124,7 +124,7 @@ def test_a_flow_that_cannot_be_decided_holds_no_other_flow_back():
         if datagram.time + 5 - lone.time > reader_module.HOLD_TIME:
             assert not any(item[0].key[1][1] == 40000 for item in reader.queue)
     shown += reader.finish()
-    assert [record["frame"] for record in shown][1:] == list(range(2, len(datagrams) + 2))
+    assert [record.frame for record in shown][1:] == list(range(2, len(datagrams) + 2))
 
 
 def test_the_queue_limit_decides_instead_of_raising(monkeypatch):
@@ -277,10 +277,10 @@ def test_live_a_lone_packet_is_shown_once_the_clock_moves_on_without_more_traffi
     lone = [d for d in read_transport(str(CAPTURES / "udp-unanswered-4444.pcap"))][0]
     reader.first_time = lone.time
     shown = reader.feed(lone)
-    assert [r["frame"] for r in shown] == [lone.frame]  # a lone reset is known at once
+    assert [r.frame for r in shown] == [lone.frame]  # a lone reset is known at once
     ack = list(read_transport(str(CAPTURES / "udp-reneg.pcap")))[25]  # a renegotiation's ACK, alone
     assert reader.feed(ack._replace(sport=50000, dport=50001, time=lone.time + 0.1)) == []
     assert reader.tick(lone.time + 1) == [] and reader.queue
     late = reader.tick(lone.time + 0.1 + reader_module.HOLD_TIME + 0.01)
-    assert [(r["frame"], r["opcode"]) for r in late] == [(ack.frame, "P_ACK_V1")] and not reader.queue
+    assert [(r.frame, r.opcode) for r in late] == [(ack.frame, "P_ACK_V1")] and not reader.queue
     assert reader.tally["undecided"] == 1  # shown, on what little there was
