@@ -11,7 +11,7 @@ time that code building and parsing OpenVPN packets does not need to pay.
 from typing import Iterable
 
 from scapy.layers.inet import TCP, UDP
-from scapy.packet import bind_bottom_up, bind_layers
+from scapy.packet import bind_bottom_up, bind_layers, split_bottom_up
 
 from .layers import *  # noqa: F401,F403 - re-exported for interactive use
 from .layers import OpenVPN, OpenVPNTCP, __all__ as _layer_names
@@ -22,8 +22,14 @@ OPENVPN_PORT = 1194
 
 
 def bind_port(port: int):
-    """Dissect UDP and TCP traffic to or from ``port`` as OpenVPN."""
+    """Dissect UDP and TCP traffic to or from ``port`` as OpenVPN.
+
+    Scapy takes the first layer bound to a port, so a layer that claimed the port
+    before (Scapy's TLS claims TCP 443 when it loads) is unbound from it first."""
     for transport, layer in ((UDP, OpenVPN), (TCP, OpenVPNTCP)):
+        for fields, other in list(transport.payload_guess):
+            if other is not layer and fields in ({"dport": port}, {"sport": port}):
+                split_bottom_up(transport, other, **fields)
         bind_bottom_up(transport, layer, dport=port)
         bind_bottom_up(transport, layer, sport=port)
         bind_layers(transport, layer, sport=port, dport=port)

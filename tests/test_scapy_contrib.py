@@ -32,16 +32,25 @@ CLEAR_TLS = [c["file"] for c in ALL_CAPTURES if c["wrapping"] in ("none", "tls-a
 @pytest.fixture
 def contrib():
     """A fresh ``from ovpndiag.scapy_contrib import *``: default settings, no flows remembered."""
+    from scapy.layers.inet import TCP, UDP
+    from scapy.layers.l2 import Loopback
+
     saved, debug = conf.contribs.pop("openvpn", None), conf.debug_dissector
+    # (bind() replaces these lists; putting them back unbinds what the test bound, TLS's 443 too)
+    bindings = {layer: layer.payload_guess for layer in (UDP, TCP, Loopback)}
+    import ovpndiag.bindings
     import ovpndiag.scapy_contrib as module
     from ovpndiag import layer_settings
 
-    importlib.reload(module)  # (its import fills in conf.contribs, as a user's first import does)
+    importlib.reload(ovpndiag.bindings)  # (as a user's first import: binds 1194 ...
+    importlib.reload(module)  # ... and fills in conf.contribs)
     layer_settings.FLOWS.clear()
     conf.debug_dissector = True  # a dissection error raises instead of turning into Raw
     try:
         yield module
     finally:
+        for layer, guesses in bindings.items():
+            layer.payload_guess = guesses
         conf.debug_dissector = debug
         conf.contribs.pop("openvpn", None)
         if saved is not None:
@@ -232,6 +241,16 @@ def test_tls_setting_gives_scapy_tls_records_with_the_handshake_types_tshark_rep
     if any(1 in types for types in theirs.values()):
         every = [t for types in mine.values() for t in types]
         assert 1 in every and 2 in every  # the ClientHello and the ServerHello at least
+
+
+def test_a_bound_port_is_openvpn_even_where_scapys_tls_layer_claimed_it_first(contrib):
+    from scapy.layers.inet import TCP
+    from scapy.layers.tls.record import TLS  # noqa: F401 - binds TCP 443 to TLS
+    from scapy.utils import rdpcap
+
+    contrib.bind([443])
+    segments = [p[TCP].payload for p in rdpcap(str(CAPTURES / "tcp-tls-crypt.pcap")) if TCP in p and p[TCP].payload]
+    assert segments and all(isinstance(s, contrib.OpenVPNTCP) for s in segments)
 
 
 def test_tls_records_cut_across_packets_stay_raw(contrib):
