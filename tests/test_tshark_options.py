@@ -176,16 +176,20 @@ def test_sniff_f_filters_in_the_kernel_what_is_never_copied_nor_counted():
     port = server.port
     taking = start_sniff("-p", port, "--json", "-f", f"udp port {port}")
     leaving = start_sniff("-p", port, "--json", "-f", f"udp and not port {port}")
+    resets = start_sniff("-p", port, "-Y", "opcode in {P_CONTROL_HARD_RESET_CLIENT_V2 P_CONTROL_HARD_RESET_SERVER_V2}",
+                         "-T", "fields", "-e", "opcode", "-e", "sport", "-e", "dport")
+    sniffers = (taking, leaving, resets)
     client = None
     try:
         client = OpenVPNClient(server).start()
         time.sleep(1.5)  # the handshake, then keepalive pings
-        for sniffer in (taking, leaving):
+        for sniffer in sniffers:
             sniffer.send_signal(signal.SIGINT)
         taken, taken_err = taking.communicate(timeout=20)
         left, left_err = leaving.communicate(timeout=20)
+        reset_lines, _ = resets.communicate(timeout=20)
     finally:
-        for sniffer in (taking, leaving):
+        for sniffer in sniffers:
             if sniffer.poll() is None:
                 sniffer.kill()
         if client:
@@ -199,6 +203,10 @@ def test_sniff_f_filters_in_the_kernel_what_is_never_copied_nor_counted():
     frames = int(re.search(r"(\d+) frames", taken_err)[1])
     assert frames == len(packets)  # nothing else on that port: every frame let in is one shown
     assert not any(port in (p["sport"], p["dport"]) for p in map(json.loads, left.splitlines()))
+    # -Y and -T fields live too: the session's two resets, nothing else of it
+    ours = [line.split("\t") for line in reset_lines.splitlines() if str(port) in line.split("\t")[1:]]
+    assert [row[0] for row in ours] == ["P_CONTROL_HARD_RESET_CLIENT_V2", "P_CONTROL_HARD_RESET_SERVER_V2"]
+    assert all(row[0].startswith("P_CONTROL_HARD_RESET_") for row in map(str.split, reset_lines.splitlines()))
 
 
 @pytest.mark.parametrize("expression, message", [
