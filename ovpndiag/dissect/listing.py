@@ -8,22 +8,24 @@ the record dict that ``decode`` fills and ``packet_line`` reads back (half the c
 of a control packet's line). Every other packet (malformed, TLVs, renegotiations,
 tls-crypt-v2 client keys, anything the user's keys open) takes the record path.
 
-This repeats the parts of ``decode._control`` and ``render.line.packet_line`` that
-the common packets use; tests/test_listing.py proves the two paths give the same
-line for every packet of every bundled capture and of thousands of mangled ones.
+Both paths read the packet with the same layout (``wirelayout``, derived from the
+Scapy layers) and write the same line formats (``render.line``'s public pieces);
+what is left here is the choice of what the fast path may take, and
+tests/test_listing.py proves the two paths give the same line for every packet of
+every bundled capture and of thousands of mangled ones.
 """
 
 
-from ..protocol import CARRIES_WKC, CLIENT_RESETS, MAX_ACKS, OPCODES, RESETS
-from ..render.line import (_ACK, _CONTROL, _CONTROL_ACKS, _OPAQUE, _SHORT_IDS, _WRAPPING_WORDS, _short_id,
-                           _wrapping_words, direction_label, packet_line)
-from ..wirelayout import control_layout
-from .infer import PLAIN
-from .reader import CONTROL_OPCODES, Reader
+from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, MAX_ACKS, OPCODES, PLAIN, RESETS, Opcode
+from ..render.line import (ACK_LINE, CONTROL_ACKS_LINE, CONTROL_LINE, DATA_V2_LINE, OPAQUE_LINE, OPCODE_LINE,
+                           direction_label, packet_line, short_id, wrapping_words)
+from ..wirelayout import control_layout, data_header
+from .reader import Reader
 
-_DATA_V2 = "%6d %11.6f %s %s kid=%d peer=%d len=%d"
-_DATA_V1 = "%6d %11.6f %s %s kid=%d len=%d"
-_P_DATA_V2, _P_DATA_V1 = OPCODES[9], OPCODES[6]
+# Opcodes as plain ints (compared with every packet's) and the names lines show.
+_DATA_V1, _DATA_V2, _ACK, _TLS = (int(o) for o in (Opcode.P_DATA_V1, Opcode.P_DATA_V2, Opcode.P_ACK_V1,
+                                                   Opcode.P_CONTROL_V1))
+_DATA_V1_NAME, _DATA_V2_NAME = OPCODES[_DATA_V1], OPCODES[_DATA_V2]
 _LABELS_KEPT = 1 << 16  # flows whose labels are kept (a bound: flows come and go)
 
 
@@ -57,13 +59,14 @@ class ListingReader(Reader):
         # Every wrapping starts as the plain layout does: op, session id (its only field).
         self._session_id = control_layout(PLAIN).unpack_header
         self._min_control = control_layout(PLAIN).header
+        self._data_v2_header = data_header(_DATA_V2)
 
     def _at_once(self, flow, frame, time, sender, data):
         """Reader._at_once (a packet of an OpenVPN flow while nothing waits), with the
         common packets' lines made here, one call shorter; the rest go the usual way."""
         first = data[0]
         opcode = first >> 3
-        if opcode == 9 or opcode == 6:
+        if opcode == _DATA_V2 or opcode == _DATA_V1:
             line = self._data_line(flow, frame, time, sender, data, opcode)
             if line is not None:
                 return frame, line
@@ -81,7 +84,7 @@ class ListingReader(Reader):
         if data:
             first = data[0]
             opcode = first >> 3
-            if opcode == 9 or opcode == 6:
+            if opcode == _DATA_V2 or opcode == _DATA_V1:
                 line = self._data_line(flow, frame, time, sender, data, opcode)
             elif opcode in self._fast_control and not first & 7 and len(data) >= self._min_control:
                 inference = inference or flow.inference
@@ -108,13 +111,13 @@ class ListingReader(Reader):
     def _data_line(self, flow, frame, time, sender, data, opcode):
         cached = self._labels.get(flow)  # (self._label, inlined: this runs for most packets)
         label = cached[1][sender] if cached is not None and cached[0] is flow.ends else self._label(flow, sender)
-        if opcode == 6:
-            return _DATA_V1 % (frame, time - self.first_time, label, _P_DATA_V1, data[0] & 7,
-                               len(data))
-        if len(data) < 4:
+        if opcode == _DATA_V1:
+            return OPCODE_LINE % (frame, time - self.first_time, label, _DATA_V1_NAME, data[0] & 7, len(data))
+        header = self._data_v2_header
+        if len(data) < header:
             return None  # malformed
-        return _DATA_V2 % (frame, time - self.first_time, label, _P_DATA_V2, data[0] & 7,
-                           int.from_bytes(data[1:4], "big"), len(data))
+        return DATA_V2_LINE % (frame, time - self.first_time, label, _DATA_V2_NAME, data[0] & 7,
+                               int.from_bytes(data[1:header], "big"), len(data))
 
     def _control_line(self, flow, frame, time, sender, data, opcode, session_id, wrapping):
         """A key-0 control packet's line (as decode then packet_line), or None for the
@@ -123,7 +126,7 @@ class ListingReader(Reader):
         size = len(data)
         if size <= header:
             return None
-        sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
+        sid = short_id(session_id)
         cached = self._labels.get(flow)  # (self._label, inlined: this runs for most packets)
         label = cached[1][sender] if cached is not None and cached[0] is flow.ends else self._label(flow, sender)
         count = 0
@@ -133,23 +136,22 @@ class ListingReader(Reader):
                 return None
             after = after_acks[opcode][count]
             position = header + 1 + after.size
-            if position > size or (position < size and (opcode == 5 or opcode in RESETS)):
+            if position > size or (position < size and (opcode == _ACK or opcode in RESETS)):
                 return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
-        if not visible or (opcode == 5 and not count):  # tls-crypt without its key; an empty ACK
-            return _OPAQUE % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
+        if not visible or (opcode == _ACK and not count):  # tls-crypt without its key; an empty ACK
+            return OPAQUE_LINE % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                               None, size) + words
         values = after.unpack(data, header + 1)
         mpid = values[after.message_at] if after.message_at is not None else None
         if count:
-            line = _ACK if mpid is None else _CONTROL_ACKS
-            remote = values[after.remote_at]
+            line = ACK_LINE if mpid is None else CONTROL_ACKS_LINE
             line %= (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                      ",".join(map(str, values[:count])) if count > 1 else values[0],
-                     _SHORT_IDS.get(remote) or _short_id(remote), mpid, size)
+                     short_id(values[after.remote_at]), mpid, size)
         else:
-            line = _CONTROL % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
+            line = CONTROL_LINE % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                                mpid, size)
-        if opcode == 4 and position < size:
+        if opcode == _TLS and position < size:
             names = self._tls_names(flow, sender, session_id, mpid, data, position, frame)
             if names:
                 return line + words + " [" + ", ".join(names) + "]"
@@ -162,8 +164,7 @@ class ListingReader(Reader):
         kind = layout.kind
         words = ""
         if kind != "none":
-            key = (kind, layout.hmac_size if kind == "tls-auth" else None, None, None, self.colour)
-            words = _WRAPPING_WORDS.get(key) or _wrapping_words(*key)
+            words = wrapping_words(kind, layout.hmac_size if kind == "tls-auth" else None, colour=self.colour)
         entry = self._layouts[wrapping] = (layout.visible, layout.header, words, layout.after_acks)
         return entry
 

@@ -10,23 +10,36 @@ def endpoint(address, port):
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-# A control packet's line in one %-format, by shape: with ACKs (P_ACK_V1 has no message
-# packet-id), without, or with neither visible (tls-crypt without its key). The trailing
-# %.0s swallows the packet-id a shape does not show, so every shape takes the same values.
+# The line of each kind of packet as one %-format, public so that a fast path (the
+# listing's) writes the very same lines. A control packet's by shape: with ACKs (P_ACK_V1
+# has no message packet-id), without, or with neither visible (tls-crypt without its key);
+# each takes (frame, relative time, direction_label, opcode name, key id, short_id(session
+# id), acks, short_id(remote session id), message packet-id, length) - the ACKs and remote
+# session id only where shown; the trailing %.0s swallows the packet-id a shape does not show.
+# P_DATA_V2: (frame, relative time, label, opcode name, key id, peer id, length); a packet of
+# which only opcode and key id are shown (P_DATA_V1, an unknown opcode): the same without peer id.
 _HEAD = "%6d %11.6f %s %s kid=%d sid=%s"
-_CONTROL_ACKS = _HEAD + " acks=[%s] rsid=%s mpid=%d len=%d"
-_ACK = _HEAD + " acks=[%s] rsid=%s%.0s len=%d"
-_CONTROL = _HEAD + " mpid=%d len=%d"
-_OPAQUE = _HEAD + "%.0s len=%d"
-_SHORT_IDS = {}  # session id -> the hex of its first 4 bytes, as lines show it: made once per session
+CONTROL_ACKS_LINE = _HEAD + " acks=[%s] rsid=%s mpid=%d len=%d"
+ACK_LINE = _HEAD + " acks=[%s] rsid=%s%.0s len=%d"
+CONTROL_LINE = _HEAD + " mpid=%d len=%d"
+OPAQUE_LINE = _HEAD + "%.0s len=%d"
+DATA_V2_LINE = "%6d %11.6f %s %s kid=%d peer=%d len=%d"
+OPCODE_LINE = "%6d %11.6f %s %s kid=%d len=%d"
 _SHORT_IDS_MAX = 1 << 16
 
 
-def _short_id(session_id):
-    if len(_SHORT_IDS) >= _SHORT_IDS_MAX:
-        _SHORT_IDS.clear()
-    text = _SHORT_IDS[session_id] = "%08x" % (session_id >> 32)
-    return text
+class _ShortIds(dict):
+    """session id -> the hex of its first 4 bytes, as lines show it: made once per session."""
+
+    def __missing__(self, session_id):
+        if len(self) >= _SHORT_IDS_MAX:
+            self.clear()
+        text = self[session_id] = "%08x" % (session_id >> 32)
+        return text
+
+
+_SHORT_IDS = _ShortIds()
+short_id = _SHORT_IDS.__getitem__  # short_id(session_id) -> e.g. "88587622"
 
 
 def packet_line(record, colour: bool = False, label: str = None) -> str:
@@ -41,34 +54,34 @@ def packet_line(record, colour: bool = False, label: str = None) -> str:
     malformed = record.malformed
     session_id = record.session_id
     if session_id is not None:  # a control packet: its common fields in one format
-        sid = _SHORT_IDS.get(session_id) or _short_id(session_id)
+        sid = short_id(session_id)
         acks = record.acks
         message_packet_id = record.message_packet_id
         if acks:
             remote = record.remote_session_id
-            line = (_CONTROL_ACKS if message_packet_id is not None else _ACK) % (
+            line = (CONTROL_ACKS_LINE if message_packet_id is not None else ACK_LINE) % (
                 record.frame, record.relative_time, label, record.opcode, record.key_id, sid,
                 ",".join(map(str, acks)) if len(acks) > 1 else acks[0],
-                _SHORT_IDS.get(remote) or _short_id(remote), message_packet_id, record.length)
+                short_id(remote), message_packet_id, record.length)
         else:
-            line = (_CONTROL if message_packet_id is not None else _OPAQUE) % (
+            line = (CONTROL_LINE if message_packet_id is not None else OPAQUE_LINE) % (
                 record.frame, record.relative_time, label, record.opcode, record.key_id, sid,
                 message_packet_id, record.length)
     elif record.peer_id is not None:  # data: the bulk of a capture, kept short
-        line = "%6d %11.6f %s %s kid=%d peer=%d len=%d" % (
+        line = DATA_V2_LINE % (
             record.frame, record.relative_time, label, record.opcode, record.key_id, record.peer_id,
             record.length)
         if malformed is None:
             return line
     elif record.opcode is not None:
-        line = "%6d %11.6f %s %s kid=%d len=%d" % (record.frame, record.relative_time, label, record.opcode,
-                                                    record.key_id, record.length)
+        line = OPCODE_LINE % (record.frame, record.relative_time, label, record.opcode, record.key_id,
+                               record.length)
     else:
         line = "%6d %11.6f %s len=%d" % (record.frame, record.relative_time, label, record.length)
     wrapping = record.wrapping
     if wrapping and wrapping != "none":
         key = (wrapping, record.hmac_size, record.dynamic, record.hmac_valid, colour)
-        line += _WRAPPING_WORDS.get(key) or _wrapping_words(*key)
+        line += _WRAPPING_WORDS.get(key) or wrapping_words(*key)
     tlvs = record.tlvs
     if tlvs is not None:
         line += " " + ", ".join(tlvs)
@@ -98,14 +111,20 @@ def direction_label(src, dst, sport, dport, transport) -> str:
 _WRAPPING_WORDS = {}  # (wrapping, hmac_size, dynamic, hmac_valid, colour) -> e.g. " tls-auth SHA1 HMAC ok"
 
 
-def _wrapping_words(wrapping, hmac_size, dynamic, valid, colour):
+def wrapping_words(wrapping: str, hmac_size=None, dynamic=None, valid=None, colour: bool = False) -> str:
+    """What a wrapped packet's line ends with, e.g. `` tls-auth SHA1 HMAC ok`` (``wrapping``:
+    its kind; ``valid``: the HMAC or tag verdict, None unchecked); made once per combination."""
+    key = (wrapping, hmac_size, dynamic, valid, colour)
+    words = _WRAPPING_WORDS.get(key)
+    if words is not None:
+        return words
     words = " " + ("dynamic " if dynamic else "") + (
         wrapping if wrapping != "tls-auth" else f"tls-auth {_digest(hmac_size)}")
     if valid is not None:
         word = "tag" if wrapping.startswith("tls-crypt") else "HMAC"
         words += " " + (_paint(f"{word} ok", "\033[32m", colour) if valid
                         else _paint(f"{word} BAD", "\033[31m", colour))
-    _WRAPPING_WORDS[wrapping, hmac_size, dynamic, valid, colour] = words
+    _WRAPPING_WORDS[key] = words
     return words
 
 
