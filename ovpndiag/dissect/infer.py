@@ -17,7 +17,7 @@ from typing import Optional
 from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, DATA_OPCODES, EARLY_NEG_START, PLAIN, \
     SERVER_RESETS, Wrapping
 from ..wirelayout import control_layout
-from .decode import decode
+from .packetdecode import decode_packet
 
 TLS_CRYPT = Wrapping("tls-crypt")
 TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
@@ -66,7 +66,7 @@ def readable_as(data: bytes, wrapping: Wrapping, peer_session_id: Optional[int],
         facts = _FACTS[wrapping] = (layout.shortest, layout.replay_at)
     if len(data) < facts[0] or _rules_out_at(data, facts[1], now):
         return False
-    return plausible(decode(data, wrapping), peer_session_id, now)
+    return plausible(decode_packet(data, wrapping), peer_session_id, now)
 
 
 def candidates_for(kind: Optional[str] = None, digest: Optional[str] = None):

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 from ..keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey
 from ..protocol import CARRIES_WKC
 from ..wrap import TLSAuth, TLSCrypt, TLSCryptV2Server, WrapError
-from .decode import decode
+from .packetdecode import decode_packet as decode
 from ..protocol import DIGEST_BY_SIZE
 from .infer import TLS_CRYPT_V2
 

@@ -33,7 +33,7 @@ import struct
 from typing import Dict, List, Optional
 
 from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, MAX_PLAUSIBLE_FRAME, Opcode, plausible_tcp_frame
-from .decode import decode
+from .packetdecode import decode_packet as decode
 from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible, session_id_of
 from .keyring import KeyRing, NOT_CHECKED
 from .recognise import OTHER, OPENVPN, STATIC, UNDECIDED, Recognition

@@ -23,7 +23,7 @@ opcodes that do not exist. Elsewhere a flow that shows none of the above within
 from typing import Optional
 
 from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, OPCODES, SERVER_RESETS, Opcode
-from .decode import shortest
+from .packetdecode import shortest
 from .infer import CANDIDATES, TLS_CRYPT_V2, readable_as, session_id_of
 
 LIMIT = 12  # packets a flow gets to show what it is

@@ -5,7 +5,7 @@ listing and JSON read packets here instead. Where each field sits comes from
 ``ovpndiag.wirelayout``, which reads it off the Scapy layers (``ovpndiag.layers``);
 what is left here is how to read them - the ACK count says how many ACKs follow,
 the WKc says its own length, the reasons for calling a packet malformed - and
-tests/test_decode.py proves this equal to the layers on every packet of every
+tests/test_packetdecode.py proves this equal to the layers on every packet of every
 bundled capture and on tens of thousands of mangled ones. Scapy objects are built
 only where a packet needs a field tree (``-V``).
 """
@@ -27,7 +27,7 @@ def effective_wrapping(opcode: int, wrapping: Wrapping) -> Wrapping:
     return wrapping
 
 
-def decode(data: bytes, wrapping: Wrapping = PLAIN, fields: Record = None) -> Record:
+def decode_packet(data: bytes, wrapping: Wrapping = PLAIN, fields: Record = None) -> Record:
     """Fields of one OpenVPN packet (no TCP framing), set on ``fields`` (a new
     Record by default), named as in the JSON output.
 
@@ -97,7 +97,7 @@ def _layout(wrapping):
 
 def shortest(wrapping: Wrapping) -> int:
     """The fewest bytes a control packet (opcodes 10 and 11 aside) has under this
-    wrapping: decode() calls a shorter one malformed, so trying it is no use."""
+    wrapping: decode_packet() calls a shorter one malformed, so trying it is no use."""
     return control_layout(wrapping).shortest
 
 

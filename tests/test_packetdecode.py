@@ -8,7 +8,7 @@ import pytest
 from scapy.packet import Raw
 
 from captures import MANIFEST, mangled_packet, openvpn_packets, wrapping_of
-from ovpndiag.dissect.decode import decode
+from ovpndiag.dissect.packetdecode import decode_packet as decode
 from ovpndiag.layers import (EarlyNegotiationFlags, OpenVPNDataV1, OpenVPNDataV2, Wrapping, dissect)
 
 WRAPPINGS = [Wrapping(), Wrapping.tls_auth("MD5"), Wrapping.tls_auth("SHA1"), Wrapping.tls_auth("SHA256"),
