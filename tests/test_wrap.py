@@ -10,10 +10,9 @@ import pytest
 from captures import MANIFEST, entry, key_path, openvpn_packets, wrappers
 from ovpndiag.keys import read_key
 from ovpndiag.layers import HMAC_SIZES, OpenVPN, Wrapping
+from ovpndiag.protocol import DATA_OPCODES, Opcode
 from ovpndiag.wrap import (NoWrapping, TLSAuth, TLSCrypt, TLSCryptV2Client, TLSCryptV2Server,
                            WrapError)
-
-DATA_OPCODES = (6, 9)
 
 
 def control_packets(capture, sender=None):
@@ -99,7 +98,7 @@ def test_tls_crypt_fails_with_the_wrong_key_or_role(name):
 
 def _first_client_tls_payload(capture):
     for packet in control_packets(capture, "client"):
-        if packet.data[0] >> 3 in (4, 11):
+        if packet.data[0] >> 3 in (Opcode.P_CONTROL_V1, Opcode.P_CONTROL_WKC_V1):
             opened = opener(capture, "client").unwrap(packet.data)
             if opened.decrypted is None:
                 return bytes(OpenVPN(opened.plain).payload)
@@ -197,11 +196,29 @@ def test_tls_auth_round_trip_for_every_digest_and_direction(digest, direction):
     plain = bytes(OpenVPN(opcode=7, session_id=0x0102030405060708))
     wrapped = sender.wrap(plain, 1, 1_700_000_000)
     assert len(wrapped) == len(plain) + HMAC_SIZES[digest] + 8
-    assert OpenVPN(wrapped, wrapping=sender.wrapping).hmac == wrapped[9:9 + HMAC_SIZES[digest]]
+    # Where wrap() put each field is where the layers read it (its offsets come from them).
+    layered = OpenVPN(wrapped, wrapping=sender.wrapping)
+    assert (layered.session_id, layered.replay_packet_id, layered.net_time) == (0x0102030405060708, 1, 1_700_000_000)
+    assert layered.hmac == sender._hmac(sender._send_key, struct.pack("!II", 1, 1_700_000_000), plain)
     receiver = sender.peer()
     assert receiver.unwrap(wrapped).plain == plain
     if direction is not None:
         assert not sender.verify(wrapped)  # a peer never accepts its own direction's HMAC
+
+
+@pytest.mark.parametrize("opcode", [Opcode.P_CONTROL_SOFT_RESET_V1, Opcode.P_CONTROL_V1])
+def test_tls_crypt_wrap_puts_its_fields_where_the_layers_read_them(opcode):
+    key = read_key(key_path("keys/tc.key"))
+    plain = bytes(OpenVPN(opcode=opcode, session_id=0x0102030405060708, acks=[3], remote_session_id=9,
+                          message_packet_id=4) / b"tls bytes")
+    wrapped = TLSCrypt(key, "client").wrap(plain, 7, 1_700_000_000)
+    layered = OpenVPN(wrapped, wrapping=Wrapping("tls-crypt"))
+    assert (layered.session_id, layered.replay_packet_id, layered.net_time) == (0x0102030405060708, 7, 1_700_000_000)
+    assert len(layered.tag) == 32 and len(layered.ciphertext) == len(plain) - 9
+    opened = TLSCrypt(key, "server").unwrap(wrapped)
+    decrypted = OpenVPN(opened.decrypted, wrapping=Wrapping("tls-crypt", decrypted=True))
+    assert (decrypted.acks, decrypted.remote_session_id, decrypted.message_packet_id) == ([3], 9, 4)
+    assert opened.plain == plain and bytes(decrypted.payload) == b"tls bytes"
 
 
 def test_no_wrapping_is_the_identity():
