@@ -563,14 +563,30 @@ def _client_hello(body: bytes, length: int) -> dict:
                 if name_type == 0 and name:
                     sni = name.decode("ascii", "replace")
     out["versions_offered"] = offered if offered is not None else [version_name(client_version)]
-    out["cipher_suites"] = [_suite_name(s) for s in suites if not _grease(s)]
+    out["cipher_suites"] = _shared(("names", tuple(suites)),
+                                   lambda: [_suite_name(s) for s in suites if not _grease(s)])
     if sni is not None:
         out["sni"] = sni
     out["session_id_length"] = len(session_id)
-    out["cipher_suite_values"] = suites
+    out["cipher_suite_values"] = _shared(("values", tuple(suites)), lambda: suites)
     out["compression_methods"] = compression
-    out["extensions"] = [_extension(kind, data, True) for kind, data in extensions]
+    out["extensions"] = [_shared_extension(kind, data, True) for kind, data in extensions]
     return out
+
+
+_SHARED: Dict[object, object] = {}  # what many sessions' hellos repeat, made once and shared (read-only)
+_SHARED_MAX = 4096
+
+
+def _shared(key, make):
+    """``make()``, or the equal value already made for ``key``: a capture of thousands of
+    sessions holds one copy of the suite lists and extensions their hellos repeat."""
+    value = _SHARED.get(key)
+    if value is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        value = _SHARED[key] = make()
+    return value
 
 
 def _server_hello(body: bytes, length: int) -> dict:
@@ -592,7 +608,7 @@ def _server_hello(body: bytes, length: int) -> dict:
         out["hello_retry_request"] = True
     out.update(legacy_version=version_name(legacy), session_id_length=len(session_id), cipher_suite_value=suite,
                compression_method=compression,
-               extensions=[_extension(kind, data, False) for kind, data in extensions])
+               extensions=[_shared_extension(kind, data, False) for kind, data in extensions])
     return out
 
 
@@ -639,6 +655,12 @@ def _named(table: dict, value: int) -> str:
     if name is None:
         name = "Reserved (GREASE)" if _grease(value) else "Unknown"
     return f"{name} (0x{value:04x})"
+
+
+def _shared_extension(kind: int, data: bytes, client: bool) -> tuple:
+    if len(data) > 1024 or kind in (21, 41, 51):  # (padding, pre-shared keys and key shares differ by session)
+        return _extension(kind, data, client)
+    return _shared((kind, client, data), lambda: _extension(kind, data, client))
 
 
 def _extension(kind: int, data: bytes, client: bool) -> tuple:
