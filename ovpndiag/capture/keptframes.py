@@ -30,6 +30,9 @@ class KeptFrames:
         if len(frames) > self.limit:
             frames.popitem(last=False)
 
+    def clear(self) -> None:
+        self._frames.clear()
+
     def get(self, number: int) -> Optional[Tuple[int, bytes, int]]:
         """(linktype, captured bytes, length on the wire) of a frame, or None if forgotten."""
         return self._frames.get(number)
@@ -41,6 +44,7 @@ def read_transport(source: Source, frames: KeptFrames, transport: Optional[Trans
     file what was read before the damage (and the TCP bytes still held) is delivered,
     then the ``CaptureError``."""
     tr = transport or Transport()
+    frames.clear()  # (a new file numbers its frames from 1 again)
     number, time = 0, 0.0
     feed, keep = tr.feed, frames.keep
     try:

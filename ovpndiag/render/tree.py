@@ -184,6 +184,11 @@ def _control_lines(add, record, get, wire, wrapping, opcode):
     if wkc:
         add(f"    Wrapped Client Key (WKc): {wkc} bytes (offset {len(wire) - wkc}, at the end; "
             f"its last 2 bytes are its length)")
+        metadata = record.get("wkc_metadata") if isinstance(record, dict) else getattr(record, "wkc_metadata", None)
+        if metadata:  # (opened with the tls-crypt-v2 server key)
+            stamp = metadata.get("timestamp")
+            add(f"        [Client key metadata: type {metadata.get('metadata_type')}"
+                + (f", made {frametree.utc_text(stamp)}" if stamp else "") + "]")
     if not get("hmac") and not get("tag") and signed(record):
         add(_verdict(record, get, wrapping).strip())
 
