@@ -560,6 +560,8 @@ class Reader:
                 flow.keys = keys.for_flow()
             client_id = flow.session_ids.get("client") if sender == "server" else session_id_of(data)
             opened = flow.keys.open(data, sender, wrapping, client_id)
+            if data[0] >> 3 in CARRIES_WKC and sender == "client":  # (-V shows what the WKc said)
+                record.wkc_metadata = flow.keys.v2_metadata.get(client_id)
             if opened.valid is False and key_id and wrapping.is_tls_crypt:
                 dynamic, opened = True, NOT_CHECKED  # the static key no longer applies: a 2.6 renegotiation
         if opened.decrypted is not None:

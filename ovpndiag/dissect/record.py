@@ -11,8 +11,9 @@ The rest is for renderers and is never in the JSON: ``sender`` ("client" or
 opened it), ``relative_time`` (seconds since the capture's first frame),
 ``decoded_with`` (the Wrapping its fields were read with), ``payload_offset``
 (where the TLS bytes, TLVs or data start in ``decrypted or data``), ``hmac`` and
-``tag`` (bytes), ``raw_tlvs`` (a reset's TLVs as (optional, type, value)) and
-``tls_details`` (-V: what the TLS messages it completes say).
+``tag`` (bytes), ``raw_tlvs`` (a reset's TLVs as (optional, type, value)),
+``tls_details`` (-V: what the TLS messages it completes say) and ``wkc_metadata``
+(what a tls-crypt-v2 client key opened by the user's server key says).
 
 A record is plain data: making one formats nothing; ``render`` does that.
 """
@@ -25,7 +26,7 @@ FIELDS = ("frame", "time", "src", "dst", "sport", "dport", "transport", "length"
           "replay_packet_id", "net_time", "wkc_len", "ciphertext_len", "acks", "remote_session_id",
           "message_packet_id", "payload_len", "malformed", "dynamic", "hmac_valid", "key_direction", "tls", "tlvs")
 EXTRAS = ("sender", "data", "decrypted", "relative_time", "decoded_with", "payload_offset", "hmac", "tag",
-          "raw_tlvs", "tls_details", "signed")
+          "raw_tlvs", "tls_details", "wkc_metadata", "signed")
 
 _BEFORE_HMAC = FIELDS[:FIELDS.index("hmac_valid")]
 _AFTER_HMAC = FIELDS[FIELDS.index("hmac_valid") + 1:]
@@ -46,7 +47,7 @@ class Record:
         self.acks = self.remote_session_id = self.message_packet_id = self.payload_len = self.malformed = None
         self.dynamic = self.hmac_valid = self.key_direction = self.tls = self.tlvs = None
         self.decrypted = self.decoded_with = self.payload_offset = self.hmac = self.tag = None
-        self.raw_tlvs = self.tls_details = None
+        self.raw_tlvs = self.tls_details = self.wkc_metadata = None
         self.signed = False
 
     def as_dict(self) -> dict:
