@@ -63,7 +63,7 @@ def readable_as(data: bytes, wrapping: Wrapping, peer_session_id: Optional[int],
     facts = _FACTS.get(wrapping)
     if facts is None:
         layout = control_layout(wrapping)
-        facts = _FACTS[wrapping] = (layout.shortest, layout.replay_at)
+        facts = _FACTS[wrapping] = (layout.shortest, _replay_offset(layout))
     if len(data) < facts[0] or _rules_out_at(data, facts[1], now):
         return False
     return plausible(decode_packet(data, wrapping), peer_session_id, now)
@@ -114,6 +114,15 @@ class WrappingInference:
 
 _REPLAY_AND_TIME = Struct("!II").unpack_from
 _FACTS = {}  # Wrapping -> (fewest bytes of a control packet, offset of its replay packet-id or None)
+
+
+def _replay_offset(layout) -> Optional[int]:
+    """Where _REPLAY_AND_TIME reads replay packet-id and net time under this layout (None:
+    they are not there, side by side, so the quick check is not made)."""
+    replay, net_time = layout.fields.get("replay_packet_id"), layout.fields.get("net_time")
+    if replay is None or net_time is None or (replay[1], net_time[0], net_time[1]) != (4, replay[0] + 4, 4):
+        return None
+    return replay[0]
 _WRAPPED_AS_GIVEN = CONTROL_OPCODES.difference(CARRIES_WKC)  # (10 and 11 are always tls-crypt-v2)
 
 
@@ -121,7 +130,7 @@ def _clock_rules_out(data: bytes, wrapping: Wrapping, now: float) -> bool:
     """The replay packet-id and net time checks of plausible(), on the two words alone:
     most candidates fail them, and reading two words costs far less than a decode.
     (Only a quick no: whatever passes is still decoded and checked in full.)"""
-    return _rules_out_at(data, control_layout(wrapping).replay_at, now)
+    return _rules_out_at(data, _replay_offset(control_layout(wrapping)), now)
 
 
 def _rules_out_at(data: bytes, offset: Optional[int], now: float) -> bool:
