@@ -63,20 +63,41 @@ def candidates(setting) -> Tuple[Wrapping, ...]:
             return (Wrapping.tls_auth(digest.strip()),)
     elif kind in ("none", "tls-auth", "tls-crypt", "tls-crypt-v2") and not digest:
         return tuple(candidates_for(kind))
-    raise ValueError(
-        f'conf.contribs["openvpn"]["wrapping"] = {setting!r}: expected "auto", "none", "tls-auth", '
-        f'"tls-auth:DIGEST" ({", ".join(HMAC_SIZES)}), "tls-crypt", "tls-crypt-v2" or a Wrapping')
+    raise ValueError(_bad_setting(setting))
+
+
+def _bad_setting(setting) -> str:
+    return (f'conf.contribs["openvpn"]["wrapping"] = {setting!r}: expected "auto", "none", "tls-auth", '
+            f'"tls-auth:DIGEST" ({", ".join(HMAC_SIZES)}), "tls-crypt", "tls-crypt-v2" or a Wrapping')
 
 
 def fixed_wrapping(settings: dict) -> Optional[Wrapping]:
     """The wrapping the settings fix, or None when it is inferred per packet."""
-    choices = candidates(settings.get("wrapping", DEFAULTS["wrapping"]))
+    choices = _choices(settings)
     return choices[0] if len(choices) == 1 else None
+
+
+def _choices(settings: dict) -> Tuple[Wrapping, ...]:
+    setting = settings.get("wrapping", DEFAULTS["wrapping"])
+    try:
+        return candidates(setting)
+    except (ValueError, TypeError):
+        # Scapy turns a layer's exception into Raw without a word (unless conf.debug_dissector):
+        # say once why every packet is Raw.
+        message = _bad_setting(setting)  # (TypeError: unhashable, so not a setting either)
+        if message not in _WARNED:
+            _WARNED.add(message)
+            from scapy.error import log_runtime
+            log_runtime.warning(message)
+        raise ValueError(message) from None
+
+
+_WARNED = set()
 
 
 def wrapping_for(settings: dict, data: bytes, underlayer=None) -> Wrapping:
     """The wrapping to read one OpenVPN packet (no TCP framing) with."""
-    choices = candidates(settings.get("wrapping", DEFAULTS["wrapping"]))
+    choices = _choices(settings)
     if len(choices) == 1:
         return choices[0]
     data = bytes(data)

@@ -45,6 +45,7 @@ def contrib():
     importlib.reload(ovpndiag.bindings)  # (as a user's first import: binds 1194 ...
     importlib.reload(module)  # ... and fills in conf.contribs)
     layer_settings.FLOWS.clear()
+    layer_settings._WARNED.clear()
     conf.debug_dissector = True  # a dissection error raises instead of turning into Raw
     try:
         yield module
@@ -414,3 +415,26 @@ def test_the_readme_scapy_session_prints_what_it_says():
                             capture_output=True, text=True, timeout=120)
     assert "attempted=" in result.stdout and "failed=0" in result.stdout, result.stdout + result.stderr
     assert session.count(">>> ") >= 8
+
+
+def test_a_bad_setting_read_through_rdpcap_is_said_once(contrib):
+    """Scapy turns a layer's error into Raw silently: the reason is logged, once."""
+    import logging
+
+    from scapy.error import log_runtime
+    from scapy.layers.inet import UDP
+    from scapy.utils import rdpcap
+
+    said = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    conf.debug_dissector = False
+    conf.contribs["openvpn"]["wrapping"] = "tls-auth:SHA3"
+    log_runtime.addHandler(handler)  # (Scapy's loggers do not reach pytest's caplog)
+    try:
+        packets = rdpcap(str(CAPTURES / "udp-tls-auth-sha256.pcap"))
+    finally:
+        log_runtime.removeHandler(handler)
+    assert all(isinstance(p[UDP].payload, Raw) for p in packets if UDP in p)
+    said = [message for message in said if "tls-auth:SHA3" in message]
+    assert len(said) == 1 and 'expected "auto"' in said[0]
