@@ -233,3 +233,24 @@ def test_the_capture_filter_compiles_the_same_by_libpcap_and_by_tcpdump(monkeypa
     monkeypatch.setenv("PATH", str(tmp_path))  # no tcpdump
     with pytest.raises(CaptureFilterError, match="-f needs libpcap or tcpdump"):
         _tcpdump_compile("udp")
+
+
+def test_a_workers_share_of_the_file_is_read_from_proc():
+    """With workers the parent reads nothing: the share is where the workers' reads are."""
+    from ovpndiag.capture.readshare import ReadShare
+
+    path = CAPTURES / "udp-tls-crypt.pcap"
+    size = path.stat().st_size
+    readers = [subprocess.Popen([sys.executable, "-c", f"import time; f = open({str(path)!r}, 'rb', buffering=0); "
+                                 f"f.read({part}); print(flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+               for part in (size // 3, size // 2)]
+    try:
+        for reader in readers:
+            reader.stdout.readline()
+        assert ReadShare([reader.pid for reader in readers], path).share() == (size // 3) / size  # the slowest
+        assert ReadShare([readers[1].pid], path).share() == (size // 2) / size
+        assert ReadShare([os.getpid()], path).share() is None  # (this process has not opened it)
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
