@@ -257,3 +257,9 @@ def test_an_error_knows_its_position():
     with pytest.raises(FilterError) as error:
         compile_filter("frame == 1 and (opcode == 4 or ackss)")
     assert error.value.position == 32 and "did you mean acks?" in str(error.value)
+
+
+def test_the_filters_fields_are_the_records_fields():
+    from ovpndiag.dissect import record
+
+    assert set(FIELDS) == set(record.FIELDS) | {"file"}
