@@ -434,32 +434,46 @@ class TLSStream:
         the module docstring). Each message is parsed once; never raises. The dicts are
         shared between calls: read them, do not change them."""
         entries = self._entries
-        for (frame, name, content_type, version, handshake_type, length, first_pid, last_pid,
-             encrypted, body, problem) in self._items[len(entries):]:
-            entry = {"frame": frame, "name": name, "content_type": content_type,
-                     "record_version": version_name(version)}
-            if handshake_type is not None:
-                entry["handshake_type"] = handshake_type
-            entry["length"] = length
-            entry["packet_ids"] = [first_pid, last_pid]
-            entry["encrypted"] = encrypted
-            if problem:
-                entry["problem"] = problem
-            elif body is not None:
-                try:
-                    if content_type == 21:
-                        entry["level"] = ALERT_LEVELS.get(body[0], f"Unknown ({body[0]})")
-                        entry["description"] = ALERT_DESCRIPTIONS.get(body[1], f"Unknown ({body[1]})")
-                    elif handshake_type == CLIENT_HELLO:
-                        entry.update(_client_hello(body, length))
-                    elif handshake_type == SERVER_HELLO:
-                        entry.update(_server_hello(body, length))
-                    elif handshake_type == CERTIFICATE:
-                        entry.update(_certificates(body))
-                except Exception as exc:  # a parser's complaint is a finding, not a crash
-                    entry["problem"] = f"cannot parse {name}: {type(exc).__name__}: {exc}"[:200]
-            entries.append(entry)
+        entries.extend(_detail(item) for item in self._items[len(entries):])
         return list(entries)
+
+    def facts(self) -> List[dict]:
+        """What --sessions reads: details() of the Server Hellos, Certificates and alerts
+        only (the same dicts), without parsing the Client Hellos it does not read."""
+        if len(self._entries) == len(self._items):  # (all parsed already, for -V)
+            return [entry for entry in self._entries if entry["content_type"] == 21
+                    or entry.get("handshake_type") in (SERVER_HELLO, CERTIFICATE)]
+        return [_detail(item) for item in self._items
+                if item[2] == 21 or item[4] in (SERVER_HELLO, CERTIFICATE)]  # content type, handshake type
+
+
+def _detail(item) -> dict:
+    """details()' dict for one kept record or handshake message."""
+    (frame, name, content_type, version, handshake_type, length, first_pid, last_pid,
+     encrypted, body, problem) = item
+    entry = {"frame": frame, "name": name, "content_type": content_type,
+             "record_version": version_name(version)}
+    if handshake_type is not None:
+        entry["handshake_type"] = handshake_type
+    entry["length"] = length
+    entry["packet_ids"] = [first_pid, last_pid]
+    entry["encrypted"] = encrypted
+    if problem:
+        entry["problem"] = problem
+    elif body is not None:
+        try:
+            if content_type == 21:
+                entry["level"] = ALERT_LEVELS.get(body[0], f"Unknown ({body[0]})")
+                entry["description"] = ALERT_DESCRIPTIONS.get(body[1], f"Unknown ({body[1]})")
+            elif handshake_type == CLIENT_HELLO:
+                entry.update(_client_hello(body, length))
+            elif handshake_type == SERVER_HELLO:
+                entry.update(_server_hello(body, length))
+            elif handshake_type == CERTIFICATE:
+                entry.update(_certificates(body))
+        except Exception as exc:  # a parser's complaint is a finding, not a crash
+            entry["problem"] = f"cannot parse {name}: {type(exc).__name__}: {exc}"[:200]
+    return entry
 
 
 def tls_names(payloads) -> List[str]:
