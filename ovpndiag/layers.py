@@ -60,7 +60,7 @@ __all__ = [
 
 from .protocol import (  # noqa: F401 - the wire facts, re-exported with the layers
     CARRIES_WKC, CLIENT_RESETS, EARLY_NEG_START, HMAC_SIZES, MAX_ACKS, OPCODES, PLAIN, RESETS,
-    SERVER_RESETS, SESSION_ID_SIZE, TLS_CRYPT_TAG_SIZE, MalformedPacket, Wrapping,
+    SERVER_RESETS, SESSION_ID_SIZE, TLS_CRYPT_TAG_SIZE, MalformedPacket, Opcode, Wrapping,
 )
 
 
@@ -215,7 +215,7 @@ def _control_fields(default_opcode, with_message_packet_id=True):
         return lambda pkt: _wrapping(pkt).kind in kinds
 
     fields = [
-        BitEnumField("opcode", default_opcode, 5, OPCODES),
+        BitEnumField("opcode", int(default_opcode), 5, OPCODES),
         BitField("key_id", 0, 3),
         XLongField("session_id", 0),
         ConditionalField(_HMACField("hmac"), wrapped_as("tls-auth")),
@@ -318,7 +318,7 @@ class OpenVPNReset(_ControlBase):
 
     name = "OpenVPN hard reset"
     _opcodes = RESETS
-    fields_desc = _control_fields(7) + [
+    fields_desc = _control_fields(Opcode.P_CONTROL_HARD_RESET_CLIENT_V2) + [
         ConditionalField(PacketListField("tlvs", [], EarlyNegotiationTLV), _visible),
     ]
 
@@ -340,8 +340,8 @@ class OpenVPNControl(_ControlBase):
     """P_CONTROL_V1 (TLS bytes), soft reset and P_CONTROL_WKC_V1."""
 
     name = "OpenVPN control"
-    _opcodes = (3, 4, 11)
-    fields_desc = _control_fields(4)
+    _opcodes = (Opcode.P_CONTROL_SOFT_RESET_V1, Opcode.P_CONTROL_V1, Opcode.P_CONTROL_WKC_V1)
+    fields_desc = _control_fields(Opcode.P_CONTROL_V1)
 
     def guess_payload_class(self, payload):
         return Raw
@@ -359,8 +359,8 @@ class OpenVPNControl(_ControlBase):
 
 class OpenVPNAck(_ControlBase):
     name = "OpenVPN ACK"
-    _opcodes = (5,)
-    fields_desc = _control_fields(5, with_message_packet_id=False)
+    _opcodes = (Opcode.P_ACK_V1,)
+    fields_desc = _control_fields(Opcode.P_ACK_V1, with_message_packet_id=False)
 
 
 # --- data channel ------------------------------------------------------------
@@ -369,9 +369,9 @@ class OpenVPNDataV1(OpenVPN):
     """P_DATA_V1: the rest is the encrypted payload (AEAD or CBC+HMAC)."""
 
     name = "OpenVPN data V1"
-    _opcodes = (6,)
+    _opcodes = (Opcode.P_DATA_V1,)
     fields_desc = [
-        BitEnumField("opcode", 6, 5, OPCODES),
+        BitEnumField("opcode", int(Opcode.P_DATA_V1), 5, OPCODES),
         BitField("key_id", 0, 3),
     ]
 
@@ -383,9 +383,9 @@ class OpenVPNDataV2(OpenVPN):
     """P_DATA_V2: a 3-byte peer-id, then the encrypted payload."""
 
     name = "OpenVPN data V2"
-    _opcodes = (9,)
+    _opcodes = (Opcode.P_DATA_V2,)
     fields_desc = [
-        BitEnumField("opcode", 9, 5, OPCODES),
+        BitEnumField("opcode", int(Opcode.P_DATA_V2), 5, OPCODES),
         BitField("key_id", 0, 3),
         X3BytesField("peer_id", 0),
     ]
