@@ -23,8 +23,8 @@ like bytecode. Without it (a first run, nowhere to write, a wrapping outside
 
 import marshal
 import os
-from keyword import iskeyword
 import zlib
+from keyword import iskeyword
 from pathlib import Path
 from struct import Struct, calcsize
 from typing import Dict, Optional
@@ -38,6 +38,7 @@ KNOWN = [PLAIN] + [Wrapping.tls_auth(size) for size in sorted(set(HMAC_SIZES.val
     for decrypted in (False, True)]
 
 _HERE = Path(__file__).resolve().parent
+_CACHES_KEPT = 8
 _SOURCES = ("layers.py", "protocol.py", "wirelayout.py")
 _WKC_LENGTH = Struct("!H")
 
@@ -62,16 +63,17 @@ class ControlLayout:
 
     ``fields``: name -> (offset, size) of the fixed fields after the first byte
     (session id, and the wrapping's: hmac, replay_packet_id, net_time, tag);
-    ``unpack_header`` reads them all, in ``header_names`` order; ``header``: the
-    bytes before the ACK count (or the ciphertext); ``visible``: ACKs, message
-    packet-id and payload are in the clear; ``header_struct`` packs and unpacks the fixed
-    fields (its first byte a pad byte, for op and key id); ``read_header(obj, data)``
-    sets them as attributes of ``obj``, named as the layers name them; ``after_acks[opcode][count]``: an
-    ``AfterAcks``; ``trailer_opcodes``: the opcodes whose last bytes are a WKc.
+    ``header_struct`` packs and unpacks them (its first byte a pad byte, for op and
+    key id), ``unpack_header`` reads them all, in ``header_names`` order, and
+    ``read_header(obj, data)`` sets them as attributes of ``obj``, named as the
+    layers name them; ``header``: the bytes before the ACK count (or the ciphertext);
+    ``visible``: ACKs, message packet-id and payload are in the clear;
+    ``after_acks[opcode][count]``: an ``AfterAcks``; ``trailer_opcodes``: the
+    opcodes whose last bytes are a WKc.
     """
 
     __slots__ = ("wrapping", "kind", "hmac_size", "visible", "header", "shortest", "fields", "header_names",
-                 "header_struct", "unpack_header", "read_header", "after_acks", "trailer_opcodes", "replay_at", "tagged")
+                 "header_struct", "unpack_header", "read_header", "after_acks", "trailer_opcodes", "replay_at")
 
     def __init__(self, wrapping, description):
         fixed, header, visible, after, trailer_opcodes = description
@@ -90,7 +92,6 @@ class ControlLayout:
                            for opcode, shape in after.items()}  # (opcodes of one shape share its structs)
         self.trailer_opcodes = frozenset(trailer_opcodes)
         self.replay_at = self.fields["replay_packet_id"][0] if "replay_packet_id" in self.fields else None
-        self.tagged = "hmac" in self.fields or "tag" in self.fields
 
     def __repr__(self):
         return f"ControlLayout({self.wrapping}, header={self.header}, fields={self.fields})"
@@ -292,11 +293,13 @@ def cache_path() -> Path:
 
 
 def _write_cache(path, descriptions):
-    """Whole or not at all (another process may read it meanwhile); older ones removed.
-    Where nothing may be written, the next run derives again."""
+    """Whole or not at all (another process may read it meanwhile); only the newest few
+    kept (several checkouts or versions may take turns). Where nothing may be written,
+    the next run derives again."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.glob("wirelayout-*.marshal"):
+        kept = sorted(path.parent.glob("wirelayout-*.marshal"), key=lambda old: old.stat().st_mtime)
+        for old in kept[:-_CACHES_KEPT]:
             old.unlink(missing_ok=True)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         temporary.write_bytes(marshal.dumps(dict(descriptions)))
