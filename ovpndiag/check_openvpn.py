@@ -18,7 +18,7 @@ import sys
 import click
 
 from . import __version__
-from .cli import PluginCommand, plugin, plugin_print, run_plugin
+from .cli_support import PluginCommand, plugin, plugin_print, run_plugin
 
 PROG = "check_openvpn"
 

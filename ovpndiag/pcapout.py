@@ -91,6 +91,21 @@ class PcapWriter:
             self.write_openvpn(stamp, src, sport, dst, dport, proto, data)
 
 
+def recorded(writer: Optional[PcapWriter], run, exchange, failed):
+    """``run()``'s result, with its exchange (``exchange(result)``) saved by ``writer``
+    (None: not saved). The file goes if ``run`` raised or ``failed(result)``."""
+    try:
+        result = run()
+    except BaseException:
+        if writer is not None:
+            writer.close(failed=True)
+        raise
+    if writer is not None:
+        writer.write_exchange(exchange(result))
+        writer.close(failed=failed(result))
+    return result
+
+
 def _pseudo(src, dst, protocol, length):
     a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if a.version == 4:

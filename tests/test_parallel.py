@@ -178,9 +178,9 @@ class _Terminal(io.StringIO):
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_progress_on_a_terminal_counts_frames_and_packets_then_the_tally_replaces_it(many_flows, monkeypatch, jobs):
-    from ovpndiag import cli
+    from ovpndiag.dissect import pipeline
 
-    monkeypatch.setattr(cli, "PROGRESS_EVERY", 1000)
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1000)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)

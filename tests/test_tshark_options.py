@@ -135,14 +135,14 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_on_a_terminal_says_how_far_into_the_file_and_never_in_a_pipe(monkeypatch, tmp_path):
-    from ovpndiag import cli
+    from ovpndiag.dissect import pipeline
 
     from capture_files import pcap, real_records
 
     frames = real_records("udp-tls-crypt.pcap")
     big = tmp_path / "big.pcap"
     big.write_bytes(pcap(frames * 3000))  # (several MiB: the reader reads 1 MiB at a time)
-    monkeypatch.setattr(cli, "PROGRESS_EVERY", 1000)
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1000)
     for path in (big, tmp_path / "big.pcap.gz"):
         if path.suffix == ".gz":  # the share of a .gz is of its compressed bytes
             path.write_bytes(gzip.compress(big.read_bytes()))
