@@ -143,17 +143,20 @@ def test_progress_on_a_terminal_says_how_far_into_the_file_and_never_in_a_pipe(m
     big = tmp_path / "big.pcap"
     big.write_bytes(pcap(frames * 3000))  # (several MiB: the reader reads 1 MiB at a time)
     monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1000)
-    for path in (big, tmp_path / "big.pcap.gz"):
+    for path, jobs in ((big, "1"), (tmp_path / "big.pcap.gz", "1"), (big, "2")):
         if path.suffix == ".gz":  # the share of a .gz is of its compressed bytes
             path.write_bytes(gzip.compress(big.read_bytes()))
         monkeypatch.setattr(sys, "stdout", io.StringIO())
         terminal = _Terminal()
         monkeypatch.setattr(sys, "stderr", terminal)
         with pytest.raises(SystemExit) as leaving:
-            main(["dissect", str(path), "-j", "1"], standalone_mode=False)
+            main(["dissect", str(path), "-j", jobs], standalone_mode=False)
         assert leaving.value.code == 0
         shares = [int(share) for share in re.findall(r"\r[\d,]+ frames, [\d,]+ OpenVPN packets "
                                                      r"\((\d+)% of the file\) ", terminal.getvalue())]
+        if jobs == "2":  # the workers' (the slowest one's), read from /proc: they read ahead of the merge
+            assert shares and shares == sorted(shares) and shares[-1] <= 100, shares
+            continue
         assert len(shares) >= 5 and shares == sorted(shares) and shares[-1] <= 100, shares
         if path == big:
             assert shares[0] < 25 and shares[-1] > 75 and len(set(shares)) >= 5

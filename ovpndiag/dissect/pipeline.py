@@ -185,7 +185,7 @@ class CaptureFile:
         if jobs > 1:
             from . import parallel
 
-            _Reading.close()  # (no percentage: each worker reads the file on its own)
+            _Reading.close()  # (each worker reads the file on its own: see _parallel)
             first_time = parallel.first_frame_time(self.path)
             if first_time is not None:  # (else nothing to share out early on, or damage there:
                 yield from self._parallel(render, colour, jobs, first_time, progress)  # one reader says)
@@ -288,6 +288,8 @@ class CaptureFile:
 
         workers = parallel.Workers(self.path, lambda: self._new_reader(render, colour), jobs, first_time)
         lines, next_progress = 0, PROGRESS_EVERY
+        if progress is not None:
+            _Reading.watch(workers.children, self.path)
         try:
             for batch in workers.lines():
                 yield batch
@@ -296,6 +298,7 @@ class CaptureFile:
                     progress(workers.frames_read)
                     next_progress += PROGRESS_EVERY
         finally:  # (also when the caller stops early: then nothing is counted)
+            _Reading.close()
             workers.close()
         outcome = workers.outcome
         self._count(outcome.frames, outcome.skipped, outcome.tally, outcome.key_verdicts)
@@ -359,6 +362,7 @@ class _Reading:
 
     file = None
     size = 0
+    workers = None  # capture.readshare.ReadShare: how far the workers have read it
 
     @classmethod
     def open(cls, path):
@@ -380,7 +384,17 @@ class _Reading:
         return file
 
     @classmethod
+    def watch(cls, pids, path):
+        """Workers (``pids``) read ``path``: the share is the slowest one's (Linux)."""
+        cls.close()
+        if sys.stderr.isatty():
+            from ..capture.readshare import ReadShare
+
+            cls.workers = ReadShare(pids, path)
+
+    @classmethod
     def close(cls):
+        cls.workers = None
         if cls.file is not None:
             cls.file.close()
             cls.file = None
@@ -388,6 +402,9 @@ class _Reading:
     @classmethod
     def share(cls) -> str:
         """"(42% of the file) " read so far, or nothing."""
+        if cls.workers is not None:
+            share = cls.workers.share()
+            return "" if share is None else f"({int(100 * share)}% of the file) "
         try:
             return f"({min(100, 100 * cls.file.tell() // cls.size)}% of the file) " if cls.file is not None else ""
         except (OSError, ValueError):
