@@ -26,7 +26,6 @@ from .reader import Reader
 _DATA_V1, _DATA_V2, _ACK, _TLS = (int(o) for o in (Opcode.P_DATA_V1, Opcode.P_DATA_V2, Opcode.P_ACK_V1,
                                                    Opcode.P_CONTROL_V1))
 _DATA_V1_NAME, _DATA_V2_NAME = OPCODES[_DATA_V1], OPCODES[_DATA_V2]
-_LABELS_KEPT = 1 << 16  # flows whose labels are kept (a bound: flows come and go)
 
 
 class RenderingReader(Reader):
@@ -55,7 +54,6 @@ class ListingReader(Reader):
         # ...and, on arrival, not a client reset (it may start a session with another wrapping).
         self._fast_arrival = self._fast_control.difference(CLIENT_RESETS)
         self._layouts = {}  # Wrapping -> _wrapping_layout()
-        self._labels = {}  # Flow -> (its ends, {sender: label}), see _label
         # Every wrapping starts as the plain layout does: op, session id (its only field).
         self._session_id = control_layout(PLAIN).unpack_header
         self._min_control = control_layout(PLAIN).header
@@ -100,16 +98,13 @@ class ListingReader(Reader):
     def _label(self, flow, sender):
         """The flow's direction as lines show it, made once per flow (and again if its
         roles were found reversed: Flow.ends is then new)."""
-        cached = self._labels.get(flow)
+        cached = flow.rendered
         if cached is None or cached[0] is not flow.ends:
-            if len(self._labels) >= _LABELS_KEPT:
-                self._labels.clear()
-            cached = self._labels[flow] = (flow.ends, {side: direction_label(*ends)
-                                                       for side, ends in flow.ends.items()})
+            cached = flow.rendered = (flow.ends, {side: direction_label(*ends) for side, ends in flow.ends.items()})
         return cached[1][sender]
 
     def _data_line(self, flow, frame, time, sender, data, opcode):
-        cached = self._labels.get(flow)  # (self._label, inlined: this runs for most packets)
+        cached = flow.rendered  # (self._label, inlined: this runs for most packets)
         label = cached[1][sender] if cached is not None and cached[0] is flow.ends else self._label(flow, sender)
         if opcode == _DATA_V1:
             return OPCODE_LINE % (frame, time - self.first_time, label, _DATA_V1_NAME, data[0] & 7, len(data))
@@ -127,7 +122,7 @@ class ListingReader(Reader):
         if size <= header:
             return None
         sid = short_id(session_id)
-        cached = self._labels.get(flow)  # (self._label, inlined: this runs for most packets)
+        cached = flow.rendered  # (self._label, inlined: this runs for most packets)
         label = cached[1][sender] if cached is not None and cached[0] is flow.ends else self._label(flow, sender)
         count = 0
         if visible:

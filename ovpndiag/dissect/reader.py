@@ -177,6 +177,7 @@ class Flow:
         self.floated_to = None  # the flow that goes on with this one's sessions (the client floated)
         self.peer_id = None  # of its data packets (--sessions: to find a client that floated)
         self.float_keys = []  # its entries in Reader.session_flows
+        self.rendered = None  # a renderer's own per-flow keep (the listing's labels); the reader never reads it
 
     def sender_of(self, address):
         return "client" if address == self.client else "server"
