@@ -90,6 +90,9 @@ _LAYOUTS = {}
 
 def _layout(wrapping):
     layout = control_layout(wrapping)
+    missing = [name for name in layout.header_names if not hasattr(Record, name)]
+    if missing:  # (a field added to a layer needs its place in the record, and so in the JSON)
+        raise TypeError(f"the layers' fields {missing} have no Record slot (dissect/record.py FIELDS)")
     entry = _LAYOUTS[wrapping] = (layout.kind, layout.hmac_size, layout.visible, layout.header,
                                   layout.read_header, layout.after_acks)
     return entry
