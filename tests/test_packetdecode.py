@@ -9,7 +9,7 @@ from scapy.packet import Raw
 
 from captures import MANIFEST, mangled_packet, openvpn_packets, wrapping_of
 from ovpndiag.dissect.packetdecode import decode_packet as decode
-from ovpndiag.layers import (EarlyNegotiationFlags, OpenVPNDataV1, OpenVPNDataV2, Wrapping, dissect)
+from ovpndiag.layers import (PLAIN, EarlyNegotiationFlags, OpenVPNDataV1, OpenVPNDataV2, Wrapping, dissect)
 
 WRAPPINGS = [Wrapping(), Wrapping.tls_auth("MD5"), Wrapping.tls_auth("SHA1"), Wrapping.tls_auth("SHA256"),
              Wrapping.tls_auth("SHA512"), Wrapping("tls-crypt"), Wrapping("tls-crypt", decrypted=True),
@@ -119,3 +119,26 @@ def test_the_inferences_quick_no_is_a_no_of_plausible(seed):
                 ruled_out += 1
                 assert not plausible(decode(data, wrapping), None, now), (data.hex(), wrapping)
     assert ruled_out > len(packets)
+
+
+def test_a_field_added_to_a_layer_needs_its_record_slot(monkeypatch):
+    """A header field added in layers.py reaches decode_packet through wirelayout; without
+    a Record slot (a JSON key) for it, the first packet says so by name."""
+    from scapy.fields import IntField
+
+    from ovpndiag import wirelayout
+    from ovpndiag.dissect import packetdecode
+    from ovpndiag.layers import OpenVPNControl
+
+    fields = list(OpenVPNControl.fields_desc)
+    fields.insert([field.name for field in fields].index("session_id") + 1, IntField("extra", 7))
+
+    class Extended(OpenVPNControl):
+        fields_desc = fields
+
+    layout = wirelayout.ControlLayout(PLAIN, wirelayout.derive(PLAIN, {4: Extended}))
+    assert layout.header_names == ("session_id", "extra")
+    monkeypatch.setattr(packetdecode, "control_layout", lambda wrapping: layout)
+    monkeypatch.setattr(packetdecode, "_LAYOUTS", {})
+    with pytest.raises(TypeError, match="'extra'"):
+        decode(bytes(Extended(session_id=1, message_packet_id=2)), PLAIN)
