@@ -263,3 +263,14 @@ def test_the_filters_fields_are_the_records_fields():
     from ovpndiag.dissect import record
 
     assert set(FIELDS) == set(record.FIELDS) | {"file"}
+
+
+def test_the_readmes_python_filter_example_prints_what_it_says():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"```py\n(from ovpndiag import dissect\n.*?)```", readme, re.S).group(1)
+    said = re.search(r"^# (.*)$", code, re.M).group(1)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip() == said, done.stderr
