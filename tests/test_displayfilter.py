@@ -160,6 +160,7 @@ def test_with_sessions_the_sessions_with_a_matching_packet_are_shown_whole():
     ("frame == 1 frame", "unexpected 'frame' (expected and, or or the end) at character 12"),
     ("tls matches \"(\"", "bad regular expression"),
     ("", "an empty filter"),
+    ("file == a.pcap", "'file' names the capture, not a packet field: not in a filter at character 1"),
     ("hmac_valid = false", "'=' is not a comparison (use ==) at character 12"),
 ])
 def test_a_bad_filter_is_one_line_naming_what_and_where_with_exit_status_2(text, message):

@@ -201,9 +201,12 @@ class _Parser:
         if token.kind != "word":
             raise FilterError(f"expected a field name, not {_shown(token)}", token.position)
         name = token.text
+        if name == "file":  # (the renderer's, not the packet's: -T fields -e file)
+            raise FilterError("'file' names the capture, not a packet field: not in a filter", token.position)
         if name not in FIELDS:
-            close = get_close_matches(name, FIELDS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f" (the fields: {', '.join(FIELDS)})"
+            fields = [field for field in FIELDS if field != "file"]
+            close = get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (the fields: {', '.join(fields)})"
             raise FilterError(f"unknown field '{name}'", token.position, hint)
         sign = self.peek()
         if sign.kind == "op" and sign.text in _RELATIONS + ("contains", "matches", "in"):
