@@ -1,6 +1,7 @@
 """README.md stays true: its two set-up commands (the first run for real on Debian's own
 Python in a fresh venv, the second being what CI runs) and its Python example."""
 
+import json
 import os
 import re
 import shlex
@@ -100,3 +101,31 @@ def test_version_and_help_from_the_installed_entry_points():
         assert result.returncode == 0 and result.stdout
     assert "0.1.0" in subprocess.run([sys.executable, "-m", "ovpndiag", "--version"], capture_output=True,
                                      text=True, cwd=ROOT).stdout
+
+
+def test_library_example_does_what_dissect_does(tmp_path):
+    """The README's ten lines of Python print what `dissect --tls-crypt KEY --sessions` prints,
+    and write the decrypted capture `--write-decrypted` writes."""
+    section = README.split("## Dissection as a library", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "captures").symlink_to(ROOT / "captures")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    command = [sys.executable, "-m", "ovpndiag", "dissect", "captures/udp-tls-crypt.pcap", "--tls-crypt",
+               "captures/keys/tc.key"]
+    listing = subprocess.run(command + ["--write-decrypted", "cli.pcap"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60).stdout.splitlines()
+    printed = result.stdout.splitlines()
+    assert len(listing) > 10
+    for line, shown in zip(listing, printed):  # every packet's line, and a control packet's tag checked
+        assert shown.startswith(line + (" True " if "P_DATA" not in line else " None None"))
+    tally = subprocess.run(command + ["--sessions"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60).stdout.splitlines()[-1]  # "FILE: N frames, ..."
+    frames = int(re.match(r"captures/udp-tls-crypt.pcap: (\d+) frames", tally).group(1))
+    assert printed[len(listing)] == f"captures/udp-tls-crypt.pcap {frames} frames, read to its end"
+    sessions = [json.loads(line) for line in subprocess.run(command + ["--sessions", "--json"], cwd=tmp_path,
+                                                            capture_output=True, text=True, timeout=60).stdout.splitlines()]
+    assert sessions and printed[len(listing) + 1:] == [f"{s['client_session_id']} {s['wrapping']} {s['packets']}"
+                                                       for s in sessions]
+    assert (tmp_path / "decrypted.pcap").read_bytes() == (tmp_path / "cli.pcap").read_bytes()
