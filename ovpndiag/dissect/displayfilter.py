@@ -4,7 +4,7 @@
 -> bool``, made of closures: nothing is parsed or looked up by name per record, and
 nothing is evaluated as Python. The fields are the keys of ``dissect --json`` (see
 ``FIELDS``); their values are read by ``field_value``, the one place that knows
-what a record is (a dict today, an object with attributes named as the keys too).
+what a record is (a dissect.record.Record, or a dict with the JSON keys).
 
 Semantics follow Wireshark's: a comparison with a field the packet does not have is
 false (``!=`` too), so ``not x == 1`` and ``x != 1`` differ on packets without x; a
@@ -26,7 +26,7 @@ from ..protocol import OPCODES
 INT, FLOAT, ADDRESS, STRING, CHOICE, BOOL, SESSION_ID, INTS, STRINGS = (
     "number", "number", "address", "string", "name", "boolean", "session id", "numbers", "strings")
 
-# Each JSON key and the kind of its value; "file" is the capture's name (several files).
+# Each JSON key and the kind of its value; "file" (the capture's name) is -T fields' only.
 FIELDS = {
     "frame": INT, "time": FLOAT, "src": ADDRESS, "dst": ADDRESS, "sport": INT, "dport": INT,
     "transport": CHOICE, "length": INT, "opcode": CHOICE, "opcode_value": INT, "key_id": INT,
