@@ -14,7 +14,7 @@ packets it completes, one per packet, in capture order. On the way it:
   follows a 2.6 renegotiation into dynamic tls-crypt, applies the user's keys
   (``keyring``);
 - follows the TLS inside each session's control channel (``tls``);
-- keeps one summary per session for ``--sessions``.
+- keeps one summary per session for ``--sessions`` (``sessions``).
 
 Records are ``record.Record`` objects: fields named as the JSON keys (see README)
 and a few for renderers only (raw bytes, the Wrapping used); the reader fills
@@ -38,6 +38,7 @@ from .infer import PLAIN, TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, plausible,
 from .keyring import KeyRing, NOT_CHECKED
 from .recognise import OTHER, OPENVPN, STATIC, UNDECIDED, Recognition
 from .record import Record
+from .sessions import Session, Summaries
 from .tls import TLSStream
 
 OPENVPN_PORT = 1194
@@ -64,94 +65,6 @@ class Options:
         self.keys = keys or KeyRing()
         self.sessions = sessions  # keep per-session summaries (--sessions)
         self.tls_details = tls_details  # parse TLS messages (versions, suites, certificates) for -V
-
-
-class Session:
-    """What --sessions reports for one OpenVPN session (one client session id)."""
-
-    def __init__(self, flow, client_session_id):
-        self.flow = flow
-        self.client_session_id = client_session_id
-        self.server_session_id = None
-        self.packets = collections.Counter()
-        self.bytes = collections.Counter()
-        self.key_ids = set()
-        self.first = self.last = None
-        self.hmac = collections.Counter()  # True / False / None verdicts
-        self.key_directions = {}
-        self.tls = collections.Counter()
-        self.malformed = 0
-        self.floats = []  # (address, port) the client went on from, in order
-
-    def count(self, record):
-        opcode = record.opcode or "malformed"
-        self.packets[opcode] += 1
-        self.bytes[opcode] += record.length
-        if record.key_id is not None:
-            self.key_ids.add(record.key_id)
-        self.first = record.time if self.first is None else self.first
-        self.last = record.time
-        if record.signed:
-            self.hmac[record.hmac_valid] += 1
-        if record.key_direction is not None:
-            self.key_directions[record.sender] = record.key_direction
-        for name in record.tls or ():
-            self.tls[name] += 1
-        self.malformed += record.malformed is not None
-
-    def _handshake(self, flow):
-        """What the first key's TLS handshake shows: version, cipher suite, certificates."""
-        found = {}
-        for (sender, key_id, session_id), stream in flow.tls.items():
-            if not stream or key_id != 0 or session_id not in (self.client_session_id, self.server_session_id):
-                continue
-            for detail in stream.details():
-                if "version" in detail and "cipher_suite" in detail:
-                    found["tls_version"], found["tls_cipher_suite"] = detail["version"], detail["cipher_suite"]
-                if detail.get("certificates"):
-                    found.setdefault("certificates", {})[sender] = detail["certificates"]
-                if "description" in detail and "level" in detail:
-                    found.setdefault("alerts", []).append(f"{sender}: {detail['level']} {detail['description']}")
-        return found
-
-    @property
-    def data_channel(self):
-        return bool(self.packets["P_DATA_V2"] or self.packets["P_DATA_V1"])
-
-    def to_dict(self) -> dict:
-        flow = self.flow
-        wrapping = flow.inference.decided if flow.inference and flow.inference.decided else None
-        summary = {
-            "client": flow.client[0], "client_port": flow.client[1],
-            "server": flow.server[0], "server_port": flow.server[1], "transport": flow.transport,
-            "client_session_id": None if self.client_session_id is None else f"{self.client_session_id:016x}",
-            "server_session_id": None if self.server_session_id is None else f"{self.server_session_id:016x}",
-            "wrapping": wrapping.kind if wrapping else None,
-            "packets": dict(self.packets), "bytes": dict(self.bytes),
-            "key_ids": sorted(self.key_ids), "data_channel": self.data_channel,
-            "first": self.first, "last": self.last,
-            "duration": round(self.last - self.first, 6) if self.first is not None else 0.0,
-        }
-        if wrapping is not None and wrapping.kind == "tls-auth":
-            summary["hmac_size"] = wrapping.hmac_size
-        if self.hmac:
-            summary["hmac_valid"] = {str(k).lower(): v for k, v in self.hmac.items()}
-        if self.key_directions:
-            summary["key_directions"] = dict(self.key_directions)
-        if self.tls:
-            summary["tls"] = dict(self.tls)
-            summary.update(self._handshake(flow))
-        if self.malformed:
-            summary["malformed"] = self.malformed
-        if self.floats:
-            summary["floated_to"] = [{"client": address, "client_port": port} for address, port in self.floats]
-        if flow.keys is not None and self.client_session_id in flow.keys.v2_metadata:
-            summary["wkc_metadata"] = flow.keys.v2_metadata[self.client_session_id]
-        if any(key_id for key_id in self.key_ids) and flow.renegotiation:
-            summary["dynamic_tls_crypt"] = any(w.kind == "tls-crypt" for w in flow.renegotiation.values())
-        elif flow.reneg_inference is not None and flow.reneg_inference.decided is not None:  # seen mid-session
-            summary["dynamic_tls_crypt"] = flow.reneg_inference.decided.kind == "tls-crypt"
-        return summary
 
 
 class Flow:
@@ -194,7 +107,7 @@ class Reader:
         self.options = options or Options()
         self.flows: Dict[tuple, Flow] = {}  # one flow per (transport, endpoint, endpoint)
         self.directions: Dict[tuple, tuple] = {}  # (src, sport, dst, dport, transport) -> (flow, sender)
-        self.ended: List[dict] = []  # summaries of the sessions of expired flows
+        self.ended = []  # the sessions of expired flows, finished (sessions.FinishedSession)
         self.datagrams = 0
         # (flow, frame, time, sender, data, inference): the inference that decides the
         # packet's layout (None: it needs none), taken on arrival - a new session may
@@ -250,16 +163,16 @@ class Reader:
         now, unless it has to wait itself (as _packet then _drain would do, without
         the queue). None when it was queued."""
         if data[0] >> 3 not in CONTROL_OPCODES:
-            return self._record(flow, frame, time, sender, data, None)
+            return self.output(flow, frame, time, sender, data, None)
         inference = flow.inference
         if inference is not None and inference.decided is not None and not data[0] & 7 \
                 and data[0] >> 3 not in CLIENT_RESETS:  # _learn, inlined (a reset may start a new session)
             if len(data) >= 9:
                 flow.session_ids[sender] = int.from_bytes(data[1:9], "big")
-            return self._record(flow, frame, time, sender, data, inference)
+            return self.output(flow, frame, time, sender, data, inference)
         inference = self._learn(flow, sender, data, time)
         if inference is None or inference.decided is not None:
-            return self._record(flow, frame, time, sender, data, inference)
+            return self.output(flow, frame, time, sender, data, inference)
         self.queue.append((flow, frame, time, sender, data, inference))
         self._wait(flow, time)
         return None
@@ -275,11 +188,11 @@ class Reader:
             self._decide(flow)
         return self._drain()
 
-    def summaries(self) -> List[dict]:
-        """One summary per session (``Session.to_dict``): those of expired flows
-        first, then the open ones (a client's sessions once, by the flow it floated to last)."""
-        return self.ended + [s.to_dict() for flow in self.flows.values() if flow.floated_to is None
-                             for s in flow.sessions.values()]
+    def summaries(self) -> Summaries:
+        """One summary dict per session (``Session.to_dict``), made as it is read: those of
+        expired flows first, then the open ones (a client's sessions once, by the flow it floated to last)."""
+        return Summaries(self.ended + [s for flow in self.flows.values() if flow.floated_to is None
+                                       for s in flow.sessions.values()])
 
     def _flow(self, datagram):
         a, b = (datagram.src, datagram.sport), (datagram.dst, datagram.dport)
@@ -312,7 +225,7 @@ class Reader:
             for key in flow.direction_keys:
                 self.directions.pop(key, None)
             if self.options.sessions and flow.floated_to is None:  # summed up now, so the flow's state can go
-                self.ended.extend(session.to_dict() for session in flow.sessions.values())
+                self.ended.extend(session.finish() for session in flow.sessions.values())
             for key in flow.float_keys:
                 if self.session_flows.get(key) is flow:
                     del self.session_flows[key]
@@ -507,10 +420,18 @@ class Reader:
             if flow in self.waiting and not any(item[0] is flow for item in queue):
                 del self.waiting[flow]
                 flow.held = 0
-            ready.append(self._record(flow, frame, time, sender, data, inference))
+            ready.append(self.output(flow, frame, time, sender, data, inference))
         return ready
 
-    def _record(self, flow, frame, time, sender, data, inference):
+    def output(self, flow, frame, time, sender, data, inference):
+        """What feed(), tick() and finish() hand out for one packet whose turn has come:
+        its ``record()``. A subclass may hand out something else, as the listing hands
+        out lines (``flow``: its Flow; ``inference``: what decides its layout, or None)."""
+        return self.record(flow, frame, time, sender, data, inference)
+
+    def record(self, flow, frame, time, sender, data, inference) -> Record:
+        """The Record of one packet (``output``'s arguments): decoded, its user's keys
+        applied, its TLS followed, counted in its session."""
         record = Record(frame, time, flow.ends[sender], len(data), sender, data, time - self.first_time)
         opcode = data[0] >> 3 if data else None
         if opcode in CONTROL_OPCODES:
@@ -589,7 +510,7 @@ class Reader:
         length = record.payload_len
         if not length or record.message_packet_id is None:
             return
-        stream = self._tls_stream(flow, (sender, record.key_id, record.session_id))
+        stream = self.tls_stream(flow, (sender, record.key_id, record.session_id))
         wire = record.decrypted or record.data
         offset = record.payload_offset
         names = stream.add(record.message_packet_id, wire[offset:offset + length], record.frame)
@@ -598,7 +519,7 @@ class Reader:
             if self.options.tls_details:
                 record.tls_details = [d for d in stream.details() if d["frame"] == record.frame]
 
-    def _tls_stream(self, flow, key):
+    def tls_stream(self, flow, key) -> TLSStream:
         """The TLS stream of one direction of one session's key, (sender, key id, session id)."""
         stream = flow.tls.get(key)
         if stream is None:
