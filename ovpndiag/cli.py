@@ -163,7 +163,7 @@ def dissect(files, read_files, write_decrypted, jobs, **options):
     try:
         run = pipeline.open(files, **pipeline_options(options), sessions=options["sessions"],
                             jobs=1 if options["hex_dump"] else jobs, write_decrypted=write_decrypted,
-                            frames=output.frames, tune_gc=True)
+                            frames=output.frames, tune_gc=True, display_filter=options["display_filter"])
     except user_errors() as error:
         raise UserError(str(error)) from None
     output.watch_keys(run, options["config"], options["auth"])

@@ -275,3 +275,23 @@ def test_the_readmes_python_filter_example_prints_what_it_says():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0 and done.stdout.strip() == said, done.stderr
+
+
+def test_the_library_takes_a_filter_and_the_cli_shows_what_it_gives(tmp_path):
+    from ovpndiag import dissect as library
+
+    path = CAPTURES / "udp-tls-crypt.pcap"
+    key = key_path(entry("udp-tls-crypt.pcap")["key"])
+    chosen = "opcode == P_CONTROL_V1 or opcode == P_ACK_V1 and acks contains 1"
+    shown = dissect(path, "--tls-crypt", key, "-Y", chosen).stdout.splitlines()
+    with library.open(path, tls_crypt=key, display_filter=chosen) as run:
+        assert list(run.lines()) == shown and len(shown) > 3
+    with library.open(path, tls_crypt=key, display_filter=compile_filter(chosen)) as run:
+        assert [record.frame for record in run.records()] == frames_of_listing("\n".join(shown))
+    with pytest.raises(FilterError):
+        library.open(path, display_filter="opcode ==")
+    # --write-decrypted writes the packets shown, as tshark -Y -w does
+    written = tmp_path / "chosen.pcap"
+    assert dissect(path, "--tls-crypt", key, "-Y", chosen, "--write-decrypted", written).exit_code == 0
+    again = json_records(written, "-p", entry("udp-tls-crypt.pcap")["port"])
+    assert [r["opcode"] for r in again] == [line.split()[6] for line in shown]

@@ -40,7 +40,7 @@ PROGRESS_EVERY = 50000  # datagrams (packets, with workers) between calls of ``p
 def open(paths, *, ports: Sequence[int] = (), wrapping: Optional[str] = None, auth: Optional[str] = None,
          tls_auth=None, tls_crypt=None, tls_crypt_v2=None, key_direction=None, config=None,
          sessions: bool = False, tls_details: bool = False, jobs: Optional[int] = None,
-         write_decrypted=None, frames=None, tune_gc: bool = False) -> "Dissection":
+         write_decrypted=None, frames=None, tune_gc: bool = False, display_filter=None) -> "Dissection":
     """A dissection of ``paths`` (a path, or a list; ``-`` is standard input;
     pcap, pcapng, gzip-compressed or not). Named like the built-in ``open`` (and
     ``gzip.open``): it opens what the files are read with, and is closed with them.
@@ -58,7 +58,15 @@ def open(paths, *, ports: Sequence[int] = (), wrapping: Optional[str] = None, au
     to write every packet to with tls-crypt removed (never overwritten).
     ``frames``: a capture.keptframes.KeptFrames to keep each packet's frame in (-V).
     ``tune_gc``: let the cyclic garbage collector run less often (see
-    ``collect_less``), as the command line does: faster, and global to the process."""
+    ``collect_less``), as the command line does: faster, and global to the process.
+    ``display_filter``: a -Y filter (text, or displayfilter.compile_filter's predicate):
+    ``records()``, ``lines()`` and ``write_decrypted`` then take only the packets that
+    match, ``sessions()`` only the sessions with one (displayfilter.FilterError for a bad one)."""
+    keep = display_filter
+    if isinstance(keep, str):
+        from .displayfilter import compile_filter
+
+        keep = compile_filter(keep)
     options, keys_given = reader_options(ports=ports, wrapping=wrapping, auth=auth, tls_auth=tls_auth,
                                          tls_crypt=tls_crypt, tls_crypt_v2=tls_crypt_v2,
                                          key_direction=key_direction, config=config, sessions=sessions,
@@ -71,7 +79,7 @@ def open(paths, *, ports: Sequence[int] = (), wrapping: Optional[str] = None, au
     if tune_gc:
         collect_less()
     return Dissection([paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths), options,
-                      keys_given, jobs, writer, frames)
+                      keys_given, jobs, writer, frames, keep)
 
 
 def reader_options(*, ports=(), wrapping=None, auth=None, tls_auth=None, tls_crypt=None, tls_crypt_v2=None,
@@ -119,10 +127,11 @@ class Dissection:
     block's end) closes the decrypted-packet writer."""
 
     def __init__(self, paths: List, options: Options, keys_given: dict, jobs: Optional[int] = None,
-                 writer=None, frames=None):
+                 writer=None, frames=None, keep=None):
         self.paths, self.options, self.keys_given = paths, options, keys_given
         self.keys = options.keys
         self.jobs, self.writer, self.frames = jobs, writer, frames
+        self.keep = keep  # -Y's predicate on Records (None: every packet)
         self.failed = False  # a file could not be read to its end
 
     def __iter__(self) -> Iterator["CaptureFile"]:
@@ -130,24 +139,38 @@ class Dissection:
             yield CaptureFile(self, path)
 
     def records(self):
-        """Every packet's Record, file after file."""
+        """Every packet's Record, file after file (those ``display_filter`` keeps)."""
+        keep = self.keep
         for capture in self:
             for batch in capture.batches():
-                yield from batch
+                yield from batch if keep is None else filter(keep, batch)
 
     def lines(self, render=LISTING):
         """Every packet as one line (or ``render(record)``), file after file."""
+        keep = self.keep
+        if keep is not None:  # (no listing fast path: each packet is a Record to test)
+            one = _listing_line(False) if render is LISTING else render
+            render = lambda record: one(record) if keep(record) else None  # noqa: E731
         for capture in self:
             for batch in capture.batches(render):
-                yield from batch
+                yield from batch if keep is None else [line for line in batch if line is not None]
 
     def sessions(self):
-        """Every session's summary (``sessions`` is implied), file after file."""
+        """Every session's summary (``sessions`` is implied), file after file (with
+        ``display_filter``: the sessions with a packet that matches)."""
         self.options.sessions = True
         for capture in self:
-            for _batch in capture.batches():
-                pass
-            yield from capture.summaries()
+            matched = None
+            if self.keep is not None:
+                from .sessionfilter import MatchedSessions
+
+                matched = MatchedSessions()
+            for batch in capture.batches():
+                if matched is not None:
+                    for record in filter(self.keep, batch):
+                        matched.add(record)
+            summaries = capture.summaries()
+            yield from summaries if matched is None else [s for s in summaries if matched.keeps(s)]
 
     def close(self, failed: bool = False):
         """``failed``: the run did not finish (a file that writes no packet is then removed)."""
@@ -244,13 +267,13 @@ class CaptureFile:
                 records = reader.feed(datagram)
                 if records:
                     if writer is not None:
-                        _write_decrypted(records, writer)
+                        _write_decrypted(records, writer, run.keep)
                     yield out(records)
                 if progress is not None and number % PROGRESS_EVERY == 0:
                     progress(datagram.frame)
             records = reader.finish()
             if writer is not None:
-                _write_decrypted(records, writer)
+                _write_decrypted(records, writer, run.keep)
         except CaptureError as error:  # (what was readable before the damage was delivered)
             records = reader.finish()
             self.error = str(error)
@@ -321,9 +344,10 @@ def _listing_line(colour):
     return (lambda record: packet_line(record, True)) if colour else packet_line
 
 
-def _write_decrypted(records, writer):
-    """Write each packet with tls-crypt removed (as captured where no key opened it)."""
-    for record in records:
+def _write_decrypted(records, writer, keep=None):
+    """Write each packet with tls-crypt removed (as captured where no key opened it);
+    with ``keep`` (-Y), those it keeps, as tshark -Y -w does."""
+    for record in records if keep is None else filter(keep, records):
         data = record.data
         wire = record.decrypted
         if wire is not None:  # opened by a key: the plaintext in place of the ciphertext
