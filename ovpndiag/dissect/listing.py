@@ -1,10 +1,11 @@
-"""Readers whose output is text: (frame, text) pairs instead of record dicts.
+"""Readers whose output is text: (frame, text) pairs instead of Records (each overrides
+``Reader.output``, the reader's hook for what it hands out).
 
 ``RenderingReader`` renders each record as it is made (the parallel workers and the
 single reader print the same pairs). ``ListingReader`` is the one-line listing's
 fast path: the common packets of a decided flow - data packets, and control packets
 of key 0 with no keys to apply - go straight from their bytes to their line, without
-the record dict that ``decode`` fills and ``packet_line`` reads back (half the cost
+the Record that ``decode_packet`` fills and ``packet_line`` reads back (half the cost
 of a control packet's line). Every other packet (malformed, TLVs, renegotiations,
 tls-crypt-v2 client keys, anything the user's keys open) takes the record path.
 
@@ -16,7 +17,7 @@ every bundled capture and of thousands of mangled ones.
 """
 
 
-from ..protocol import CARRIES_WKC, CLIENT_RESETS, CONTROL_OPCODES, MAX_ACKS, OPCODES, PLAIN, RESETS, Opcode
+from ..protocol import CARRIES_WKC, CONTROL_OPCODES, MAX_ACKS, OPCODES, PLAIN, RESETS, Opcode
 from ..render.line import (ACK_LINE, CONTROL_ACKS_LINE, CONTROL_LINE, DATA_V2_LINE, OPAQUE_LINE, OPCODE_LINE,
                            direction_label, packet_line, short_id, wrapping_words)
 from ..wirelayout import control_layout, data_header
@@ -35,8 +36,8 @@ class RenderingReader(Reader):
         super().__init__(options)
         self.render = render
 
-    def _record(self, flow, frame, time, sender, data, inference):
-        return frame, self.render(Reader._record(self, flow, frame, time, sender, data, inference))
+    def output(self, flow, frame, time, sender, data, inference):
+        return frame, self.render(self.record(flow, frame, time, sender, data, inference))
 
 
 class ListingReader(Reader):
@@ -51,34 +52,15 @@ class ListingReader(Reader):
         # Control packets take the fast path only where the record path would do nothing
         # more than decode them: key 0, no keys to open them, no client key (WKc) to read.
         self._fast_control = CONTROL_OPCODES.difference(CARRIES_WKC) if self.no_keys else frozenset()
-        # ...and, on arrival, not a client reset (it may start a session with another wrapping).
-        self._fast_arrival = self._fast_control.difference(CLIENT_RESETS)
         self._layouts = {}  # Wrapping -> _wrapping_layout()
         # Every wrapping starts as the plain layout does: op, session id (its only field).
         self._session_id = control_layout(PLAIN).unpack_header
         self._min_control = control_layout(PLAIN).header
         self._data_v2_header = data_header(_DATA_V2)
 
-    def _at_once(self, flow, frame, time, sender, data):
-        """Reader._at_once (a packet of an OpenVPN flow while nothing waits), with the
-        common packets' lines made here, one call shorter; the rest go the usual way."""
-        first = data[0]
-        opcode = first >> 3
-        if opcode == _DATA_V2 or opcode == _DATA_V1:
-            line = self._data_line(flow, frame, time, sender, data, opcode)
-            if line is not None:
-                return frame, line
-        elif opcode in self._fast_arrival and not first & 7 and len(data) >= self._min_control:
-            inference = flow.inference
-            if inference is not None and inference.decided is not None:
-                session_id = self._session_id(data)[0]
-                line = self._control_line(flow, frame, time, sender, data, opcode, session_id, inference.decided)
-                if line is not None:
-                    flow.session_ids[sender] = session_id
-                    return frame, line
-        return Reader._at_once(self, flow, frame, time, sender, data)
-
-    def _record(self, flow, frame, time, sender, data, inference):
+    def output(self, flow, frame, time, sender, data, inference):
+        """The packet's line: made here from its bytes for the common packets, else from
+        its Record (``Reader.record``)."""
         if data:
             first = data[0]
             opcode = first >> 3
@@ -92,7 +74,7 @@ class ListingReader(Reader):
                 line = None
             if line is not None:
                 return frame, line
-        return frame, packet_line(Reader._record(self, flow, frame, time, sender, data, inference), self.colour,
+        return frame, packet_line(self.record(flow, frame, time, sender, data, inference), self.colour,
                                   self._label(flow, sender))
 
     def _label(self, flow, sender):
@@ -165,4 +147,4 @@ class ListingReader(Reader):
 
     def _tls_names(self, flow, sender, session_id, mpid, data, position, frame):
         """As Reader._tls: what this payload completes in its direction's TLS stream."""
-        return self._tls_stream(flow, (sender, 0, session_id)).add(mpid, data[position:], frame)
+        return self.tls_stream(flow, (sender, 0, session_id)).add(mpid, data[position:], frame)
