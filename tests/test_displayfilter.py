@@ -160,6 +160,8 @@ def test_with_sessions_the_sessions_with_a_matching_packet_are_shown_whole():
     ("frame == 1 frame", "unexpected 'frame' (expected and, or or the end) at character 12"),
     ("tls matches \"(\"", "bad regular expression"),
     ("", "an empty filter"),
+    ("frame.number == 3", "unknown field 'frame.number' at character 1 (did you mean frame?)"),
+    ("udp.port == 1194", "unknown field 'udp.port' at character 1 (did you mean sport or dport?)"),
     ("file == a.pcap", "'file' names the capture, not a packet field: not in a filter at character 1"),
     ("hmac_valid = false", "'=' is not a comparison (use ==) at character 12"),
 ])

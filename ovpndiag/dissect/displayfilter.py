@@ -41,6 +41,19 @@ CHOICES = {
     "wrapping": ("none", "tls-auth", "tls-crypt", "tls-crypt-v2"),
 }
 MISSING = object()
+# Wireshark's names for what these fields are, for the error that says which one to use.
+WIRESHARK_NAMES = {
+    "frame.number": "frame", "frame.time_epoch": "time", "frame.time": "time", "ip.src": "src",
+    "ipv6.src": "src", "ip.dst": "dst", "ipv6.dst": "dst", "ip.addr": "src or dst", "ipv6.addr": "src or dst",
+    "udp.srcport": "sport", "tcp.srcport": "sport", "udp.dstport": "dport", "tcp.dstport": "dport",
+    "udp.port": "sport or dport", "tcp.port": "sport or dport", "udp": "transport == udp",
+    "tcp": "transport == tcp", "openvpn.opcode": "opcode", "openvpn.type": "opcode",
+    "openvpn.keyid": "key_id", "openvpn.peerid": "peer_id", "openvpn.sessionid": "session_id",
+    "openvpn.rsessionid": "remote_session_id", "openvpn.pid": "replay_packet_id",
+    "openvpn.net_time": "net_time", "openvpn.mpid": "message_packet_id", "openvpn.mpidarrayelement": "acks",
+    "openvpn.mpidarraylength": "acks", "openvpn.plen": "length", "openvpn.wkc_len": "wkc_len",
+    "openvpn.hmac": "hmac_valid",
+}
 
 
 class FilterError(ValueError):
@@ -205,8 +218,8 @@ class _Parser:
             raise FilterError("'file' names the capture, not a packet field: not in a filter", token.position)
         if name not in FIELDS:
             fields = [field for field in FIELDS if field != "file"]
-            close = get_close_matches(name, fields, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f" (the fields: {', '.join(fields)})"
+            close = WIRESHARK_NAMES.get(name.lower()) or next(iter(get_close_matches(name, fields, n=1)), None)
+            hint = f" (did you mean {close}?)" if close else f" (the fields: {', '.join(fields)})"
             raise FilterError(f"unknown field '{name}'", token.position, hint)
         sign = self.peek()
         if sign.kind == "op" and sign.text in _RELATIONS + ("contains", "matches", "in"):
