@@ -114,6 +114,7 @@ def test_fields_of_several_files_name_their_file_and_workers_print_the_same():
 
 @pytest.mark.parametrize("args, message", [
     (["-T", "fields", "-e", "opcod"], "Error: -e opcod: unknown field (did you mean opcode?)"),
+    (["-T", "fields", "-e", "frame.number"], "Error: -e frame.number: unknown field (did you mean frame?)"),
     (["-e", "opcode"], "Error: -e and -E need -T fields"),
     (["-T", "fields"], "Error: -T fields needs at least one -e FIELD"),
     (["-T", "fields", "-e", "frame", "--json"], "Error: -T fields is an output of its own"),

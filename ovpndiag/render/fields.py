@@ -11,7 +11,7 @@ header=y|n, separator=/t|/s|CHAR, aggregator=,|/s|CHAR, occurrence=a|f|l, quote=
 from difflib import get_close_matches
 from typing import Callable, Iterable, List, Optional
 
-from ..dissect.displayfilter import BOOL, FIELDS, INTS, MISSING, SESSION_ID, STRINGS, field_value
+from ..dissect.displayfilter import BOOL, FIELDS, INTS, MISSING, SESSION_ID, STRINGS, WIRESHARK_NAMES, field_value
 
 
 class FieldsError(ValueError):
@@ -51,8 +51,8 @@ def parse_options(settings: Iterable[str]) -> FieldsOptions:
 def check_names(names: List[str]):
     for name in names:
         if name not in FIELDS:
-            close = get_close_matches(name, FIELDS, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"the fields: {', '.join(FIELDS)}"
+            close = WIRESHARK_NAMES.get(name.lower()) or next(iter(get_close_matches(name, FIELDS, n=1)), None)
+            hint = f"did you mean {close}?" if close else f"the fields: {', '.join(FIELDS)}"
             raise FieldsError(f"-e {name}: unknown field ({hint})")
 
 
