@@ -271,9 +271,10 @@ def _descriptions():
         path = cache_path()
         try:
             _DESCRIPTIONS.update(marshal.loads(path.read_bytes()))
-        except (OSError, ValueError, EOFError, TypeError):
+        except (OSError, ValueError, EOFError, TypeError, AttributeError):  # (none, unreadable, no home)
             _DESCRIPTIONS.update(_derive_all())
-            _write_cache(path, _DESCRIPTIONS)
+            if path is not None:
+                _write_cache(path, _DESCRIPTIONS)
     return _DESCRIPTIONS
 
 
@@ -284,11 +285,13 @@ def _fingerprint() -> int:
     return crc
 
 
-def cache_path() -> Path:
+def cache_path() -> Optional[Path]:
     """Where the derived layouts are kept: the user's cache folder (not __pycache__,
     which PYTHONDONTWRITEBYTECODE would leave unwritten), named by the sources' checksum,
-    so an edit of layers.py is seen at the next run."""
+    so an edit of layers.py is seen at the next run. None without a home to keep it in."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base):
+        return None
     return Path(base) / "ovpndiag" / f"wirelayout-{_fingerprint():08x}.marshal"
 
 
