@@ -3,6 +3,7 @@ against what tshark, openssl and an independent pcap parser (tests/captures.py) 
 of the same frames: frame lengths, link/IP/UDP/TCP header fields, OpenVPN fields,
 the ClientHello's cipher suites and extensions, certificate fields, and the bytes."""
 
+import datetime
 import re
 import subprocess
 import sys
@@ -149,6 +150,12 @@ def test_tls_crypt_v2_wkc_and_decryption():
         {frame: wkc for frame, wkc in with_wkc.items() if wkc}
     first = blocks[min(blocks)][0]
     assert "OpenVPN Protocol, tls-crypt-v2, decrypted" in first and "[tag valid]" in first
+    # The WKc's metadata, opened by the server key: a key made by --genkey tls-crypt-v2-client without
+    # metadata carries type 1 (a timestamp), from before the capture and not long before.
+    made = re.search(r"^        \[Client key metadata: type 1, made (.*) UTC\]$", first, re.M)
+    stamp = datetime.datetime.strptime(made.group(1), "%Y-%m-%d %H:%M:%S")
+    captured = datetime.datetime.strptime(re.search(r"Arrival Time: (\S+ \S+)\.", first).group(1), "%Y-%m-%d %H:%M:%S")
+    assert datetime.timedelta(0) < captured - stamp < datetime.timedelta(days=30)
     sealed = tree(name)[min(blocks)][0]
     assert "[tag not checked: no key given]" in sealed and re.search(r"^    Encrypted: \d+ bytes", sealed, re.M)
 
@@ -202,8 +209,6 @@ def openssl(path):
 
 
 def test_certificates_match_openssl_and_tshark():
-    import datetime
-
     name = "udp-tls12.pcap"
     rows = tshark(name, ["x509af.serialNumber"])
     chains = {}
