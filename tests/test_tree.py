@@ -93,7 +93,8 @@ def test_frame_and_headers_match_tshark(name):
 # --------------------------------------------------------------------------- OpenVPN fields
 
 
-@pytest.mark.parametrize("name", ["udp-tls-auth-sha1.pcap", "udp-tls-auth-sha512.pcap", "udp-plain.pcap"])
+@pytest.mark.parametrize("name", ["udp-tls-auth-sha1.pcap", "udp-tls-auth-sha512.pcap", "udp-plain.pcap",
+                                  "udp-tls12.pcap"])  # (its client session id starts 0007: zero-padded)
 def test_openvpn_fields_match_tshark(name):
     rows = tshark(name, ["openvpn.opcode", "openvpn.keyid", "openvpn.sessionid", "openvpn.mpidarrayelement",
                          "openvpn.rsessionid", "openvpn.mpid", "openvpn.hmac", "openvpn.pid", "openvpn.peerid"])
