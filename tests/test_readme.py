@@ -88,7 +88,7 @@ def test_first_command_installs_and_runs_on_debian_python_in_a_fresh_checkout(tm
 
 
 def test_python_example_runs_and_prints_what_it_says(tmp_path):
-    code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", README.split("## The layers in Python", 1)[1], re.S).group(1)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -35,6 +35,7 @@ from .reader import Options
 
 LISTING = "listing"  # render= for the one-line listing (ListingReader's fast path; lines as render.line's)
 PROGRESS_EVERY = 50000  # datagrams (packets, with workers) between calls of ``progress``
+BATCH = 1024  # packets handed out together (fewer hand-offs: the listing's per-packet cost is small)
 
 
 def open(paths, *, ports: Sequence[int] = (), wrapping: Optional[str] = None, auth: Optional[str] = None,
@@ -197,13 +198,16 @@ class CaptureFile:
         self.error: Optional[str] = None
         self.counted = False  # frames, skipped, tally and key_verdicts are set
 
-    def batches(self, render=None, colour: bool = False, progress: Optional[Callable[[int], None]] = None
-                ) -> Iterator[list]:
+    def batches(self, render=None, colour: bool = False, progress: Optional[Callable[[int], None]] = None,
+                batch: int = BATCH) -> Iterator[list]:
         """Lists of Records in frame order; with ``render``, lists of what it makes of
         each Record instead (None for a packet to leave out), or with LISTING the
         listing's lines (``colour``: in colour). ``progress(frames read)`` is called
-        now and then. Stopping early (leaving the loop) is fine: ``counted`` then says
-        whether the counts cover what was read (one reader) or are not known (workers)."""
+        now and then. Lists hold ``batch`` packets or more (the last fewer); 1 hands
+        out each datagram's packets as they come, so that the reader reads no further
+        than what was handed out (for a caller that may stop early and say what was
+        read, as -c does). Stopping early (leaving the loop) is fine: ``counted`` then
+        says whether the counts cover what was read (one reader) or are not known (workers)."""
         jobs = self._jobs(render)
         if jobs > 1:
             from . import parallel
@@ -213,7 +217,7 @@ class CaptureFile:
             if first_time is not None:  # (else nothing to share out early on, or damage there:
                 yield from self._parallel(render, colour, jobs, first_time, progress)  # one reader says)
                 return
-        yield from self._read(render, colour, progress)
+        yield from self._read(render, colour, progress, batch)
 
     def summaries(self) -> List[dict]:
         """One summary per OpenVPN session (Options.sessions), as --sessions shows them."""
@@ -239,7 +243,7 @@ class CaptureFile:
     def _renders_itself(self, render) -> bool:
         return render is not None and not self.run.options.sessions and self.run.writer is None
 
-    def _read(self, render, colour, progress):
+    def _read(self, render, colour, progress, batch):
         from ..capture.pcapfile import CaptureError
         from ..capture.transport import Transport, read_transport
 
@@ -253,6 +257,7 @@ class CaptureFile:
             render_one = _listing_line(colour) if render is LISTING else render
             out = lambda records: [render_one(record) for record in records]  # noqa: E731
         transport, writer = Transport(), run.writer
+        held = []  # records (or pairs) not handed out yet
         try:
             source = _source(self.path)
             if run.frames is None:
@@ -268,7 +273,10 @@ class CaptureFile:
                 if records:
                     if writer is not None:
                         _write_decrypted(records, writer, run.keep)
-                    yield out(records)
+                    held += records
+                    if len(held) >= batch:
+                        yield out(held)
+                        held = []
                 if progress is not None and number % PROGRESS_EVERY == 0:
                     progress(datagram.frame)
             records = reader.finish()
@@ -283,8 +291,9 @@ class CaptureFile:
         finally:  # (also when the caller stops early: the counts so far)
             _Reading.close()
             self._count(transport.counts.frames, transport.counts.skipped, reader.tally, reader.key_verdicts)
-        if records:
-            yield out(records)
+        held += records
+        if held:
+            yield out(held)
         if self.error is not None:
             run.failed = True
 

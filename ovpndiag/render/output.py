@@ -156,13 +156,15 @@ class Output:
     def show(self, run) -> int:
         """Dissect and print every file of ``run`` (a dissect.pipeline.Dissection): the
         exit status, 1 if a file could not be read to its end, else 0."""
+        from ..dissect.pipeline import BATCH
+
         wanted = self.wanted()
         add = self.records if wanted is None else self.lines
         for capture in run:
             self.file, self.file_start = capture.path, self.count
             if self.many and not self.as_json and not self.sessions and self.fields is None:
                 self.write(f"==> {capture.path} <==\n")
-            for batch in capture.batches(wanted, self.colour, self.progress):
+            for batch in capture.batches(wanted, self.colour, self.progress, 1 if self.limit else BATCH):
                 add(batch)
                 if self.full:
                     break
