@@ -324,7 +324,12 @@ class PlainCodec:
     def shape(self, layer, opcode: int, count: int) -> Optional["_Shape"]:
         key = (layer, opcode, count)
         if key not in self._shapes:
-            self._shapes[key] = _Shape.derive(layer, opcode, count)
+            # The layers' conditions tell ACK counts apart only as none or some (the remote
+            # session id): one template each, then the array's length (the test tries 0-8).
+            base = (layer, opcode, min(count, 1))
+            if base not in self._shapes:
+                self._shapes[base] = _Shape.derive(layer, opcode, base[2])
+            self._shapes[key] = self._shapes[base] and self._shapes[base].with_count(count)
         return self._shapes[key]
 
     def build(self, layer, fields: dict, payload: bytes = b""):
@@ -384,11 +389,19 @@ class _Shape:
     """One shape's struct and what each of its values is: steps of (kind, name, detail)
     with kind "bits" (detail: [(name, bits, default)] sharing one byte), "count" (the
     number of items of field ``detail``), "list" (``detail`` numbers) or "value" (detail:
-    the default); ``count_at``: the count's offset; ``empty``: list fields that must be
-    empty here (a reset's TLVs)."""
+    the default); ``codes``: each step's struct format (a list's: one item's);
+    ``count_at``: the count's offset; ``empty``: list fields that must be empty here (a
+    reset's TLVs)."""
 
-    def __init__(self, struct_, steps, count_at, empty):
-        self.struct, self.steps, self.count_at, self.empty = struct_, steps, count_at, empty
+    def __init__(self, steps, codes, count_at, empty):
+        self.steps, self.codes, self.count_at, self.empty = steps, codes, count_at, empty
+        self.struct = struct.Struct("!" + "".join(code * (step[2] if step[0] == "list" else 1)
+                                                  for step, code in zip(steps, codes)))
+
+    def with_count(self, count) -> "_Shape":
+        """The same fields with ``count`` items in the list."""
+        steps = [(kind, name, count if kind == "list" else detail) for kind, name, detail in self.steps]
+        return _Shape(steps, self.codes, self.count_at, self.empty)
 
     @classmethod
     def derive(cls, layer, opcode, count) -> Optional["_Shape"]:
@@ -396,7 +409,7 @@ class _Shape:
         from scapy.fields import _BitField as BitField  # BitField and BitEnumField
 
         template = layer(opcode=opcode, acks=[0] * count, wrapping=PLAIN)
-        codes, steps, bits, count_at, empty = "!", [], [], None, []
+        codes, steps, bits, count_at, empty = [], [], [], None, []
 
         def number(field):  # written as struct writes its format, nothing computed
             return type(field).addfield is Field.addfield and type(field).i2m is Field.i2m and \
@@ -410,29 +423,31 @@ class _Shape:
             if isinstance(field, BitField):
                 bits.append((field.name, field.size, field.default))
                 if sum(size for _name, size, _default in bits) == 8:
-                    codes += "B"
+                    codes.append("B")
                     steps.append(("bits", None, bits))
                     bits = []
                 continue
             if bits or empty:  # bits across a byte boundary; a field after the TLVs
                 return None
             if isinstance(field, FieldLenField) and field.count_of and type(field).addfield is Field.addfield:
-                count_at = struct.calcsize(codes)
-                codes += field.fmt[-1]
+                if any(kind == "list" for kind, _name, _detail in steps):
+                    return None  # the count's offset would move with that list's length
+                count_at = struct.calcsize("!" + "".join(codes))
+                codes.append(field.fmt[-1])
                 steps.append(("count", field.name, field.count_of))
             elif isinstance(field, FieldListField) and number(field.field):
-                codes += field.field.fmt[-1] * count
+                codes.append(field.field.fmt[-1])
                 steps.append(("list", field.name, count))
             elif isinstance(field, PacketListField):
                 empty.append(field.name)
             elif number(field):
-                codes += field.fmt[-1]
+                codes.append(field.fmt[-1])
                 steps.append(("value", field.name, field.default))
             else:
                 return None
         if bits or count_at is None:
             return None
-        return cls(struct.Struct(codes), steps, count_at, empty)
+        return cls(steps, codes, count_at, empty)
 
 
 CODEC = PlainCodec()
