@@ -27,7 +27,7 @@ import zlib
 from keyword import iskeyword
 from pathlib import Path
 from struct import Struct, calcsize
-from typing import Dict, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from .protocol import HMAC_SIZES, MAX_ACKS, OPCODES, PLAIN, WRAPPING_KINDS, MalformedPacket, Wrapping
 
@@ -43,19 +43,24 @@ _SOURCES = ("layers.py", "protocol.py", "wirelayout.py")
 _WKC_LENGTH = Struct("!H")
 
 
-class AfterAcks:
-    """What follows the ACK count for one opcode and count: one unpack for the ACKs,
-    the remote session id and the message packet-id, and where each value is in it."""
+class AfterAcks(NamedTuple):
+    """What follows the ACK count for one opcode and count: its size, one unpack for the
+    ACKs, the remote session id and the message packet-id, and where each value is in
+    it (None: not there). A tuple, so a hot path takes it apart in one step."""
 
-    __slots__ = ("struct", "unpack", "size", "remote_at", "message_at", "names")
+    size: int
+    unpack: Callable
+    remote_at: Optional[int]
+    message_at: Optional[int]
+    names: Tuple[str, ...]
+    struct: Struct  # (its pack() builds them, in ``names`` order)
 
-    def __init__(self, names, code):
-        self.names = tuple(names)
-        self.struct = Struct("!" + code)  # (its pack() builds them, in ``names`` order)
-        self.unpack = self.struct.unpack_from
-        self.size = self.struct.size
-        self.remote_at = self.names.index("remote_session_id") if "remote_session_id" in self.names else None
-        self.message_at = self.names.index("message_packet_id") if "message_packet_id" in self.names else None
+    @classmethod
+    def of(cls, names, code) -> "AfterAcks":
+        names, struct = tuple(names), Struct("!" + code)
+        return cls(struct.size, struct.unpack_from,
+                   names.index("remote_session_id") if "remote_session_id" in names else None,
+                   names.index("message_packet_id") if "message_packet_id" in names else None, names, struct)
 
 
 class ControlLayout:
@@ -88,7 +93,7 @@ class ControlLayout:
         self.unpack_header = self.header_struct.unpack_from
         self.read_header = _reader(self.header_names, self.unpack_header)
         shapes = {}
-        self.after_acks = {opcode: shapes.setdefault(tuple(shape), [AfterAcks(names, code) for names, code in shape])
+        self.after_acks = {opcode: shapes.setdefault(tuple(shape), [AfterAcks.of(names, code) for names, code in shape])
                            for opcode, shape in after.items()}  # (opcodes of one shape share its structs)
         self.trailer_opcodes = frozenset(trailer_opcodes)
         self.replay_at = self.fields["replay_packet_id"][0] if "replay_packet_id" in self.fields else None

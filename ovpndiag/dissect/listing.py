@@ -111,20 +111,20 @@ class ListingReader(Reader):
             count = data[header]
             if count > MAX_ACKS:
                 return None
-            after = after_acks[opcode][count]
-            position = header + 1 + after.size
+            size_after, unpack, remote_at, message_at, _names, _struct = after_acks[opcode][count]
+            position = header + 1 + size_after
             if position > size or (position < size and (opcode == _ACK or opcode in RESETS)):
                 return None  # truncated, bytes after a P_ACK_V1, a reset's TLVs
         if not visible or (opcode == _ACK and not count):  # tls-crypt without its key; an empty ACK
             return OPAQUE_LINE % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                               None, size) + words
-        values = after.unpack(data, header + 1)
-        mpid = values[after.message_at] if after.message_at is not None else None
+        values = unpack(data, header + 1)
+        mpid = values[message_at] if message_at is not None else None
         if count:
             line = ACK_LINE if mpid is None else CONTROL_ACKS_LINE
             line %= (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                      ",".join(map(str, values[:count])) if count > 1 else values[0],
-                     short_id(values[after.remote_at]), mpid, size)
+                     short_id(values[remote_at]), mpid, size)
         else:
             line = CONTROL_LINE % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                                mpid, size)

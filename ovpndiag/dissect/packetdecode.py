@@ -132,16 +132,16 @@ def _control(data, size, opcode, wrapping, given, fields):
     if count > MAX_ACKS:
         fields.malformed = f"ACK count {count} exceeds {MAX_ACKS}"
         return fields
-    after = after_acks[opcode][count]
-    position = header + 1 + after.size
+    size_after, unpack, remote_at, message_at, _names, _struct = after_acks[opcode][count]
+    position = header + 1 + size_after
     if position > end:
         return _truncated(fields, size, opcode, given)
-    values = after.unpack(data, header + 1)
+    values = unpack(data, header + 1)
     fields.acks = list(values[:count])
     if count:
-        fields.remote_session_id = values[after.remote_at]
-    if after.message_at is not None:
-        fields.message_packet_id = values[after.message_at]
+        fields.remote_session_id = values[remote_at]
+    if message_at is not None:
+        fields.message_packet_id = values[message_at]
     fields.payload_offset, fields.payload_len = position, end - position
     if opcode == _P_ACK_V1:
         if end > position:  # (a P_ACK_V1 has no payload: layers._check_consumed)
