@@ -142,7 +142,7 @@ class Reader:
             self._expire(time)
         state = flow.state
         if transport == "udp" and state is OPENVPN and payload and not self.queue:  # the common case
-            record = self._at_once(flow, frame, time, sender, payload)
+            record = self.arrived(flow, frame, time, sender, payload)
             return [] if record is None else [record]
         ready = self.tick(time)  # (the common case, above, never has any waiting)
         if state is OTHER or state is STATIC:
@@ -158,10 +158,12 @@ class Reader:
             ready += self._drain()
         return ready
 
-    def _at_once(self, flow, frame, time, sender, data):
-        """The common case, a packet of an OpenVPN flow while nothing waits: its record
-        now, unless it has to wait itself (as _packet then _drain would do, without
-        the queue). None when it was queued."""
+    def arrived(self, flow, frame, time, sender, data):
+        """The common case, a packet of an OpenVPN flow while nothing waits: its
+        ``output`` now, unless it has to wait itself (as _packet then _drain would do,
+        without the queue); None when it was queued. A hook too: a subclass may answer
+        the commonest packets before the reader looks at them (the listing does, a call
+        shorter: 2.5% of its instructions) and hand the rest to this one."""
         if data[0] >> 3 not in CONTROL_OPCODES:
             return self.output(flow, frame, time, sender, data, None)
         inference = flow.inference
@@ -258,7 +260,7 @@ class Reader:
                 break
             data = buffered[offset + 2:offset + 2 + length]
             if flow.state is OPENVPN and not self.queue:
-                record = self._at_once(flow, frame, time, sender, data)
+                record = self.arrived(flow, frame, time, sender, data)
                 if record is not None:
                     ready.append(record)
             else:
