@@ -228,6 +228,7 @@ class Reader:
                 self.directions.pop(key, None)
             if self.options.sessions and flow.floated_to is None:  # summed up now, so the flow's state can go
                 self.ended.extend(session.finish() for session in flow.sessions.values())
+                flow.sessions, flow.current = {}, None  # (each refers to the flow: freed now, not by the collector)
             for key in flow.float_keys:
                 if self.session_flows.get(key) is flow:
                     del self.session_flows[key]
