@@ -119,7 +119,7 @@ def wrapping_words(wrapping: str, hmac_size=None, dynamic=None, valid=None, colo
     if words is not None:
         return words
     words = " " + ("dynamic " if dynamic else "") + (
-        wrapping if wrapping != "tls-auth" else f"tls-auth {_digest(hmac_size)}")
+        wrapping if wrapping != "tls-auth" else f"tls-auth {digest_name_of(hmac_size)}")
     if valid is not None:
         word = "tag" if wrapping.startswith("tls-crypt") else "HMAC"
         words += " " + (_paint(f"{word} ok", "\033[32m", colour) if valid
@@ -132,7 +132,8 @@ def _paint(text, code, colour):
     return f"{code}{text}\033[0m" if colour else text
 
 
-def _digest(size):
+def digest_name_of(size):
+    """tls-auth's digest as lines name it, from its HMAC size: SHA1, or "24-byte HMAC"."""
     return DIGEST_BY_SIZE.get(size, f"{size}-byte HMAC")
 
 

@@ -1,12 +1,12 @@
 """--sessions: one summary per OpenVPN session, for people."""
 
-from .line import _digest, endpoint, utc
+from .line import digest_name_of, endpoint, utc
 
 
 def session_text(number: int, summary: dict) -> str:
     wrapping = summary["wrapping"] or "unknown wrapping"
     if wrapping == "tls-auth":
-        wrapping = f"tls-auth {_digest(summary['hmac_size'])}"
+        wrapping = f"tls-auth {digest_name_of(summary['hmac_size'])}"
     lines = [f"Session {number}: {endpoint(summary['client'], summary['client_port'])} -> "
              f"{endpoint(summary['server'], summary['server_port'])} {summary['transport'].upper()}, {wrapping}"]
     ids = [f"client session {summary['client_session_id'] or '?'}",
