@@ -17,8 +17,9 @@ a wrapping's fields.
 Importing Scapy costs some 70 ms, more than listing a small capture takes, so
 what the field lists say is kept as a small cache (``cache_path()``), named by a
 checksum of the sources it comes from (layers.py, protocol.py and this file), much
-like bytecode. Without it (a first run, nowhere to write, a wrapping outside
-``KNOWN``) it is derived in the process, once, at first use - never per packet.
+like bytecode. What it lacks (a first run, an edited layers.py, nowhere to write) is
+derived in the process, one wrapping at a time as it is first asked for (about 3 ms
+each once Scapy is loaded), and added to it - never per packet.
 """
 
 import marshal
@@ -31,8 +32,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from .protocol import HMAC_SIZES, MAX_ACKS, OPCODES, PLAIN, WRAPPING_KINDS, MalformedPacket, Wrapping
 
-# The wrappings worked out at once (and cached): every kind, every tls-auth digest,
-# tls-crypt opened or not. Any other (a tls-auth HMAC of an odd size) is derived when asked.
+# The wrappings readers meet: every kind, every tls-auth digest, tls-crypt opened or not.
 KNOWN = [PLAIN] + [Wrapping.tls_auth(size) for size in sorted(set(HMAC_SIZES.values()))] + [
     Wrapping(kind, decrypted=decrypted) for kind in WRAPPING_KINDS if kind not in ("none", "tls-auth")
     for decrypted in (False, True)]
@@ -121,17 +121,14 @@ def control_layout(wrapping: Wrapping) -> ControlLayout:
     """The layout of control packets under ``wrapping`` (made once per wrapping)."""
     layout = _LAYOUTS.get(wrapping)
     if layout is None:
-        description = _descriptions().get(tuple(wrapping))
-        if description is None:  # not among KNOWN: read the layers for this one
-            description = derive(wrapping)
-        layout = _LAYOUTS[wrapping] = ControlLayout(wrapping, description)
+        layout = _LAYOUTS[wrapping] = ControlLayout(wrapping, _described(tuple(wrapping), lambda: derive(wrapping)))
     return layout
 
 
 def data_header(opcode: int) -> int:
     """Bytes before a data packet's payload (P_DATA_V1: 1, P_DATA_V2: 4)."""
     if not _DATA:
-        _DATA.update(_descriptions()["data"])
+        _DATA.update(_described("data", derive_data))
     return _DATA[opcode]
 
 
@@ -259,28 +256,32 @@ def _code(pkt, field, value=None):
     return fmt[-1] if fmt[-1:] in ("B", "H", "I", "Q") and calcsize(fmt) == size else f"{size}s"
 
 
-def _derive_all():
-    descriptions = {tuple(wrapping): derive(wrapping) for wrapping in KNOWN}
-    descriptions["data"] = {opcode: _end(_read_fields(cls())[0]) for opcode, cls in layer_classes().items()
-                            if not _is_control(cls)}
-    return descriptions
+def derive_data() -> dict:
+    """opcode -> the header size of each data packet's layer."""
+    return {opcode: _end(_read_fields(cls())[0]) for opcode, cls in layer_classes().items() if not _is_control(cls)}
 
 
 # --- the cache ----------------------------------------------------------------
 
-_DESCRIPTIONS = {}
+_DESCRIPTIONS = {}  # what the cache held, and what was derived since: wrapping tuple (or "data") -> description
+_CACHE = []  # [its path, or None where there is none], once looked for
 
 
-def _descriptions():
-    if not _DESCRIPTIONS:
+def _described(key, derive_it):
+    """The description under ``key``: from the cache, else derived now and added to it."""
+    if not _CACHE:
         path = cache_path()
+        _CACHE.append(path)
         try:
             _DESCRIPTIONS.update(marshal.loads(path.read_bytes()))
-        except (OSError, ValueError, EOFError, TypeError, AttributeError):  # (none, unreadable, no home)
-            _DESCRIPTIONS.update(_derive_all())
-            if path is not None:
-                _write_cache(path, _DESCRIPTIONS)
-    return _DESCRIPTIONS
+        except (OSError, ValueError, EOFError, TypeError, AttributeError):  # (none yet, unreadable, no home)
+            pass
+    description = _DESCRIPTIONS.get(key)
+    if description is None:
+        description = _DESCRIPTIONS[key] = derive_it()
+        if _CACHE[0] is not None:
+            _write_cache(_CACHE[0], _DESCRIPTIONS)
+    return description
 
 
 def _fingerprint() -> int:

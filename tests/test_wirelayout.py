@@ -123,8 +123,14 @@ def test_data_layouts_come_from_the_data_layers():
     assert wirelayout.data_header(9) == len(bytes(OpenVPNDataV2(peer_id=5)))
 
 
+def _derived_all():
+    derived = {tuple(wrapping): wirelayout.derive(wrapping) for wrapping in wirelayout.KNOWN}
+    derived["data"] = wirelayout.derive_data()
+    return derived
+
+
 def test_the_cache_holds_what_the_layers_say(tmp_path):
-    derived = wirelayout._derive_all()
+    derived = _derived_all()
     assert marshal.loads(marshal.dumps(derived)) == derived
     path = tmp_path / "wirelayout-test.marshal"
     wirelayout._write_cache(path, derived)
@@ -137,13 +143,18 @@ def _run(code, cache):
 
 
 def test_a_cached_layout_is_read_without_importing_scapy(tmp_path):
-    code = ("import sys\nfrom ovpndiag.wirelayout import control_layout, cache_path\nfrom ovpndiag.protocol import "
-            "Wrapping\nprint(control_layout(Wrapping.tls_auth('SHA256')).header, 'scapy' in sys.modules, "
-            "cache_path().exists())")
-    assert _run(code, tmp_path).split() == ["49", "True", "True"]  # first run: derived, then kept
-    assert _run(code, tmp_path).split() == ["49", "False", "True"]  # then read back, no Scapy
+    code = ("import sys\nfrom ovpndiag.wirelayout import control_layout, data_header\nfrom ovpndiag.protocol import "
+            "Wrapping\nprint(control_layout(Wrapping.tls_auth('SHA256')).header, data_header(9), 'scapy' in sys.modules)")
+    assert _run(code, tmp_path).split() == ["49", "4", "True"]  # first run: derived, then kept
+    assert _run(code, tmp_path).split() == ["49", "4", "False"]  # then read back, no Scapy
     (cached,) = (tmp_path / "ovpndiag").glob("wirelayout-*.marshal")
-    assert marshal.loads(cached.read_bytes()) == wirelayout._derive_all()
+    kept = marshal.loads(cached.read_bytes())
+    assert set(kept) == {("tls-auth", 32, False), "data"}  # only what was asked for: one wrapping, data
+    assert kept == {key: value for key, value in _derived_all().items() if key in kept}
+    code = ("import sys\nfrom ovpndiag.wirelayout import control_layout\nfrom ovpndiag.protocol import PLAIN\n"
+            "print(control_layout(PLAIN).header, 'scapy' in sys.modules)")
+    assert _run(code, tmp_path).split() == ["9", "True"]  # another wrapping: derived and added
+    assert set(marshal.loads(cached.read_bytes())) == {("tls-auth", 32, False), ("none", 20, False), "data"}
 
 
 def test_an_edit_of_the_layers_makes_a_new_cache(tmp_path, monkeypatch):
