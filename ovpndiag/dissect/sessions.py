@@ -13,7 +13,6 @@ exactly the dict it packed.
 one at a time as they are read, so writing 100,000 of them never holds 100,000 dicts.
 """
 
-import collections
 import marshal
 from collections.abc import Sequence
 
@@ -24,40 +23,55 @@ TABLES = frozenset(("packets", "bytes", "tls", "hmac_valid"))  # summary keys wh
 
 
 class Session:
-    """The counters of one live session; ``flow`` is the flow it started on."""
+    """The counters of one live session; ``flow`` is the flow it started on. Kept small
+    while live too: one table of [packets, bytes] per opcode, key ids as a bit mask, and
+    the tables most sessions never need made only when needed."""
 
-    __slots__ = ("flow", "client_session_id", "server_session_id", "packets", "bytes", "key_ids",
+    __slots__ = ("flow", "client_session_id", "server_session_id", "counts", "key_ids",
                  "first", "last", "hmac", "key_directions", "tls", "malformed", "floats")
 
     def __init__(self, flow, client_session_id):
         self.flow = flow
         self.client_session_id = client_session_id
         self.server_session_id = None
-        self.packets = collections.Counter()
-        self.bytes = collections.Counter()
-        self.key_ids = set()
+        self.counts = {}  # opcode name -> [packets, bytes], in the order first seen
+        self.key_ids = 0  # bit n: key id n seen
         self.first = self.last = None
-        self.hmac = collections.Counter()  # True / False / None verdicts
-        self.key_directions = {}
-        self.tls = collections.Counter()
+        self.hmac = None  # True / False / None verdict -> packets, once there is one
+        self.key_directions = None  # sender -> key direction, once known
+        self.tls = None  # TLS record / message name -> count, once there is one
         self.malformed = 0
         self.floats = []  # (address, port) the client went on from, in order
 
     def count(self, record):
         opcode = record.opcode or "malformed"
-        self.packets[opcode] += 1
-        self.bytes[opcode] += record.length
+        counts = self.counts.get(opcode)
+        if counts is None:
+            self.counts[opcode] = [1, record.length]
+        else:
+            counts[0] += 1
+            counts[1] += record.length
         if record.key_id is not None:
-            self.key_ids.add(record.key_id)
-        self.first = record.time if self.first is None else self.first
+            self.key_ids |= 1 << record.key_id
+        if self.first is None:
+            self.first = record.time
         self.last = record.time
         if record.signed:
-            self.hmac[record.hmac_valid] += 1
+            if self.hmac is None:
+                self.hmac = {}
+            self.hmac[record.hmac_valid] = self.hmac.get(record.hmac_valid, 0) + 1
         if record.key_direction is not None:
+            if self.key_directions is None:
+                self.key_directions = {}
             self.key_directions[record.sender] = record.key_direction
-        for name in record.tls or ():
-            self.tls[name] += 1
-        self.malformed += record.malformed is not None
+        if record.tls:
+            tls = self.tls
+            if tls is None:
+                tls = self.tls = {}
+            for name in record.tls:
+                tls[name] = tls.get(name, 0) + 1
+        if record.malformed is not None:
+            self.malformed += 1
 
     def _handshake(self, flow):
         """What the first key's TLS handshake shows: version, cipher suite, certificates."""
@@ -76,7 +90,7 @@ class Session:
 
     @property
     def data_channel(self):
-        return bool(self.packets["P_DATA_V2"] or self.packets["P_DATA_V1"])
+        return "P_DATA_V2" in self.counts or "P_DATA_V1" in self.counts
 
     def to_dict(self) -> dict:
         flow = self.flow
@@ -87,8 +101,9 @@ class Session:
             "client_session_id": None if self.client_session_id is None else f"{self.client_session_id:016x}",
             "server_session_id": None if self.server_session_id is None else f"{self.server_session_id:016x}",
             "wrapping": wrapping.kind if wrapping else None,
-            "packets": dict(self.packets), "bytes": dict(self.bytes),
-            "key_ids": sorted(self.key_ids), "data_channel": self.data_channel,
+            "packets": {opcode: counts[0] for opcode, counts in self.counts.items()},
+            "bytes": {opcode: counts[1] for opcode, counts in self.counts.items()},
+            "key_ids": [key_id for key_id in range(8) if self.key_ids >> key_id & 1], "data_channel": self.data_channel,
             "first": self.first, "last": self.last,
             "duration": round(self.last - self.first, 6) if self.first is not None else 0.0,
         }
@@ -107,7 +122,7 @@ class Session:
             summary["floated_to"] = [{"client": address, "client_port": port} for address, port in self.floats]
         if flow.keys is not None and self.client_session_id in flow.keys.v2_metadata:
             summary["wkc_metadata"] = flow.keys.v2_metadata[self.client_session_id]
-        if any(key_id for key_id in self.key_ids) and flow.renegotiation:
+        if self.key_ids & ~1 and flow.renegotiation:  # (a key id other than 0)
             summary["dynamic_tls_crypt"] = any(w.kind == "tls-crypt" for w in flow.renegotiation.values())
         elif flow.reneg_inference is not None and flow.reneg_inference.decided is not None:  # seen mid-session
             summary["dynamic_tls_crypt"] = flow.reneg_inference.decided.kind == "tls-crypt"
