@@ -18,8 +18,10 @@ Importing Scapy costs some 70 ms, more than listing a small capture takes, so
 what the field lists say is kept as a small cache (``cache_path()``), named by a
 checksum of the sources it comes from (layers.py, protocol.py and this file), much
 like bytecode. What it lacks (a first run, an edited layers.py, nowhere to write) is
-derived in the process, one wrapping at a time as it is first asked for (about 3 ms
-each once Scapy is loaded), and added to it - never per packet.
+derived in the process, one wrapping at a time as it is first asked for (under 1 ms
+each once Scapy is loaded), and added to it - never per packet. Where it cannot be
+written (a read-only HOME, a user without one), every process derives what it asks
+for, quietly. The live client's packet codec takes its structs from here too.
 """
 
 import marshal
@@ -162,35 +164,61 @@ def layer_classes() -> dict:
     return {opcode: layers.OpenVPN.dispatch_hook(opcode=opcode) for opcode in OPCODES}
 
 
-def derive(wrapping: Wrapping, classes: Optional[dict] = None) -> tuple:
+def derive(wrapping: Wrapping, classes: Optional[dict] = None, every_count: bool = False) -> tuple:
     """What ``ControlLayout`` is made from, read off the control layer classes
     (``classes``: opcode -> class, by default ``layer_classes()``) under ``wrapping``:
     (fixed fields [(name, offset, struct code)], header size, visible,
     {opcode: [(names after the ACK count, struct code) by ACK count]}, opcodes
     with a trailer). Opcodes that force a wrapping of their own (10 and 11 are
-    always tls-crypt-v2) count only under that wrapping."""
+    always tls-crypt-v2) count only under that wrapping.
+
+    A process that cannot keep the cache derives on every start, so not every ACK
+    count is asked of Scapy: none, one and the most; the counts between are one's
+    fields with a longer array - unless the most's fields differ from one's (a
+    condition on the count), then each count is read (``every_count``)."""
     fixed = header = visible = None
     after, trailer_opcodes = {}, []
     for opcode, cls in (classes or layer_classes()).items():
-        by_count = []
+        by_count, one = [], None
         if not _is_control(cls):
             continue
         for count in range(MAX_ACKS + 1):
+            if one is not None and count < MAX_ACKS and not every_count:
+                by_count.append(_after(one, count))
+                continue
             pkt = cls(wrapping=wrapping, opcode=opcode, ack_count=count, acks=[0] * count)
             if pkt.effective_wrapping != wrapping:
                 break  # read under another wrapping than this one
-            before, rest, trailer = _read_fields(pkt)
+            before, pieces, trailer = _read_fields(pkt)
             if fixed is None:
-                fixed, header, visible = before, _end(before), rest is not None
+                fixed, header, visible = before, _end(before), pieces is not None
             elif before != fixed:
                 raise ValueError(f"{cls.__name__} has other fields before its ACKs than the others under {wrapping}")
             if count == 0 and trailer:
                 trailer_opcodes.append(opcode)
-            if rest is not None:
-                by_count.append(rest)
+            if pieces is None:
+                continue
+            if count == 1:
+                one = pieces
+            elif count == MAX_ACKS and one is not None and pieces != one and not every_count:
+                return derive(wrapping, classes, every_count=True)
+            by_count.append(_after(pieces, count))
         if by_count:
             after[opcode] = by_count
     return fixed, header, visible, after, trailer_opcodes
+
+
+def _after(pieces, count):
+    """(names, struct code) of what follows the ACK count, for ``count`` ACKs."""
+    names, codes = [], []
+    for name, code, listed in pieces:
+        if listed:
+            names.extend([name] * count)
+            codes.append(f"{count}{code}" if count else "")
+        else:
+            names.append(name)
+            codes.append(code)
+    return tuple(names), "".join(codes)
 
 
 def _is_control(cls):
@@ -206,9 +234,9 @@ def _end(fixed):
 
 def _read_fields(pkt):
     """([(name, offset, code)] of the fixed fields after the first byte and before
-    the ACK count or the ciphertext; (names, code) of what follows the ACK count up
-    to the payload, or None where the rest is ciphertext; whether a field is read
-    from the end of the packet)."""
+    the ACK count or the ciphertext; [(name, code, whether it is the ACK array and
+    ``code`` one item's)] of what follows the ACK count up to the payload, or None
+    where the rest is ciphertext; whether a field is read from the end of the packet)."""
     from scapy.fields import (ConditionalField, FieldLenField, FieldListField, StrFixedLenField, StrLenField,
                               _BitField, _StrField)
 
@@ -231,21 +259,17 @@ def _read_fields(pkt):
         elif takes_the_rest(field):
             break  # the ciphertext, or the payload after the ACKs
         elif after_count is not None:  # the ACK array and what follows it
-            names, codes = after_count
             if isinstance(field, FieldListField):
-                names.extend([field.name] * pkt.ack_count)
-                codes.append(f"{pkt.ack_count}{_code(pkt, field.field, 0)}" if pkt.ack_count else "")
+                after_count.append((field.name, _code(pkt, field.field, 0), True))
             else:
-                names.append(field.name)
-                codes.append(_code(pkt, field))
+                after_count.append((field.name, _code(pkt, field), False))
         elif isinstance(field, FieldLenField):  # the ACK count: what follows depends on it
-            after_count = ([], [])
+            after_count = []
         else:
             code = _code(pkt, field)
             fixed.append((field.name, offset, code))
             offset += calcsize("!" + code)
-    rest = (tuple(after_count[0]), "".join(after_count[1])) if after_count is not None else None
-    return fixed, rest, trailer
+    return fixed, after_count, trailer
 
 
 def _code(pkt, field, value=None):

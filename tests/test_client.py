@@ -534,6 +534,32 @@ def test_the_struct_codec_builds_and_reads_what_scapy_does():
             assert _codec_fields(received) == _scapy_fields(data)
 
 
+def test_the_struct_codec_takes_its_structs_from_wirelayout():
+    """One generator: PlainCodec packs and reads with wirelayout's structs, so a field
+    added to a layer (here one after the message packet-id) is in what it builds and
+    reads, with no edit of the client."""
+    from scapy.fields import IntField
+    from scapy.packet import Raw
+
+    from ovpndiag import layers, wirelayout
+    from ovpndiag.client.reliable import CODEC, PlainCodec
+    from ovpndiag.protocol import PLAIN
+
+    assert CODEC.layout() is wirelayout.control_layout(PLAIN)
+
+    class Extended(layers.OpenVPNControl):
+        fields_desc = list(layers.OpenVPNControl.fields_desc) + [IntField("trailing", 9)]
+
+    codec = PlainCodec(wirelayout.ControlLayout(PLAIN, wirelayout.derive(PLAIN, {4: Extended})))
+    fields = dict(opcode=4, key_id=2, session_id=0x0102030405060708, acks=[11, 12], remote_session_id=99,
+                  message_packet_id=7, trailing=0xCAFE)
+    data = codec.build(Extended, fields, b"TLS")
+    assert data == bytes(Extended(**fields, wrapping=PLAIN) / Raw(b"TLS"))
+    received = codec.read(data)
+    assert (received.session_id, received.acks, received.remote_session_id, received.message_packet_id,
+            received.payload) == (fields["session_id"], [11, 12], 99, 7, b"TLS")
+
+
 def test_the_result_api_is_importable_without_scapy_or_tls():
     import subprocess
     import sys

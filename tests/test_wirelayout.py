@@ -10,6 +10,7 @@ import marshal
 import os
 import subprocess
 import sys
+from struct import calcsize
 
 import pytest
 from scapy.fields import ConditionalField, IntField
@@ -118,6 +119,21 @@ def test_a_field_added_to_a_layer_shows_up_in_the_layout():
     assert layout.after_acks[4][1].unpack(data, layout.header + 1)[-1] == 9
 
 
+def test_a_field_that_depends_on_the_ack_count_is_read_at_every_count():
+    """derive() asks Scapy for 0, 1 and MAX_ACKS ACKs and stretches one's fields for the
+    counts between; a field whose condition tells counts apart makes it read them all."""
+    class Counted(OpenVPNControl):
+        fields_desc = list(OpenVPNControl.fields_desc) + [
+            ConditionalField(IntField("many", 3), lambda pkt: len(pkt.acks or ()) >= 5)]
+
+    after = wirelayout.derive(PLAIN, {4: Counted})[3][4]
+    assert [names[-1] for names, _code in after] == ["message_packet_id"] * 5 + ["many"] * 4
+    for count, (names, code) in enumerate(after):
+        data = bytes(Counted(wrapping=PLAIN, acks=list(range(count)), remote_session_id=REMOTE, many=6))
+        assert 9 + 1 + calcsize("!" + code) == len(data), count
+    assert after[:5] == wirelayout.derive(PLAIN, {4: OpenVPNControl})[3][4][:5]
+
+
 def test_data_layouts_come_from_the_data_layers():
     assert wirelayout.data_header(6) == len(bytes(OpenVPNDataV1()))
     assert wirelayout.data_header(9) == len(bytes(OpenVPNDataV2(peer_id=5)))
@@ -155,6 +171,27 @@ def test_a_cached_layout_is_read_without_importing_scapy(tmp_path):
             "print(control_layout(PLAIN).header, 'scapy' in sys.modules)")
     assert _run(code, tmp_path).split() == ["9", "True"]  # another wrapping: derived and added
     assert set(marshal.loads(cached.read_bytes())) == {("tls-auth", 32, False), ("none", 20, False), "data"}
+
+
+def test_a_home_that_cannot_be_written_derives_quietly(tmp_path):
+    """A read-only HOME (a nagios user's): no cache, no error, no traceback; the layout
+    is derived in the process, and the client's codec works from it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".cache").write_text("not a folder")  # (unwritable for root too, who ignores modes)
+    home.chmod(0o555)
+    env = {key: value for key, value in os.environ.items() if key != "XDG_CACHE_HOME"}
+    env["HOME"] = str(home)
+    code = ("from ovpndiag.client.reliable import CODEC, OpenVPNAck\n"
+            "data = CODEC.build(OpenVPNAck, dict(opcode=5, session_id=1, acks=[3], remote_session_id=2))\n"
+            "print(len(data), CODEC.read(data).acks, CODEC.layout().header)")
+    try:
+        for _ in range(2):  # (the second run finds nothing kept either)
+            run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            assert (run.returncode, run.stdout.split(), run.stderr) == (0, ["22", "[3]", "9"], "")
+        assert (home / ".cache").read_text() == "not a folder" and not list(home.rglob("wirelayout-*"))
+    finally:
+        home.chmod(0o755)
 
 
 def test_an_edit_of_the_layers_makes_a_new_cache(tmp_path, monkeypatch):

@@ -15,8 +15,9 @@ packets and back:
   (``ovpndiag.layers``) and wrapped/unwrapped by the session's wrapper
   (``ovpndiag.wrap``: none, tls-auth, tls-crypt, tls-crypt-v2). The usual
   shapes go through ``PlainCodec``: one struct per shape, read off the
-  layers' field lists (a Scapy build or dissection costs 60-100 us, a dozen of
-  them a fifth of a loopback handshake); anything else through Scapy itself.
+  layers' field lists by ``ovpndiag.wirelayout`` (a Scapy build or dissection
+  costs 60-100 us, a dozen of them a fifth of a loopback handshake); anything
+  else through Scapy itself.
 
 No I/O here: ``outgoing(now)`` says what to send, ``receive(bytes, now)`` takes
 what came; the session moves the bytes. Over TCP nothing is retransmitted
@@ -310,150 +311,83 @@ class ControlChannel:
 
 
 class PlainCodec:
-    """Plain (unwrapped) control packets as structs, one per shape (layer, opcode,
-    ACK count), each read off the layer's ``fields_desc`` the first time it is
-    needed: which fields are there (Scapy's own conditions, evaluated on a packet of
-    that shape), in which order, in which struct format. A shape with a field that is
-    not a plain number (a wrapping's HMAC or tag, a WKc) is left to Scapy, and so is
-    a packet with TLVs or one Scapy would call malformed. tests/test_client.py proves
+    """Plain (unwrapped) control packets as structs: the header's and, per opcode and
+    ACK count, what follows the count, all from ``wirelayout.control_layout(PLAIN)``
+    (the layout read off the layers' field lists - the one generator, shared with the
+    dissector). A packet with TLVs, an opcode wirelayout has no struct for (10, 11),
+    or one Scapy would call malformed is left to Scapy. tests/test_client.py proves
     the bytes and the fields equal to Scapy's."""
 
-    def __init__(self):
-        self._shapes = {}
+    def __init__(self, layout=None):
+        self._layout = None
+        self._built = {}
+        if layout is not None:  # (a test's, derived from other layers; else PLAIN's, when first needed)
+            self._use(layout)  # (opcode, count) -> (struct of the whole packet, names after the count) or None
 
-    def shape(self, layer, opcode: int, count: int) -> Optional["_Shape"]:
-        key = (layer, opcode, count)
-        if key not in self._shapes:
-            # The layers' conditions tell ACK counts apart only as none or some (the remote
-            # session id): one template each, then the array's length (the test tries 0-8).
-            base = (layer, opcode, min(count, 1))
-            if base not in self._shapes:
-                self._shapes[base] = _Shape.derive(layer, opcode, base[2])
-            self._shapes[key] = self._shapes[base] and self._shapes[base].with_count(count)
-        return self._shapes[key]
+    def layout(self):
+        if self._layout is None:
+            from ..wirelayout import control_layout
+
+            self._use(control_layout(PLAIN))
+        return self._layout
+
+    def _use(self, layout):
+        self._layout, self._session_at = layout, layout.header_names.index("session_id")
+
+    def _shape(self, opcode, count):
+        key = (opcode, count)
+        if key not in self._built:
+            layout = self.layout()
+            after = layout.after_acks.get(opcode)
+            shape = None
+            if after is not None and count < len(after):
+                # first byte (op, key id) | the header's fields | ACK count | after_acks
+                code = "!B" + layout.header_struct.format[2:] + "B" + after[count].struct.format[1:]
+                shape = struct.Struct(code), after[count].names
+            self._built[key] = shape
+        return self._built[key]
 
     def build(self, layer, fields: dict, payload: bytes = b""):
         """The packet's bytes (``fields`` as the layer takes them, opcode included); or,
-        for a shape without a struct, the Scapy layer to build."""
-        shape = self.shape(layer, fields["opcode"], len(fields.get("acks") or ()))
-        if shape is None or any(fields.get(name) for name in shape.empty):
+        where no struct fits (TLVs given, opcodes 10 and 11), the Scapy layer to build."""
+        acks = fields.get("acks") or ()
+        shape = self._shape(fields["opcode"], len(acks))
+        if shape is None or fields.get("tlvs"):
             return layer(**fields, wrapping=PLAIN)
-        values = []
-        for kind, name, detail in shape.steps:
-            if kind == "bits":
-                byte = 0
-                for bit_name, bits, default in detail:
-                    byte = byte << bits | fields.get(bit_name, default)
-                values.append(byte)
-            elif kind == "count":
-                values.append(len(fields[detail]))
-            elif kind == "list":
-                values.extend(fields[name])
-            else:
-                values.append(fields.get(name, detail))
-        return shape.struct.pack(*values) + payload
+        packer, names = shape
+        values = [fields["opcode"] << 3 | fields.get("key_id", 0)]
+        values.extend(fields.get(name, 0) for name in self.layout().header_names)
+        values.append(len(acks))
+        listed = iter(acks)  # (the ACK array: one name per item)
+        values.extend(next(listed) if name == "acks" else fields.get(name, 0) for name in names)
+        return packer.pack(*values) + payload
 
     def read(self, plain: bytes) -> Optional["Received"]:
         """A server packet of a usual shape (P_CONTROL_V1, soft reset, P_ACK_V1, a
         server reset without TLVs), or None: then Scapy reads it (and says what is wrong)."""
-        layer, carries_payload = _READ_LAYERS.get(plain[0] >> 3, (None, False)) if plain else (None, False)
-        if layer is None:
+        opcode = plain[0] >> 3 if plain else None
+        if opcode not in _READ_OPCODES:
             return None
-        opcode = plain[0] >> 3
-        first = self.shape(layer, opcode, 0)
-        if first is None or len(plain) <= first.count_at or plain[first.count_at] > MAX_ACKS:
+        layout = self.layout()
+        at = layout.header  # the ACK count
+        if len(plain) <= at or plain[at] > MAX_ACKS:
             return None
-        shape = self.shape(layer, opcode, plain[first.count_at])
-        if shape is None or len(plain) < shape.struct.size:
-            return None
-        payload = plain[shape.struct.size:]
-        if payload and not carries_payload:
-            return None  # bytes after a P_ACK_V1's ACKs (malformed), a reset's TLVs
-        values = iter(shape.struct.unpack_from(plain))
-        got = {}
-        for kind, name, detail in shape.steps:
-            if kind == "bits":
-                byte, left = next(values), 8
-                for bit_name, bits, _default in detail:
-                    left -= bits
-                    got[bit_name] = byte >> left & ((1 << bits) - 1)
-            elif kind == "list":
-                got[name] = [next(values) for _ in range(detail)]
-            else:
-                got[name] = next(values)
-        return Received(opcode, got["key_id"], got["session_id"], got.get("acks", []),
-                        got.get("message_packet_id"), payload, None, [], got.get("remote_session_id"))
-
-
-class _Shape:
-    """One shape's struct and what each of its values is: steps of (kind, name, detail)
-    with kind "bits" (detail: [(name, bits, default)] sharing one byte), "count" (the
-    number of items of field ``detail``), "list" (``detail`` numbers) or "value" (detail:
-    the default); ``codes``: each step's struct format (a list's: one item's);
-    ``count_at``: the count's offset; ``empty``: list fields that must be empty here (a
-    reset's TLVs)."""
-
-    def __init__(self, steps, codes, count_at, empty):
-        self.steps, self.codes, self.count_at, self.empty = steps, codes, count_at, empty
-        self.struct = struct.Struct("!" + "".join(code * (step[2] if step[0] == "list" else 1)
-                                                  for step, code in zip(steps, codes)))
-
-    def with_count(self, count) -> "_Shape":
-        """The same fields with ``count`` items in the list."""
-        steps = [(kind, name, count if kind == "list" else detail) for kind, name, detail in self.steps]
-        return _Shape(steps, self.codes, self.count_at, self.empty)
-
-    @classmethod
-    def derive(cls, layer, opcode, count) -> Optional["_Shape"]:
-        from scapy.fields import ConditionalField, Field, FieldLenField, FieldListField, PacketListField
-        from scapy.fields import _BitField as BitField  # BitField and BitEnumField
-
-        template = layer(opcode=opcode, acks=[0] * count, wrapping=PLAIN)
-        codes, steps, bits, count_at, empty = [], [], [], None, []
-
-        def number(field):  # written as struct writes its format, nothing computed
-            return type(field).addfield is Field.addfield and type(field).i2m is Field.i2m and \
-                struct.calcsize(field.fmt) == field.sz
-
-        for field in template.fields_desc:
-            if isinstance(field, ConditionalField):
-                if not field._evalcond(template):
-                    continue
-                field = field.fld
-            if isinstance(field, BitField):
-                bits.append((field.name, field.size, field.default))
-                if sum(size for _name, size, _default in bits) == 8:
-                    codes.append("B")
-                    steps.append(("bits", None, bits))
-                    bits = []
-                continue
-            if bits or empty:  # bits across a byte boundary; a field after the TLVs
-                return None
-            if isinstance(field, FieldLenField) and field.count_of and type(field).addfield is Field.addfield:
-                if any(kind == "list" for kind, _name, _detail in steps):
-                    return None  # the count's offset would move with that list's length
-                count_at = struct.calcsize("!" + "".join(codes))
-                codes.append(field.fmt[-1])
-                steps.append(("count", field.name, field.count_of))
-            elif isinstance(field, FieldListField) and number(field.field):
-                codes.append(field.field.fmt[-1])
-                steps.append(("list", field.name, count))
-            elif isinstance(field, PacketListField):
-                empty.append(field.name)
-            elif number(field):
-                codes.append(field.fmt[-1])
-                steps.append(("value", field.name, field.default))
-            else:
-                return None
-        if bits or count_at is None:
-            return None
-        return cls(steps, codes, count_at, empty)
+        count = plain[at]
+        after = layout.after_acks[opcode][count]
+        end = at + 1 + after.size
+        if len(plain) < end or (len(plain) > end and not _READ_OPCODES[opcode]):
+            return None  # cut short; bytes after a P_ACK_V1's ACKs (malformed), a reset's TLVs
+        values = after.unpack(plain, at + 1)
+        session_id = layout.unpack_header(plain)[self._session_at]
+        return Received(opcode, plain[0] & 7, session_id, list(values[:count]),
+                        None if after.message_at is None else values[after.message_at], plain[end:], None, [],
+                        None if after.remote_at is None else values[after.remote_at])
 
 
 CODEC = PlainCodec()
-# the server's packets PlainCodec reads, by opcode: (layer, whether TLS bytes follow)
-_READ_LAYERS = {P_CONTROL_V1: (OpenVPNControl, True), P_CONTROL_SOFT_RESET_V1: (OpenVPNControl, True),
-                P_ACK_V1: (OpenVPNAck, False), P_CONTROL_HARD_RESET_SERVER_V2: (OpenVPNReset, False)}
+# the server's packets PlainCodec reads, by opcode: whether TLS bytes follow
+_READ_OPCODES = {P_CONTROL_V1: True, P_CONTROL_SOFT_RESET_V1: True, P_ACK_V1: False,
+                 P_CONTROL_HARD_RESET_SERVER_V2: False}
 
 
 def build(layer, payload: bytes = b"") -> bytes:
