@@ -202,7 +202,8 @@ def _display_filter(_context, _parameter, text):
 
 
 def fields_output(options):
-    """-T fields / -e / -E checked, and -T json|ek folded into --json."""
+    """-T fields / -e / -E checked, -T json|ek folded into --json, and -x refused where
+    the output would drop it."""
     from .render.fields import FieldsError, check_names, parse_options
 
     if options["output_format"] in ("json", "ek"):
@@ -210,6 +211,9 @@ def fields_output(options):
     if options["output_format"] != "fields":
         if options["fields"] or options["field_settings"]:
             raise UserError("-e and -E need -T fields")
+        if options.get("hex_dump") and (options["as_json"] or options.get("sessions")):
+            # (JSON and the session summaries have no place for it: it would be dropped unsaid)
+            raise UserError("-x dumps bytes under each packet's line or -V tree: not with --json or --sessions")
         return None
     if not options["fields"]:
         raise UserError("-T fields needs at least one -e FIELD")

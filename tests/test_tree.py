@@ -314,3 +314,13 @@ def test_hex_dump_of_a_decrypted_packet_shows_both():
         plain = undump(plain)
         assert int(size) == int(plain_size) == len(plain) and plain[:9] == undump(sealed)[:9]
         assert plain[49] <= 8  # the ACK count, now in clear
+
+
+@pytest.mark.parametrize("args", [["--json"], ["-T", "json"], ["--sessions"], ["-V", "--sessions"]])
+def test_hex_dump_where_the_output_has_no_place_for_it_is_refused_in_one_line(args):
+    """-x with --json or --sessions was dropped without a word; refused as -T fields refuses it."""
+    done = subprocess.run([sys.executable, "-m", "ovpndiag", "dissect", str(CAPTURES / "udp-plain.pcap"), "-x", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, len(done.stderr.splitlines())) == (2, "", 1), done.stderr
+    assert done.stderr.startswith("Error: -x dumps bytes under each packet's line or -V tree: not with --json or "
+                                  "--sessions"), done.stderr
