@@ -53,6 +53,7 @@ import time
 from typing import Optional
 
 from ..checksum import internet_checksum
+from ..protocol import DATA_OPCODES
 from . import Stage
 
 KEY_EXPORT_LABEL = "EXPORTER-OpenVPN-datakeys"
@@ -327,7 +328,7 @@ class DataChannel:
 
 
 def is_data_packet(packet: bytes) -> bool:
-    return bool(packet) and packet[0] >> 3 in (6, 9)
+    return bool(packet) and packet[0] >> 3 in DATA_OPCODES
 
 
 # --- ICMP echo (IPv4) ----------------------------------------------------------------------
