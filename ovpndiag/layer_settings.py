@@ -29,14 +29,13 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Optional, Tuple
 
-from .dissect.infer import TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, candidates_for, readable_as
-from .protocol import HMAC_SIZES, PLAIN, Wrapping
+from .dissect.infer import TLS_CRYPT, TLS_CRYPT_V2, WrappingInference, candidates_for, readable_as, session_id_of
+from .protocol import HMAC_SIZES, PLAIN, Wrapping, digest_name
 
 SETTINGS_KEY = "openvpn"
 DEFAULTS = {"wrapping": "auto", "tls": False}
 MAX_FLOWS = 4096  # flows remembered (least recently seen forgotten first)
 NO_CLOCK = 0.0  # infer.py's "capture clock unknown": net time is not judged
-_DATA_OPCODES = (6, 9)
 _TLS_OPCODES = (4, 11)  # P_CONTROL_V1, P_CONTROL_WKC_V1
 _TLS_CONTENT_TYPES = (20, 21, 22, 23, 24)
 
@@ -59,8 +58,10 @@ def candidates(setting) -> Tuple[Wrapping, ...]:
     if kind == "auto" and not digest:
         return tuple(candidates_for())
     if kind == "tls-auth" and digest:
-        if digest.strip().upper() in HMAC_SIZES:
-            return (Wrapping.tls_auth(digest.strip()),)
+        try:
+            return (Wrapping.tls_auth(digest_name(digest)),)
+        except ValueError:
+            pass
     elif kind in ("none", "tls-auth", "tls-crypt", "tls-crypt-v2") and not digest:
         return tuple(candidates_for(kind))
     raise ValueError(_bad_setting(setting))
@@ -101,10 +102,11 @@ def wrapping_for(settings: dict, data: bytes, underlayer=None) -> Wrapping:
     if len(choices) == 1:
         return choices[0]
     data = bytes(data)
-    if len(data) < 9 or data[0] >> 3 in _DATA_OPCODES:
+    session_id = session_id_of(data)  # (where wirelayout says it is)
+    if session_id is None:
         return PLAIN  # nothing to infer: building a packet, a data packet, too short for a session id
-    flow_key, sender = _flow_of(underlayer, data)
-    return FLOWS.get(flow_key).infer(data, sender, choices)
+    flow_key, sender = _flow_of(underlayer, session_id)
+    return FLOWS.get(flow_key).infer(data, session_id, sender, choices)
 
 
 class FlowMemory:
@@ -118,9 +120,9 @@ class FlowMemory:
         self.renegotiation = {}  # key id -> wrapping, once decided (as the capture reader keeps it)
         self.session_ids = {}  # sender -> its session id (to check the ACKs of the other side)
 
-    def infer(self, data: bytes, sender, choices) -> Wrapping:
+    def infer(self, data: bytes, session_id: int, sender, choices) -> Wrapping:
         peer = next((sid for who, sid in self.session_ids.items() if who != sender), None)
-        self.session_ids[sender] = int.from_bytes(data[1:9], "big")
+        self.session_ids[sender] = session_id
         key_id = data[0] & 7
         if key_id and self.wrapping is not None:
             return self._renegotiation(data, key_id, peer)
@@ -175,7 +177,7 @@ class FlowCache:
 FLOWS = FlowCache()
 
 
-def _flow_of(underlayer, data: bytes):
+def _flow_of(underlayer, session_id: int):
     """(flow key, sender) from the IP and UDP/TCP layers under a packet; without
     them, the packet's own session id stands for its flow."""
     layer = underlayer
@@ -183,7 +185,7 @@ def _flow_of(underlayer, data: bytes):
         layer = layer.underlayer
     network = layer.underlayer if layer is not None else None
     if network is None or "src" not in network.fieldtype:
-        return ("session", data[1:9]), None
+        return ("session", session_id), None
     kind = type(layer).__name__
     sender, receiver = (network.src, layer.sport), (network.dst, layer.dport)
     return (kind, frozenset((sender, receiver))), sender

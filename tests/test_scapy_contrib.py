@@ -303,7 +303,7 @@ def test_import_keeps_what_the_user_set_before_it_and_fills_in_the_rest(contrib)
 
 @pytest.mark.parametrize("setting,expected", [
     ("none", ["none"]), ("tls-crypt", ["tls-crypt"]), ("tls-crypt-v2", ["tls-crypt-v2"]),
-    ("tls-auth:sha256", ["tls-auth SHA256"]),
+    ("tls-auth:sha256", ["tls-auth SHA256"]), ("tls-auth:SHA-512", ["tls-auth SHA512"]),  # (as --auth reads them)
     ("tls-auth", ["tls-auth SHA1", "tls-auth SHA256", "tls-auth SHA512", "tls-auth MD5", "tls-auth SHA224",
                   "tls-auth SHA384"]),
 ])
