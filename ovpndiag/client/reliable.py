@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..layers import EARLY_NEG_START, OpenVPNAck, OpenVPNControl, OpenVPNReset, dissect
-from ..protocol import MAX_ACKS, OPCODES, PLAIN
+from ..protocol import MAX_ACKS, OPCODES, PLAIN, first_byte
 
 P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1, P_ACK_V1 = 3, 4, 5
 P_CONTROL_HARD_RESET_CLIENT_V2, P_CONTROL_HARD_RESET_SERVER_V2 = 7, 8
@@ -314,15 +314,15 @@ class PlainCodec:
     """Plain (unwrapped) control packets as structs: the header's and, per opcode and
     ACK count, what follows the count, all from ``wirelayout.control_layout(PLAIN)``
     (the layout read off the layers' field lists - the one generator, shared with the
-    dissector). A packet with TLVs, an opcode wirelayout has no struct for (10, 11),
-    or one Scapy would call malformed is left to Scapy. tests/test_client.py proves
+    dissector). A packet with TLVs, an opcode with no plain layout (10 and 11 are
+    always tls-crypt-v2), or one Scapy would call malformed is left to Scapy. tests/test_client.py proves
     the bytes and the fields equal to Scapy's."""
 
     def __init__(self, layout=None):
         self._layout = None
-        self._built = {}
+        self._built = {}  # (opcode, count) -> (struct of the whole packet, names after the count) or None
         if layout is not None:  # (a test's, derived from other layers; else PLAIN's, when first needed)
-            self._use(layout)  # (opcode, count) -> (struct of the whole packet, names after the count) or None
+            self._use(layout)
 
     def layout(self):
         if self._layout is None:
@@ -355,7 +355,7 @@ class PlainCodec:
         if shape is None or fields.get("tlvs"):
             return layer(**fields, wrapping=PLAIN)
         packer, names = shape
-        values = [fields["opcode"] << 3 | fields.get("key_id", 0)]
+        values = [first_byte(fields["opcode"], fields.get("key_id", 0))]
         values.extend(fields.get(name, 0) for name in self.layout().header_names)
         values.append(len(acks))
         listed = iter(acks)  # (the ACK array: one name per item)
@@ -379,7 +379,8 @@ class PlainCodec:
             return None  # cut short; bytes after a P_ACK_V1's ACKs (malformed), a reset's TLVs
         values = after.unpack(plain, at + 1)
         session_id = layout.unpack_header(plain)[self._session_at]
-        return Received(opcode, plain[0] & 7, session_id, list(values[:count]),
+        acks = after.names.index("acks") if count else 0
+        return Received(opcode, plain[0] & 7, session_id, list(values[acks:acks + count]),
                         None if after.message_at is None else values[after.message_at], plain[end:], None, [],
                         None if after.remote_at is None else values[after.remote_at])
 
