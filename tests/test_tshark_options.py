@@ -223,7 +223,7 @@ def test_sniff_refuses_a_bad_capture_filter_in_one_line_with_exit_status_2(expre
 
 
 def test_the_capture_filter_compiles_the_same_by_libpcap_and_by_tcpdump(monkeypatch, tmp_path):
-    """libpcap comes with tshark (CI installs it); tcpdump, the fallback, may be missing."""
+    """libpcap comes with tshark, tcpdump is the fallback (CI installs both, so both are compared)."""
     import shutil
 
     from ovpndiag.capture.live import CaptureFilterError, _tcpdump_compile, compile_capture_filter
@@ -231,8 +231,8 @@ def test_the_capture_filter_compiles_the_same_by_libpcap_and_by_tcpdump(monkeypa
     for expression in ("udp port 1194", "tcp and host 10.1.2.3", "ip6 and udp dst portrange 1000-2000"):
         program = compile_capture_filter(expression)
         assert len(program) > 3 and program[-1][0] == 0x06  # (ends in a return)
-        if shutil.which("tcpdump"):
-            assert program == _tcpdump_compile(expression)
+        assert shutil.which("tcpdump"), "CI installs tcpdump (README's second command)"
+        assert program == _tcpdump_compile(expression)
     monkeypatch.setenv("PATH", str(tmp_path))  # no tcpdump
     with pytest.raises(CaptureFilterError, match="-f needs libpcap or tcpdump"):
         _tcpdump_compile("udp")
