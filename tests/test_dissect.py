@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from captures import CAPTURES, MANIFEST, entry, key_path, openvpn_packets
-from ovpndiag.capture.transport import read_transport
+from ovpndiag.capture.datagrams import read_transport
 from ovpndiag.dissect.keyring import KeyRing
 from ovpndiag.dissect.reader import Options, Reader
 from ovpndiag.keys import read_key

@@ -8,7 +8,7 @@ import random
 
 from captures import CAPTURES, MANIFEST, key_path, mangled_capture, mangled_packet
 from ovpndiag.capture.pcapfile import CaptureError
-from ovpndiag.capture.transport import read_transport
+from ovpndiag.capture.datagrams import read_transport
 from ovpndiag.dissect.keyring import KeyRing
 from ovpndiag.dissect.reader import Options, Reader
 from ovpndiag.keys import read_key

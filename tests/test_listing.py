@@ -9,7 +9,7 @@ import random
 import pytest
 
 from captures import ALL_CAPTURES, CAPTURES, key_path, mangled_packet
-from ovpndiag.capture.transport import read_transport
+from ovpndiag.capture.datagrams import read_transport
 from ovpndiag.dissect import listing
 from ovpndiag.dissect.keyring import KeyRing
 from ovpndiag.dissect.listing import ListingReader, RenderingReader

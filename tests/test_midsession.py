@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from capture_files import pcap, real_records
 from captures import ALL_CAPTURES, CAPTURES, mangled_packet
-from ovpndiag.capture.transport import read_transport
+from ovpndiag.capture.datagrams import read_transport
 from ovpndiag.cli import main
 from ovpndiag.dissect import reader as reader_module
 from ovpndiag.dissect.reader import Options, Reader

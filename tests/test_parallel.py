@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from captures import ALL_CAPTURES, CAPTURES, key_path
-from ovpndiag.capture.transport import Progress, Transport, read_transport, shard_of
+from ovpndiag.capture.datagrams import Progress, Transport, read_transport, shard_of
 from ovpndiag.cli import main
 from ovpndiag.dissect import parallel
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from captures import ALL_CAPTURES, CAPTURES
-from ovpndiag.capture.transport import read_transport
+from ovpndiag.capture.datagrams import read_transport
 from ovpndiag.dissect import reader as reader_module
 from ovpndiag.dissect.reader import Options, Reader
 from ovpndiag.dissect.sessions import FinishedSession, Summaries

@@ -4,10 +4,10 @@
 - ``decode``     a frame -> its UDP datagram, TCP segment or IP fragment
 - ``ipfrag``     IPv4 / IPv6 fragment reassembly, bounded
 - ``tcpstream``  TCP segments -> in-order stream bytes per direction, bounded
-- ``transport``  all of it together: ``read_transport(path)`` and ``Transport`` (live)
+- ``datagrams``  all of it together: ``read_transport(path)`` and ``Transport`` (live)
 """
 
 from .pcapfile import CaptureError, Frame, read_frames
-from .transport import Counts, Datagram, Transport, read_transport
+from .datagrams import Counts, Datagram, Transport, read_transport
 
 __all__ = ["CaptureError", "Counts", "Datagram", "Frame", "Transport", "read_frames", "read_transport"]

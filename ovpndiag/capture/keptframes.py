@@ -4,7 +4,7 @@ A field tree shows each packet's frame (its length on the wire and captured, its
 link type) and the link, IP and UDP/TCP headers it came in; the records the
 dissector makes carry only the frame's number. ``KeptFrames`` remembers the last
 ``limit`` frames by number, as ``(linktype, data, orig_len)``; ``read_transport``
-here delivers the same datagrams as ``transport.read_transport`` (it takes the
+here delivers the same datagrams as ``datagrams.read_transport`` (it takes the
 general per-frame path, which tests/test_capture_read.py proves equal to the fast
 one) while filling it. A record whose frame was forgotten (one that waited behind
 more than ``limit`` frames) is shown without its headers.
@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Iterator, Optional, Tuple
 
 from .pcapfile import CaptureError, Source, scan
-from .transport import Datagram, Transport
+from .datagrams import Datagram, Transport
 
 DEFAULT_LIMIT = 1 << 15  # frames: more than any reader queue holds back in practice
 
@@ -40,7 +40,7 @@ class KeptFrames:
 
 def read_transport(source: Source, frames: KeptFrames, transport: Optional[Transport] = None
                    ) -> Iterator[Datagram]:
-    """``transport.read_transport``, keeping every frame read in ``frames``. On a damaged
+    """``datagrams.read_transport``, keeping every frame read in ``frames``. On a damaged
     file what was read before the damage (and the TCP bytes still held) is delivered,
     then the ``CaptureError``."""
     tr = transport or Transport()

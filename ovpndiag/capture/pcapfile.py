@@ -196,7 +196,7 @@ def read(f, name: str, size: int) -> bytes:
         raise CaptureError(f"{name}: read error: {e.strerror or e}") from None
 
 
-# The errors of a classic pcap record, shared with the fast path (transport.py).
+# The errors of a classic pcap record, shared with the fast path (datagrams.py).
 
 def record_too_long(name: str, number: int, incl: int) -> CaptureError:
     return CaptureError(f"{name}: frame {number}: corrupt record: captured length "

@@ -29,7 +29,7 @@ from operator import itemgetter
 from typing import Iterator, List, NamedTuple, Optional
 
 from ..capture.pcapfile import CaptureError
-from ..capture.transport import Progress, Transport, read_transport
+from ..capture.datagrams import Progress, Transport, read_transport
 
 BATCH = 2048  # lines per message from a worker
 FIRST_DATAGRAM_WITHIN = 100000  # frames searched for the capture's first datagram

@@ -245,7 +245,7 @@ class CaptureFile:
 
     def _read(self, render, colour, progress, batch):
         from ..capture.pcapfile import CaptureError
-        from ..capture.transport import Transport, read_transport
+        from ..capture.datagrams import Transport, read_transport
 
         run = self.run
         reader = self.reader = self._new_reader(render, colour)
@@ -479,7 +479,7 @@ class LiveDissection:
     ``close()`` stops the capture and sets ``stats`` (dropped, unread)."""
 
     def __init__(self, capture, options: Options, writer=None, frames=None):
-        from ..capture.transport import Transport
+        from ..capture.datagrams import Transport
         from .reader import Reader
 
         self.capture, self.writer, self.frames = capture, writer, frames
