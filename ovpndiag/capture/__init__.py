@@ -1,7 +1,7 @@
 """Reading captures down to transport payloads, knowing nothing about OpenVPN.
 
 - ``pcapfile``   pcap / pcapng files -> frames (streamed, ``CaptureError`` on damage)
-- ``decode``     a frame -> its UDP datagram, TCP segment or IP fragment
+- ``framedecode`` a frame -> its UDP datagram, TCP segment or IP fragment
 - ``ipfrag``     IPv4 / IPv6 fragment reassembly, bounded
 - ``tcpstream``  TCP segments -> in-order stream bytes per direction, bounded
 - ``datagrams``  all of it together: ``read_transport(path)`` and ``Transport`` (live)

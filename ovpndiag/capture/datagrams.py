@@ -1,6 +1,6 @@
 """Frames -> transport payloads: UDP datagrams and in-order TCP stream bytes.
 
-Glues the pieces together - ``pcapfile`` (frames), ``decode`` (headers),
+Glues the pieces together - ``pcapfile`` (frames), ``framedecode`` (headers),
 ``ipfrag`` (IP fragments) and ``tcpstream`` (TCP bytes) - and knows nothing about
 what the payloads carry. ``read_transport(path)`` reads a file; ``Transport``
 takes frames one at a time (live sniffing) and keeps the same state. Skipped
@@ -10,7 +10,7 @@ frames are counted in ``Counts`` for a summary.
 import struct
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
-from .decode import ETHERNET, FRAGMENT, NAMES, TCP, UDP, decode, decode_reassembled, name_pair
+from .framedecode import ETHERNET, FRAGMENT, NAMES, TCP, UDP, decode_frame, decode_reassembled, name_pair
 from .ipfrag import Defragmenter
 from .pcapfile import (CHUNK, MAX_PACKET, CaptureError, Source, opened, read, read_header, record_cut,
                        record_too_long, records)
@@ -99,7 +99,7 @@ class Transport:
         self._counts.frames += 1
         if self.first_time is None:
             self.first_time = time
-        r = decode(linktype, data)
+        r = decode_frame(linktype, data)
         if r[0] is UDP:
             return self._udp(r, number, time)
         return self._other(r, number, time)
@@ -197,7 +197,7 @@ def _read_any(frames, tr, position):
                 tr.first_time = time
             if sharded and not number % PROGRESS_EVERY:
                 yield Progress(number)
-            r = decode(linktype, data)
+            r = decode_frame(linktype, data)
             yield from (udp if r[0] is UDP else other)(r, number, time)
     finally:
         tr._counts.frames += number
@@ -271,7 +271,7 @@ def _read_pcap(f, name, header, tr, position):
                                 if deliveries:
                                     yield from deliver(deliveries, number, time)
                                 continue
-                r = decode(linktype, buf[start:stop])
+                r = decode_frame(linktype, buf[start:stop])
                 yield from (udp if r[0] is UDP else other)(r, number, (sec * units + frac) / units)
             chunk = read(f, name, CHUNK)
             if not chunk:

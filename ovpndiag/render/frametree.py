@@ -11,7 +11,7 @@ fragment (the frame that completed it) and the UDP header from the first.
 
 import struct
 
-from ..capture.decode import LINKTYPES, NAMES, name_pair
+from ..capture.framedecode import LINKTYPES, NAMES, name_pair
 from .line import endpoint, utc
 
 ETHERTYPES = {0x0800: "IPv4", 0x86DD: "IPv6", 0x8100: "802.1Q Virtual LAN", 0x88A8: "802.1ad",

@@ -1,7 +1,7 @@
 """One frame -> its UDP datagram, TCP segment or IP fragment, for every link type read.
 
 Pure ``struct`` on the captured bytes, no objects per layer: this runs for every
-frame of a capture. ``decode(linktype, data)`` returns a tuple whose first item
+frame of a capture. ``decode_frame(linktype, data)`` returns a tuple whose first item
 says what it is, or a string naming why the frame is skipped (a counter name):
 
     (UDP, src, dst, sport, dport, payload, cut)
@@ -21,7 +21,7 @@ UDP = "udp"
 TCP = "tcp"
 FRAGMENT = "fragment"
 
-# Why a frame yields nothing (these are also the counter names in transport.Counts).
+# Why a frame yields nothing (these are also the counter names in datagrams.Counts).
 NON_IP = "non_ip"                       # ARP, LLDP, ... or a link type's non-IP protocol
 OTHER_PROTOCOL = "other_protocol"       # IP, but not UDP or TCP (ICMP, ESP, ...)
 UNDECODABLE = "undecodable"             # headers that do not fit or contradict themselves
@@ -69,7 +69,7 @@ def name_pair(addrs):
 _fast_ether_udp = struct.Struct("!12xHBxHxxHxB2x8sHHH").unpack_from
 
 
-def decode(linktype, data):
+def decode_frame(linktype, data):
     """What one captured frame carries: see the module docstring."""
     try:
         if linktype == ETHERNET:
