@@ -36,7 +36,7 @@ class MessageReader:
 
 
 @dataclass
-class Outcome:
+class PushOutcome:
     """What the server answered to PUSH_REQUEST, when it is final."""
 
     kind: str  # "push-reply", "auth-failed", "auth-pending", "restart", "halt", "exit"
@@ -61,20 +61,20 @@ class PushReply:
         return last
 
 
-def classify(message: str) -> Optional[Outcome]:
-    """An Outcome for messages that end the push stage (None for others:
+def classify(message: str) -> Optional[PushOutcome]:
+    """A PushOutcome for messages that end the push stage (None for others:
     INFO, AUTH_PENDING's keep-alive ones are handled by the caller)."""
     head, _, rest = message.partition(",")
     if head == "AUTH_FAILED":
-        return Outcome("auth-failed", rest.strip())
+        return PushOutcome("auth-failed", rest.strip())
     if head == "AUTH_PENDING":
-        return Outcome("auth-pending", rest.strip())
+        return PushOutcome("auth-pending", rest.strip())
     if head == "RESTART":
-        return Outcome("restart", rest.strip())
+        return PushOutcome("restart", rest.strip())
     if head == "HALT":
-        return Outcome("halt", rest.strip())
+        return PushOutcome("halt", rest.strip())
     if head == "EXIT":
-        return Outcome("exit", rest.strip())
+        return PushOutcome("exit", rest.strip())
     return None
 
 

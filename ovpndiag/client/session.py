@@ -68,7 +68,7 @@ class Client:
         self.server_key_message = None
         self.push_reply: Optional[dict] = None
         self.control_messages: List[str] = []
-        self.outcome = None  # push.Outcome once the server said something final
+        self.outcome = None  # push.PushOutcome once the server said something final
         self.exchange: list = []  # (time, local, remote, proto, bytes, sent), as the probe's
         self.data_result: Optional[dict] = None
         self._data_queue: List[bytes] = []
@@ -803,11 +803,11 @@ class Client:
             self.control_messages.append(_redact(message))
             if message.startswith("PUSH_REPLY"):
                 if self._push_parts.add(message) and self.outcome is None:
-                    from .push import Outcome
+                    from .push import PushOutcome
 
                     self.push_reply = parse_options(self._push_parts.parts)
                     self.result.push_reply = self.push_reply
-                    self.outcome = Outcome("push-reply", reply=self.push_reply)
+                    self.outcome = PushOutcome("push-reply", reply=self.push_reply)
                 continue
             outcome = classify(message)
             if outcome is not None and (self.outcome is None or outcome.kind in ("restart", "halt", "exit")):

@@ -38,7 +38,7 @@ MAX_JOBS = 4  # each worker reads the whole file: beyond a few, that reading is 
 NEVER = float("inf")
 
 
-class Outcome(NamedTuple):
+class WorkersReport(NamedTuple):
     """What the workers found besides the lines, for the summary line."""
     frames: int
     skipped: int  # frames without UDP or TCP
@@ -92,7 +92,7 @@ class Workers:
         sys.stdout.flush()  # a forked child must not inherit (and write again) pending output
         sys.stderr.flush()
         self.children, self.connections = [], []
-        self.outcome: Optional[Outcome] = None
+        self.outcome: Optional[WorkersReport] = None
         self.frames_read = 0  # frames every worker is past, for a progress line
         try:
             for index in range(jobs):
@@ -149,7 +149,7 @@ class Workers:
             for kind, (opened, applied) in end[4].items():
                 total = verdicts.setdefault(kind, [0, 0])
                 total[0], total[1] = total[0] + opened, total[1] + applied
-        self.outcome = Outcome(frames=first[0], skipped=first[1], tally=tally, key_verdicts=verdicts,
+        self.outcome = WorkersReport(frames=first[0], skipped=first[1], tally=tally, key_verdicts=verdicts,
                                error=next((end[3] for end in ends if end[3]), None))
 
     def close(self):
