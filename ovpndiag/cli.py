@@ -48,10 +48,10 @@ def probe(as_json, try_keys, write_path, color, **options):
         if try_keys:
             result = try_key_file(settings, options)
         else:
-            from .pcapout import PcapWriter, recorded
+            from .pcapout import CaptureWriter, recorded
             from .probe import probe as run_probe
 
-            writer = PcapWriter(write_path) if write_path else None  # refuse before sending anything
+            writer = CaptureWriter(write_path) if write_path else None  # refuse before sending anything
             result = recorded(writer, lambda: run_probe(settings), lambda result: result.exchange,
                               lambda result: not result.ok)  # (a probe that sent nothing: no file)
     except user_errors() as error:
@@ -79,10 +79,10 @@ def handshake(as_json, color, **options):
     try:
         settings = handshake_settings(options)
         from .client import Client
-        from .pcapout import PcapWriter
+        from .pcapout import CaptureWriter
 
         client = Client(settings)  # reads the credentials: their errors come before anything is sent
-        writer = PcapWriter(settings.write) if settings.write else None
+        writer = CaptureWriter(settings.write) if settings.write else None
     except user_errors() as error:
         raise UserError(str(error)) from None
     from .pcapout import recorded

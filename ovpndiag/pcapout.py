@@ -27,7 +27,7 @@ class WriteError(OSError):
     pass
 
 
-class PcapWriter:
+class CaptureWriter:
     def __init__(self, path):
         self.path = Path(path)
         try:
@@ -91,7 +91,7 @@ class PcapWriter:
             self.write_openvpn(stamp, src, sport, dst, dport, proto, data)
 
 
-def recorded(writer: Optional[PcapWriter], run, exchange, failed):
+def recorded(writer: Optional[CaptureWriter], run, exchange, failed):
     """``run()``'s result, with its exchange (``exchange(result)``) saved by ``writer``
     (None: not saved). The file goes if ``run`` raised or ``failed(result)``."""
     try:

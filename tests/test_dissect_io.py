@@ -14,7 +14,7 @@ import pytest
 
 from capture_files import epb, idb, real_records, shb
 from captures import CAPTURES, entry, key_path, openvpn_packets
-from ovpndiag.pcapout import PcapWriter
+from ovpndiag.pcapout import CaptureWriter
 from servers import free_port
 
 
@@ -226,7 +226,7 @@ def test_a_probe_that_sent_nothing_leaves_no_file(tmp_path):
 
 def test_pcap_writer_removes_its_file_only_for_a_failure_before_the_first_packet(tmp_path):
     def fail_inside(path, packets):
-        writer = PcapWriter(path)
+        writer = CaptureWriter(path)
         try:
             for _ in range(packets):
                 writer.write_openvpn(1.5, "10.0.0.1", 40000, "10.0.0.2", 1194, "udp", b"\x38" + bytes(13))
@@ -240,10 +240,10 @@ def test_pcap_writer_removes_its_file_only_for_a_failure_before_the_first_packet
     with pytest.raises(RuntimeError):
         fail_inside(tmp_path / "one.pcap", 1)
     assert len(tshark_fields(tmp_path / "one.pcap", "frame.number")) == 1
-    with pytest.raises(ValueError), PcapWriter(tmp_path / "with.pcap"):
+    with pytest.raises(ValueError), CaptureWriter(tmp_path / "with.pcap"):
         raise ValueError
     assert not (tmp_path / "with.pcap").exists()
-    with PcapWriter(tmp_path / "empty.pcap"):  # a run that succeeds with nothing to write: an empty capture
+    with CaptureWriter(tmp_path / "empty.pcap"):  # a run that succeeds with nothing to write: an empty capture
         pass
     assert (tmp_path / "empty.pcap").stat().st_size == 24 and tshark_fields(tmp_path / "empty.pcap", "frame.number") == []
 

@@ -74,9 +74,9 @@ def open(paths, *, ports: Sequence[int] = (), wrapping: Optional[str] = None, au
                                          tls_details=tls_details)
     writer = None
     if write_decrypted:
-        from ..pcapout import PcapWriter
+        from ..pcapout import CaptureWriter
 
-        writer = PcapWriter(write_decrypted)
+        writer = CaptureWriter(write_decrypted)
     if tune_gc:
         collect_less()
     return Dissection([paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths), options,
@@ -463,9 +463,9 @@ def sniff(interface: str, *, buffer_mib: int = 64, capture_filter: Optional[str]
     try:
         writer = None
         if write:
-            from ..pcapout import PcapWriter
+            from ..pcapout import CaptureWriter
 
-            writer = PcapWriter(write)
+            writer = CaptureWriter(write)
     except BaseException:
         capture.close()
         raise
