@@ -473,7 +473,7 @@ def test_what_is_not_tls_breaks_the_stream_with_a_reason():
         assert stream.pending <= MAX_RECORD + 5
 
 
-def test_fast_path_needs_no_scapy_and_details_import_it_only_on_request():
+def test_fast_path_and_details_need_no_scapy():  # (suite names: the built-in tlssuites table)
     payloads = [p.hex() for _, s, _, _, p in control_payloads("udp-tls12.pcap") if s == "server"]
     code = (
         "import json, sys\n"
@@ -491,7 +491,7 @@ def test_fast_path_needs_no_scapy_and_details_import_it_only_on_request():
     assert result.returncode == 0, result.stderr
     names, scapy_before, tls_after = json.loads(result.stdout)
     assert names[:2] == ["Server Hello", "Certificate"]
-    assert scapy_before == [] and tls_after
+    assert scapy_before == [] and not tls_after
 
 
 def test_fast_path_speed():
@@ -567,3 +567,24 @@ def test_mangled_streams_never_raise():
 def test_tls_names_helper():
     payloads = [p for _, s, _, _, p in control_payloads("udp-plain.pcap") if s == "client"]
     assert tls_names(payloads) == reference("udp-plain.pcap")["client"]
+
+
+def test_cipher_suite_names_are_scapys_without_importing_it():
+    """The built-in table (tools/make_tls_suites.py) names every suite as Scapy's TLS
+    table does, and --sessions / -V name them without importing Scapy's TLS package."""
+    from scapy.layers.tls.crypto.suites import _tls_cipher_suites
+
+    from ovpndiag.dissect import tls
+    from ovpndiag.dissect.tlssuites import NAMES
+
+    assert NAMES == _tls_cipher_suites
+    assert [tls._suite_name(v) for v in (0x1301, 0xC02F, 0xFFFE)] == \
+        ["TLS_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "0xfffe"]
+    for option in ("--sessions", "-V"):
+        program = ("import sys\nfrom ovpndiag.cli import main\ntry:\n"
+                   f"    main(['dissect', '{option}', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+                   "sys.stdout.flush()\nprint('SCAPY', sorted(m for m in sys.modules if m.startswith('scapy')))")
+        done = subprocess.run([sys.executable, "-c", program, str(CAPTURES / "udp-plain.pcap")],
+                              capture_output=True, text=True, check=True)
+        assert "TLS handshake" in done.stdout or "Cipher Suite" in done.stdout
+        assert done.stdout.splitlines()[-1] == "SCAPY []"
