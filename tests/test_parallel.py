@@ -83,6 +83,18 @@ def test_each_flow_goes_to_exactly_one_shard_and_together_they_are_the_whole(man
     assert [d._replace(stream=0) for d in parts] == [d._replace(stream=0) for d in whole]
 
 
+def test_clients_on_even_ports_are_shared_out_evenly():
+    # Linux's connect() prefers even source ports, and a test rig counts ports up: a split on
+    # the ports' low bits alone gave one of two workers every such flow to one server port.
+    for ports in (range(40000, 42000, 2), range(20000, 21000)):
+        for shards in (2, 3, 4):
+            counts = [0] * shards
+            for port in ports:
+                assert shard_of(port, 1194, shards) == shard_of(1194, port, shards)
+                counts[shard_of(port, 1194, shards)] += 1
+            assert max(counts) < 1.1 * len(ports) / shards, (ports, counts)
+
+
 def test_progress_marks_come_in_frame_order_even_where_a_shard_has_nothing(many_flows):
     marks = [item.frame for item in read_transport(str(many_flows), Transport(shard=(7, 8)))
              if item.__class__ is Progress]

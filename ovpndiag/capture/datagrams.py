@@ -42,8 +42,14 @@ PROGRESS_EVERY = 4096
 
 
 def shard_of(sport: int, dport: int, shards: int) -> int:
-    """Which of ``shards`` readers takes a flow: the same for both directions."""
-    return (sport ^ dport) % shards
+    """Which of ``shards`` readers takes a flow: the same for both directions. The ports'
+    XOR is mixed (Fibonacci hashing) before it is shared out: its low bits alone follow
+    how clients pick ports (Linux connect() prefers even ones, a test rig counts up),
+    which put 55% or more of the packets on one of two workers."""
+    return ((sport ^ dport) * _MIX >> 16) % shards
+
+
+_MIX = 0x9E3779B1  # 2**32 / the golden ratio: spreads neighbouring and same-parity ports evenly
 
 
 class Counts:
@@ -224,6 +230,7 @@ def _read_pcap(f, name, header, tr, position):
     new = tuple.__new__
     buf, off, number, fast_udp, fast_tcp = b"", 0, 0, 0, 0
     index, shards = tr.shard or (0, 0)
+    mix = _MIX
     try:
         while True:
             end = len(buf)
@@ -248,7 +255,7 @@ def _read_pcap(f, name, header, tr, position):
                         if protocol == 17:
                             length = word >> 16
                             if 8 <= length <= total - 20:
-                                if shards and (sport ^ dport) % shards != index:  # shard_of, inlined
+                                if shards and ((sport ^ dport) * mix >> 16) % shards != index:  # shard_of, inlined
                                     fast_udp += 1
                                     continue
                                 pair = names.get(addrs) or name_pair(addrs)
@@ -260,7 +267,7 @@ def _read_pcap(f, name, header, tr, position):
                         elif protocol == 6:
                             size = (flags >> 10) & 0x3C
                             if 20 <= size and 20 + size <= total:
-                                if shards and (sport ^ dport) % shards != index:
+                                if shards and ((sport ^ dport) * mix >> 16) % shards != index:
                                     fast_tcp += 1
                                     continue
                                 pair = names.get(addrs) or name_pair(addrs)
