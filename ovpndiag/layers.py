@@ -21,7 +21,7 @@ tls-crypt-v2 and are always read so. Binding to UDP/TCP port 1194 lives in
 ``ovpndiag.bindings`` so that code which only builds and parses packets does not
 pay for importing Scapy's IP layers.
 
-``dissect()`` is the entry point that never raises: a packet that does not fit
+``from_wire()`` is the entry point that never raises: a packet that does not fit
 its layout comes back with the reason it is malformed.
 """
 
@@ -52,7 +52,7 @@ from scapy.packet import Packet, Padding, Raw
 
 __all__ = [
     "OPCODES", "HMAC_SIZES", "TLS_CRYPT_TAG_SIZE", "EARLY_NEG_START",
-    "Wrapping", "PLAIN", "MalformedPacket", "dissect",
+    "Wrapping", "PLAIN", "MalformedPacket", "from_wire",
     "OpenVPN", "OpenVPNHeader", "OpenVPNReset", "OpenVPNControl", "OpenVPNAck",
     "OpenVPNDataV1", "OpenVPNDataV2", "OpenVPNTCP",
     "EarlyNegotiationTLV", "EarlyNegotiationFlags",
@@ -469,7 +469,7 @@ def _complete_frames_length(data):
 
 # --- the entry point that never raises -----------------------------------------
 
-def dissect(data: bytes, wrapping: Wrapping = PLAIN) -> Tuple[OpenVPN, Optional[str]]:
+def from_wire(data: bytes, wrapping: Wrapping = PLAIN) -> Tuple[OpenVPN, Optional[str]]:
     """Dissect one OpenVPN packet (without TCP framing).
 
     Returns ``(packet, None)``, or ``(OpenVPNHeader, reason)`` when the bytes do

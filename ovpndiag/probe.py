@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 from . import transport
-from .layers import EARLY_NEG_START, SERVER_RESETS, OpenVPNReset, dissect
+from .layers import EARLY_NEG_START, SERVER_RESETS, OpenVPNReset, from_wire
 from .protocol import PLAIN, Opcode, first_byte
 from .settings import ProbeSettings, describe_wrapper
 
@@ -205,7 +205,7 @@ def answered_session(reply: bytes, wrapper) -> Optional[int]:
         except WrapError:
             return None
         wrapping = wrapping._replace(decrypted=True)
-    packet, problem = dissect(wire, wrapping)
+    packet, problem = from_wire(wire, wrapping)
     if problem or packet.opcode not in SERVER_RESETS or not packet.acks:
         return None
     return packet.remote_session_id
@@ -266,7 +266,7 @@ def validate_reply(reply: bytes, session_id: int, settings: ProbeSettings, resul
             result.verdict = BAD_AUTH
             return
     wrapping = wrapper.wrapping._replace(decrypted=wrapper.wrapping.is_tls_crypt)
-    packet, problem = dissect(wire, wrapping)
+    packet, problem = from_wire(wire, wrapping)
     if problem or packet.opcode not in SERVER_RESETS:
         reason = problem or f"a {packet.opcode_name}, not a server reset"
         checks.append(Check("reply is OpenVPN", False, f"starts with {_preview(reply)}: {reason}"))

@@ -15,7 +15,7 @@ from typing import List
 
 from . import transport
 from .keys import StaticKey, TLSCryptV2ClientKey
-from .layers import EARLY_NEG_START, OpenVPNReset, dissect
+from .layers import EARLY_NEG_START, OpenVPNReset, from_wire
 from .probe import new_session_id
 from .protocol import Opcode, first_byte
 from .settings import ProbeSettings, describe_wrapper
@@ -76,7 +76,7 @@ def _echoes(wrapper, reply, session_id):
     except WrapError:
         return False
     wire = opened.decrypted or reply
-    packet, problem = dissect(wire, wrapper.wrapping._replace(decrypted=wrapper.wrapping.is_tls_crypt))
+    packet, problem = from_wire(wire, wrapper.wrapping._replace(decrypted=wrapper.wrapping.is_tls_crypt))
     return (problem is None and packet.opcode == Opcode.P_CONTROL_HARD_RESET_SERVER_V2 and packet.acks
             and packet.remote_session_id == session_id)
 

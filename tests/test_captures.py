@@ -8,7 +8,7 @@ import pytest
 from scapy.config import conf
 
 from captures import ALL_CAPTURES, CAPTURES, MANIFEST, REAL_WORLD, openvpn_packets, tcp_segments, wrapping_of
-from ovpndiag.layers import OPCODES, OpenVPN, OpenVPNTCP, dissect
+from ovpndiag.layers import OPCODES, OpenVPN, OpenVPNTCP, from_wire
 
 NAMES = [capture["file"] for capture in MANIFEST]
 BY_NAME = {capture["file"]: capture for capture in MANIFEST}
@@ -31,7 +31,7 @@ def test_every_packet_dissects_and_rebuilds_byte_for_byte(name):
     packets = list(openvpn_packets(capture))
     assert packets
     for packet in packets:
-        pkt, problem = dissect(packet.data, wrapping_of(capture, packet))
+        pkt, problem = from_wire(packet.data, wrapping_of(capture, packet))
         assert problem is None, f"frame {packet.frame}: {problem}"
         assert bytes(pkt) == packet.data, f"frame {packet.frame} rebuilds differently"
         assert type(pkt).__name__ != "OpenVPNHeader"

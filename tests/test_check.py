@@ -183,7 +183,7 @@ def test_write_saves_the_exchange_and_never_overwrites(servers, tmp_path):
     import scapy.layers.inet  # noqa: F401 - registers the raw-IP link type for rdpcap
     from scapy.utils import rdpcap
 
-    from ovpndiag.layers import Wrapping, dissect
+    from ovpndiag.layers import Wrapping, from_wire
 
     server = servers.get(proto="udp", wrapping="tls-auth", auth="SHA1")
     out = tmp_path / "probe.pcap"
@@ -192,7 +192,7 @@ def test_write_saves_the_exchange_and_never_overwrites(servers, tmp_path):
     frames = rdpcap(str(out))
     assert len(frames) == 2
     payloads = [bytes(frame.payload.payload) for frame in frames]
-    opcodes = [dissect(p, Wrapping.tls_auth("SHA1"))[0].opcode for p in payloads]
+    opcodes = [from_wire(p, Wrapping.tls_auth("SHA1"))[0].opcode for p in payloads]
     assert opcodes == [7, 8]
     again = ovpndiag("probe", server.host, "-p", server.port, "--tls-auth", TA, "--write", out)
     assert again.returncode == 2 and "already exists" in again.stderr

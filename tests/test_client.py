@@ -453,7 +453,7 @@ def test_the_fast_build_gives_scapys_bytes(layer, fields):
     payload = b"\x16\x03\x01" + bytes(range(256)) if layer == "OpenVPNControl" else b""
     expected = bytes(cls(**fields, wrapping=PLAIN) / Raw(payload)) if payload else bytes(cls(**fields, wrapping=PLAIN))
     assert build(cls(**fields, wrapping=PLAIN), payload) == expected
-    packet, problem = layers.dissect(expected)
+    packet, problem = layers.from_wire(expected)
     assert problem is None and packet.session_id == fields["session_id"]
 
 
@@ -461,7 +461,7 @@ def _scapy_fields(data):
     """What ControlChannel.read takes from a packet, read by Scapy (None: malformed)."""
     from ovpndiag import layers
 
-    packet, problem = layers.dissect(data)
+    packet, problem = layers.from_wire(data)
     if problem:
         return None
     acks = list(packet.acks or [])
@@ -617,7 +617,7 @@ def test_a_later_packet_acked_sends_the_lost_one_again_at_once():
     channel.receive(Received(5, 0, 2, [2, 3], None, b"", None))  # a P_ACK_V1 for 2 and 3
     again = channel.outgoing()
     assert len(again) == 1 and sorted(channel.unacked) == [1]
-    packet, problem = __import__("ovpndiag.layers", fromlist=["dissect"]).dissect(again[0])
+    packet, problem = __import__("ovpndiag.layers", fromlist=["from_wire"]).from_wire(again[0])
     assert problem is None and packet.message_packet_id == 1 and bytes(packet.payload) == b"a" * 1100
     assert channel.srtt == pytest.approx(0.05)  # timed from packets sent once
 
@@ -628,10 +628,10 @@ class GarbageInsideTLS:
 
     def __init__(self, answer=b"\x16\x03\x03\x00\x06garbag"):
         from ovpndiag.client.reliable import build
-        from ovpndiag.layers import OpenVPNControl, OpenVPNReset, dissect
+        from ovpndiag.layers import OpenVPNControl, OpenVPNReset, from_wire
         from ovpndiag.protocol import PLAIN
 
-        self.build, self.dissect, self.answer = build, dissect, answer
+        self.build, self.dissect, self.answer = build, from_wire, answer
         self.layers = (OpenVPNReset, OpenVPNControl, PLAIN)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -769,13 +769,13 @@ def test_a_lost_server_packet_is_resent_at_once_when_we_ack_later_ones(servers):
 
 def test_a_gap_sends_three_acks_of_the_later_packet_at_once():
     from ovpndiag.client.reliable import ControlChannel, Received
-    from ovpndiag.layers import dissect
+    from ovpndiag.layers import from_wire
     from ovpndiag.wrap import NoWrapping
 
     channel = ControlChannel(NoWrapping(), 1, "udp", clock=FakeClock())
     channel.remote_session_id = 2
     assert channel.receive(Received(4, 0, 2, [], 2, b"later", None)) == b""  # 1 is missing
-    acks = [dissect(packet)[0] for packet in channel.outgoing()]
+    acks = [from_wire(packet)[0] for packet in channel.outgoing()]
     assert [(a.opcode, list(a.acks)) for a in acks] == [(5, [2])] * 3
     assert channel.outgoing() == []
     assert channel.receive(Received(4, 0, 2, [], 1, b"first ", None)) == b"first later"
@@ -785,7 +785,7 @@ def test_three_server_packets_unacknowledged_are_acked_at_once():
     """A 2.6 server sends at most 6 control packets unacknowledged: a lone ACK held back for
     ACK_DELAY would stall a longer certificate flight. One or two wait for a packet of ours."""
     from ovpndiag.client.reliable import ACK_DELAY, ControlChannel, Received
-    from ovpndiag.layers import dissect
+    from ovpndiag.layers import from_wire
     from ovpndiag.wrap import NoWrapping
 
     clock = FakeClock()
@@ -796,7 +796,7 @@ def test_three_server_packets_unacknowledged_are_acked_at_once():
     assert channel.outgoing() == [] and channel.next_due() == ACK_DELAY
     channel.receive(Received(4, 0, 2, [], 3, b"x", None))
     assert channel.next_due() == 0.0
-    acks = [dissect(packet)[0] for packet in channel.outgoing()]
+    acks = [from_wire(packet)[0] for packet in channel.outgoing()]
     assert [(a.opcode, sorted(a.acks)) for a in acks] == [(5, [1, 2, 3])]
 
 

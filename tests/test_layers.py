@@ -12,7 +12,7 @@ from scapy.packet import Padding, Raw
 from ovpndiag.layers import (
     OPCODES, PLAIN, EarlyNegotiationFlags, EarlyNegotiationTLV, OpenVPN, OpenVPNAck,
     OpenVPNControl, OpenVPNDataV1, OpenVPNDataV2, OpenVPNHeader, OpenVPNReset, OpenVPNTCP,
-    Wrapping, dissect,
+    Wrapping, from_wire,
 )
 
 CLIENT_SID = 0x1122334455667788
@@ -238,6 +238,6 @@ def test_copies_keep_their_wrapping():
     (b"\x50" + bytes(60), "WKc length"),
 ])
 def test_dissect_names_what_is_malformed(data, reason):
-    pkt, problem = dissect(data)
+    pkt, problem = from_wire(data)
     assert problem is not None and reason in problem
     assert isinstance(pkt, OpenVPN)

@@ -9,7 +9,7 @@ from scapy.packet import Raw
 
 from captures import MANIFEST, mangled_packet, openvpn_packets, wrapping_of
 from ovpndiag.dissect.packetdecode import decode_packet as decode
-from ovpndiag.layers import (PLAIN, EarlyNegotiationFlags, OpenVPNDataV1, OpenVPNDataV2, Wrapping, dissect)
+from ovpndiag.layers import (PLAIN, EarlyNegotiationFlags, OpenVPNDataV1, OpenVPNDataV2, Wrapping, from_wire)
 
 WRAPPINGS = [Wrapping(), Wrapping.tls_auth("MD5"), Wrapping.tls_auth("SHA1"), Wrapping.tls_auth("SHA256"),
              Wrapping.tls_auth("SHA512"), Wrapping("tls-crypt"), Wrapping("tls-crypt", decrypted=True),
@@ -18,7 +18,7 @@ WRAPPINGS = [Wrapping(), Wrapping.tls_auth("MD5"), Wrapping.tls_auth("SHA1"), Wr
 
 def from_layers(data, wrapping):
     """The same dict, read off the Scapy layers."""
-    pkt, problem = dissect(data, wrapping)
+    pkt, problem = from_wire(data, wrapping)
     if problem:
         return {"malformed": problem}
     fields = {"opcode": pkt.opcode_name, "opcode_value": pkt.opcode, "key_id": pkt.key_id}

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from captures import MANIFEST, key_path, mangled_packet, openvpn_packets, wrappers
 from ovpndiag.keys import KeyFileError, StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey, parse_key, read_key
-from ovpndiag.layers import Wrapping, dissect
+from ovpndiag.layers import Wrapping, from_wire
 from ovpndiag.profile import parse_profile
 from ovpndiag.wrap import NoWrapping, TLSAuth, TLSCrypt, TLSCryptV2Client, TLSCryptV2Server, WrapError
 
@@ -36,7 +36,7 @@ def mangled(seed, count):
 
 
 def check_dissect(data, wrapping):
-    pkt, problem = dissect(data, wrapping)
+    pkt, problem = from_wire(data, wrapping)
     if problem is None:
         assert bytes(pkt) == data, f"accepted {data.hex()} as {wrapping} but rebuilt differently"
 

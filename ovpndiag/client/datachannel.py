@@ -285,9 +285,9 @@ class DataChannel:
 
     def _body(self, packet: bytes) -> bytes:
         """What follows the header, read by the layers; raises DataChannelError."""
-        from ..layers import dissect
+        from ..layers import from_wire
 
-        parsed, malformed = dissect(packet)
+        parsed, malformed = from_wire(packet)
         if malformed:
             raise DataChannelError(f"malformed packet: {malformed}")
         if not isinstance(parsed, self.layer):

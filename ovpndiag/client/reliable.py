@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..layers import EARLY_NEG_START, OpenVPNAck, OpenVPNControl, OpenVPNReset, dissect
+from ..layers import EARLY_NEG_START, OpenVPNAck, OpenVPNControl, OpenVPNReset, from_wire
 from ..protocol import MAX_ACKS, OPCODES, PLAIN, first_byte
 
 P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1, P_ACK_V1 = 3, 4, 5
@@ -233,7 +233,7 @@ class ControlChannel:
         received = CODEC.read(unwrapped.plain)
         if received is not None:
             return received
-        packet, problem = dissect(unwrapped.plain, PLAIN)
+        packet, problem = from_wire(unwrapped.plain, PLAIN)
         if problem:
             raise WrapError(problem)
         opcode = packet.opcode
