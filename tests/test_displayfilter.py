@@ -20,14 +20,14 @@ from ovpndiag.cli import main
 from ovpndiag.dissect.displayfilter import FIELDS, FilterError, compile_filter
 
 
-def dissect(*args):
+def run_dissect(*args):
     result = CliRunner().invoke(main, ["dissect", *map(str, args)])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 
 
 def json_records(*args):
-    result = dissect(*args, "--json")
+    result = run_dissect(*args, "--json")
     assert result.exit_code == 0, result.stdout
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -111,24 +111,24 @@ def test_every_output_shows_the_same_packets_and_workers_too():
     assert len(expected) > 3
     assert [r["frame"] for r in json_records(path, *keys, "-Y", chosen)] == expected
     for jobs in ("1", "2"):
-        listing = dissect(path, *keys, "-Y", chosen, "-j", jobs)
+        listing = run_dissect(path, *keys, "-Y", chosen, "-j", jobs)
         assert frames_of_listing(listing.stdout) == expected
         assert [r["frame"] for r in json_records(path, *keys, "-Y", chosen, "-j", jobs)] == expected
     # the listing's lines are the unfiltered listing's own lines
-    whole = {int(line.split()[0]): line for line in dissect(path, *keys).stdout.splitlines()}
-    assert dissect(path, *keys, "-Y", chosen).stdout.splitlines() == [whole[frame] for frame in expected]
+    whole = {int(line.split()[0]): line for line in run_dissect(path, *keys).stdout.splitlines()}
+    assert run_dissect(path, *keys, "-Y", chosen).stdout.splitlines() == [whole[frame] for frame in expected]
     # -V: the trees of the packets chosen, each as the whole -V shows it (one per record, blank-line separated)
     everything = json_records(path, *keys)
-    trees = dissect(path, *keys, "-V").stdout.split("\n\n")
+    trees = run_dissect(path, *keys, "-V").stdout.split("\n\n")
     assert len(trees) >= len(everything) > len(expected)
     chosen_trees = [tree for record, tree in zip(everything, trees) if record["frame"] in expected]
-    assert dissect(path, *keys, "-Y", chosen, "-V").stdout.split("\n\n")[:-1] == chosen_trees
-    limited = dissect(path, *keys, "-Y", chosen, "-c", "2")
+    assert run_dissect(path, *keys, "-Y", chosen, "-V").stdout.split("\n\n")[:-1] == chosen_trees
+    limited = run_dissect(path, *keys, "-Y", chosen, "-c", "2")
     assert frames_of_listing(limited.stdout) == expected[:2]
 
 
 def test_a_filter_that_matches_nothing_prints_nothing_and_exits_0():
-    result = dissect(CAPTURES / "udp-plain.pcap", "-Y", "hmac_valid")  # no wrapping: no HMAC
+    result = run_dissect(CAPTURES / "udp-plain.pcap", "-Y", "hmac_valid")  # no wrapping: no HMAC
     assert result.exit_code == 0 and result.stdout == ""
 
 
@@ -141,7 +141,7 @@ def test_with_sessions_the_sessions_with_a_matching_packet_are_shown_whole():
     unanswered = json_records(path, "--sessions", "-Y", "opcode == P_CONTROL_HARD_RESET_CLIENT_V2 && "
                                                          "not remote_session_id")
     assert len(unanswered) == len(every)  # every session starts with a client reset
-    text = dissect(path, "--sessions", "-Y", "opcode == P_CONTROL_HARD_RESET_SERVER_V2").stdout
+    text = run_dissect(path, "--sessions", "-Y", "opcode == P_CONTROL_HARD_RESET_SERVER_V2").stdout
     assert text.count("Session ") == len(answered) and "Session 1:" in text
 
 
@@ -285,7 +285,7 @@ def test_the_library_takes_a_filter_and_the_cli_shows_what_it_gives(tmp_path):
     path = CAPTURES / "udp-tls-crypt.pcap"
     key = key_path(entry("udp-tls-crypt.pcap")["key"])
     chosen = "opcode == P_CONTROL_V1 or opcode == P_ACK_V1 and acks contains 1"
-    shown = dissect(path, "--tls-crypt", key, "-Y", chosen).stdout.splitlines()
+    shown = run_dissect(path, "--tls-crypt", key, "-Y", chosen).stdout.splitlines()
     with library.open(path, tls_crypt=key, display_filter=chosen) as run:
         assert list(run.lines()) == shown and len(shown) > 3
     with library.open(path, tls_crypt=key, display_filter=compile_filter(chosen)) as run:
@@ -294,6 +294,6 @@ def test_the_library_takes_a_filter_and_the_cli_shows_what_it_gives(tmp_path):
         library.open(path, display_filter="opcode ==")
     # --write-decrypted writes the packets shown, as tshark -Y -w does
     written = tmp_path / "chosen.pcap"
-    assert dissect(path, "--tls-crypt", key, "-Y", chosen, "--write-decrypted", written).exit_code == 0
+    assert run_dissect(path, "--tls-crypt", key, "-Y", chosen, "--write-decrypted", written).exit_code == 0
     again = json_records(written, "-p", entry("udp-tls-crypt.pcap")["port"])
     assert [r["opcode"] for r in again] == [line.split()[6] for line in shown]

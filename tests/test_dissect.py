@@ -20,7 +20,7 @@ from ovpndiag.keys import read_key
 NAMES = [c["file"] for c in MANIFEST]
 
 
-def dissect(path, **options):
+def read_records(path, **options):
     reader = Reader(Options(**options))
     records = []
     for datagram in read_transport(str(path)):
@@ -37,7 +37,7 @@ def ovpndiag(*args, timeout=60):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_openvpn_packet_is_found_in_order_with_its_frame(name):
     capture = entry(name)
-    _, records = dissect(CAPTURES / name)
+    _, records = read_records(CAPTURES / name)
     expected = [(p.frame, p.sender, p.data) for p in openvpn_packets(capture)]
     seen = [(r.frame, r.sender, r.data) for r in records]
     assert seen == expected
@@ -47,7 +47,7 @@ def test_every_openvpn_packet_is_found_in_order_with_its_frame(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_wrapping_is_inferred_per_flow(name):
     capture = entry(name)
-    _, records = dissect(CAPTURES / name)
+    _, records = read_records(CAPTURES / name)
     control = [r for r in records if r.wrapping is not None]
     first_keys = [r for r in control if r.key_id == 0]
     assert {r.wrapping for r in first_keys} == {capture["wrapping"]}
@@ -101,7 +101,7 @@ def test_fields_match_tshark(name):
         pytest.fail("tshark is needed: apt-get install -y tshark")
     capture = entry(name)
     rows = _tshark_fields(capture)
-    _, records = dissect(CAPTURES / name)
+    _, records = read_records(CAPTURES / name)
     compared = 0
     for record in records:
         if record.dynamic:
@@ -143,7 +143,7 @@ def test_mixed_capture_infers_each_flow_on_its_own(tmp_path):
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
         for stamp, data in frames:
             out.write(struct.pack("<IIII", int(stamp), int(round((stamp % 1) * 1e6)), len(data), len(data)) + data)
-    _, records = dissect(merged)
+    _, records = read_records(merged)
     by_port = {}
     for record in records:
         if record.key_id == 0 and record.wrapping is not None:
@@ -160,8 +160,8 @@ def test_hmac_verdicts_with_right_and_wrong_keys(name):
     capture = entry(name)
     right = KeyRing(tls_auth=read_key(key_path("keys/ta.key")))
     wrong = KeyRing(tls_auth=read_key(key_path("keys/ta-wrong.key")))
-    _, with_right = dissect(CAPTURES / name, keys=right)
-    _, with_wrong = dissect(CAPTURES / name, keys=wrong)
+    _, with_right = read_records(CAPTURES / name, keys=right)
+    _, with_wrong = read_records(CAPTURES / name, keys=wrong)
     made_with_wrong = capture["client"]["key"] == "keys/ta-wrong.key"
     checked = [r for r in with_right if r.wrapping == "tls-auth"]
     assert checked and all(r.hmac_valid is not made_with_wrong for r in checked)
@@ -175,7 +175,7 @@ def test_hmac_verdicts_with_right_and_wrong_keys(name):
 
 def test_pinned_wrong_key_direction_fails_verification():
     keys = KeyRing(tls_auth=read_key(key_path("keys/ta.key")), client_key_direction="0")
-    _, records = dissect(CAPTURES / "udp-tls-auth-sha1.pcap", keys=keys)
+    _, records = read_records(CAPTURES / "udp-tls-auth-sha1.pcap", keys=keys)
     assert all(r.hmac_valid is False for r in records if r.wrapping == "tls-auth")
 
 
@@ -185,14 +185,14 @@ def test_pinned_wrong_key_direction_fails_verification():
 def test_tls_crypt_is_decrypted_and_dissected_like_plain(name, key):
     material = read_key(key_path(key))
     keys = KeyRing(tls_crypt=material) if name.startswith(("udp-tls-crypt.", "tcp")) else KeyRing(tls_crypt_v2=material)
-    _, records = dissect(CAPTURES / name, keys=keys)
+    _, records = read_records(CAPTURES / name, keys=keys)
     control = [r for r in records if r.wrapping is not None]
     assert control and all(r.hmac_valid is True for r in control)
     assert all(r.acks is not None and r.message_packet_id is not None or r.opcode == "P_ACK_V1" for r in control)
     assert any(r.tls == ["Client Hello"] for r in control)
-    _, without = dissect(CAPTURES / name)
+    _, without = read_records(CAPTURES / name)
     assert all(r.acks is None and r.signed and r.hmac_valid is None for r in without if r.wrapping is not None)
-    _, wrong = dissect(CAPTURES / name, keys=KeyRing(tls_crypt=read_key(key_path("keys/tc-wrong.key"))))
+    _, wrong = read_records(CAPTURES / name, keys=KeyRing(tls_crypt=read_key(key_path("keys/tc-wrong.key"))))
     if name.startswith(("udp-tls-crypt.", "tcp")):
         assert all(r.hmac_valid is False for r in wrong if r.wrapping is not None)
 
@@ -202,7 +202,7 @@ def test_write_decrypted_gives_wireshark_the_tls(tmp_path):
     result = ovpndiag("dissect", CAPTURES / "udp-tls-crypt.pcap", "--tls-crypt", key_path("keys/tc.key"),
                       "--write-decrypted", out)
     assert result.returncode == 0, result.stderr
-    _, records = dissect(out)
+    _, records = read_records(out)
     assert {r.wrapping for r in records if r.wrapping is not None} == {"none"}
     assert any(r.tls == ["Client Hello"] for r in records)
     tshark = subprocess.run(["tshark", "-r", str(out), "-d", "udp.port==1194,openvpn", "-Y", "tls.handshake.type == 1"],
@@ -295,7 +295,7 @@ def test_missing_file_and_bad_options():
 
 
 def test_auth_and_wrapping_override_the_inference():
-    _, records = dissect(CAPTURES / "udp-tls-auth-sha1.pcap", candidates=[__import__("ovpndiag.layers").layers.Wrapping.tls_auth("SHA256")])
+    _, records = read_records(CAPTURES / "udp-tls-auth-sha1.pcap", candidates=[__import__("ovpndiag.layers").layers.Wrapping.tls_auth("SHA256")])
     assert {r.hmac_size for r in records if r.wrapping is not None} == {32}
     assert any(r.malformed is not None for r in records)
 
@@ -337,7 +337,7 @@ def test_other_traffic_is_skipped_and_counted(tmp_path):
         for sec, usec, data in frames:
             for frame in (data, _other_protocol(data)):
                 out.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
-    reader, records = dissect(mixed)
+    reader, records = read_records(mixed)
     assert len(records) == len(frames) and reader.not_openvpn == len(frames)
     assert {r.sport for r in records} | {r.dport for r in records} >= {1194}
     assert not {5000} & ({r.sport for r in records} | {r.dport for r in records})

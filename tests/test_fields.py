@@ -18,7 +18,7 @@ from ovpndiag.dissect.displayfilter import FIELDS
 PACKET_FIELDS = [name for name in FIELDS if name != "file"]
 
 
-def dissect(*args):
+def run_dissect(*args):
     result = CliRunner().invoke(main, ["dissect", *map(str, args)])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
@@ -51,8 +51,8 @@ def as_tshark_prints(value):
 @pytest.mark.parametrize("capture", ALL_CAPTURES, ids=[c["file"] for c in ALL_CAPTURES])
 def test_every_field_of_every_packet_is_its_json_value(capture):
     path, keys = CAPTURES / capture["file"], key_options(capture)
-    records = [json.loads(line) for line in dissect(path, *keys, "--json").stdout.splitlines()]
-    result = dissect(path, *keys, *fields_args(PACKET_FIELDS))
+    records = [json.loads(line) for line in run_dissect(path, *keys, "--json").stdout.splitlines()]
+    result = run_dissect(path, *keys, *fields_args(PACKET_FIELDS))
     assert result.exit_code == 0
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert len(rows) == len(records) and (records or capture["wrapping"] == "static-key")
@@ -78,26 +78,26 @@ def test_the_header_fields_are_tsharks(name):
         frame, opcode, key_id, session_id, mpid, acks, remote, peer = line.split("\t")
         expected.append([frame, number(opcode, 16), key_id, session_id and f"{int(session_id):016x}", mpid, acks,
                          remote and f"{int(remote):016x}", peer])
-    got = [line.split("\t") for line in dissect(CAPTURES / name, *fields_args(ours)).stdout.splitlines()]
+    got = [line.split("\t") for line in run_dissect(CAPTURES / name, *fields_args(ours)).stdout.splitlines()]
     assert got == expected and len(got) > 10
 
 
 def test_tsharks_E_options():
     path = CAPTURES / "udp-tls-auth-sha512.pcap"
-    plain = dissect(path, *fields_args(["frame", "acks", "tls"]), "-c", "4").stdout.splitlines()
+    plain = run_dissect(path, *fields_args(["frame", "acks", "tls"]), "-c", "4").stdout.splitlines()
     assert plain[2] == "3\t0\tClient Hello"
-    lines = dissect(path, *fields_args(["frame", "acks", "tls", "hmac_valid"]), "-c", "4", "-E", "header=y",
+    lines = run_dissect(path, *fields_args(["frame", "acks", "tls", "hmac_valid"]), "-c", "4", "-E", "header=y",
                     "-E", "separator=,", "-E", "quote=d", "-E", "aggregator=/s").stdout.splitlines()
     assert lines[0] == "frame,acks,tls,hmac_valid"  # (a header is never quoted)
     assert lines[1] == '"1",,,'  # empty values are left unquoted, as tshark does
     assert lines[4] == '"4","1","Server Hello Change Cipher Spec Application Data Application Data",'
-    first = dissect(path, *fields_args(["frame", "tls"]), "-E", "occurrence=f", "-c", "4").stdout.splitlines()
-    last = dissect(path, *fields_args(["frame", "tls"]), "-E", "occurrence=l", "-c", "4").stdout.splitlines()
+    first = run_dissect(path, *fields_args(["frame", "tls"]), "-E", "occurrence=f", "-c", "4").stdout.splitlines()
+    last = run_dissect(path, *fields_args(["frame", "tls"]), "-E", "occurrence=l", "-c", "4").stdout.splitlines()
     assert first[3] == "4\tServer Hello" and last[3] == "4\tApplication Data"
-    keyed = dissect(path, "--tls-auth", key_path(entry("udp-tls-auth-sha512.pcap")["key"]),
+    keyed = run_dissect(path, "--tls-auth", key_path(entry("udp-tls-auth-sha512.pcap")["key"]),
                     *fields_args(["hmac_valid", "key_direction"]), "-c", "2").stdout.splitlines()
     assert keyed == ["1\t1", "1\t0"]  # a verified HMAC is 1
-    bad = dissect(CAPTURES / "fail-tls-auth-wrong-key.pcap", "--tls-auth", key_path("keys/ta.key"),
+    bad = run_dissect(CAPTURES / "fail-tls-auth-wrong-key.pcap", "--tls-auth", key_path("keys/ta.key"),
                   *fields_args(["hmac_valid"]), "-c", "1").stdout
     assert bad == "0\n"
 
@@ -105,7 +105,7 @@ def test_tsharks_E_options():
 def test_fields_of_several_files_name_their_file_and_workers_print_the_same():
     files = [CAPTURES / "udp-plain.pcap", CAPTURES / "tcp-tls-auth.pcap"]
     args = [*files, *fields_args(["file", "frame", "opcode"]), "-Y", "opcode != P_DATA_V2"]
-    alone, shared = dissect(*args, "-j", "1"), dissect(*args, "-j", "2")
+    alone, shared = run_dissect(*args, "-j", "1"), run_dissect(*args, "-j", "2")
     assert alone.exit_code == 0 and alone.stdout == shared.stdout
     rows = [line.split("\t") for line in alone.stdout.splitlines()]
     assert {row[0] for row in rows} == {str(path) for path in files} and "==>" not in alone.stdout
@@ -129,4 +129,4 @@ def test_bad_field_options_are_one_line_and_exit_status_2(args, message):
 
 def test_T_json_is_json_lines():
     path = CAPTURES / "udp-plain.pcap"
-    assert dissect(path, "-T", "json").stdout == dissect(path, "--json").stdout == dissect(path, "-T", "ek").stdout
+    assert run_dissect(path, "-T", "json").stdout == run_dissect(path, "--json").stdout == run_dissect(path, "-T", "ek").stdout

@@ -21,7 +21,7 @@ from ovpndiag.dissect.reader import Options, Reader
 from ovpndiag.dissect.recognise import OPENVPN, OTHER, STATIC, Recognition
 
 
-def dissect(path, *args):
+def run_dissect(path, *args):
     result = CliRunner().invoke(main, ["dissect", str(path), *args])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
@@ -53,11 +53,11 @@ MID = RENEG[15:37]  # editcap -r udp-reneg.pcap mid.pcap 16-37: data, then the w
 @pytest.mark.parametrize("ports", [[], ["-p", "1194"]], ids=["port 1194", "-p"])
 def test_a_session_cut_before_its_renegotiation_is_shown_whole(tmp_path, ports):
     path = write(tmp_path, "mid.pcap", MID)
-    result = dissect(path, *ports)
+    result = run_dissect(path, *ports)
     assert result.exit_code == 0
     assert frames_shown(result) == list(range(1, 23))
     renegotiation = [line for line in result.output.splitlines() if "kid=1 sid=" in line]
-    whole = [line for line in dissect(CAPTURES / "udp-reneg.pcap").output.splitlines() if "kid=1 sid=" in line]
+    whole = [line for line in run_dissect(CAPTURES / "udp-reneg.pcap").output.splitlines() if "kid=1 sid=" in line]
     assert len(renegotiation) == len(whole) == 13
     assert all(line.endswith("tls-crypt") for line in renegotiation)  # its header, without the TLS secrets
 
@@ -66,7 +66,7 @@ def test_followed_by_twenty_thousand_data_packets_it_neither_crashes_nor_loses_a
     data = [record for record in MID[-4:]]  # the last data packets, both ways
     tail = [later(data[n % 4], 0.001 * (n + 1) + 1) for n in range(20000)]
     path = write(tmp_path, "long.pcap", MID + tail)
-    result = dissect(path)
+    result = run_dissect(path)
     assert result.exit_code == 0, result.output[-300:]
     assert frames_shown(result) == list(range(1, 22 + 20000 + 1))
 
@@ -84,10 +84,10 @@ def test_a_stray_renegotiation_ack_before_a_whole_session_empties_nothing(tmp_pa
     stray = RENEG[25]  # P_ACK_V1 key id 1, under dynamic tls-crypt
     assert stray[2][42] >> 3 == 5 and stray[2][42] & 7 == 1  # (Ethernet, IPv4, UDP: the first byte at 42)
     path = write(tmp_path, "stray.pcap", [later(RENEG[0], -0.5)[:2] + (_other_client_port(stray[2]),)] + RENEG)
-    result = dissect(path)
+    result = run_dissect(path)
     assert result.exit_code == 0
     assert frames_shown(result) == list(range(1, len(RENEG) + 2))
-    whole = dissect(CAPTURES / "udp-reneg.pcap").output.splitlines()
+    whole = run_dissect(CAPTURES / "udp-reneg.pcap").output.splitlines()
     # The session itself reads exactly as it does without the stray packet (frames shifted by one).
     assert [line.split(None, 2)[2] for line in result.output.splitlines()[1:]] == \
            [line.split(None, 2)[2] for line in whole]
@@ -99,7 +99,7 @@ def test_times_count_from_the_first_frame_as_tsharks_do():
         tshark = subprocess.run(["tshark", "-n", "-r", str(path), "-T", "fields", "-e", "frame.number",
                                  "-e", "frame.time_relative"], capture_output=True, text=True, check=True).stdout
         relative = {int(n): float(t) for n, t in (line.split("\t") for line in tshark.splitlines())}
-        lines = dissect(path).output.splitlines()
+        lines = run_dissect(path).output.splitlines()
         assert lines and relative[1] == 0.0
         for line in lines:
             number, seconds = line.split()[:2]
@@ -171,10 +171,10 @@ def test_workers_print_what_one_process_prints_on_mangled_captures(tmp_path, nam
     for seed in range(4):
         path = _mangled(tmp_path, name, seed)
         for mode in ([], ["--json"]):
-            alone = dissect(path, *mode, "-j", "1")
+            alone = run_dissect(path, *mode, "-j", "1")
             assert alone.exit_code == 0
             for jobs in ("2", "3"):
-                assert dissect(path, *mode, "-j", jobs).output == alone.output, (name, seed, jobs, mode)
+                assert run_dissect(path, *mode, "-j", jobs).output == alone.output, (name, seed, jobs, mode)
 
 
 # --- TCP picked up in the middle of a frame ---------------------------------------------------
@@ -206,7 +206,7 @@ def _resegmented(records, size):
 def test_a_tcp_stream_picked_up_inside_a_frame_resynchronises(tmp_path, ports):
     records = _resegmented(real_records("tcp-tls-crypt.pcap"), 97)
     whole = write(tmp_path, "whole.pcap", records)
-    complete = [json.loads(line) for line in dissect(whole, "--json", *ports).output.splitlines()]
+    complete = [json.loads(line) for line in run_dissect(whole, "--json", *ports).output.splitlines()]
     assert len(complete) >= 20
     # Start the capture at a segment that begins inside a frame, well into the session.
     def inside_a_frame(frame):  # its payload cannot start an OpenVPN frame (Ethernet, IPv4, TCP: at 66)
@@ -216,7 +216,7 @@ def test_a_tcp_stream_picked_up_inside_a_frame_resynchronises(tmp_path, ports):
 
     start = next(n for n, record in enumerate(records) if n > len(records) // 3 and inside_a_frame(record[2]))
     cut = write(tmp_path, "cut.pcap", records[start:])
-    shown = [json.loads(line) for line in dissect(cut, "--json", *ports).output.splitlines()]
+    shown = [json.loads(line) for line in run_dissect(cut, "--json", *ports).output.splitlines()]
     later_packets = [r for r in complete if r["frame"] > start + 4]  # those whole after the cut, with margin
     assert later_packets
     kept = {(r["src"], r["length"], r.get("session_id"), r.get("replay_packet_id")) for r in shown}
@@ -267,8 +267,8 @@ def test_a_capture_clock_that_was_never_set_does_not_hide_the_wrapping(tmp_path,
     shift = records[0][0] - 100
     path = write(tmp_path, "1970.pcap", [(sec - shift, usec, frame) for sec, usec, frame in records])
     args = ["-p", str(next(c["port"] for c in ALL_CAPTURES if c["file"] == name))]
-    right = [line.split(None, 2)[2] for line in dissect(CAPTURES / name, *args).output.splitlines()]
-    assert right and [line.split(None, 2)[2] for line in dissect(path, *args).output.splitlines()] == right
+    right = [line.split(None, 2)[2] for line in run_dissect(CAPTURES / name, *args).output.splitlines()]
+    assert right and [line.split(None, 2)[2] for line in run_dissect(path, *args).output.splitlines()] == right
 
 
 def test_live_a_lone_packet_is_shown_once_the_clock_moves_on_without_more_traffic():
