@@ -141,9 +141,17 @@ class Reader:
         if self.datagrams % EXPIRY_CHECK == 0:
             self._expire(time)
         state = flow.state
-        if transport == "udp" and state is OPENVPN and payload and not self.queue:  # the common case
-            record = self.arrived(flow, frame, time, sender, payload)
-            return [] if record is None else [record]
+        if state is OPENVPN and payload and not self.queue:  # the common cases
+            if transport == "udp":
+                record = self.arrived(flow, frame, time, sender, payload)
+                return [] if record is None else [record]
+            if not gap and len(payload) > 2 and _TCP_LENGTH(payload)[0] == len(payload) - 2 \
+                    and flow.synced[sender] and not flow.streams[sender]:
+                # TCP: a segment that is one whole frame, on a frame boundary (as _tcp would cut it)
+                record = self.arrived(flow, frame, time, sender, payload[2:])
+                if record is None:  # (it waits: as _tcp then _drain)
+                    return self._drain()
+                return [record]
         ready = self.tick(time)  # (the common case, above, never has any waiting)
         if state is OTHER or state is STATIC:
             if payload:
