@@ -142,15 +142,21 @@ class ListingReader(Reader):
         values = unpack(data, header + 1)
         mpid = values[message_at] if message_at is not None else None
         if count:
+            if count > 1:  # (an ACK array repeats from packet to packet: joined once)
+                acks = values[:count]
+                acks = _ACK_TEXTS.get(acks) or _ack_text(acks)
+            else:
+                acks = values[0]
             line = ACK_LINE if mpid is None else CONTROL_ACKS_LINE
-            line %= (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
-                     ",".join(map(str, values[:count])) if count > 1 else values[0],
+            line %= (frame, time - self.first_time, label, OPCODES[opcode], 0, sid, acks,
                      short_id(values[remote_at]), mpid, size)
         else:
             line = CONTROL_LINE % (frame, time - self.first_time, label, OPCODES[opcode], 0, sid,
                                mpid, size)
-        if opcode == _TLS and position < size:
-            names = self._tls_names(flow, sender, session_id, mpid, data, position, frame)
+        if opcode == _TLS and position < size:  # (Reader._tls for this packet: what it completes)
+            key = (sender, 0, session_id)
+            stream = flow.tls.get(key) or self.tls_stream(flow, key)
+            names = stream.add(mpid, data[position:], frame)
             if names:
                 return line + words + " [" + ", ".join(names) + "]"
         return line + words
@@ -166,6 +172,13 @@ class ListingReader(Reader):
         entry = self._layouts[wrapping] = (layout.visible, layout.header, words, layout.after_acks)
         return entry
 
-    def _tls_names(self, flow, sender, session_id, mpid, data, position, frame):
-        """As Reader._tls: what this payload completes in its direction's TLS stream."""
-        return self.tls_stream(flow, (sender, 0, session_id)).add(mpid, data[position:], frame)
+
+_ACK_TEXTS = {}  # ACK packet-ids -> "3,2,1,0" as lines show them
+_ACK_TEXTS_MAX = 1 << 14
+
+
+def _ack_text(acks):
+    if len(_ACK_TEXTS) >= _ACK_TEXTS_MAX:
+        _ACK_TEXTS.clear()
+    text = _ACK_TEXTS[acks] = ",".join(map(str, acks))
+    return text
