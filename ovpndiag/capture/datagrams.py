@@ -276,7 +276,12 @@ def _read_pcap(f, name, header, tr, position):
                                 deliveries = segment((pair[0], sport, pair[1], dport), word, flags & 0x3F,
                                                      buf[start + 34 + size:start + 14 + total], 0, time)
                                 if deliveries:
-                                    yield from deliver(deliveries, number, time)
+                                    if len(deliveries) == 1:  # (_deliver, inlined for the common case)
+                                        ends, stream, data, gap, closing = deliveries[0]
+                                        yield new(Datagram, (number, time, ends[0], ends[2], ends[1], ends[3], TCP,
+                                                             data, 0, stream, gap, closing))
+                                    else:
+                                        yield from deliver(deliveries, number, time)
                                 continue
                 r = decode_frame(linktype, buf[start:stop])
                 yield from (udp if r[0] is UDP else other)(r, number, (sec * units + frac) / units)
