@@ -98,11 +98,12 @@ def test_pcapng_times_far_from_1970_are_shown_as_tshark_shows_them(tmp_path, tsr
 
     # -V: every frame's date; --sessions: the session's first date and its duration.
     tree, errors = text(ovpndiag("dissect", "-V", capture))
-    dates = re.findall(r"^Frame (\d+): \d+ bytes at (.*?) \(\+", tree, re.M)
+    dates = re.findall(r"^Frame (\d+): .*\n(?:    .*\n)*?    Arrival Time: (.*)$", tree, re.M)
     assert len(dates) == 20, errors
     for (number, date), (_number, _relative, _epoch, frame_time) in zip(dates, frames):
         expected = tshark_date(frame_time)
-        assert date == (f"{expected} UTC" if expected else "time not representable"), number
+        micros = re.search(r"\.(\d{6})\d* UTC", frame_time)
+        assert date == (f"{expected}.{micros[1]} UTC" if expected else "time not representable"), number
     sessions, errors = text(ovpndiag("dissect", "--sessions", capture))
     span = Decimal(frames[-1][1]) - Decimal(frames[0][1])
     expected = first_date + " UTC" if first_date else "time not representable"

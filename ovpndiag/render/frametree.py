@@ -9,6 +9,7 @@ A datagram put together from IP fragments is shown with the IP header of its las
 fragment (the frame that completed it) and the UDP header from the first.
 """
 
+import math
 import struct
 
 from ..capture.framedecode import LINKTYPES, NAMES, name_pair
@@ -42,12 +43,22 @@ def utc_text(seconds) -> str:
     return text
 
 
-def _arrival(time) -> str:
-    whole = int(time // 1)
-    micros = int((time - whole) * 1e6 + 0.5)
-    if micros >= 1000000:
-        whole, micros = whole + 1, micros - 1000000
-    return "%s.%06d UTC" % (utc_text(whole)[:-4], micros), "%d.%06d" % (whole, micros)
+def _arrival(time):
+    """(Arrival Time, Epoch Time) to the microsecond, from the exact time of a far
+    date (capture.pcapfile.Instant: a float is coarser than a microsecond there)."""
+    exact = getattr(time, "exact", None)
+    if exact is not None:  # cut, not rounded: tshark's digits, fewer of them
+        whole = math.floor(exact)
+        micros = math.floor((exact - whole) * 1000000)
+    else:  # a float near today's dates is within a quarter microsecond of the time
+        whole = math.floor(time)
+        micros = round((time - whole) * 1000000)
+        if micros >= 1000000:
+            whole, micros = whole + 1, micros - 1000000
+    date = utc_text(whole)
+    if not date.endswith(" UTC"):  # "time not representable"
+        return date, "%d.%06d" % (whole, micros)
+    return "%s.%06d UTC" % (date[:-4], micros), "%d.%06d" % (whole, micros)
 
 
 def frame_lines(lines, get, kept) -> None:
