@@ -30,8 +30,10 @@ from typing import Iterator, List, NamedTuple, Optional
 
 from ..capture.pcapfile import CaptureError
 from ..capture.datagrams import Progress, Transport, read_transport
+from .sessions import PackedSummaries
 
 BATCH = 2048  # lines per message from a worker
+SESSIONS_PROGRESS = 65536  # frames between a --sessions worker's counts of packets
 FIRST_DATAGRAM_WITHIN = 100000  # frames searched for the capture's first datagram
 MIN_SIZE = 16 << 20  # smaller files are read faster by one process than by forking workers
 MAX_JOBS = 4  # each worker reads the whole file: beyond a few, that reading is most of the work
@@ -88,12 +90,14 @@ class Workers:
     once they are all read. ``close()`` stops the workers (also when the reader of
     the lines stops early, e.g. ``-c``)."""
 
-    def __init__(self, path, make_reader, jobs: int, first_time: float):
+    def __init__(self, path, make_reader, jobs: int, first_time: float, sessions: bool = False):
         sys.stdout.flush()  # a forked child must not inherit (and write again) pending output
         sys.stderr.flush()
         self.children, self.connections = [], []
         self.outcome: Optional[WorkersReport] = None
         self.frames_read = 0  # frames every worker is past, for a progress line
+        self.summaries = None  # --sessions: sessions.PackedSummaries, once read
+        work = _summarise if sessions else _work
         try:
             for index in range(jobs):
                 receiving, sending = Pipe(duplex=False)
@@ -102,7 +106,7 @@ class Workers:
                     receiving.close()
                     for other in self.connections:
                         other.close()
-                    _work(sending, path, make_reader, (index, jobs), first_time)
+                    work(sending, path, make_reader, (index, jobs), first_time)
                 sending.close()
                 self.children.append(pid)
                 self.connections.append(receiving)
@@ -151,6 +155,54 @@ class Workers:
                 total[0], total[1] = total[0] + opened, total[1] + applied
         self.outcome = WorkersReport(frames=first[0], skipped=first[1], tally=tally, key_verdicts=verdicts,
                                error=next((end[3] for end in ends if end[3]), None))
+
+    def sessions(self) -> Iterator[int]:
+        """--sessions (workers made with ``sessions=True``): yields how many OpenVPN packets
+        were read, now and then; then sets ``outcome`` and ``summaries`` (every session, in
+        the order one reader gives them), or leaves ``summaries`` None when the shards
+        could not give one reader's sessions (see ``_summarise``): then read the file again
+        with one reader."""
+        ends = [None] * len(self.connections)
+        marks = [0] * len(self.connections)
+        index_of = {connection: index for index, connection in enumerate(self.connections)}
+        open_connections = list(self.connections)
+        while open_connections:
+            for connection in wait(open_connections):
+                index = index_of[connection]
+                try:
+                    message = connection.recv()
+                except EOFError:
+                    raise RuntimeError(f"dissection worker {index + 1} ended without a word") from None
+                kind = message[0]
+                if kind == "crash":
+                    raise RuntimeError(f"dissection worker {index + 1} failed: {message[1]}")
+                if kind == "one reader":
+                    return
+                if message[1]:
+                    yield message[1]
+                if kind == "end":
+                    ends[index] = message
+                    open_connections.remove(connection)
+                else:
+                    marks[index] = message[2]
+                    self.frames_read = min(marks)
+        probed = [set(end[8]) for end in ends]
+        registered = [set(end[9]) for end in ends]
+        for index, probes in enumerate(probed):  # a client that floated to a flow of another shard
+            if any(probes & keys for other, keys in enumerate(registered) if other != index):
+                return
+        flows = sorted((frame, index, number, count, packed) for index, end in enumerate(ends)
+                       for number, (frame, count, packed) in enumerate(end[7]))
+        self.summaries = PackedSummaries([(count, packed) for _f, _i, _n, count, packed in flows])
+        tally, verdicts = {}, {}
+        for end in ends:
+            for name, count in end[4].items():
+                tally[name] = tally.get(name, 0) + count
+            for kind, (opened, applied) in end[6].items():
+                total = verdicts.setdefault(kind, [0, 0])
+                total[0], total[1] = total[0] + opened, total[1] + applied
+        self.outcome = WorkersReport(frames=ends[0][2], skipped=ends[0][3], tally=tally, key_verdicts=verdicts,
+                               error=next((end[5] for end in ends if end[5]), None))
 
     def close(self):
         for connection in self.connections:
@@ -215,6 +267,63 @@ def _work(connection, path, make_reader, shard, first_time):
         counts = transport.counts
         connection.send(("end", frames, texts, counts.frames, counts.skipped, dict(reader.tally), error, reader.key_verdicts))
     except (BrokenPipeError, ConnectionResetError):  # the parent stopped reading (e.g. -c)
+        status = 1
+    except BaseException:
+        status = 1
+        try:
+            connection.send(("crash", traceback.format_exc().strip().splitlines()[-1]))
+        except OSError:
+            pass
+    finally:
+        os._exit(status)
+
+
+def _summarise(connection, path, make_reader, shard, first_time):
+    """A --sessions worker's life: dissect one shard with ``make_reader()``'s reader (a
+    ShardSessions), send how many packets now and then, and at the end its flows'
+    sessions, packed, each flow with the frame it began at (one reader lists sessions
+    by flow, in the order the flows began); never return.
+
+    Two things only one reader sees, so a worker says "one reader" instead: a capture
+    spanning more than reader.FLOW_IDLE seconds (one reader forgets idle flows and lists
+    their sessions first, at moments that depend on every flow's datagrams), and - said
+    at the end, through the keys it sends - a flow whose first packet names a client
+    session id or peer-id that a flow of another shard has (a client that floated:
+    one reader shows one session)."""
+    from .reader import FLOW_IDLE
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    status = 0
+    try:
+        transport, reader = Transport(shard=shard), make_reader()
+        reader.first_time = first_time
+        feed = reader.feed
+        packets, next_progress, error = 0, SESSIONS_PROGRESS, None
+        earliest = latest = first_time
+        try:
+            for item in read_transport(path, transport):
+                if item.__class__ is Progress:
+                    if item.frame >= next_progress:
+                        connection.send(("packets", packets, item.frame - 1))
+                        packets, next_progress = 0, item.frame + SESSIONS_PROGRESS
+                    continue
+                time = item.time
+                if time > latest or time < earliest:
+                    earliest, latest = min(earliest, time), max(latest, time)
+                    if latest - earliest > FLOW_IDLE:
+                        connection.send(("one reader",))
+                        return
+                packets += len(feed(item))
+        except CaptureError as damage:
+            error = str(damage)
+        except OSError as failure:
+            error = f"{path}: {failure.strerror or failure}"
+        packets += len(reader.finish())
+        counts = transport.counts
+        connection.send(("end", packets, counts.frames, counts.skipped, dict(reader.tally), error,
+                         reader.key_verdicts, reader.packed_flows(), reader.probes, reader.registered()))
+    except (BrokenPipeError, ConnectionResetError):
         status = 1
     except BaseException:
         status = 1

@@ -34,6 +34,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 from .reader import Options
 
 LISTING = "listing"  # render= for the one-line listing (ListingReader's fast path; lines as render.line's)
+COUNT = "count"  # render= for --sessions: batches are numbers of packets (each only counted in its session)
 PROGRESS_EVERY = 50000  # datagrams (packets, with workers) between calls of ``progress``
 BATCH = 1024  # packets handed out together (fewer hand-offs: the listing's per-packet cost is small)
 
@@ -166,7 +167,7 @@ class Dissection:
                 from .sessionfilter import MatchedSessions
 
                 matched = MatchedSessions()
-            for batch in capture.batches():
+            for batch in capture.batches(COUNT if matched is None else None):
                 if matched is not None:
                     for record in filter(self.keep, batch):
                         matched.add(record)
@@ -192,6 +193,7 @@ class CaptureFile:
     def __init__(self, run: Dissection, path):
         self.run, self.path = run, path
         self.reader = None
+        self.packed = None  # the sessions from workers (sessions.PackedSummaries)
         self.frames = self.skipped = 0
         self.tally: dict = {}
         self.key_verdicts: dict = {}
@@ -201,8 +203,9 @@ class CaptureFile:
     def batches(self, render=None, colour: bool = False, progress: Optional[Callable[[int], None]] = None,
                 batch: int = BATCH) -> Iterator[list]:
         """Lists of Records in frame order; with ``render``, lists of what it makes of
-        each Record instead (None for a packet to leave out), or with LISTING the
-        listing's lines (``colour``: in colour). ``progress(frames read)`` is called
+        each Record instead (None for a packet to leave out), with LISTING the
+        listing's lines (``colour``: in colour), or with COUNT (--sessions) how many
+        packets (ints; each only counted in its session, see ``summaries()``). ``progress(frames read)`` is called
         now and then. Lists hold ``batch`` packets or more (the last fewer); 1 hands
         out each datagram's packets as they come, so that the reader reads no further
         than what was handed out (for a caller that may stop early and say what was
@@ -214,13 +217,19 @@ class CaptureFile:
 
             _Reading.close()  # (each worker reads the file on its own: see _parallel)
             first_time = parallel.first_frame_time(self.path)
-            if first_time is not None:  # (else nothing to share out early on, or damage there:
+            if first_time is not None and render is COUNT:
+                summarised = yield from self._parallel_sessions(jobs, first_time, progress)
+                if summarised:
+                    return  # (else the workers could not give one reader's sessions: one reader does)
+            elif first_time is not None:  # (else nothing to share out early on, or damage there:
                 yield from self._parallel(render, colour, jobs, first_time, progress)  # one reader says)
                 return
         yield from self._read(render, colour, progress, batch)
 
     def summaries(self) -> List[dict]:
         """One summary per OpenVPN session (Options.sessions), as --sessions shows them."""
+        if self.packed is not None:
+            return self.packed
         return self.reader.summaries() if self.reader is not None else []
 
     # --- one reader --------------------------------------------------------------
@@ -253,6 +262,8 @@ class CaptureFile:
             out = _texts  # (frame, text) pairs: the texts
         elif render is None:
             out = _records
+        elif render is COUNT:
+            out = len
         else:  # Records the writer or the sessions needed: rendered here
             render_one = _listing_line(colour) if render is LISTING else render
             out = lambda records: [render_one(record) for record in records]  # noqa: E731
@@ -307,7 +318,7 @@ class CaptureFile:
         """How many processes share this file: for lines of a big enough file (or as
         ``jobs`` asks), not for what needs every flow in one place or its Records here."""
         run = self.run
-        if (run.jobs == 1 or render is None or run.writer is not None or run.options.sessions
+        if (run.jobs == 1 or render is None or run.writer is not None or (run.options.sessions and render is not COUNT)
                 or run.frames is not None or self.path == "-" or not os.path.isfile(self.path)):
             return 1  # (standard input, a pipe or a device cannot be read by several processes at once)
         from . import parallel
@@ -337,6 +348,36 @@ class CaptureFile:
         self.error = outcome.error
         if self.error is not None:
             self.run.failed = True
+
+
+    def _parallel_sessions(self, jobs, first_time, progress):
+        """--sessions from ``jobs`` workers: yields numbers of packets; returns False
+        (having yielded nothing) when one reader has to read the file instead."""
+        from . import parallel
+        from .shardsessions import ShardSessions
+
+        options = self.run.options
+        workers = parallel.Workers(self.path, lambda: ShardSessions(options), jobs, first_time, sessions=True)
+        counts = []  # (held until the workers are sure they can do it)
+        if progress is not None:
+            _Reading.watch(workers.children, self.path)
+        try:
+            for count in workers.sessions():
+                counts.append(count)
+                if progress is not None:
+                    progress(workers.frames_read)
+        finally:
+            _Reading.close()
+            workers.close()
+        if workers.summaries is None:
+            return False
+        outcome, self.packed = workers.outcome, workers.summaries
+        self._count(outcome.frames, outcome.skipped, outcome.tally, outcome.key_verdicts)
+        self.error = outcome.error
+        if self.error is not None:
+            self.run.failed = True
+        yield sum(counts)
+        return True
 
 
 def _texts(pairs):

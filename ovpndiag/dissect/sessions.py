@@ -184,3 +184,40 @@ class Summaries(Sequence):
 
     def __iter__(self):
         return (session.to_dict() for session in self._sessions)
+
+
+def pack_summaries(summaries: list) -> bytes:
+    """Summary dicts as one bytes, for a worker to send (marshal: fast, exact types)."""
+    try:
+        return b"m" + marshal.dumps(summaries)
+    except ValueError:  # (a value marshal does not know)
+        import pickle
+
+        return b"p" + pickle.dumps(summaries)
+
+
+def unpack_summaries(packed: bytes) -> list:
+    if packed[:1] == b"m":
+        return marshal.loads(memoryview(packed)[1:])
+    import pickle
+
+    return pickle.loads(memoryview(packed)[1:])
+
+
+class PackedSummaries(Sequence):
+    """Summary dicts packed a flow at a time ((sessions, pack_summaries(...)) pairs),
+    unpacked as they are read."""
+
+    def __init__(self, flows):
+        self._flows = flows
+        self._length = sum(count for count, _packed in flows)
+
+    def __len__(self):
+        return self._length
+
+    def __getitem__(self, index):
+        return list(self)[index]
+
+    def __iter__(self):
+        for _count, packed in self._flows:
+            yield from unpack_summaries(packed)

@@ -97,10 +97,10 @@ class Output:
         """What to ask the pipeline's batches() for: None (Records: --sessions, and -Y
         over them), the listing (its fast path), or a renderer (None for a packet -Y
         leaves out)."""
-        from ..dissect.pipeline import LISTING
+        from ..dissect.pipeline import COUNT, LISTING
 
-        if self.sessions:
-            return None
+        if self.sessions:  # (the packets only counted, in workers too; -Y and -c need the Records)
+            return COUNT if self.filter is None and self.limit is None else None
         if self.filter is None:
             return LISTING if self.listing else self.render
         keep, render = self.filter, self.render  # -Y: every packet becomes a record to test (no fast path)
@@ -121,6 +121,10 @@ class Output:
             self.count += len(records)
             return
         self.lines(list(map(self.render, records)))
+
+    def counted(self, packets: int):
+        """--sessions: packets counted in their sessions (dissect.pipeline.COUNT)."""
+        self.count += packets
 
     def lines(self, lines):
         """Lines already rendered (None: a packet -Y left out)."""
@@ -156,10 +160,10 @@ class Output:
     def show(self, run) -> int:
         """Dissect and print every file of ``run`` (a dissect.pipeline.Dissection): the
         exit status, 1 if a file could not be read to its end, else 0."""
-        from ..dissect.pipeline import BATCH
+        from ..dissect.pipeline import BATCH, COUNT
 
         wanted = self.wanted()
-        add = self.records if wanted is None else self.lines
+        add = self.records if wanted is None else self.counted if wanted is COUNT else self.lines
         for capture in run:
             self.file, self.file_start = capture.path, self.count
             if self.many and not self.as_json and not self.sessions and self.fields is None:
