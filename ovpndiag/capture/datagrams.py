@@ -231,6 +231,7 @@ def _read_pcap(f, name, header, tr, position):
     buf, off, number, fast_udp, fast_tcp = b"", 0, 0, 0, 0
     index, shards = tr.shard or (0, 0)
     mix = _MIX
+    mark = 1  # the next frame that needs a look: the first (its time), then each Progress's when sharded
     try:
         while True:
             end = len(buf)
@@ -245,10 +246,12 @@ def _read_pcap(f, name, header, tr, position):
                 number += 1
                 off = stop
                 last_sec, last_frac = sec, frac  # the time of the last whole frame, for flush()
-                if number == 1:
-                    tr.first_time = (sec * units + frac) / units
-                if shards and not number % PROGRESS_EVERY:
-                    yield Progress(number)
+                if number == mark:  # (one test a frame for both)
+                    if number == 1:
+                        tr.first_time = (sec * units + frac) / units
+                    else:
+                        yield Progress(number)
+                    mark = (number // PROGRESS_EVERY + 1) * PROGRESS_EVERY if shards else 0
                 if ethernet and incl >= 48:
                     ethertype, vihl, total, frag, protocol, addrs, sport, dport, word, flags = _ETHER_IPV4(buf, start)
                     if ethertype == 0x0800 and vihl == 0x45 and not frag & 0x3FFF and 14 + total <= incl:
