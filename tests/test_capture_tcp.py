@@ -170,6 +170,21 @@ def test_idle_and_surplus_streams_are_evicted():
     assert out[-1][2] == b"late"
 
 
+def test_a_stream_goes_idle_while_another_keeps_sending_in_order():
+    # The in-order common case also ends the streams that went idle meanwhile (it keeps a
+    # bound on the oldest stream's last segment: each call must still see the real one).
+    r = StreamReassembler(idle_timeout=60)
+    assert feed(r, A, 1, ACK, b"a", now=0.0) == [(A, b"a", 0, False)]
+    assert feed(r, B, 1, ACK, b"b", now=0.0) == [(B, b"b", 0, False)]
+    assert feed(r, A, 2, ACK, b"a", now=30.0) == [(A, b"a", 0, False)]
+    assert feed(r, A, 3, ACK, b"a", now=60.0) == [(A, b"a", 0, False)]   # B idle for 60 s: not yet
+    assert feed(r, B, 2, ACK, b"b", now=60.0) == [(B, b"b", 0, False)]   # B again: A (60) is oldest
+    assert feed(r, B, 3, ACK, b"b", now=119.0) == [(B, b"b", 0, False)]
+    assert r.streams == 2 and r.evicted == 0
+    assert feed(r, B, 4, ACK, b"b", now=121.0) == [(B, b"b", 0, False), (A, b"", 0, True)]
+    assert r.streams == 1 and r.evicted == 1
+
+
 def test_closed_streams_are_remembered_for_a_while_and_in_bounded_number():
     r = StreamReassembler(max_closed=100, closed_timeout=120)
     for port in range(1000):                                          # short connections, 1 s apart

@@ -64,6 +64,7 @@ class StreamReassembler:
         self._arrivals = 0
         self._pending_total = 0
         self._now = float("-inf")
+        self._oldest_seen = float("-inf")  # the oldest stream's last_seen is at least this
         # Counters for a summary.
         self.retransmitted = 0      # segments whose bytes had all been delivered already
         self.out_of_order = 0       # segments that arrived ahead of a gap and were held
@@ -96,8 +97,13 @@ class StreamReassembler:
                 return []
             st.pos += length
             out = [(key, st.id, payload, 0, False)]
-            if streams and next(iter(streams.values())).last_seen + self.idle_timeout < self._now:
-                self._expire(out)
+            if self._oldest_seen + self.idle_timeout < self._now:
+                # (the oldest stream's last_seen never goes down: a stale bound only looks early)
+                oldest = next(iter(streams.values())).last_seen
+                if oldest + self.idle_timeout < self._now:
+                    self._expire(out)
+                else:
+                    self._oldest_seen = oldest
             return out
 
         out = []
