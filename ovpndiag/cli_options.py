@@ -30,6 +30,14 @@ passphrase or credentials file."""
 
 EX_SOFTWARE, EX_IOERR = 70, 74  # sysexits.h: an internal error; an input/output error
 
+
+def with_options(command, options):
+    """``command`` decorated with click ``options``, listed in the order --help shows them."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def colour_option(command):
     return click.option("--color", "--colour", "color", type=click.Choice(["auto", "always", "never"]),
                         default="auto", show_default=True,
@@ -61,9 +69,7 @@ def probe_options(command):
                      help="Take remote, port, proto, keys, key-direction and auth from a client profile; "
                           "options given here win."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def probe_settings(options):
@@ -120,9 +126,7 @@ def handshake_options(default_stage):
                          help="Append the control channel's TLS secrets to FILE (NSS key log: Wireshark then "
                               "decrypts a --write capture)."),
         ]
-        for option in reversed(options):
-            command = option(command)
-        return command
+        return with_options(command, options)
     return decorate
 
 
@@ -184,9 +188,7 @@ def dissect_options(command):
                           "aggregator=CHAR, occurrence=a|f|l. Repeatable."),
         colour_option,
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def _display_filter(_context, _parameter, text):
