@@ -73,3 +73,39 @@ def test_the_command_with_workers_prints_what_one_process_prints():
         assert one == two and one.count("client_session_id" if extra else "Session ") == 19
         if extra:
             assert [json.loads(line)["client_port"] for line in one.splitlines()]
+
+
+def _stretched(tmp_path, gap, frames=9000):
+    """udp-plain.pcap's frames repeated to ``frames``, ``gap`` capture seconds apart."""
+    import struct
+
+    data = (CAPTURES / "udp-plain.pcap").read_bytes()
+    assert struct.unpack_from("<I", data)[0] == 0xA1B2C3D4
+    records, offset = [], 24
+    while offset + 16 <= len(data):
+        length = struct.unpack_from("<I", data, offset + 8)[0]
+        records.append(data[offset + 16:offset + 16 + length])
+        offset += 16 + length
+    out = bytearray(data[:24])
+    for number in range(frames):
+        frame = records[number % len(records)]
+        micros = round(number * gap * 1e6)
+        out += struct.pack("<IIII", 1700000000 + micros // 1000000, micros % 1000000, len(frame), len(frame))
+        out += frame
+    path = tmp_path / f"stretched-{gap}.pcap"
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_a_capture_that_likely_spans_long_goes_to_one_reader_at_once(tmp_path, monkeypatch):
+    from ovpndiag.dissect import parallel
+
+    monkeypatch.setattr(parallel, "SPAN_SAMPLE", 4000)
+    assert parallel.likely_too_long_for_sessions(_stretched(tmp_path, 1.0))  # 9,000 s
+    assert not parallel.likely_too_long_for_sessions(_stretched(tmp_path, 0.01))  # 90 s
+    assert not parallel.likely_too_long_for_sessions(CAPTURES / "udp-plain.pcap")  # (read whole: workers check)
+    started = []
+    monkeypatch.setattr(parallel, "Workers", lambda *a, **k: started.append(a) or pytest.fail("workers started"))
+    with pipeline.open(str(_stretched(tmp_path, 1.0)), jobs=2, sessions=True) as run:
+        capture = next(iter(run))
+        assert sum(capture.batches(pipeline.COUNT)) > 0 and capture.packed is None and not started

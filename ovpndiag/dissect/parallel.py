@@ -15,6 +15,13 @@ stream's idle timeout may be numbered with a later frame (each worker's
 reassembler only sees its own segments go by), and a flow still undecided when
 reader.MAX_QUEUE packets wait behind it is guessed when its own worker's queue is
 full, not the single reader's.
+
+--sessions (``Workers(..., sessions=True)``, ``_summarise``): each worker counts its
+flows' packets into sessions and sends, at the end, their summaries packed with the
+frame each flow began at; the parent lists them by flow start, as one reader does.
+Where that order or a session's packets would depend on flows of other shards (a
+capture longer than reader.FLOW_IDLE, a client that floated to another shard), the
+workers give up and one reader reads the file.
 """
 
 import bisect
@@ -34,6 +41,7 @@ from .sessions import PackedSummaries
 
 BATCH = 2048  # lines per message from a worker
 SESSIONS_PROGRESS = 65536  # frames between a --sessions worker's counts of packets
+SPAN_SAMPLE = 20000  # frames read to guess a capture's span (likely_too_long_for_sessions)
 FIRST_DATAGRAM_WITHIN = 100000  # frames searched for the capture's first datagram
 MIN_SIZE = 16 << 20  # smaller files are read faster by one process than by forking workers
 MAX_JOBS = 4  # each worker reads the whole file: beyond a few, that reading is most of the work
@@ -83,6 +91,40 @@ def first_frame_time(path) -> Optional[float]:
     finally:
         items.close()
     return None
+
+
+def likely_too_long_for_sessions(path) -> bool:
+    """Whether the capture likely spans so long (1.5 x reader.FLOW_IDLE) that --sessions
+    workers would give up (see ``_summarise``): its span projected from the time its first
+    SPAN_SAMPLE frames cover and the bytes they take. Only a guess to save the workers'
+    wasted start on long captures: the workers check the span itself."""
+    import builtins
+
+    from .reader import FLOW_IDLE
+
+    transport, first, last = Transport(shard=(0, 1)), None, None
+    try:
+        with builtins.open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            items = read_transport(file, transport)
+            try:
+                for item in items:
+                    if item.__class__ is Progress:
+                        if item.frame > SPAN_SAMPLE:
+                            break
+                    else:
+                        first = item.time if first is None else first
+                        last = item.time
+                else:
+                    return False  # (read whole: the workers see the span)
+                taken = file.tell()
+            finally:
+                items.close()
+    except (CaptureError, OSError):
+        return False
+    if first is None or not taken:
+        return False
+    return (last - first) * size / taken > 1.5 * FLOW_IDLE
 
 
 class Workers:

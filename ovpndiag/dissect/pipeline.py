@@ -217,13 +217,14 @@ class CaptureFile:
 
             _Reading.close()  # (each worker reads the file on its own: see _parallel)
             first_time = parallel.first_frame_time(self.path)
-            if first_time is not None and render is COUNT:
+            # (None: nothing to share out early on, or damage there: one reader says)
+            if first_time is not None and render is not COUNT:
+                yield from self._parallel(render, colour, jobs, first_time, progress)
+                return
+            if first_time is not None and not parallel.likely_too_long_for_sessions(self.path):
                 summarised = yield from self._parallel_sessions(jobs, first_time, progress)
                 if summarised:
                     return  # (else the workers could not give one reader's sessions: one reader does)
-            elif first_time is not None:  # (else nothing to share out early on, or damage there:
-                yield from self._parallel(render, colour, jobs, first_time, progress)  # one reader says)
-                return
         yield from self._read(render, colour, progress, batch)
 
     def summaries(self) -> List[dict]:
