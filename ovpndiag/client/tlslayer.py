@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import List, Optional
 
+from ..certificates import key_description, validity
 from . import CredentialsError
 
 # TLS alert descriptions (RFC 8446 6, and the TLS 1.2 ones still seen)
@@ -129,26 +130,10 @@ def common_name(certificate) -> Optional[str]:
     return values[-1].value if values else None
 
 
-def key_description(public_key) -> str:
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return f"RSA {public_key.key_size}"
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return f"EC {public_key.curve.name}"
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return "Ed25519"
-    if isinstance(public_key, ed448.Ed448PublicKey):
-        return "Ed448"
-    if isinstance(public_key, dsa.DSAPublicKey):
-        return f"DSA {public_key.key_size}"
-    return type(public_key).__name__
-
-
 def certificate_facts(certificate, now=None) -> dict:
     """What a report says of one certificate (no key material: the public key's kind and size)."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    not_before, not_after = _validity(certificate)
+    not_before, not_after = validity(certificate)
     try:
         signature = certificate.signature_algorithm_oid._name
     except Exception:
@@ -168,14 +153,6 @@ def certificate_facts(certificate, now=None) -> dict:
         "key": key,
         "signature_algorithm": signature,
     }
-
-
-def _validity(certificate):
-    try:
-        return certificate.not_valid_before_utc, certificate.not_valid_after_utc
-    except AttributeError:  # cryptography < 42
-        utc = datetime.timezone.utc
-        return (certificate.not_valid_before.replace(tzinfo=utc), certificate.not_valid_after.replace(tzinfo=utc))
 
 
 class TLSClient:

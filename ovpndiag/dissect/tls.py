@@ -787,18 +787,18 @@ def _certificate(der: bytes) -> dict:
     from cryptography import x509
     try:
         cert = x509.load_der_x509_certificate(der)
+        not_before, not_after = _validity_text(cert)
         return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
-                "not_before": _utc(cert, "not_valid_before"),
-                "not_after": _utc(cert, "not_valid_after")}
+                "not_before": not_before, "not_after": not_after}
     except Exception as exc:
         return {"problem": f"cannot parse certificate: {type(exc).__name__}: {exc}"[:200]}
 
 
-def _utc(cert, attribute: str) -> str:
-    value = getattr(cert, attribute + "_utc", None)  # cryptography >= 42
-    if value is None:
-        value = getattr(cert, attribute)
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+def _validity_text(cert):
+    """(not before, not after) as ``2026-11-25T13:37:27Z``."""
+    from ..certificates import validity
+
+    return tuple(moment.strftime("%Y-%m-%dT%H:%M:%SZ") for moment in validity(cert))
 
 
 _FIELDS_CACHE: Dict[bytes, dict] = {}  # DER -> certificate_fields(): a capture repeats a few certificates
@@ -826,10 +826,11 @@ def _read_certificate(der: bytes) -> dict:
     try:
         cert = x509.load_der_x509_certificate(der)
         oid = cert.signature_algorithm_oid
+        not_before, not_after = _validity_text(cert)
         out.update(version=cert.version.name, serial=f"0x{cert.serial_number:x}",
                    signature_algorithm=f"{getattr(oid, '_name', 'unknown')} ({oid.dotted_string})",
-                   issuer=cert.issuer.rfc4514_string(), not_before=_utc(cert, "not_valid_before"),
-                   not_after=_utc(cert, "not_valid_after"), subject=cert.subject.rfc4514_string(),
+                   issuer=cert.issuer.rfc4514_string(), not_before=not_before,
+                   not_after=not_after, subject=cert.subject.rfc4514_string(),
                    public_key=_public_key(cert))
         out["extensions"] = _certificate_extensions(cert)
     except Exception as exc:  # a certificate the library cannot read is shown as such
@@ -838,23 +839,12 @@ def _read_certificate(der: bytes) -> dict:
 
 
 def _public_key(cert) -> str:
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+    from ..certificates import key_description
 
     try:
-        key = cert.public_key()
+        return key_description(cert.public_key(), detailed=True)
     except Exception as exc:
         return f"unreadable ({type(exc).__name__})"
-    if isinstance(key, rsa.RSAPublicKey):
-        return f"RSA, {key.key_size} bits, exponent {key.public_numbers().e}"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return f"EC {key.curve.name}, {key.key_size} bits"
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "Ed25519"
-    if isinstance(key, ed448.Ed448PublicKey):
-        return "Ed448"
-    if isinstance(key, dsa.DSAPublicKey):
-        return f"DSA, {key.key_size} bits"
-    return type(key).__name__
 
 
 def _certificate_extensions(cert) -> List[str]:
