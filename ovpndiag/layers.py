@@ -201,7 +201,7 @@ class _WKcField(XStrField):
     at_end = True  # (how wirelayout knows it is not where it stands in fields_desc)
 
     def getfield(self, pkt, s):
-        from .wirelayout import wkc_length
+        from .protocol import wkc_length
 
         length = wkc_length(s, 0)
         return s[:-length], s[-length:]

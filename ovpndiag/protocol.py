@@ -117,3 +117,16 @@ DIGEST_BY_SIZE = {size: digest for digest, size in HMAC_SIZES.items()}
 
 class MalformedPacket(ValueError):
     """Raised while dissecting bytes that cannot be what their opcode says."""
+
+
+def wkc_length(data: bytes, start: int) -> int:
+    """The length of the wrapped client key (WKc) at the end of ``data`` - its last two
+    bytes say it, itself included - checked to fit after offset ``start``.
+    Raises MalformedPacket with the reason."""
+    left = max(len(data) - start, 0)
+    if left < 2:
+        raise MalformedPacket(f"{left} bytes left where a wrapped client key (WKc) belongs")
+    length = int.from_bytes(data[-2:], "big")
+    if not 2 <= length <= left:
+        raise MalformedPacket(f"WKc length {length} in the last two bytes does not fit the {left} bytes left")
+    return length

@@ -11,8 +11,8 @@ adding a field or a wrapping in ``layers`` is the one edit.
 array (or before the ciphertext, where tls-crypt hides it) with their offsets, one
 struct for them, and by opcode one struct per ACK count for ACKs, remote session
 id and message packet-id. ``data_header(opcode)`` is the data packets' header
-size; ``wkc_length`` reads the tls-crypt-v2 client key's trailer; ``plain`` strips
-a wrapping's fields.
+size; ``plain`` strips a wrapping's fields. (The WKc trailer says its own length:
+``protocol.wkc_length`` reads it, for the layers too.)
 
 Importing Scapy costs some 70 ms, more than listing a small capture takes, so
 what the field lists say is kept as a small cache (``cache_path()``), named by a
@@ -32,7 +32,7 @@ from pathlib import Path
 from struct import Struct, calcsize
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from .protocol import HMAC_SIZES, MAX_ACKS, OPCODES, PLAIN, WRAPPING_KINDS, MalformedPacket, Wrapping
+from .protocol import HMAC_SIZES, MAX_ACKS, OPCODES, PLAIN, WRAPPING_KINDS, Wrapping
 
 # The wrappings readers meet: every kind, every tls-auth digest, tls-crypt opened or not.
 KNOWN = [PLAIN] + [Wrapping.tls_auth(size) for size in sorted(set(HMAC_SIZES.values()))] + [
@@ -42,7 +42,6 @@ KNOWN = [PLAIN] + [Wrapping.tls_auth(size) for size in sorted(set(HMAC_SIZES.val
 _HERE = Path(__file__).resolve().parent
 _CACHES_KEPT = 8
 _SOURCES = ("layers.py", "protocol.py", "wirelayout.py")
-_WKC_LENGTH = Struct("!H")
 
 
 class AfterAcks(NamedTuple):
@@ -140,19 +139,6 @@ def plain(wire: bytes, wrapping: Wrapping, wkc_length: int = 0) -> bytes:
     tls-crypt, ``wire`` must hold the plaintext (``Unwrapped.decrypted``)."""
     start = control_layout(wrapping).header
     return wire[:control_layout(PLAIN).header] + wire[start:len(wire) - wkc_length]
-
-
-def wkc_length(data: bytes, start: int) -> int:
-    """The length of the wrapped client key (WKc) at the end of ``data`` - its last two
-    bytes say it, itself included - checked to fit after offset ``start``.
-    Raises MalformedPacket with the reason."""
-    left = max(len(data) - start, 0)
-    if left < _WKC_LENGTH.size:
-        raise MalformedPacket(f"{left} bytes left where a wrapped client key (WKc) belongs")
-    length = _WKC_LENGTH.unpack_from(data, len(data) - _WKC_LENGTH.size)[0]
-    if not _WKC_LENGTH.size <= length <= left:
-        raise MalformedPacket(f"WKc length {length} in the last two bytes does not fit the {left} bytes left")
-    return length
 
 
 # --- reading the layers ---------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 
 from . import wirelayout
 from .keys import StaticKey, TLSCryptV2ClientKey, TLSCryptV2ServerKey
-from .protocol import CARRIES_WKC, HMAC_SIZES, PLAIN, MalformedPacket, Wrapping, digest_name
+from .protocol import CARRIES_WKC, HMAC_SIZES, PLAIN, MalformedPacket, Wrapping, digest_name, wkc_length
 
 CLIENT, SERVER = "client", "server"
 _REPLAY = struct.Struct("!II")  # replay packet-id, net_time: what the HMAC or tag covers first
@@ -193,7 +193,7 @@ def _wkc_size(wrapped, start):
     if wrapped[0] >> 3 not in CARRIES_WKC:
         return 0
     try:
-        return wirelayout.wkc_length(wrapped, start)
+        return wkc_length(wrapped, start)
     except MalformedPacket as error:
         raise WrapError(str(error)) from None
 

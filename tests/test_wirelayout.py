@@ -15,7 +15,7 @@ from struct import calcsize
 import pytest
 from scapy.fields import ConditionalField, IntField
 
-from ovpndiag import wirelayout
+from ovpndiag import protocol, wirelayout
 from ovpndiag.layers import OpenVPN, OpenVPNControl, OpenVPNDataV1, OpenVPNDataV2, Wrapping
 from ovpndiag.protocol import CARRIES_WKC, CONTROL_OPCODES, HMAC_SIZES, MAX_ACKS, Opcode, PLAIN
 
@@ -56,7 +56,7 @@ def test_offsets_and_structs_read_what_the_layers_build(wrapping):
                 assert raw == values[name] if isinstance(values[name], bytes) else \
                     int.from_bytes(raw, "big") == values[name], (name, wrapping)
             if opcode in CARRIES_WKC:
-                assert wirelayout.wkc_length(data, layout.header) == 42
+                assert protocol.wkc_length(data, layout.header) == 42
             checked += 1
             if not layout.visible:
                 assert len(data) == layout.header + (42 if opcode in CARRIES_WKC else 0)

@@ -13,7 +13,8 @@ only where a packet needs a field tree (``-V``).
 from struct import unpack_from
 
 from ..protocol import CARRIES_WKC, MAX_ACKS, OPCODES, PLAIN, RESETS, MalformedPacket, Opcode, Wrapping
-from ..wirelayout import control_layout, data_header, wkc_length
+from ..protocol import wkc_length
+from ..wirelayout import control_layout, data_header
 from .record import Record
 
 _TLS_CRYPT_V2 = Wrapping("tls-crypt-v2")
