@@ -13,25 +13,18 @@ from typing import Dict, Optional, Set, Tuple
 Flow = Tuple[str, tuple, tuple]  # (transport, (server, port), (client, port))
 
 
-def _sender(record) -> Optional[str]:
-    return record.get("_sender") if record.__class__ is dict else getattr(record, "sender", None)
-
-
-def _get(record, name):
-    return record.get(name) if record.__class__ is dict else getattr(record, name, None)
-
-
 class MatchedSessions:
     def __init__(self):
         self.flows: Dict[Flow, Set[Optional[int]]] = {}  # -> client session ids seen matching (None: any)
 
     def add(self, record):
-        """A packet that matched the filter."""
-        sender = _sender(record)
-        here, there = (_get(record, "src"), _get(record, "sport")), (_get(record, "dst"), _get(record, "dport"))
-        client, server = (here, there) if sender == "client" else (there, here)
-        client_id = _get(record, "session_id" if sender == "client" else "remote_session_id")
-        self.flows.setdefault((_get(record, "transport"), server, client), set()).add(client_id)
+        """A packet (a dissect.record.Record) that matched the filter."""
+        here, there = (record.src, record.sport), (record.dst, record.dport)
+        if record.sender == "client":
+            client, server, client_id = here, there, record.session_id
+        else:
+            client, server, client_id = there, here, record.remote_session_id
+        self.flows.setdefault((record.transport, server, client), set()).add(client_id)
 
     def keeps(self, summary: dict) -> bool:
         """Whether this session summary (``Session.to_dict``) had a matching packet."""
