@@ -12,32 +12,16 @@ again: a capture of half a million packets is printed in seconds. Records are
 read through ``field`` (plain dicts with ``_`` keys, or ``Record`` objects).
 """
 
-from ..protocol import DIGEST_BY_SIZE, PLAIN
+from ..protocol import DIGEST_BY_SIZE, PLAIN, Opcode
 from ..wirelayout import control_layout
 from . import frametree, hexdump as hexdumps, tlstree
 
-# Record attributes and the dict keys they had before records became objects.
-_DICT_KEYS = {"data": "_data", "decrypted": "_wire", "decoded_with": "_wrapping", "relative_time": "_relative",
-              "payload_offset": "_payload_offset", "hmac": "_hmac", "tag": "_tag", "raw_tlvs": "_tlvs",
-              "tls_details": "_tls_details", "sender": "_sender"}
-
-
 def fields_of(record):
-    """A getter ``get(name)`` for a record: None when it has no such field."""
-    if isinstance(record, dict):
-        get = record.get
-        keys = _DICT_KEYS
-        return lambda name: get(keys.get(name, name))
-    if hasattr(record, "__slots__"):  # a Record: every field is set, None when absent
-        return record.__getattribute__
-    return lambda name: getattr(record, name, None)
+    """A getter ``get(name)`` for a dissect.record.Record (every field is set, None when absent)."""
+    return record.__getattribute__
 
 
-def signed(record) -> bool:
-    """Does the packet carry an HMAC or tag (whether or not a key checked it)?"""
-    if isinstance(record, dict):
-        return "hmac_valid" in record
-    return bool(getattr(record, "signed", False))
+_CARRY_TLS = (Opcode.P_CONTROL_SOFT_RESET_V1, Opcode.P_CONTROL_V1, Opcode.P_CONTROL_WKC_V1)
 
 
 class TreeRenderer:
@@ -69,7 +53,7 @@ def packet_tree(record, frames=None) -> str:
     details = get("tls_details")
     if details:
         tlstree.tls_lines(lines, details)
-    elif get("opcode_value") in (4, 11) and get("payload_len") and get("message_packet_id") is not None:
+    elif get("opcode_value") in (Opcode.P_CONTROL_V1, Opcode.P_CONTROL_WKC_V1) and get("payload_len") and get("message_packet_id") is not None:
         lines.append("Transport Layer Security")
         lines.append(f"    [TLS bytes of a record that is not complete yet ({get('payload_len')} bytes here)]")
     return "\n".join(lines)
@@ -118,10 +102,10 @@ def _openvpn_lines(lines, record, get):
         return
     add(_type_lines(wire[0], get("opcode") or f"opcode {wire[0] >> 3}"))
     malformed = get("malformed")
-    if opcode == 9 and get("peer_id") is not None:
+    if opcode == Opcode.P_DATA_V2 and get("peer_id") is not None:
         add(f"    Peer ID: {get('peer_id')} (offset 1, 3 bytes)")
         add(f"    Data: {get('payload_len')} bytes (offset 4, encrypted)")
-    elif opcode == 6:
+    elif opcode == Opcode.P_DATA_V1:
         add(f"    Data: {get('payload_len')} bytes (offset 1, encrypted)")
     elif get("session_id") is not None:
         _control_lines(add, record, get, wire, wrapping, opcode)
@@ -178,18 +162,18 @@ def _control_lines(add, record, get, wire, wrapping, opcode):
                 f"Value: {value.hex() or '(empty)'}")
             at += 4 + len(value)
     elif payload and offset is not None:
-        what = "TLS" if opcode in (3, 4, 11) else "bytes after the ACKs" if opcode == 5 else "TLVs"
+        what = "TLS" if opcode in _CARRY_TLS else "bytes after the ACKs" if opcode == Opcode.P_ACK_V1 else "TLVs"
         add(f"    Payload: {payload} bytes of {what} (offset {offset})")
     wkc = get("wkc_len")
     if wkc:
         add(f"    Wrapped Client Key (WKc): {wkc} bytes (offset {len(wire) - wkc}, at the end; "
             f"its last 2 bytes are its length)")
-        metadata = record.get("wkc_metadata") if isinstance(record, dict) else getattr(record, "wkc_metadata", None)
+        metadata = record.wkc_metadata
         if metadata:  # (opened with the tls-crypt-v2 server key)
             stamp = metadata.get("timestamp")
             add(f"        [Client key metadata: type {metadata.get('metadata_type')}"
                 + (f", made {frametree.utc_text(stamp)}" if stamp else "") + "]")
-    if not get("hmac") and not get("tag") and signed(record):
+    if not get("hmac") and not get("tag") and record.signed:
         add(_verdict(record, get, wrapping).strip())
 
 
@@ -200,7 +184,7 @@ def _verdict(record, get, wrapping) -> str:
         direction = get("key_direction")
         return (f" [{word} {'valid' if valid else 'INVALID'}"
                 + (f", sender's key-direction {direction}" if direction is not None else "") + "]")
-    if signed(record):
+    if record.signed:
         return (f" [{word} not checked: no key given"
                 + (", or a dynamic tls-crypt key from the TLS session" if get("dynamic") else "") + "]")
     return ""
