@@ -27,6 +27,7 @@ import time
 from typing import List, Optional
 
 from .. import transport
+from ..protocol import DATA_OPCODES
 from . import STAGES, HandshakeResult, HandshakeSettings, Stage
 from .keymethod import KeyExchange, KeyMethodError, client_message, iv_proto_names, options_string, \
     parse_server_message, peer_info, server_randoms
@@ -746,7 +747,7 @@ class Client:
 
         self.exchange.append((time.time(), self._remote, self._local,
                               self.proto, wire, False))
-        if wire and wire[0] >> 3 in (6, 9):  # data channel: datachannel.py reads it
+        if wire and wire[0] >> 3 in DATA_OPCODES:  # data channel: datachannel.py reads it
             self._data_queue.append(wire)
             return
         try:
