@@ -532,7 +532,11 @@ def test_mangled_streams_never_raise():
                 p[:] = rng.randbytes(rng.randrange(0, 300))
             elif how == 4 and len(p) >= 9 and p[0] == 22:  # handshake lengths
                 p[6:9] = rng.randbytes(3)
-        stream = TLSStream(max_held_packets=rng.choice([2, 64]))
+        held = rng.choice([2, 64])
+        stream = TLSStream(max_held_packets=held)
+        # The listing's names-only stream (bodies it names nothing from are skipped, not
+        # buffered) names the same things at the same packets, and breaks where it breaks.
+        names_only = TLSStream(max_held_packets=held, details=False)
         pids = list(range(1, len(payloads) + 1))
         if how == 5:  # packet-ids anywhere
             pids = [rng.choice([0, 1, 2, 3, 2 ** 32 - 1, rng.randrange(100)]) for _ in pids]
@@ -541,6 +545,9 @@ def test_mangled_streams_never_raise():
             names = stream.add(pid, bytes(p), pid)
             assert isinstance(names, list) and all(isinstance(name, str) and name for name in names)
             assert stream.pending <= MAX_RECORD + 5 and stream.held <= 64
+            assert names_only.add(pid, bytes(p), pid) == names
+            assert (names_only.pending, names_only.broken) == (stream.pending, stream.broken)
+            assert stream.broken or names_only.consumed == stream.consumed
             named += names
         if how != 5:
             # The same bytes in one piece name the same records: packet boundaries do not

@@ -18,7 +18,9 @@ Two speeds:
   byte indexing of record headers (content type, version, 16-bit length) and
   handshake headers (type, 24-bit length; several messages may share a record, and
   one message may span records and packets). No Scapy. Memory per stream is bounded:
-  only an incomplete record is buffered (at most one record, 18 KiB), at most
+  only an incomplete record is buffered (at most one record, 18 KiB; with
+  ``details=False``, as the listing asks, only a handshake record or a 2-byte alert:
+  the body of any other record is skipped, its name needs none of it), at most
   ``max_held_packets`` / ``max_held_bytes`` wait behind a gap, and only the few
   handshake messages ``details()`` reads are kept (capped, see ``KEEP_*``).
   A stream that cannot be followed (bytes that are not TLS, a record longer than TLS
@@ -182,6 +184,11 @@ class TLSStream:
         self._keep_entries = KEEP_ENTRIES if details else 0
         self._kept_types = _KEPT_TYPES if details else ()
         self._marking = details  # packet-ids of buffered bytes: only kept items name them
+        # details=False: a record whose name needs none of its body (application data,
+        # change cipher spec, heartbeat, an encrypted alert) is not buffered across
+        # packets but skipped: _skip bytes still to come, then _skipped names it.
+        self._skip = 0
+        self._skipped = None         # (content type, version, length) of the skipped record
 
     # ------------------------------------------------------------------ fast path
 
@@ -191,6 +198,8 @@ class TLSStream:
 
     @property
     def pending(self) -> int:
+        if self._skip:
+            return 5 + self._skipped[2] - self._skip
         return len(self._buf)
 
     def add(self, message_packet_id: int, payload: bytes, frame: int = 0) -> List[str]:
@@ -235,6 +244,7 @@ class TLSStream:
     def _break(self, reason: str) -> None:
         self.broken = reason
         self._buf = bytearray()
+        self._skip = 0
         self._marks = _NO_MARKS
         self._hs_body = None
         for pid in self._held:
@@ -244,6 +254,18 @@ class TLSStream:
     def _feed(self, pid: int, payload: bytes, frame: int, names: List[str]) -> None:
         if self.broken or not payload:
             return
+        skip = self._skip
+        if skip:  # (details=False) the rest of a record whose body no name needs
+            if len(payload) < skip:
+                self._skip = skip - len(payload)
+                return
+            self._skip = 0
+            content_type, version, length = self._skipped
+            self.consumed += 5 + length
+            self._body_free(names, frame, pid, content_type, version, length)
+            if len(payload) == skip:
+                return
+            payload = payload[skip:]
         buf = self._buf
         marking = self._marking
         if buf:
@@ -271,6 +293,12 @@ class TLSStream:
                 return
             end = pos + 5 + length
             if end > size:
+                if not marking and (content_type != 22 and (content_type != 21 or length != 2)):
+                    # Names only, and this record's name needs no byte of its body: skip it.
+                    self.consumed += pos
+                    self._skip, self._skipped = end - size, (content_type, version, length)
+                    self._buf, self._marks = b"", _NO_MARKS
+                    return
                 break
             if content_type == 23:  # the common case, inlined
                 names.append("Application Data")
@@ -316,6 +344,20 @@ class TLSStream:
                 # one that starts at or before pos (offsets only grow) to the end.
                 first = bisect_right(marks, (pos, 1 << 64)) - 1
                 self._marks = [(max(0, off - pos), q) for off, q in marks[first:]]
+
+    def _body_free(self, names, frame, pid, content_type, version, length) -> None:
+        """Name a skipped record (as _feed's loop names it; nothing of it is kept)."""
+        if content_type == 23:
+            name = "Application Data"
+        elif content_type == 20:
+            self._ccs = True
+            name = "Change Cipher Spec"
+        elif content_type == 21:
+            name = "Encrypted Alert"
+        else:
+            name = "Encrypted Heartbeat" if self._ccs else "Heartbeat"
+        self._item(names, frame, name, content_type, version, None, length, pid, pid,
+                   content_type != 20 and (content_type != 24 or self._ccs))
 
     def _pid_at(self, pos: int) -> int:
         """The packet-id of the packet that brought buffered byte ``pos``."""
