@@ -154,6 +154,13 @@ class TLSStream:
     With ``details=False`` only names are made: nothing is kept for ``details()``.
     """
 
+    # (a stream per direction of every session: slots make one cheaper to make and to hold)
+    __slots__ = ("first_packet_id", "next_packet_id", "max_held_packets", "max_held_bytes",
+                 "retransmissions", "broken", "omitted", "consumed", "_held", "_held_bytes", "_buf",
+                 "_marks", "_ccs", "_hs_head", "_hs_type", "_hs_need", "_hs_len", "_hs_body", "_hs_pid",
+                 "_hs_version", "_kept", "_items", "_entries", "_keep_entries", "_kept_types", "_marking",
+                 "_skip", "_skipped")
+
     def __init__(self, first_packet_id: int = 1, max_held_packets: int = 64,
                  max_held_bytes: int = 256 * 1024, details: bool = True):
         self.first_packet_id = self.next_packet_id = first_packet_id
