@@ -156,29 +156,38 @@ class Workers:
             self.close()
             raise
 
-    def lines(self) -> Iterator[List[str]]:
-        jobs = len(self.connections)
-        frames: List[list] = [[] for _ in range(jobs)]
-        texts: List[list] = [[] for _ in range(jobs)]
-        marks = [0] * jobs
-        ends = [None] * jobs
+    def _rounds(self) -> Iterator[list]:
+        """The workers' messages as they come: per wait, [(worker index, message)]. A
+        worker's "end" message is its last; one that dies or crashes raises."""
         index_of = {connection: index for index, connection in enumerate(self.connections)}
         open_connections = list(self.connections)
         while open_connections:
+            arrived = []
             for connection in wait(open_connections):
                 index = index_of[connection]
                 try:
                     message = connection.recv()
                 except EOFError:
                     raise RuntimeError(f"dissection worker {index + 1} ended without a word") from None
-                kind = message[0]
-                if kind == "crash":
+                if message[0] == "crash":
                     raise RuntimeError(f"dissection worker {index + 1} failed: {message[1]}")
+                if message[0] == "end":
+                    open_connections.remove(connection)
+                arrived.append((index, message))
+            yield arrived
+
+    def lines(self) -> Iterator[List[str]]:
+        jobs = len(self.connections)
+        frames: List[list] = [[] for _ in range(jobs)]
+        texts: List[list] = [[] for _ in range(jobs)]
+        marks = [0] * jobs
+        ends = [None] * jobs
+        for arrived in self._rounds():
+            for index, message in arrived:
                 frames[index] += message[1]
                 texts[index] += message[2]
-                if kind == "end":
+                if message[0] == "end":
                     marks[index], ends[index] = NEVER, message[3:]
-                    open_connections.remove(connection)
                 else:
                     marks[index] = message[3]
             limit = min(marks)
@@ -187,16 +196,7 @@ class Workers:
             batch = _merge(frames, texts, limit)
             if batch:
                 yield batch
-        first = ends[0]
-        tally, verdicts = {}, {}
-        for end in ends:
-            for name, count in end[2].items():
-                tally[name] = tally.get(name, 0) + count
-            for kind, (opened, applied) in end[4].items():
-                total = verdicts.setdefault(kind, [0, 0])
-                total[0], total[1] = total[0] + opened, total[1] + applied
-        self.outcome = WorkersReport(frames=first[0], skipped=first[1], tally=tally, key_verdicts=verdicts,
-                               error=next((end[3] for end in ends if end[3]), None))
+        self.outcome = _report(ends)
 
     def sessions(self) -> Iterator[int]:
         """--sessions (workers made with ``sessions=True``): yields how many OpenVPN packets
@@ -206,25 +206,14 @@ class Workers:
         with one reader."""
         ends = [None] * len(self.connections)
         marks = [0] * len(self.connections)
-        index_of = {connection: index for index, connection in enumerate(self.connections)}
-        open_connections = list(self.connections)
-        while open_connections:
-            for connection in wait(open_connections):
-                index = index_of[connection]
-                try:
-                    message = connection.recv()
-                except EOFError:
-                    raise RuntimeError(f"dissection worker {index + 1} ended without a word") from None
-                kind = message[0]
-                if kind == "crash":
-                    raise RuntimeError(f"dissection worker {index + 1} failed: {message[1]}")
-                if kind == "one reader":
+        for arrived in self._rounds():
+            for index, message in arrived:
+                if message[0] == "one reader":
                     return
                 if message[1]:
                     yield message[1]
-                if kind == "end":
+                if message[0] == "end":
                     ends[index] = message
-                    open_connections.remove(connection)
                 else:
                     marks[index] = message[2]
                     self.frames_read = min(marks)
@@ -236,15 +225,7 @@ class Workers:
         flows = sorted((frame, index, number, count, packed) for index, end in enumerate(ends)
                        for number, (frame, count, packed) in enumerate(end[7]))
         self.summaries = PackedSummaries([(count, packed) for _f, _i, _n, count, packed in flows])
-        tally, verdicts = {}, {}
-        for end in ends:
-            for name, count in end[4].items():
-                tally[name] = tally.get(name, 0) + count
-            for kind, (opened, applied) in end[6].items():
-                total = verdicts.setdefault(kind, [0, 0])
-                total[0], total[1] = total[0] + opened, total[1] + applied
-        self.outcome = WorkersReport(frames=ends[0][2], skipped=ends[0][3], tally=tally, key_verdicts=verdicts,
-                               error=next((end[5] for end in ends if end[5]), None))
+        self.outcome = _report([end[2:7] for end in ends])
 
     def close(self):
         for connection in self.connections:
@@ -256,6 +237,20 @@ class Workers:
                 pass
             os.waitpid(pid, 0)
         self.children = []
+
+
+def _report(ends) -> WorkersReport:
+    """The file's report from each worker's (frames, skipped, tally, error, key verdicts):
+    every worker reads every frame; tallies and key verdicts add up."""
+    tally, verdicts = {}, {}
+    for _frames, _skipped, worker_tally, _error, worker_verdicts in ends:
+        for name, count in worker_tally.items():
+            tally[name] = tally.get(name, 0) + count
+        for kind, (opened, applied) in worker_verdicts.items():
+            total = verdicts.setdefault(kind, [0, 0])
+            total[0], total[1] = total[0] + opened, total[1] + applied
+    return WorkersReport(frames=ends[0][0], skipped=ends[0][1], tally=tally, key_verdicts=verdicts,
+                         error=next((end[3] for end in ends if end[3]), None))
 
 
 def _merge(frames, texts, limit):
