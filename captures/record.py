@@ -295,6 +295,72 @@ SCENARIOS: list[Scenario] = [
         "static-key data packets only (HMAC-SHA1 (20 bytes), IV (16), AES-256-CBC ciphertext; no opcode byte): "
         "their first bytes are random, so read as TLS-mode OpenVPN they give made-up opcodes",
         kind="static-key", group="real-world", tunnel_ping=56, net="veth", capture_iface="link", mtu=1500, capture_args=["--immediate-mode"]),
+    # ---- failures for `ovpndiag analyze`: one per verdict the captures above lack, each with
+    # the verdict it must get in the manifest (group "failures")
+    Scenario(
+        "fail-expired-server-cert", "udp", 4, 1194, "none", Side(), Side(), "failed",
+        "The server presents an expired certificate (keys/server-expired.crt, notAfter 30 days before "
+        "its making); the client allows at most TLS 1.2, so the certificate crosses in clear. The client "
+        "refuses it (its log: \"VERIFY ERROR: ... certificate has expired\", \"Sent fatal SSL alert: "
+        "certificate expired\"), but restarts before that alert leaves: none is on the wire.",
+        "resets, ClientHello, the server's TLS 1.2 flight (Server Hello, Certificate, Server Key Exchange, "
+        "then Certificate Request and Server Hello Done in a second packet), never acknowledged; the "
+        "server retransmits it while the client starts over each second with a new session id",
+        server_cert="server-expired", server_answers=True, group="failures",
+        verdict="server-certificate-rejected",
+        client_log_expect=r"VERIFY ERROR: depth=0, error=certificate has expired",
+        client_extra=["--tls-version-max", "1.2", "--hand-window", "2"]),
+    Scenario(
+        "fail-client-cert-untrusted-tls12", "udp", 4, 1194, "none", Side(), Side(), "failed",
+        "Like fail-untrusted-cert (a client certificate from a CA the server does not trust, over UDP), "
+        "but the client allows at most TLS 1.2, so its certificate crosses in clear.",
+        "resets, the TLS 1.2 handshake up to the client's Certificate, Client Key Exchange, Certificate "
+        "Verify and Finished, never acknowledged: the server's log says \"Sent fatal SSL alert: unknown CA\", "
+        "but none reaches the wire; the client gives up after --hand-window 2 and starts over",
+        client_cert="rogue-client", group="failures", verdict="client-certificate-rejected",
+        server_log_expect=r"certificate verify failed|VERIFY ERROR",
+        client_extra=["--tls-version-max", "1.2", "--hand-window", "2"]),
+    Scenario(
+        "fail-tls-version-mismatch", "udp", 4, 1194, "none", Side(), Side(), "failed",
+        "The server requires TLS 1.3 (--tls-version-min 1.3), the client offers at most TLS 1.2 "
+        "(--tls-version-max 1.2): the server refuses the ClientHello (its log: \"Sent fatal SSL alert: "
+        "protocol version\"), but no alert reaches the wire.",
+        "resets, the client's ClientHello offering TLS 1.0-1.2, then nothing from the server (not even an "
+        "ACK); the client gives up after --hand-window 2 and starts over",
+        server_answers=True, group="failures", verdict="client-hello-rejected",
+        server_log_expect=r"Sent fatal SSL alert: protocol version",
+        server_extra=["--tls-version-min", "1.3"],
+        client_extra=["--tls-version-max", "1.2", "--hand-window", "2"]),
+    Scenario(
+        "fail-auth-failed", "udp", 4, 1194, "none", Side(), Side(), "failed",
+        "The server checks username/password with --auth-user-pass-verify /bin/false via-env (it refuses "
+        "everyone); the client sends keys/user-pass.txt and gets AUTH_FAILED, then exits (--auth-retry none).",
+        "a complete TLS 1.3 handshake, the key-method 2 messages and the server's AUTH_FAILED (a 76-byte "
+        "P_CONTROL_V1, sent again 2 s later: the exiting client never ACKs it) - inside TLS, so only "
+        "their lengths show - and no data packet",
+        server_answers=True, group="failures", verdict="auth-failed",
+        server_log_expect=r"Auth Username/Password verification failed",
+        client_log_expect=r"AUTH: Received control message: AUTH_FAILED",
+        server_extra=["--script-security", "2", "--auth-user-pass-verify", "/bin/false", "via-env"],
+        client_extra=["--auth-user-pass", "keys/user-pass.txt"]),
+    Scenario(
+        "fail-no-shared-cipher", "udp", 4, 1194, "none", Side(), Side(), "failed",
+        "The server allows only AES-256-GCM (--data-ciphers), the client only CHACHA20-POLY1305: after "
+        "TLS the server finds no common data cipher and sends \"AUTH_FAILED,Data channel cipher "
+        "negotiation failed (no shared cipher)\" inside TLS; the client exits.",
+        "a complete TLS 1.3 handshake, the key-method 2 messages and the server's AUTH_FAILED with its "
+        "reason (a 134-byte P_CONTROL_V1, sent again 2 s later), no data packet",
+        server_answers=True, group="failures", verdict="no-shared-cipher",
+        server_log_expect=r"No common cipher between server and client",
+        client_log_expect=r"AUTH_FAILED,Data channel cipher negotiation failed",
+        server_extra=["--data-ciphers", "AES-256-GCM"],
+        client_extra=["--data-ciphers", "CHACHA20-POLY1305"]),
+    Scenario(
+        "fail-port-closed", "udp", 4, 1194, "none", Side(), Side(), "failed",
+        "Nothing listens on 127.0.0.1:1194 (no server started): the kernel answers each client reset "
+        "with an ICMP port unreachable (captured with 'port 1194 or icmp').",
+        "client resets, each followed by ICMP destination unreachable (port unreachable) quoting it",
+        kind="no-server", group="failures", verdict="port-closed"),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .pcapfile import parse_capture
+from .pcapfile import parse_capture, read_pcap
 from .scenario import Scenario
 
 
@@ -12,6 +12,8 @@ def check_capture(path: Path, sc: Scenario) -> list[str]:
     """Minimal wire-level expectations for a scenario. Returns a list of problems."""
     pkts, info = parse_capture(path, sc)
     problems = []
+    if sc.kind == "no-server":
+        return check_port_closed(path, pkts, sc)
     if not pkts:
         return ["no OpenVPN packets captured"]
     if info["linktypes"] != {sc.linktype}:
@@ -67,9 +69,10 @@ def check_from_handshake(ops: list[tuple[str, int, int]], sc: Scenario) -> list[
     else:
         if has_data:
             problems.append("data packets in a failed handshake")
-        if sc.client_cert == "client" and server_reset:
+        answers = sc.client_cert != "client" or sc.server_answers
+        if not answers and server_reset:
             problems.append("server answered although the client's wrapping is wrong")
-        if sc.client_cert != "client" and not server_reset:
+        if answers and not server_reset:
             problems.append("server never answered (TLS should start and then fail)")
     return problems
 
@@ -143,4 +146,20 @@ def check_static_key(pkts: list[tuple[str, bytes]]) -> list[str]:
         problems.append(f"packet sizes {odd[:5]} do not fit HMAC-SHA1 | IV | AES-CBC")
     if len(pkts) < 6:
         problems.append(f"only {len(pkts)} static-key packets")
+    return problems
+
+
+def check_port_closed(path: Path, pkts: list[tuple[str, bytes]], sc: Scenario) -> list[str]:
+    """Nothing listens: client resets only, each answered by an ICMP port unreachable
+    (IPv4 on Ethernet-framed lo: type 3, code 3 at the IP payload's start)."""
+    problems = []
+    if not pkts or {(d, p[0] >> 3) for d, p in pkts} != {("c2s", 7)}:
+        problems.append(f"packets {sorted({(d, p[0] >> 3) for d, p in pkts})}, expected client resets only")
+    unreachable = 0
+    for _ts, _linktype, frame in read_pcap(path):
+        ip = frame[14:]
+        if frame[12:14] == b"\x08\x00" and ip[9] == 1 and ip[(ip[0] & 15) * 4:][:2] == b"\x03\x03":
+            unreachable += 1
+    if not unreachable:
+        problems.append("no ICMP port unreachable in the capture")
     return problems

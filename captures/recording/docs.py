@@ -12,7 +12,7 @@ from .scenario import FAIL_SECONDS, KEEPALIVE_SECONDS, RENEG_SECONDS, Derived, S
 
 
 def manifest_entry(sc: Scenario) -> dict:
-    return {
+    entry = {
         "file": sc.file,
         "transport": sc.transport,
         "family": sc.family,
@@ -35,10 +35,16 @@ def manifest_entry(sc: Scenario) -> dict:
         "derived_from": None,
         "group": sc.group,
         "program": {"tls": "openvpn", "static-key": "openvpn --secret",
-                    "probe": "ovpndiag probe --try-keys"}[sc.kind],
+                    "probe": "ovpndiag probe --try-keys",
+                    "no-server": "openvpn (client only)"}[sc.kind],
         "capture_start": sc.capture_start,
         "float": sc.float_client,
     }
+    if sc.group == "failures":          # what `ovpndiag analyze` must say, and what made it so
+        entry.update(verdict=sc.verdict, server_cert=f"keys/{sc.server_cert}.crt",
+                     client_cert=f"keys/{sc.client_cert}.crt",
+                     server_options=sc.server_extra, client_options=sc.client_extra)
+    return entry
 
 
 def derived_entry(d: Derived, source: Scenario) -> dict:
@@ -168,6 +174,23 @@ The "real-world" ones are made the way users make captures, for what a reader me
 * `udp-static-key`: `openvpn --secret` point-to-point peers (2.6 logs "DEPRECATED OPTION: The
   option --secret is deprecated" and that 2.7 removes non-TLS mode); the packets have no opcode
   byte, so tools that read them as TLS-mode OpenVPN invent opcodes, session ids and peer-ids.
+
+## Failures for `ovpndiag analyze` (`group` "failures")
+
+One capture per way a handshake fails that the captures above lack, each with the verdict
+(`ovpndiag/verdicts.py`) it must get in its manifest entry (`verdict`), plus `server_cert`,
+`client_cert` and the extra `server_options`/`client_options` that made it fail:
+
+* Where TLS 1.2 is forced (`--tls-version-max 1.2` on the client) the certificates cross in
+  clear. OpenVPN 2.6 logs "Sent fatal SSL alert: ..." on the refusing side, but the alert never
+  reaches the wire in these captures: the refusing peer drops the session (the client restarts,
+  the server forgets it) before sending it. What the wire shows is who stopped answering after what.
+* `fail-auth-failed` and `fail-no-shared-cipher` run TLS 1.3: the AUTH_FAILED is inside TLS, only
+  its length shows (76 and 134 bytes), and it is retransmitted because the exiting client never
+  ACKs it. The AUTH_FAILED comes from `--auth-user-pass-verify /bin/false via-env` (the client's
+  credentials are `keys/user-pass.txt`).
+* `fail-port-closed`: no server at all; tcpdump's filter is `port 1194 or icmp`, so each reset's
+  ICMP port unreachable (which quotes the reset) is in the capture.
 
 ## Captures
 

@@ -35,7 +35,7 @@ def server_argv(sc: Scenario, idx: int, local: str | None = None, subnet: str | 
             "--local", local or ("127.0.0.1" if sc.family == 4 else "::1"),
             "--port", str(sc.port), "--proto", proto,
             "--dev", dev or f"ovdiag-s{idx}", "--dev-type", "tun",
-            "--ca", "keys/ca.crt", "--cert", "keys/server.crt", "--key", "keys/server.key",
+            "--ca", "keys/ca.crt", "--cert", f"keys/{sc.server_cert}.crt", "--key", f"keys/{sc.server_cert}.key",
             "--dh", "none",
             "--ping", "1",
             "--disable-dco",

@@ -16,6 +16,10 @@ KEY_FILES = {
     "server.key": "server private key (EC P-256)",
     "client.crt": "client certificate (CN ovpndiag-test-client, EKU clientAuth), signed by ca.crt",
     "client.key": "client private key (EC P-256)",
+    "server-expired.crt": "server certificate like server.crt, but it expired (notAfter in the past; "
+                          "used by fail-expired-server-cert)",
+    "server-expired.key": "private key of the expired server certificate",
+    "user-pass.txt": "username and password the fail-auth-failed client sends (its server refuses everyone)",
     "rogue-ca.crt": "a second, untrusted CA (the server does not know it)",
     "rogue-ca.key": "private key of the rogue CA",
     "rogue-client.crt": "client certificate signed by rogue-ca.crt (used by the fail-untrusted-cert captures)",
@@ -104,7 +108,7 @@ def _make_pki() -> None:
         print(f"  created keys/{stem}.crt, keys/{stem}.key")
         return key, cert, True
 
-    def leaf(stem: str, cn: str, issuer, eku, force: bool) -> None:
+    def leaf(stem: str, cn: str, issuer, eku, force: bool, valid=(not_before, not_after)) -> None:
         if have(stem) and not force:
             return
         ca_key, ca_cert = issuer
@@ -113,7 +117,7 @@ def _make_pki() -> None:
                 .subject_name(name(cn)).issuer_name(ca_cert.subject)
                 .public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
-                .not_valid_before(not_before).not_valid_after(not_after)
+                .not_valid_before(valid[0]).not_valid_after(valid[1])
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False,
                                              crl_sign=False, content_commitment=False,
@@ -133,6 +137,8 @@ def _make_pki() -> None:
     ca_key, ca_cert, new_ca = ca("ca", "ovpndiag-test-ca")
     leaf("server", "ovpndiag-test-server", (ca_key, ca_cert), ExtendedKeyUsageOID.SERVER_AUTH, new_ca)
     leaf("client", "ovpndiag-test-client", (ca_key, ca_cert), ExtendedKeyUsageOID.CLIENT_AUTH, new_ca)
+    leaf("server-expired", "ovpndiag-test-server", (ca_key, ca_cert), ExtendedKeyUsageOID.SERVER_AUTH,
+         new_ca, valid=(now - datetime.timedelta(days=60), now - datetime.timedelta(days=30)))
     r_key, r_cert, new_rogue = ca("rogue-ca", "ovpndiag-rogue-ca")
     leaf("rogue-client", "ovpndiag-rogue-client", (r_key, r_cert),
          ExtendedKeyUsageOID.CLIENT_AUTH, new_rogue)
@@ -153,6 +159,9 @@ def ensure_keys(new: bool) -> bool:
     if missing:
         print(f"creating key material in {KEYS}: {', '.join(missing)}")
         _make_pki()
+        if not (KEYS / "user-pass.txt").exists():
+            _pem_write(KEYS / "user-pass.txt", b"ovpndiag-test-user\nnot-the-password\n", private=True)
+            print("  created keys/user-pass.txt")
         for f in ("ta.key", "ta-wrong.key", "tc.key", "tc-wrong.key", "static.key"):
             if not (KEYS / f).exists():
                 _genkey("secret", str(KEYS / f))

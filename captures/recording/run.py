@@ -35,7 +35,8 @@ def start_capture(sc: Scenario, net: Net, path: Path, procs: Procs) -> subproces
         if sc.net == "lo":
             # A private link carries only the scenario's traffic; there a port filter would
             # only lose the IP fragments that carry no UDP header.
-            argv.append(f"port {sc.port}")
+            # With nothing listening, the kernel's ICMP port unreachable is the answer: keep it.
+            argv.append(f"port {sc.port} or icmp" if sc.kind == "no-server" else f"port {sc.port}")
         ready = "listening on"
     dump = procs.start(sc.capture_tool, net.run(net.server_ns, argv),
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -105,7 +106,8 @@ class Recording:
             self.dump = start_capture(sc, net, self.pcap, procs)
             time.sleep(0.3)
         with open(self.server_log, "w") as slog, open(self.client_log, "w") as clog:
-            self._start_server(slog)
+            if sc.kind != "no-server":
+                self._start_server(slog)
             if sc.kind == "probe":
                 run_probe(sc, clog)
             else:
@@ -117,7 +119,8 @@ class Recording:
             if self.client is not None:
                 procs.stop(self.client)
             time.sleep(0.3)
-            procs.stop(self.server)
+            if self.server is not None:
+                procs.stop(self.server)
         time.sleep(0.3 if sc.net == "lo" else 1.0)
         if self.dump is not None:
             procs.stop(self.dump)
@@ -217,6 +220,8 @@ class Recording:
             raise RuntimeError("expected no connection, but the client connected")
         if sc.server_log_expect and not re.search(sc.server_log_expect, slog_text):
             raise RuntimeError(f"server log lacks /{sc.server_log_expect}/")
+        if sc.client_log_expect and not re.search(sc.client_log_expect, clog_text):
+            raise RuntimeError(f"client log lacks /{sc.client_log_expect}/")
         if sc.kind == "probe" and not re.search(r"SHA512", clog_text):
             raise RuntimeError("the probe did not find the server's SHA512 tls-auth")
         if sc.flood and not re.search(r"\b0 packets dropped by kernel", self.dump_stats):

@@ -35,6 +35,7 @@ class Scenario:
     renegotiation: bool = False
     client_cert: str = "client"         # basename of the client's cert/key in keys/
     server_log_expect: str | None = None  # regex the server log must match (failures)
+    client_log_expect: str | None = None  # regex the client log must match (failures)
     client_extra: list[str] = field(default_factory=list)
     server_extra: list[str] = field(default_factory=list)
     # Where the peers talk and how the capture is taken (see netns.Net):
@@ -49,11 +50,16 @@ class Scenario:
     # Captures as users make them (group "real-world"; see README "Real-world captures"):
     group: str = "basic"                # "basic": one clean session or failure from its start | "real-world"
     kind: str = "tls"                   # "tls": server + client | "static-key": p2p --secret pair |
-                                        # "probe": server + `ovpndiag probe --try-keys`
+                                        # "probe": server + `ovpndiag probe --try-keys` |
+                                        # "no-server": a client and nothing listening on the port
     capture_start: str = "handshake"    # "handshake": before the server starts | "mid-session": once connected
     float_client: bool = False          # client talks through relay_udp(), which changes its source port mid-session
     flood: int = 0                      # ping -f -c FLOOD -s 0 through the tunnel (capture size: small pings)
     min_packets: int = 0                # the capture must hold more OpenVPN packets than this
+    # Failures recorded for `ovpndiag analyze` (group "failures"):
+    verdict: str | None = None          # the verdict (ovpndiag/verdicts.py) the capture must get
+    server_cert: str = "server"         # basename of the server's cert/key in keys/
+    server_answers: bool = False        # a failed handshake where the server still answers the reset
 
     @property
     def data_channel(self) -> bool:
