@@ -206,3 +206,21 @@ def test_progress_on_a_terminal_counts_frames_and_packets_then_the_tally_replace
     tally = re.search(re.escape(f"\r\033[K{many_flows}: ") + r"([\d,]+) frames, ([\d,]+) OpenVPN packets;",
                       terminal.getvalue())  # over the progress line
     assert tally and int(tally[1].replace(",", "")) >= frames[-1] and int(tally[2].replace(",", "")) >= packets[-1]
+
+
+@pytest.mark.parametrize("sessions", [False, True])
+def test_a_worker_that_fails_is_named_with_its_error(sessions):
+    """A worker's exception reaches the parent as one line naming it, and the worker exits
+    (it never runs on into the parent's code after fork)."""
+    from ovpndiag.dissect.parallel import Workers
+
+    def failing_reader():
+        raise ValueError("planted failure")
+
+    workers = Workers(str(CAPTURES / "udp-plain.pcap"), failing_reader, 2, 0.0, sessions=sessions)
+    try:
+        with pytest.raises(RuntimeError, match=r"^dissection worker \d failed: ValueError: planted failure$"):
+            list(workers.sessions() if sessions else workers.lines())
+    finally:
+        workers.close()
+    assert workers.children == []

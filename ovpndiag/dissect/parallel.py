@@ -148,7 +148,7 @@ class Workers:
                     receiving.close()
                     for other in self.connections:
                         other.close()
-                    work(sending, path, make_reader, (index, jobs), first_time)
+                    _live(work, sending, path, make_reader, (index, jobs), first_time)
                 sending.close()
                 self.children.append(pid)
                 self.connections.append(receiving)
@@ -268,98 +268,15 @@ def _merge(frames, texts, limit):
     return [text for _frame, text in pairs]
 
 
-def _work(connection, path, make_reader, shard, first_time):
-    """A worker's life: dissect one shard with the reader ``make_reader()`` gives (one
-    whose records are (frame, text) pairs, see ``listing``), send lines, never return."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    status = 0
-    try:
-        transport, reader = Transport(shard=shard), make_reader()
-        reader.first_time = first_time
-        frames, texts = [], []
-        error = None
-        try:
-            for item in read_transport(path, transport):
-                if item.__class__ is Progress:
-                    mark = item.frame - 1
-                else:
-                    for frame, text in reader.feed(item):
-                        frames.append(frame)
-                        texts.append(text)
-                    if len(texts) < BATCH:
-                        continue
-                    mark = item.frame - 1  # this frame may still complete more packets
-                if reader.queue:  # packets of undecided flows wait, numbered from the first
-                    mark = min(mark, reader.queue[0][1] - 1)
-                connection.send(("lines", frames, texts, mark))
-                frames, texts = [], []
-        except CaptureError as damage:
-            error = str(damage)
-        except OSError as failure:
-            error = f"{path}: {failure.strerror or failure}"
-        for frame, text in reader.finish():
-            frames.append(frame)
-            texts.append(text)
-        counts = transport.counts
-        connection.send(("end", frames, texts, counts.frames, counts.skipped, dict(reader.tally), error, reader.key_verdicts))
-    except (BrokenPipeError, ConnectionResetError):  # the parent stopped reading (e.g. -c)
-        status = 1
-    except BaseException:
-        status = 1
-        try:
-            connection.send(("crash", traceback.format_exc().strip().splitlines()[-1]))
-        except OSError:
-            pass
-    finally:
-        os._exit(status)
-
-
-def _summarise(connection, path, make_reader, shard, first_time):
-    """A --sessions worker's life: dissect one shard with ``make_reader()``'s reader (a
-    ShardSessions), send how many packets now and then, and at the end its flows'
-    sessions, packed, each flow with the frame it began at (one reader lists sessions
-    by flow, in the order the flows began); never return.
-
-    Two things only one reader sees, so a worker says "one reader" instead: a capture
-    spanning more than reader.FLOW_IDLE seconds (one reader forgets idle flows and lists
-    their sessions first, at moments that depend on every flow's datagrams), and - said
-    at the end, through the keys it sends - a flow whose first packet names a client
-    session id or peer-id that a flow of another shard has (a client that floated:
-    one reader shows one session)."""
-    from .reader import FLOW_IDLE
-
+def _live(work, connection, *args):
+    """A forked worker's whole life: ``work(connection, *args)``, then exit without
+    returning into the parent's code. Ctrl-C is the parent's to handle; a parent that
+    stops reading (e.g. -c) ends it quietly; anything else is sent as a "crash"."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     status = 0
     try:
-        transport, reader = Transport(shard=shard), make_reader()
-        reader.first_time = first_time
-        feed = reader.feed
-        packets, next_progress, error = 0, SESSIONS_PROGRESS, None
-        earliest = latest = first_time
-        try:
-            for item in read_transport(path, transport):
-                if item.__class__ is Progress:
-                    if item.frame >= next_progress:
-                        connection.send(("packets", packets, item.frame - 1))
-                        packets, next_progress = 0, item.frame + SESSIONS_PROGRESS
-                    continue
-                time = item.time
-                if time > latest or time < earliest:
-                    earliest, latest = min(earliest, time), max(latest, time)
-                    if latest - earliest > FLOW_IDLE:
-                        connection.send(("one reader",))
-                        return
-                packets += len(feed(item))
-        except CaptureError as damage:
-            error = str(damage)
-        except OSError as failure:
-            error = f"{path}: {failure.strerror or failure}"
-        packets += len(reader.finish())
-        counts = transport.counts
-        connection.send(("end", packets, counts.frames, counts.skipped, dict(reader.tally), error,
-                         reader.key_verdicts, reader.packed_flows(), reader.probes, reader.registered()))
+        work(connection, *args)
     except (BrokenPipeError, ConnectionResetError):
         status = 1
     except BaseException:
@@ -370,3 +287,82 @@ def _summarise(connection, path, make_reader, shard, first_time):
             pass
     finally:
         os._exit(status)
+
+
+def _work(connection, path, make_reader, shard, first_time):
+    """A worker's work (run by ``_live``): dissect one shard with the reader
+    ``make_reader()`` gives (one whose records are (frame, text) pairs, see
+    ``listing``), send lines, then "end" with the totals."""
+    transport, reader = Transport(shard=shard), make_reader()
+    reader.first_time = first_time
+    frames, texts = [], []
+    error = None
+    try:
+        for item in read_transport(path, transport):
+            if item.__class__ is Progress:
+                mark = item.frame - 1
+            else:
+                for frame, text in reader.feed(item):
+                    frames.append(frame)
+                    texts.append(text)
+                if len(texts) < BATCH:
+                    continue
+                mark = item.frame - 1  # this frame may still complete more packets
+            if reader.queue:  # packets of undecided flows wait, numbered from the first
+                mark = min(mark, reader.queue[0][1] - 1)
+            connection.send(("lines", frames, texts, mark))
+            frames, texts = [], []
+    except CaptureError as damage:
+        error = str(damage)
+    except OSError as failure:
+        error = f"{path}: {failure.strerror or failure}"
+    for frame, text in reader.finish():
+        frames.append(frame)
+        texts.append(text)
+    counts = transport.counts
+    connection.send(("end", frames, texts, counts.frames, counts.skipped, dict(reader.tally), error, reader.key_verdicts))
+
+
+def _summarise(connection, path, make_reader, shard, first_time):
+    """A --sessions worker's work (run by ``_live``): dissect one shard with ``make_reader()``'s reader (a
+    ShardSessions), send how many packets now and then, and at the end its flows'
+    sessions, packed, each flow with the frame it began at (one reader lists sessions
+    by flow, in the order the flows began).
+
+    Two things only one reader sees, so a worker says "one reader" instead: a capture
+    spanning more than reader.FLOW_IDLE seconds (one reader forgets idle flows and lists
+    their sessions first, at moments that depend on every flow's datagrams), and - said
+    at the end, through the keys it sends - a flow whose first packet names a client
+    session id or peer-id that a flow of another shard has (a client that floated:
+    one reader shows one session)."""
+    from .reader import FLOW_IDLE
+
+    transport, reader = Transport(shard=shard), make_reader()
+    reader.first_time = first_time
+    feed = reader.feed
+    packets, next_progress, error = 0, SESSIONS_PROGRESS, None
+    earliest = latest = first_time
+    try:
+        for item in read_transport(path, transport):
+            if item.__class__ is Progress:
+                if item.frame >= next_progress:
+                    connection.send(("packets", packets, item.frame - 1))
+                    packets, next_progress = 0, item.frame + SESSIONS_PROGRESS
+                continue
+            time = item.time
+            if time > latest or time < earliest:
+                earliest, latest = min(earliest, time), max(latest, time)
+                if latest - earliest > FLOW_IDLE:
+                    connection.send(("one reader",))
+                    return
+            packets += len(feed(item))
+    except CaptureError as damage:
+        error = str(damage)
+    except OSError as failure:
+        error = f"{path}: {failure.strerror or failure}"
+    packets += len(reader.finish())
+    counts = transport.counts
+    connection.send(("end", packets, counts.frames, counts.skipped, dict(reader.tally), error,
+                     reader.key_verdicts, reader.packed_flows(), reader.probes, reader.registered()))
+
+
