@@ -1,0 +1,1 @@
+"""``ovpndiag analyze``: why each captured OpenVPN handshake failed, session by session."""
