@@ -84,6 +84,7 @@ class Transport:
     def __init__(self, defrag: Optional[Defragmenter] = None, tcp: Optional[StreamReassembler] = None,
                  shard: Optional[Tuple[int, int]] = None):
         self._counts = Counts()
+        self.position = [0, 0.0]  # the last frame read and its time (read_transport keeps it)
         self.defrag = defrag or Defragmenter()
         self.tcp = tcp or StreamReassembler()
         # (index, shards): deliver only the flows shard_of() gives this index; the
@@ -176,7 +177,9 @@ def read_transport(source: Source, transport: Optional[Transport] = None) -> Ite
     Datagram with ``end`` set, numbered with the last frame. A damaged file raises
     ``CaptureError`` after everything readable before the damage has been yielded."""
     tr = transport or Transport()
-    position = [0, 0.0]                 # the last frame read and its time, for flush()
+    # the last frame read and its time, for flush(); kept on the transport: when a capture
+    # ends is what tells a session that stopped from one the capture cut (analyze)
+    position = tr.position = [0, 0.0]
     with opened(source) as (f, name):
         header = read_header(f, name)
         if header.format == "pcap":
