@@ -360,6 +360,7 @@ def _summarise(connection, path, make_reader, shard, first_time):
         error = str(damage)
     except OSError as failure:
         error = f"{path}: {failure.strerror or failure}"
+    reader.capture_end = transport.position[1]
     packets += len(reader.finish())
     counts = transport.counts
     connection.send(("end", packets, counts.frames, counts.skipped, dict(reader.tally), error,

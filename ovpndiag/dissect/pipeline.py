@@ -291,10 +291,12 @@ class CaptureFile:
                         held = []
                 if progress is not None and number % PROGRESS_EVERY == 0:
                     progress(datagram.frame)
+            reader.capture_end = transport.position[1]
             records = reader.finish()
             if writer is not None:
                 _write_decrypted(records, writer, run.keep)
         except CaptureError as error:  # (what was readable before the damage was delivered)
+            reader.capture_end = transport.position[1]
             records = reader.finish()
             self.error = str(error)
         except OSError as error:

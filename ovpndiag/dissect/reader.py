@@ -59,12 +59,13 @@ PROVISIONAL = "provisional"  # on an OpenVPN port, shown before it proved TLS-mo
 
 class Options:
     def __init__(self, ports=(), candidates=None, keys: Optional[KeyRing] = None, sessions: bool = True,
-                 tls_details: bool = False):
+                 tls_details: bool = False, session_class=Session):
         self.ports = {OPENVPN_PORT, *ports}
         self.candidates = candidates  # wrappings a flow may have (infer.candidates_for); None: any
         self.keys = keys or KeyRing()
         self.sessions = sessions  # keep per-session summaries (--sessions)
         self.tls_details = tls_details  # parse TLS messages (versions, suites, certificates) for -V
+        self.session_class = session_class  # what keeps a session: (flow, client session id) -> a Session
 
 
 class Flow:
@@ -115,6 +116,7 @@ class Reader:
         self.queue = collections.deque()
         self.waiting: Dict[Flow, float] = {}  # undecided flows with packets queued -> first one's time
         self.first_time = None  # what relative times count from: the first frame's (set by the caller), or datagram's
+        self.capture_end = None  # the capture's last frame time, once it is read (set by the caller)
         self.tally = collections.Counter()  # payloads by what they were: see TALLY
         self.no_keys = self.options.keys.empty
         # wrapping -> [packets the user's key for it opened or verified, packets it applied to]
@@ -554,12 +556,12 @@ class Reader:
                 session = flow.sessions[session_id] = current
                 self._floats_by((flow.server, flow.transport, session_id), flow)
             else:
-                session = flow.sessions[session_id] = Session(flow, session_id)
+                session = flow.sessions[session_id] = self.options.session_class(flow, session_id)
                 self._floats_by((flow.server, flow.transport, session_id), flow)
         if session is None:
             session = flow.current
         if session is None:
-            session = flow.sessions[None] = Session(flow, None)
+            session = flow.sessions[None] = self.options.session_class(flow, None)
         flow.current = session
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id
