@@ -166,7 +166,8 @@ def _wrappers(name):
     kind, client = capture["wrapping"], capture["client"]
     if kind == "tls-auth":
         server_view = TLSAuth(read_key(key_path(capture["key"])), capture["server_key_direction"], capture["auth"])
-        client_view = TLSAuth(read_key(key_path(client["key"])), client["key_direction"], client["auth"])
+        client_view = (TLSAuth(read_key(key_path(client["key"])), client["key_direction"], client["auth"])
+                       if client["key"] else NoWrapping())  # (fail-no-tls-auth: the client has none)
         return server_view, client_view, {"client": client_view.wrapping, "server": server_view.wrapping}
     if kind == "tls-crypt":
         server_view = TLSCrypt(read_key(key_path(capture["key"])), "server")

@@ -228,12 +228,16 @@ def write_docs(scenarios: list[Scenario], derived: list[Derived], layout: Layout
                         f"{sc.server.key_direction}/{sc.client.key_direction}"
         elif sc.wrapping == "tls-auth":
             kd = lambda s: "none" if s.key_direction is None else str(s.key_direction)
-            if sc.server.auth == sc.client.auth and sc.server.key == sc.client.key:
+            if sc.client.key is None:
+                wrapping += f" {sc.server.auth}, key-dir {kd(sc.server)} on the server; the client has none"
+            elif sc.server.auth == sc.client.auth and sc.server.key == sc.client.key:
                 wrapping += f" {sc.server.auth}, key-dir {kd(sc.server)}/{kd(sc.client)}"
             else:
                 wrapping += (f" server {sc.server.auth} {sc.server.key} dir {kd(sc.server)}, "
                              f"client {sc.client.auth} {sc.client.key} dir {kd(sc.client)}")
         elif sc.server.key != sc.client.key and sc.wrapping == "tls-crypt":
+            wrapping += f" (client {sc.client.key})"
+        elif sc.wrapping == "tls-crypt-v2" and sc.client.key != "keys/tcv2-client.key":
             wrapping += f" (client {sc.client.key})"
         if d:
             capture = f"derived (link type {d.linktype})"

@@ -13,6 +13,8 @@ from .scenario import Scenario, Side
 
 
 def wrap_args(side: Side, wrapping: str) -> list[str]:
+    if side.key is None:                # this side has no wrapping (fail-no-tls-auth's client)
+        return []
     if wrapping == "tls-auth":
         args = ["--tls-auth", side.key]
         if side.key_direction is not None:

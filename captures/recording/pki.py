@@ -30,6 +30,9 @@ KEY_FILES = {
     "tc-wrong.key": "a different static key, for the wrong-tls-crypt-key failure",
     "tcv2-server.key": "tls-crypt-v2 server key",
     "tcv2-client.key": "tls-crypt-v2 client key (Kc + WKc) wrapped with tcv2-server.key",
+    "tcv2-server-other.key": "a second tls-crypt-v2 server key, which no recorded server uses",
+    "tcv2-client-other.key": "tls-crypt-v2 client key wrapped with tcv2-server-other.key (used by "
+                             "fail-tls-crypt-v2-wrong-key: the server cannot unwrap it)",
     "static.key": "OpenVPN static key V1 used for the point-to-point static-key (--secret) capture",
 }
 
@@ -175,6 +178,14 @@ def ensure_keys(new: bool) -> bool:
             _genkey("tls-crypt-v2-client", str(KEYS / "tcv2-client.key"),
                     "--tls-crypt-v2", str(KEYS / "tcv2-server.key"))
             print("  created keys/tcv2-client.key")
+        if not (KEYS / "tcv2-server-other.key").exists():
+            _genkey("tls-crypt-v2-server", str(KEYS / "tcv2-server-other.key"))
+            print("  created keys/tcv2-server-other.key")
+            (KEYS / "tcv2-client-other.key").unlink(missing_ok=True)
+        if not (KEYS / "tcv2-client-other.key").exists():
+            _genkey("tls-crypt-v2-client", str(KEYS / "tcv2-client-other.key"),
+                    "--tls-crypt-v2", str(KEYS / "tcv2-server-other.key"))
+            print("  created keys/tcv2-client-other.key")
         for f in KEY_FILES:
             if f.endswith(".key"):
                 os.chmod(KEYS / f, 0o600)
