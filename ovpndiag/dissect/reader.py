@@ -104,6 +104,15 @@ class Flow:
 
 
 class Reader:
+    """``feed()`` datagrams, ``finish()``; see the module docstring.
+
+    ``wants_transport_events``: the one switch for transport signals. A subclass that
+    sets it True gets ``transport_event()`` calls: the pipeline and the workers then read
+    the capture with ``Transport(events=True)`` (ICMP errors, TCP FIN/RST/refused), which
+    costs nothing when it is off."""
+
+    wants_transport_events = False
+
     def __init__(self, options: Optional[Options] = None):
         self.options = options or Options()
         self.flows: Dict[tuple, Flow] = {}  # one flow per (transport, endpoint, endpoint)
@@ -133,7 +142,10 @@ class Reader:
 
     def feed(self, datagram) -> List[Record]:
         """The records this datagram makes ready (usually one, maybe none or many)."""
-        frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, gap, _end = datagram
+        try:
+            frame, time, src, dst, sport, dport, transport, payload, _cut, _stream, gap, _end = datagram
+        except ValueError:  # not 12 fields: a capture.datagrams.TransportEvent (free to try, 3.11)
+            return self._transport_event(datagram)
         if self.first_time is None:
             self.first_time = time
         direction = self.directions.get((src, sport, dst, dport, transport))
@@ -188,6 +200,40 @@ class Reader:
         self.queue.append((flow, frame, time, sender, data, inference))
         self._wait(flow, time)
         return None
+
+    def transport_event(self, flow, sender, event) -> None:
+        """Hook: a transport signal about ``flow`` (a capture.datagrams.TransportEvent:
+        ICMP unreachable / too big, TCP FIN, RST, refused, unanswered), called in frame
+        order with the packets' ``output``. ``sender`` is the side whose direction
+        ``event.src`` -> ``event.dst`` is. ``flow`` and ``sender`` are None for a flow the
+        reader has not seen unless one port is an OpenVPN port (``Options.ports``; a
+        refused connection has no payload): then its Flow is made. Does nothing here."""
+
+    def _transport_event(self, event):
+        """An event waits in the queue behind the packets before it, like a packet."""
+        ready = self.tick(event.time)
+        if self.queue:  # (its head waits: nothing more to drain now)
+            self.queue.append((None, event.frame, event.time, None, event, None))
+        else:
+            self._event_turn(event)
+        return ready
+
+    def _event_turn(self, event):
+        """A TransportEvent's turn: to the hook, with its flow."""
+        ends = (event.src, event.sport)
+        direction = self.directions.get(ends + (event.dst, event.dport, event.transport))
+        if direction is None:
+            direction = self.directions.get((event.dst, event.dport) + ends + (event.transport,))
+            if direction is None:
+                ports = self.options.ports
+                if event.sport not in ports and event.dport not in ports:
+                    self.transport_event(None, None, event)
+                    return
+                self._flow(event)
+                direction = self.directions.get(ends + (event.dst, event.dport, event.transport))
+        flow = direction[0]
+        flow.last = max(flow.last, event.time)
+        self.transport_event(flow, flow.sender_of(ends), event)
 
     def tick(self, now: float) -> List[Record]:
         """The clock moved on to ``now``: what has waited HOLD_TIME is decided and shown.
@@ -420,6 +466,10 @@ class Reader:
         queue, ready = self.queue, []
         while queue:
             flow, frame, time, sender, data, inference = queue[0]
+            if flow is None:  # a transport event, waiting for the packets before it
+                queue.popleft()
+                self._event_turn(data)
+                continue
             if flow.state is UNKNOWN or (inference is not None and inference.decided is None):
                 if len(queue) < MAX_QUEUE:
                     break
