@@ -12,7 +12,8 @@ import sys
 import click
 
 from . import __version__
-from .cli_options import (CHECK_EPILOG, HANDSHAKE_EPILOG, PROBE_EPILOG, colour_option, dissect_options,
+from .cli_options import (CHECK_EPILOG, HANDSHAKE_EPILOG, PROBE_EPILOG, analyze_options, colour_option,
+                          dissect_options,
                           fields_output, handshake_options, handshake_settings, pipeline_options, probe_options,
                           probe_settings, try_key_file)
 from .cli_support import (OutputError, PluginCommand, StopOnSignals, UserError, colour_choice, emit, plugin,
@@ -181,6 +182,52 @@ def dissect(files, read_files, write_decrypted, jobs, **options):
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
     sys.exit(status)
+
+
+@main.command()
+@click.argument("files", nargs=-1, metavar="FILE...")
+@click.option("-r", "--read-file", "read_files", metavar="FILE", multiple=True,
+              help="A capture to read, as tshark -r (the same as a FILE argument). Repeatable.")
+@analyze_options
+def analyze(files, read_files, **options):
+    """Say why each OpenVPN handshake in pcap/pcapng captures failed (or that it
+    worked), session by session: a timeline, the stage reached, a verdict with its
+    evidence and what to try; then a table of verdicts. The keys given are the
+    server's: with them, unanswered clients are told apart (wrong key, key
+    direction or digest, no tls-auth).
+
+    \b
+    Exit status: 0 read, 1 a capture could not be read to its end (what was
+    readable is analysed first), 2 bad options, key files or key log."""
+    from .analyze import open as open_analysis
+    from .analyze.judge import settle
+    from .dissect.pipeline import COUNT
+    from .render.analysis import VerdictTable, session_json, session_text
+
+    files = read_files + files
+    if not files:
+        raise UserError("no capture to read: give FILE... or -r FILE (- for standard input)")
+    try:
+        run = open_analysis(files, ports=options["ports"], wrapping=options["wrapping"], auth=options["auth"],
+                            tls_auth=options["tls_auth"], tls_crypt=options["tls_crypt"],
+                            tls_crypt_v2=options["tls_crypt_v2"], key_direction=options["key_direction"],
+                            config=options["config"], keylog=options["keylog"], jobs=options["jobs"], tune_gc=True)
+    except user_errors() as error:
+        raise UserError(str(error)) from None
+    table, number = VerdictTable(), 0
+    for capture in run:
+        for _count in capture.batches(COUNT):
+            pass
+        for analysis in settle(capture.summaries()):
+            number += 1
+            table.add(analysis)
+            emit(session_json(analysis, capture.path if len(files) > 1 else None) if options["as_json"]
+                 else session_text(number, analysis) + "\n")
+        if capture.error is not None:
+            click.echo(f"ovpndiag: error: {capture.error}", err=True)
+    if not options["as_json"]:
+        emit(table.text())
+    sys.exit(1 if run.failed else 0)
 
 
 @main.command()

@@ -191,6 +191,32 @@ def dissect_options(command):
     return with_options(command, options)
 
 
+def analyze_options(command):
+    """analyze's options: dissect's input and keys - the server's here - and a key log."""
+    options = [
+        click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+                     help="Also read this port as OpenVPN (1194 always is; other ports are recognised "
+                          "from their packets). Repeatable."),
+        click.option("--wrapping", type=click.Choice(["none", "tls-auth", "tls-crypt", "tls-crypt-v2"]),
+                     help="Override the wrapping inferred per flow."),
+        click.option("--auth", metavar="DIGEST", help="The server's tls-auth digest (--auth in its config)."),
+        click.option("--tls-auth", "tls_auth", metavar="FILE", help="The server's tls-auth key."),
+        click.option("--key-direction", type=click.Choice(["0", "1", "none"]),
+                     help="The server's tls-auth key direction (default: its config's, else unknown)."),
+        click.option("--tls-crypt", "tls_crypt", metavar="FILE", help="The server's tls-crypt key."),
+        click.option("--tls-crypt-v2", "tls_crypt_v2", metavar="FILE", help="The server's tls-crypt-v2 key."),
+        click.option("--config", metavar="SERVER.conf",
+                     help="Take the keys, key-direction and auth from the server's configuration."),
+        click.option("--keylog", metavar="FILE",
+                     help="An NSS key log (ovpndiag handshake --keylog writes one): read inside TLS."),
+        click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per session (no table)."),
+        click.option("-j", "--jobs", type=click.IntRange(1, 64),
+                     help="Processes sharing a capture's flows (default: one per CPU, up to 4, for files "
+                          "of 16 MB or more; 1: one process). The output is the same."),
+    ]
+    return with_options(command, options)
+
+
 def _display_filter(_context, _parameter, text):
     """-Y compiled once, at parsing: a bad filter stops before any file is read."""
     if text is None:

@@ -65,7 +65,7 @@ class Options:
         self.keys = keys or KeyRing()
         self.sessions = sessions  # keep per-session summaries (--sessions)
         self.tls_details = tls_details  # parse TLS messages (versions, suites, certificates) for -V
-        self.session_class = session_class  # what keeps a session: (flow, client session id) -> a Session
+        self.session_class = session_class  # what keeps a session: (flow, client session id, reader) -> a Session
 
 
 class Flow:
@@ -606,12 +606,12 @@ class Reader:
                 session = flow.sessions[session_id] = current
                 self._floats_by((flow.server, flow.transport, session_id), flow)
             else:
-                session = flow.sessions[session_id] = self.options.session_class(flow, session_id)
+                session = flow.sessions[session_id] = self.options.session_class(flow, session_id, self)
                 self._floats_by((flow.server, flow.transport, session_id), flow)
         if session is None:
             session = flow.current
         if session is None:
-            session = flow.sessions[None] = self.options.session_class(flow, None)
+            session = flow.sessions[None] = self.options.session_class(flow, None, self)
         flow.current = session
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id

@@ -30,7 +30,7 @@ class Session:
     __slots__ = ("flow", "client_session_id", "server_session_id", "counts", "key_ids",
                  "first", "last", "hmac", "key_directions", "tls", "malformed", "floats")
 
-    def __init__(self, flow, client_session_id):
+    def __init__(self, flow, client_session_id, reader=None):
         self.flow = flow
         self.client_session_id = client_session_id
         self.server_session_id = None

@@ -1,0 +1,472 @@
+"""Why a captured session ended where it did: a SessionTrace -> its analysis dict.
+
+One walk over the session's control packets finds the handshake's landmarks (resets,
+ClientHello, each side's TLS flight, alerts, the messages after the handshake, the
+first data packet each way), who sent what the other never acknowledged, and the
+retransmissions. Then the first rule below that fits names the verdict (a name of
+``ovpndiag.verdicts``), with evidence lines that cite frames.
+
+The rules, most specific first (README, "ovpndiag analyze", says the same for users):
+
+1. Data both ways: ``ok``. One way only, with the session over: ``data-one-way``.
+2. Nothing from the server: an ICMP port unreachable or a TCP RST/refusal for the
+   client is ``port-closed``; with the server's key the key trials name a wrong key,
+   key direction or digest, or no tls-auth at all; else, once the client has resent its
+   reset or gone quiet, ``server-silent``.
+3. A TLS alert in clear names the side that refused: from the client while the
+   server's certificate is in flight, ``server-certificate-rejected``; from the server
+   after the client's flight, ``client-certificate-rejected``; from the server after
+   the ClientHello, ``client-hello-rejected``; else ``tls-error``.
+4. The server answered the reset but not the ClientHello: ``client-hello-rejected``.
+5. The server sent its flight and the client sent nothing after it:
+   ``server-certificate-rejected`` (TLS 1.2 shows the certificate: expired or not yet
+   valid at capture time is said; TLS 1.3 hides it: inferred).
+6. The client sent its flight and the server neither acknowledged it nor sent anything
+   after it: ``client-certificate-rejected`` (TLS 1.3: inferred, and so is a server
+   that stopped for another reason).
+7. TLS done, no data channel: with a key log the messages inside say it
+   (``auth-failed``, ``no-shared-cipher``, an alert); else ``stopped-after-tls``.
+8. Whatever shows no failure and may go on past the capture's end, or started
+   before it without a failure in view: ``incomplete``.
+
+A session is *over* when the capture shows its end: a TCP FIN/RST, an ICMP error, or
+``QUIET`` seconds of capture without a packet of it. Short of that, a session that
+has not failed is ``incomplete``, never guessed.
+"""
+
+from .. import verdicts
+from ..protocol import CLIENT_RESETS, SERVER_RESETS
+from .timeline import Timeline, flight_names as _names
+
+QUIET = 5.0  # seconds of capture after a session's last packet that show it has stopped
+SOFT_RESET = 3  # P_CONTROL_SOFT_RESET_V1: a renegotiation
+_CERTIFICATE_ALERTS = {"Bad Certificate", "Unsupported Certificate", "Certificate Revoked", "Certificate Expired",
+                       "Certificate Unknown", "Unknown CA", "Access Denied", "Certificate Required"}
+_OTHER = {"client": "server", "server": "client"}
+
+
+class Landmarks:
+    """The landmarks of one walk over a session's packets (frames; None when not seen)."""
+
+    def __init__(self):
+        self.client_resets, self.server_resets = [], []
+        self.client_hello = self.server_hello = None
+        self.server_flight = []  # frames of the server's first flight (from its Server Hello)
+        self.client_flight = []  # frames of the client's flight after it
+        self.server_names, self.client_names = [], []  # the TLS names of those flights
+        self.server_after = None  # first server TLS packet after the client's flight (TLS 1.2: its Finished)
+        self.client_app = []  # frames of client TLS packets after its flight (key-method 2, control messages)
+        self.server_app = []  # frames of server TLS packets after the client's flight
+        self.alerts = []  # (frame, sender, name)
+        self.renegotiations = {}  # key id -> (frame, sender)
+        self.sent = {"client": {}, "server": {}}  # (key id, packet-id) -> first frame
+        self.acked = {"client": set(), "server": set()}  # (key id, packet-id) of this side's packets acked
+        self.resent = {"client": 0, "server": 0}
+        self.last = {"client": None, "server": None}  # (frame, time) of each side's last packet
+        self.first = {"client": None, "server": None}
+        self.hmac_failed = 0
+        self.last_resent = False  # the session's last packet was a retransmission: its sender got no answer
+        self.tls13 = None  # True / False once the handshake shows it
+
+
+def walk(packets) -> Landmarks:
+    marks = Landmarks()
+    for frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid in packets:
+        if marks.first[sender] is None:
+            marks.first[sender] = (frame, time)
+        marks.last[sender] = (frame, time)
+        if hmac_valid is False:
+            marks.hmac_failed += 1
+        if acks:
+            acked = marks.acked[_OTHER[sender]]
+            for acked_id in acks:
+                acked.add((key_id, acked_id))
+        marks.last_resent = False
+        if packet_id is not None:
+            sent = marks.sent[sender]
+            if (key_id, packet_id) in sent:
+                marks.resent[sender] += 1
+                marks.last_resent = True
+            else:
+                sent[(key_id, packet_id)] = frame
+        if key_id:
+            if key_id not in marks.renegotiations and (opcode == SOFT_RESET or tls):
+                marks.renegotiations[key_id] = (frame, sender)
+            continue
+        if opcode in CLIENT_RESETS:
+            marks.client_resets.append(frame)
+        elif opcode in SERVER_RESETS:
+            marks.server_resets.append(frame)
+        if tls:
+            _tls(marks, frame, sender, tls)
+    return marks
+
+
+def _tls(marks, frame, sender, names):
+    for name in names:
+        if name.startswith("Alert"):
+            marks.alerts.append((frame, sender, name))
+    if sender == "client":
+        if "Client Hello" in names and marks.client_hello is None:
+            marks.client_hello = frame
+        elif marks.server_hello is not None:
+            if not marks.client_flight or (marks.server_after is None and not marks.client_app
+                                           and _flight_continues(names)):
+                marks.client_flight.append(frame)
+                marks.client_names += names
+            else:
+                marks.client_app.append(frame)
+        return
+    if "Server Hello" in names and marks.server_hello is None:
+        marks.server_hello = frame
+        marks.tls13 = None
+    if marks.server_hello is None:
+        return
+    if not marks.client_flight:
+        marks.server_flight.append(frame)
+        marks.server_names += names
+        if marks.tls13 is None:
+            marks.tls13 = "Certificate" not in marks.server_names and "Application Data" in marks.server_names
+    else:
+        if marks.server_after is None:
+            marks.server_after = frame
+        marks.server_app.append(frame)
+
+
+def _flight_continues(names):
+    """A client packet still part of its flight (a TLS 1.2 flight spanning packets)."""
+    return not all(name == "Application Data" for name in names)
+
+
+def judge(trace) -> dict:
+    """The analysis of one finished session (the dict ``analyze --json`` prints)."""
+
+    flow = trace.flow
+    marks = walk(trace.packets)
+    context = trace.context
+    facts = _tls_facts(trace)
+    if marks.tls13 is None and facts.get("version"):
+        marks.tls13 = facts["version"] == "TLS 1.3"
+    inner = _inner(trace, context)
+    timeline = Timeline(trace, marks, facts, inner)
+    end = trace.reader.capture_end if trace.reader is not None else None
+    verdict, stage, evidence, needs_end = _verdict(trace, marks, facts, inner)
+    wrapping = flow.inference.decided.kind if flow.inference and flow.inference.decided else None
+    data = trace.data or [None, None, 0, None, None, 0]
+    analysis = {
+        "client": flow.client[0], "client_port": flow.client[1],
+        "server": flow.server[0], "server_port": flow.server[1], "transport": flow.transport,
+        "session_id": None if trace.client_session_id is None else f"{trace.client_session_id:016x}",
+        "remote_session_id": None if trace.server_session_id is None else f"{trace.server_session_id:016x}",
+        "wrapping": wrapping,
+        "start": trace.first, "end": trace.last, "frames": [trace.first_frame, trace.last_frame],
+        "stage_reached": stage, "verdict": verdict, "evidence": evidence,
+        "advice": list(verdicts.get(verdict).advice),
+        "retransmissions": dict(marks.resent),
+        "unacknowledged": {side: len(set(marks.sent[side]) - marks.acked[side]) for side in ("client", "server")},
+        "rtt": timeline.rtt,
+        "renegotiations": len(marks.renegotiations),
+        "packets": {"client": _count(marks, trace, "client", data), "server": _count(marks, trace, "server", data)},
+        "tls_version": facts.get("version"),
+        "timeline": timeline.entries,
+    }
+    if needs_end and not _over(trace, marks, end):
+        # (settle() decides: the client's next session, if the capture has one, shows this one ended)
+        analysis["open_end"] = None if end is None or trace.last is None else round(end - trace.last, 3)
+    return analysis
+
+
+def settle(analyses):
+    """The analyses (a sequence, read twice) with each open-ended one decided: a session
+    whose verdict holds only if it is over is over when its client (address) began a
+    later session with the same server; else the capture may have cut it: ``incomplete``."""
+    import bisect
+
+    starts = {}  # (client address, server, port, transport) -> sorted [(start, first frame)]
+    for analysis in analyses:
+        starts.setdefault(_peers(analysis), []).append((analysis["start"] or 0.0, analysis["frames"][0]))
+    for later in starts.values():
+        later.sort()
+    for analysis in analyses:
+        if "open_end" not in analysis:
+            yield analysis
+            continue
+        gap = analysis.pop("open_end")
+        later = starts[_peers(analysis)]
+        at = bisect.bisect_right(later, (analysis["end"] or 0.0, float("inf")))
+        if at < len(later):
+            analysis["evidence"].append(f"frame {later[at][1]}: the client began a new session: it gave this one up")
+            yield analysis
+            continue
+        verdict = analysis["verdict"]
+        analysis["evidence"].append(
+            (f"the capture ends {gap:.1f} s after the session's last packet" if gap is not None
+             else "the capture ends") + f" and shows no later session of this client: it may go on past the "
+            f"capture (had it ended there: {verdict})")
+        analysis["verdict"], analysis["advice"] = "incomplete", list(verdicts.get("incomplete").advice)
+        yield analysis
+
+
+def _peers(analysis):
+    return analysis["client"], analysis["server"], analysis["server_port"], analysis["transport"]
+
+
+def _count(marks, trace, sender, data):
+    control = sum(1 for packet in trace.packets if packet[2] == sender)
+    return control + (data[2] if sender == "client" else data[5])
+
+
+def _over(trace, marks, end) -> bool:
+    """Does the capture show this session's end (see the module docstring)?"""
+    if marks.last_resent and (trace.data is None or not trace.data[2] or not trace.data[5]):
+        return True  # (its last packet asked again for an answer that never came)
+    if trace.events and any(kind in ("icmp", "fin", "rst", "refused") for _f, _t, kind, _x in trace.events):
+        return True
+    if end is None or trace.last is None:  # (a flow forgotten for being idle: long over)
+        return True
+    return end - trace.last >= QUIET
+
+
+def _verdict(trace, marks, facts, inner):
+    """(verdict, stage reached, evidence lines, whether the verdict holds only if the
+    session is over: a side that stopped answering may just have been cut off by the
+    capture's end)."""
+    evidence = []
+    data = trace.data
+    started_inside = not marks.client_resets and (marks.first["client"] is not None or marks.first["server"] is not None)
+    if started_inside:
+        evidence.append("the capture starts inside this session (no client reset in it)")
+    # 1. the data channel
+    if data is not None:
+        client_data, server_data = data[2], data[5]
+        if client_data and server_data:
+            evidence.append(f"frame {data[0]}: first data packet from the client; frame {data[3]}: first from "
+                            f"the server ({client_data} and {server_data} in all)")
+            return "ok", "data", evidence, False
+        side, frame, count = ("client", data[0], client_data) if client_data else ("server", data[3], server_data)
+        evidence.append(f"frame {frame}: first of {count} data packets from the {side}; none from the "
+                        f"{_OTHER[side]}")
+        return "data-one-way", "data", evidence, True
+    events = trace.events or ()
+    server_seen = marks.first["server"] is not None
+    # 2. nothing from the server
+    if not server_seen:
+        return _unanswered(trace, marks, events, evidence)
+    stage = "reset" if (marks.server_resets or marks.client_hello or marks.server_hello) else "none"
+    if marks.server_hello is not None:
+        stage = "tls"
+    handshake_done = _handshake_done(marks)
+    if handshake_done:
+        stage = "auth"
+    _transport_evidence(events, evidence)
+    # 3. alerts in clear
+    alert = _first_alert(marks, facts)
+    if alert is not None and not handshake_done:
+        frame, sender, name = alert
+        evidence.append(f"frame {frame}: TLS alert from the {sender}: {name}")
+        if sender == "client" and marks.server_hello is not None:
+            _certificate_evidence(facts, "server", trace, evidence)
+            return "server-certificate-rejected", stage, evidence, False
+        if sender == "server" and marks.client_flight:
+            _certificate_evidence(facts, "client", trace, evidence)
+            return "client-certificate-rejected", stage, evidence, False
+        if sender == "server" and marks.server_hello is None:
+            return "client-hello-rejected", stage, evidence, False
+        return "tls-error", stage, evidence, False
+    if inner:
+        judged = _inner_verdict(inner, marks, evidence)
+        if judged is not None:
+            return judged
+    # 4. the ClientHello unanswered
+    if marks.client_hello is not None and marks.server_hello is None:
+        evidence.append(f"frame {marks.client_hello}: the client's ClientHello; the server "
+                        + ("acknowledged it" if _acked(marks, "client", marks.client_hello) else "never acknowledged it")
+                        + " and sent no ServerHello")
+        return "client-hello-rejected", stage, evidence, True
+    if marks.server_hello is None:
+        if not started_inside:
+            evidence.append(f"frame {marks.server_resets[0] if marks.server_resets else marks.first['server'][0]}: "
+                            "the server answered the reset; the client sent no ClientHello after it")
+        return "incomplete", stage, evidence, False
+    # 5. the client stopped after the server's flight
+    if not marks.client_flight:
+        first, last = marks.server_flight[0], marks.server_flight[-1]
+        acked = _acked(marks, "server", last)
+        evidence.append(f"frames {first}-{last}: the server's flight ({_names(marks.server_names)}); the client "
+                        + ("acknowledged it, then sent nothing more" if acked else "sent nothing after it"))
+        if marks.tls13:
+            evidence.append("TLS 1.3 hides the certificate: inferred from the client stopping after the server's "
+                            "flight (confidence: medium; a client that fails for another reason looks the same)")
+        _certificate_evidence(facts, "server", trace, evidence)
+        return "server-certificate-rejected", stage, evidence, True
+    # 6. the server stopped after the client's flight
+    if not handshake_done:
+        first, last = marks.client_flight[0], marks.client_flight[-1]
+        acked = _acked(marks, "client", last)
+        evidence.append(f"frames {first}-{last}: the client's flight ({_names(marks.client_names)}); the server "
+                        + ("acknowledged it but answered nothing" if acked else "never acknowledged it")
+                        + " and stopped")
+        if marks.tls13:
+            evidence.append("TLS 1.3 hides the certificates: inferred from the server stopping after the client's "
+                            "flight, which carries the client's certificate (confidence: medium)")
+        elif "Certificate" not in marks.client_names:
+            evidence.append("the client sent no certificate: the server requires one")
+        _certificate_evidence(facts, "client", trace, evidence)
+        return "client-certificate-rejected", stage, evidence, True
+    # 7. TLS done, no data channel
+    _after_tls_evidence(marks, evidence)
+    return "stopped-after-tls", stage, evidence, True
+
+
+def _unanswered(trace, marks, events, evidence):
+    """The server sent nothing in this session."""
+    for frame, _time, kind, text in events:
+        if kind in ("icmp", "refused", "rst") and ("port unreachable" in text or kind in ("refused", "rst")):
+            evidence.append(f"frame {frame}: {text}")
+            return "port-closed", "none", evidence, False
+    resets = marks.client_resets
+    if resets:
+        evidence.append(f"frame {resets[0]}: the client's reset" + (f", sent {len(resets)} times (last in frame "
+                                                                   f"{resets[-1]})" if len(resets) > 1 else "")
+                        + "; the server never answered")
+    elif marks.first["client"] is not None:
+        evidence.append(f"frame {marks.first['client'][0]}: the client's packets; the server never answered")
+    _transport_evidence(events, evidence)
+    trial = _key_trial(trace)
+    if trial is not None:
+        evidence.append(trial.evidence)
+        if trial.verdict is not None:
+            return trial.verdict, "none", evidence, False
+    for frame, _time, kind, _text in events:
+        if kind == "fin":
+            return "connection-closed", "none", evidence, False
+        if kind == "rst":
+            return "connection-reset", "none", evidence, False
+    return "server-silent", "none", evidence, True
+
+
+def _key_trial(trace):
+    """The key trials on the client's unanswered packets (None without the server's key)."""
+    context = trace.context
+    if context.keys is None or context.keys.empty or not trace.trial:
+        return None
+    from .keytrials import ServerKeys, trial
+
+    server = ServerKeys.from_options(context.keys, context.digest, context.server_direction)
+    return trial(trace.trial[0], trace.flow.transport, server)
+
+
+def _transport_evidence(events, evidence):
+    for frame, _time, kind, text in events:
+        line = f"frame {frame}: {text}"
+        if line not in evidence:
+            evidence.append(line)
+
+
+def _handshake_done(marks) -> bool:
+    """TLS 1.2: the server's Finished after the client's flight; TLS 1.3: the server
+    acknowledged the client's flight or sent TLS after it."""
+    if not marks.client_flight:
+        return False
+    if marks.server_after is not None:
+        return True
+    return bool(marks.tls13) and _acked(marks, "client", marks.client_flight[-1])
+
+
+def _acked(marks, sender, frame) -> bool:
+    """Did the other side acknowledge the packet ``sender`` sent in ``frame``?"""
+    for key, first in marks.sent[sender].items():
+        if first == frame:
+            return key in marks.acked[sender]
+    return False
+
+
+def _first_alert(marks, facts):
+    if marks.alerts:
+        frame, sender, name = marks.alerts[0]
+        for alert in facts.get("alerts", ()):
+            if alert["frame"] == frame:
+                name = f"{alert['level'].lower()} {alert['description']}"
+        return frame, sender, name
+    return None
+
+
+def _tls_facts(trace) -> dict:
+    """What the key-0 TLS in clear says: version and suite, certificates by sender, alerts."""
+    found = {"certificates": {}, "alerts": []}
+    flow = trace.flow
+    for (sender, key_id, session_id), stream in flow.tls.items():
+        if not stream or key_id != 0 or session_id not in (trace.client_session_id, trace.server_session_id):
+            continue
+        for detail in stream.facts():
+            if "version" in detail and "cipher_suite" in detail:
+                found["version"], found["cipher_suite"] = detail["version"], detail["cipher_suite"]
+            if detail.get("certificates"):
+                found["certificates"][sender] = (detail["frame"], detail["certificates"])
+            if "description" in detail and "level" in detail:
+                found["alerts"].append({"frame": detail["frame"], "sender": sender, "level": detail["level"],
+                                        "description": detail["description"]})
+    return found
+
+
+def _certificate_evidence(facts, sender, trace, evidence):
+    """Judge ``sender``'s certificate (in clear: TLS 1.2) at the session's time."""
+    shown = facts["certificates"].get(sender)
+    if not shown:
+        return
+    frame, chain = shown
+    if not chain or "subject" not in chain[0]:
+        return
+    leaf = chain[0]
+    at = trace.first
+    from .certcheck import judge_certificate
+
+    for line in judge_certificate(leaf, at, facts["certificates"].get(_OTHER[sender])):
+        evidence.append(f"frame {frame}: {line}")
+
+
+def _inner(trace, context):
+    """What the key log opens inside TLS (``inner.InnerEvent``s), or ()."""
+    if context.keylog is None or not trace.chunks:
+        return ()
+    from .inner import inner_events
+
+    streams = trace.tls_streams()
+    try:
+        return inner_events(streams.get("client", []), streams.get("server", []), context.keylog)
+    except Exception as error:  # a decryption bug must not cost the session's other findings
+        return ()
+
+
+def _inner_verdict(inner, marks, evidence):
+    """_verdict's answer from the messages inside TLS, or None when they say nothing."""
+    for event in inner:
+        if event.kind == "alert" and event.text.startswith("fatal"):
+            evidence.append(f"frame {event.frame}: TLS alert from the {event.sender} (decrypted): {event.text}")
+            if event.sender == "client":
+                return "server-certificate-rejected", "tls", evidence, False
+            return ("client-certificate-rejected" if marks.client_flight else "client-hello-rejected"), "tls", \
+                evidence, False
+    for event in inner:
+        if event.kind == "control" and event.text.startswith("AUTH_FAILED"):
+            evidence.append(f"frame {event.frame}: the server says (decrypted): {event.text}")
+            if "cipher" in event.text.lower():
+                return "no-shared-cipher", "push", evidence, False
+            return "auth-failed", "push", evidence, False
+    for event in inner:
+        if event.kind == "control" and event.text.startswith("PUSH_REPLY"):
+            evidence.append(f"frame {event.frame}: PUSH_REPLY from the server (decrypted), but no data packet "
+                            "followed")
+            return "stopped-after-tls", "push", evidence, True
+    return None
+
+
+def _after_tls_evidence(marks, evidence):
+    done = marks.server_after or (marks.client_flight[-1] if marks.client_flight else None)
+    evidence.append(f"frame {done}: TLS handshake complete; then {len(marks.client_app)} TLS packets from the "
+                    f"client and {len(marks.server_app)} from the server (encrypted: key-method 2, PUSH_REQUEST/"
+                    "PUSH_REPLY or AUTH_FAILED), and no data packet")
+    unacked = sorted(frame for key, frame in marks.sent["server"].items() if key not in marks.acked["server"])
+    if unacked:
+        evidence.append(f"frame {unacked[-1]}: the server's last message was never acknowledged: the client "
+                        "had stopped")

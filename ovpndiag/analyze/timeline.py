@@ -1,0 +1,103 @@
+"""A session's timeline: what each side did, in frame order, for people and JSON.
+
+Each entry is ``[frame, seconds since the session's first packet, sender, text]``
+(a list: a finished session keeps its timeline packed, see dissect.sessions). Only
+landmarks are listed - resets, hellos, flights, alerts, the first messages after the
+handshake, the first data each way, renegotiations, transport events, each side's
+last packet - with retransmissions and round-trip times folded into them.
+"""
+
+from ..protocol import OPCODES
+
+
+class Timeline:
+    def __init__(self, trace, marks, facts, inner):
+        self.start = trace.first
+        self.times = {packet[0]: packet[1] for packet in trace.packets}
+        self.entries = []
+        self.rtt = None
+        self._build(trace, marks, facts, inner)
+        self.entries.sort(key=lambda entry: entry[0])
+
+    def add(self, frame, sender, text, time=None):
+        time = self.times.get(frame) if time is None else time
+        offset = None if time is None or self.start is None else round(time - self.start, 6)
+        self.entries.append([frame, offset, sender, text])
+
+    def _build(self, trace, marks, facts, inner):
+        opcodes = {packet[0]: packet[3] for packet in trace.packets}
+        resets = marks.client_resets
+        if resets:
+            text = f"reset ({OPCODES.get(opcodes.get(resets[0]), 'reset')})"
+            if len(resets) > 1:
+                text += f", sent {len(resets)} times"
+            self.add(resets[0], "client", text)
+        if marks.server_resets:
+            frame = marks.server_resets[0]
+            text = "reset"
+            if resets and frame in self.times and resets[0] in self.times:
+                self.rtt = round(self.times[frame] - self.times[resets[0]], 6)
+                text += f" (round trip {self.rtt * 1000:.3f} ms)"
+            if len(marks.server_resets) > 1:
+                text += f", sent {len(marks.server_resets)} times"
+            self.add(frame, "server", text)
+        if marks.client_hello is not None:
+            self.add(marks.client_hello, "client", "Client Hello")
+        if marks.server_flight:
+            first, last = marks.server_flight[0], marks.server_flight[-1]
+            text = "TLS flight: " + flight_names(marks.server_names)
+            if facts.get("version"):
+                text += f" ({facts['version']}, {facts.get('cipher_suite')})"
+            if last != first:
+                text += f" (to frame {last})"
+            if self.rtt is None and marks.client_hello in self.times and first in self.times:
+                self.rtt = round(self.times[first] - self.times[marks.client_hello], 6)
+            self.add(first, "server", text)
+        if marks.client_flight:
+            first, last = marks.client_flight[0], marks.client_flight[-1]
+            self.add(first, "client", "TLS flight: " + flight_names(marks.client_names)
+                     + (f" (to frame {last})" if last != first else ""))
+        if marks.server_after is not None:
+            self.add(marks.server_after, "server", "TLS handshake complete" + (" (Finished)" if not marks.tls13 else ""))
+        if marks.client_app:
+            self.add(marks.client_app[0], "client", f"first encrypted message after the handshake "
+                     f"({len(marks.client_app)} TLS packets in all)")
+        if marks.server_app[1:]:
+            self.add(marks.server_app[1], "server", f"first encrypted message after the handshake "
+                     f"({len(marks.server_app) - 1} TLS packets in all)")
+        for frame, sender, name in marks.alerts:
+            self.add(frame, sender, f"TLS {name}")
+        for event in inner:
+            self.add(event.frame, event.sender, f"{event.kind} (decrypted): {event.text}")
+        data = trace.data
+        if data is not None:
+            if data[2]:
+                self.add(data[0], "client", f"first data packet ({data[2]} in all)", data[1])
+            if data[5]:
+                self.add(data[3], "server", f"first data packet ({data[5]} in all)", data[4])
+        for key_id, (frame, sender) in sorted(marks.renegotiations.items()):
+            self.add(frame, sender, f"renegotiation: key id {key_id}")
+        for frame, time, _kind, text in trace.events or ():
+            self.add(frame, "network", text, time)
+        for side in ("client", "server"):
+            unacked = len(set(marks.sent[side]) - marks.acked[side])
+            if marks.resent[side] or unacked:
+                last = marks.last[side]
+                notes = []
+                if marks.resent[side]:
+                    notes.append(f"{marks.resent[side]} retransmissions")
+                if unacked:
+                    notes.append(f"{unacked} packets never acknowledged")
+                self.add(last[0], side, "last control packet; " + ", ".join(notes), last[1])
+
+
+def flight_names(names) -> str:
+    """TLS names in order, repeats counted: 'Server Hello, Application Data x3'."""
+    shown, count = [], {}
+    for name in names:
+        if name in count:
+            count[name] += 1
+        else:
+            count[name] = 1
+            shown.append(name)
+    return ", ".join(f"{name} x{count[name]}" if count[name] > 1 else name for name in shown)

@@ -1,0 +1,116 @@
+"""What ``analyze`` keeps of a session while its flow is read: a ``SessionTrace``.
+
+A SessionTrace is the reader's Session (``dissect.sessions``: the counts --sessions
+shows) plus the few facts of each control packet that tell how far a handshake got
+and who stopped answering whom: frame, time, sender, opcode, key id, message
+packet-id, ACKs, the TLS records it completed and whether its HMAC verified. Data
+packets cost a counter: the first one each way and how many. Kept too, only when
+they may be needed: the raw bytes of the client's first unanswered packets (the key
+trials) and, with a key log, the TLS bytes of each direction (decryption).
+
+When the session is finished (its flow idle, or the capture read) ``to_dict()``
+judges it (``judge``) and keeps only the analysis: a finished session holds no
+packets, only a few hundred bytes of verdict, evidence and timeline.
+"""
+
+from ..dissect.sessions import Session
+from ..protocol import DATA_OPCODES
+
+MAX_PACKETS = 512  # control packets kept per session (a session that sends more is long past its handshake)
+TRIAL_PACKETS = 2  # unanswered client packets kept for the key trials
+_DATA = frozenset(DATA_OPCODES)
+
+
+class Context:
+    """What every session of one run shares: the user's keys and settings for the key
+    trials (``keys``, ``digest``, ``server_direction``) and the key log (``keylog``)."""
+
+    def __init__(self, keys=None, digest=None, server_direction=None, keylog=None):
+        self.keys, self.digest, self.server_direction, self.keylog = keys, digest, server_direction, keylog
+
+
+def trace_class(context: Context):
+    """The SessionTrace class of one run (``Options.session_class``): its sessions share ``context``."""
+    return type("SessionTrace", (SessionTrace,), {"__slots__": (), "context": context})
+
+
+class SessionTrace(Session):
+    """Made by the reader for each session (``trace_class`` gives the class of a run)."""
+
+    __slots__ = ("reader", "first_frame", "last_frame", "packets", "data", "trial", "chunks", "events", "judged")
+    context = Context()
+    wants_transport_events = True  # the reader asks the capture for ICMP errors and TCP ends
+
+    def __init__(self, flow, client_session_id, reader=None):
+        super().__init__(flow, client_session_id)
+        self.reader = reader  # (its capture_end, once the capture is read)
+        self.first_frame = self.last_frame = None
+        context = self.context
+        self.packets = []  # (frame, time, sender, opcode, key id, message packet-id, acks, tls names, hmac valid)
+        self.data = None  # [client first frame, time, count, server first frame, time, count] once there is data
+        self.trial = None  # the client's first packets while the server has said nothing (raw bytes)
+        self.chunks = {} if context.keylog is not None else None  # sender -> {packet-id: (frame, TLS bytes)}
+        self.events = None  # transport events: (frame, time, kind, text)
+        self.judged = None
+
+    def count(self, record):
+        Session.count(self, record)
+        if self.first_frame is None:
+            self.first_frame = record.frame
+        self.last_frame = record.frame
+        opcode = record.opcode_value
+        sender = record.sender
+        if opcode in _DATA:
+            data = self.data
+            if data is None:
+                data = self.data = [None, None, 0, None, None, 0]
+            at = 0 if sender == "client" else 3
+            if data[at] is None:
+                data[at], data[at + 1] = record.frame, record.time
+            data[at + 2] += 1
+            return
+        packets = self.packets
+        if len(packets) < MAX_PACKETS:
+            packets.append((record.frame, record.time, sender, opcode, record.key_id, record.message_packet_id,
+                            record.acks, record.tls, record.hmac_valid))
+        if sender == "client":
+            if self.server_session_id is None and (self.trial is None or len(self.trial) < TRIAL_PACKETS):
+                self.trial = (self.trial or ()) + (record.data,)
+        chunks = self.chunks
+        if chunks is not None and record.key_id == 0 and record.payload_len and record.message_packet_id is not None:
+            wire = record.decrypted or record.data
+            start = record.payload_offset
+            chunks.setdefault(sender, {}).setdefault(
+                record.message_packet_id, (record.frame, bytes(wire[start:start + record.payload_len])))
+
+    def transport_event(self, frame, time, kind, text):
+        """An ICMP error or a TCP end seen for this session's flow (``kind``: see judge)."""
+        if self.events is None:
+            self.events = []
+        self.events.append((frame, time, kind, text))
+        if self.first is None:
+            self.first, self.first_frame = time, frame
+        if self.last_frame is None or frame > self.last_frame:
+            self.last_frame = frame
+        self.last = self.last if self.last is not None and self.last > time else time
+
+    def tls_streams(self):
+        """Per sender, the key-0 TLS bytes as [(frame, bytes)] in packet-id order from the
+        first (a gap ends them: what follows cannot be read in order)."""
+        streams = {}
+        for sender, by_id in (self.chunks or {}).items():
+            ordered, expected = [], min(by_id) if by_id else 0
+            while expected in by_id:
+                ordered.append(by_id[expected])
+                expected += 1
+            streams[sender] = ordered
+        return streams
+
+    def to_dict(self) -> dict:
+        if self.judged is None:
+            from .judge import judge
+
+            self.judged = judge(self)
+            # what judging needed is not needed any more (a finished session keeps the analysis only)
+            self.packets, self.trial, self.chunks, self.reader = [], None, None, None
+        return self.judged
