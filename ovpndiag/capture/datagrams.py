@@ -5,16 +5,22 @@ Glues the pieces together - ``pcapfile`` (frames), ``framedecode`` (headers),
 what the payloads carry. ``read_transport(path)`` reads a file; ``Transport``
 takes frames one at a time (live sniffing) and keeps the same state. Skipped
 frames are counted in ``Counts`` for a summary.
+
+Asked for (``Transport(events=True)``), the datagrams come with ``TransportEvent``s,
+in frame order (after the datagrams of the same frame): ICMP errors about a UDP/TCP
+packet and TCP connection signals (FIN, RST, a refused or unanswered SYN). Off, they
+cost nothing: the notes come from code that only runs for frames without payload to
+deliver or for segments with flags.
 """
 
 import struct
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
-from .framedecode import ETHERNET, FRAGMENT, NAMES, TCP, UDP, decode_frame, decode_reassembled, name_pair
+from .framedecode import ETHERNET, FRAGMENT, ICMP, NAMES, TCP, UDP, decode_frame, decode_reassembled, name_pair
 from .ipfrag import Defragmenter
 from .pcapfile import (CHUNK, MAX_PACKET, CaptureError, Source, opened, read, read_header, record_cut,
                        record_too_long, records)
-from .tcpstream import StreamReassembler
+from .tcpstream import (ANSWERED, FIN_SENT, REFUSED, RST_SENT, SYN_SENT, UNANSWERED, StreamReassembler)
 
 
 class Datagram(NamedTuple):
@@ -30,6 +36,44 @@ class Datagram(NamedTuple):
     stream: int = 0     # TCP: number of this connection direction's byte stream (new per connection)
     gap: int = 0        # TCP: bytes of the stream never captured before this payload: resynchronise
     end: bool = False   # TCP: the stream's last datagram (FIN, RST, idle, end of capture); payload may be empty
+
+
+ICMP_UNREACHABLE = "icmp-unreachable"   # ICMPv4 type 3 (not code 4), ICMPv6 type 1
+ICMP_TOO_BIG = "icmp-too-big"           # ICMPv4 type 3 code 4 (fragmentation needed), ICMPv6 type 2
+TCP_FIN, TCP_RST, TCP_REFUSED, TCP_UNANSWERED = FIN_SENT, RST_SENT, REFUSED, UNANSWERED
+
+
+class TransportEvent(NamedTuple):
+    """A transport signal about a flow (``Transport(events=True)``). Its first seven
+    fields are a Datagram's; its length is not (Reader.feed tells them apart so).
+
+    ``src``/``dst``/``sport``/``dport``/``transport`` name the direction it concerns:
+    for an ICMP error the QUOTED packet's (the one that failed: client -> server),
+    for ``refused``/``unanswered`` the SYN's (client -> server), for ``fin``/``rst``
+    the direction that sent it. ``by`` is the address that gave the signal: the ICMP's
+    IP source, the FIN's or RST's source; for ``unanswered`` the silent side (``dst``)."""
+    frame: int          # the frame of the signal (unanswered: where the attempt ended - idle, end of capture)
+    time: float
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    transport: str      # "udp" or "tcp" (an ICMP error: the quoted packet's)
+    kind: str           # ICMP_UNREACHABLE, ICMP_TOO_BIG, TCP_FIN, TCP_RST, TCP_REFUSED, TCP_UNANSWERED
+    by: str
+    icmp_type: Optional[int] = None     # ICMP errors: type and code as on the wire
+    icmp_code: Optional[int] = None
+    mtu: Optional[int] = None           # ICMP_TOO_BIG: the MTU it reports
+    syn_frame: Optional[int] = None     # refused, unanswered: the frame of the first SYN (None: not seen)
+    syns: int = 0                       # refused, unanswered: SYNs sent for this attempt
+
+    @property
+    def port_unreachable(self) -> bool:
+        """ICMPv4 type 3 code 3 or ICMPv6 type 1 code 4: nothing listens on ``dport``."""
+        return (self.icmp_type, self.icmp_code) in ((3, 3), (1, 4))
+
+
+assert len(TransportEvent._fields) != len(Datagram._fields)  # (how a reader tells them apart)
 
 
 class Progress(NamedTuple):
@@ -79,10 +123,11 @@ class Transport:
     """Reassembly state for one capture or one live interface.
 
     ``feed()`` one frame at a time, ``flush()`` at the end; ``counts`` says what was
-    skipped. The limits of the reassemblers are set on ``defrag`` / ``tcp``."""
+    skipped. The limits of the reassemblers are set on ``defrag`` / ``tcp``.
+    ``events``: deliver ``TransportEvent``s too (see the module docstring)."""
 
     def __init__(self, defrag: Optional[Defragmenter] = None, tcp: Optional[StreamReassembler] = None,
-                 shard: Optional[Tuple[int, int]] = None):
+                 shard: Optional[Tuple[int, int]] = None, events: bool = False):
         self._counts = Counts()
         self.position = [0, 0.0]  # the last frame read and its time (read_transport keeps it)
         self.defrag = defrag or Defragmenter()
@@ -91,6 +136,11 @@ class Transport:
         # others are left to readers of the other shards (parallel dissection).
         self.shard = shard
         self.first_time = None  # of the first frame, whatever it holds: what relative times count from
+        self.events = events
+        self.tcp.events = events
+        if events:
+            self._deliver = self._deliver_events  # (else the plain staticmethod)
+            self._syn_frames = {}  # TCP key -> frame of its open attempt's first SYN
 
     @property
     def counts(self) -> Counts:
@@ -157,6 +207,16 @@ class Transport:
                 counts.truncated += 1
             deliveries = self.tcp.segment((src, sport, dst, dport), seq, flags, payload, cut, time)
             return self._deliver(deliveries, number, time) if deliveries else []
+        if kind is ICMP:
+            counts.other_protocol += 1          # (no payload: skipped, as it always was)
+            if not self.events:
+                return []
+            _, src, dst, sport, dport, transport, reporter, icmp_type, code, mtu = r
+            if self.shard and shard_of(sport, dport, self.shard[1]) != self.shard[0]:
+                return []                       # (the quoted flow's shard has it)
+            too_big = icmp_type == 2 or icmp_type == 3 and code == 4
+            return [TransportEvent(number, time, src, dst, sport, dport, transport,
+                                   ICMP_TOO_BIG if too_big else ICMP_UNREACHABLE, reporter, icmp_type, code, mtu)]
         return []
 
     @staticmethod
@@ -164,19 +224,42 @@ class Transport:
         return [_new(Datagram, (number, time, key[0], key[2], key[1], key[3], TCP, payload, 0, stream, gap, end))
                 for key, stream, payload, gap, end in deliveries]
 
+    def _deliver_events(self, deliveries, number, time):
+        """``_deliver`` with the reassembler's notes made TransportEvents, after the datagrams."""
+        datagrams, events, syn_frames = [], [], self._syn_frames
+        for item in deliveries:
+            if len(item) == 5:
+                key, stream, payload, gap, end = item
+                datagrams.append(_new(Datagram, (number, time, key[0], key[2], key[1], key[3], TCP, payload, 0,
+                                                 stream, gap, end)))
+                continue
+            key, kind, syns = item
+            if kind is SYN_SENT:
+                syn_frames[key] = number
+            elif kind is ANSWERED:
+                syn_frames.pop(key, None)
+            elif kind is FIN_SENT or kind is RST_SENT:
+                events.append(TransportEvent(number, time, key[0], key[2], key[1], key[3], TCP, kind, key[0]))
+            else:  # REFUSED (the RST came from the other side), UNANSWERED
+                events.append(TransportEvent(number, time, key[0], key[2], key[1], key[3], TCP, kind, key[2],
+                                             syn_frame=syn_frames.pop(key, None), syns=syns))
+        return datagrams + events if events else datagrams
+
 
 _new = tuple.__new__
 
 
-def read_transport(source: Source, transport: Optional[Transport] = None) -> Iterator[Datagram]:
+def read_transport(source: Source, transport: Optional[Transport] = None, events: bool = False
+                   ) -> Iterator[Datagram]:
     """Every UDP datagram and every run of new TCP stream bytes in a capture, in capture order.
 
     ``source`` is a path or a binary file object. Pass a ``Transport`` to read its
     ``counts`` afterwards (or to set limits). At the end of the file (or of what is
     readable) every TCP stream still open ends: its held bytes after their gap, then a
     Datagram with ``end`` set, numbered with the last frame. A damaged file raises
-    ``CaptureError`` after everything readable before the damage has been yielded."""
-    tr = transport or Transport()
+    ``CaptureError`` after everything readable before the damage has been yielded.
+    ``events``: with no ``transport`` given, read with ``Transport(events=True)``."""
+    tr = transport or Transport(events=events)
     # the last frame read and its time, for flush(); kept on the transport: when a capture
     # ends is what tells a session that stopped from one the capture cut (analyze)
     position = tr.position = [0, 0.0]
@@ -283,7 +366,11 @@ def _read_pcap(f, name, header, tr, position):
                                                      buf[start + 34 + size:start + 14 + total], 0, time)
                                 if deliveries:
                                     if len(deliveries) == 1:  # (_deliver, inlined for the common case)
-                                        ends, stream, data, gap, closing = deliveries[0]
+                                        try:
+                                            ends, stream, data, gap, closing = deliveries[0]
+                                        except ValueError:  # a note (events): deliver's (try: free, 3.11)
+                                            yield from deliver(deliveries, number, time)
+                                            continue
                                         yield new(Datagram, (number, time, ends[0], ends[2], ends[1], ends[3], TCP,
                                                              data, 0, stream, gap, closing))
                                     else:

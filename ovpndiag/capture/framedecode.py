@@ -7,11 +7,18 @@ says what it is, or a string naming why the frame is skipped (a counter name):
     (UDP, src, dst, sport, dport, payload, cut)
     (TCP, src, dst, sport, dport, payload, cut, seq, flags)
     (FRAGMENT, key, offset, more, protocol, piece, cut, addrs)
+    (ICMP, src, dst, sport, dport, transport, reporter, icmp_type, icmp_code, mtu)
 
 ``cut`` is how many bytes of the payload the capture lacks (snap length), ``flags``
 the low TCP flag bits (``FIN``, ``SYN``, ``RST``...). A fragment goes to
 ``ipfrag.Defragmenter``; the datagram it completes comes back through
 ``decode_reassembled``. Addresses are strings as tshark prints them.
+
+An ICMP tuple is an ICMPv4 "destination unreachable" (type 3, every code; code 4
+is "fragmentation needed", with the next-hop ``mtu``) or an ICMPv6 "destination
+unreachable" (type 1) or "packet too big" (type 2, ``mtu``) that quotes a UDP or TCP
+packet: ``src``...``transport`` are the QUOTED packet's (the direction it was sent
+in), ``reporter`` the ICMP's own IP source. Any other ICMP is OTHER_PROTOCOL.
 """
 
 import socket
@@ -20,6 +27,7 @@ import struct
 UDP = "udp"
 TCP = "tcp"
 FRAGMENT = "fragment"
+ICMP = "icmp"
 
 # Why a frame yields nothing (these are also the counter names in datagrams.Counts).
 NON_IP = "non_ip"                       # ARP, LLDP, ... or a link type's non-IP protocol
@@ -46,6 +54,7 @@ _udp_head = struct.Struct("!HHH").unpack_from
 _tcp_head = struct.Struct("!HHI4xH").unpack_from
 _u32_le = struct.Struct("<I").unpack_from
 _u32_be = struct.Struct("!I").unpack_from
+_u16_pair = struct.Struct("!HH").unpack_from
 
 # Address strings, cached by the raw (source + destination) address bytes: a capture
 # has few hosts, and formatting costs more than everything else done per packet.
@@ -193,7 +202,56 @@ def _transport(protocol, addrs, data, o, end, cut):
             return UNDECODABLE
         names = NAMES.get(addrs) or name_pair(addrs)
         return TCP, names[0], names[1], sport, dport, data[o + header:end], cut, seq, offset_flags & 0x3F
+    if protocol == 1 or protocol == 58:
+        return _icmp(protocol, addrs, data, o, end)
     return OTHER_PROTOCOL
+
+
+_ICMP_ERRORS = {1: (3,), 58: (1, 2)}  # protocol -> the types read: unreachable (v4, v6), too big (v6)
+_TRANSPORTS = {17: UDP, 6: TCP}
+
+
+def _icmp(protocol, addrs, data, o, end):
+    """An ICMP error quoting a UDP/TCP packet (see the module docstring), else OTHER_PROTOCOL.
+    The quote holds the packet's IP header and at least the first 8 bytes after it
+    (RFC 792; RFC 4443 quotes as much as fits): the ports are its first 4."""
+    if o + 8 > end:
+        return OTHER_PROTOCOL
+    kind, code = data[o], data[o + 1]
+    if kind not in _ICMP_ERRORS[protocol]:
+        return OTHER_PROTOCOL
+    mtu = None
+    if kind == 2 or code == 4 and kind == 3:
+        mtu = _u32_be(data, o + 4)[0] if kind == 2 else _u16_pair(data, o + 4)[1]
+    q = o + 8  # the quoted packet
+    if protocol == 1:
+        if q + 20 > end or data[q] >> 4 != 4:
+            return OTHER_PROTOCOL
+        ihl = (data[q] & 15) << 2
+        _, _, _, frag, quoted = _ipv4_head(data, q)
+        if ihl < 20 or frag & 0x1FFF:  # a later fragment quotes no ports
+            return OTHER_PROTOCOL
+        inner, p = data[q + 12:q + 20], q + ihl
+    else:
+        if q + 40 > end or data[q] >> 4 != 6:
+            return OTHER_PROTOCOL
+        inner, quoted, p = data[q + 8:q + 40], data[q + 6], q + 40
+        while quoted in _IPV6_EXT or quoted == 44 or quoted == 51:
+            if p + 8 > end:
+                return OTHER_PROTOCOL
+            if quoted == 44:
+                if _u16_pair(data, p + 2)[0] & 0xFFF8:  # a later fragment quotes no ports
+                    return OTHER_PROTOCOL
+                quoted, p = data[p], p + 8
+            else:
+                quoted, p = data[p], p + ((data[p + 1] + (2 if quoted == 51 else 1)) << (2 if quoted == 51 else 3))
+    transport = _TRANSPORTS.get(quoted)
+    if transport is None or p + 4 > end:
+        return OTHER_PROTOCOL
+    sport, dport = _u16_pair(data, p)
+    names = NAMES.get(inner) or name_pair(inner)
+    reporter = (NAMES.get(addrs) or name_pair(addrs))[0]
+    return ICMP, names[0], names[1], sport, dport, transport, reporter, kind, code, mtu
 
 
 def decode_reassembled(key, protocol, payload):

@@ -19,6 +19,15 @@ Segments ahead of a gap wait (bounded) for the retransmission that fills it.
 Memory is bounded: pending bytes per stream and in total, the number of streams,
 an idle timeout in capture time, and a bounded memory of closed streams (so that
 late retransmissions after a FIN do not start a phantom stream).
+
+With ``events`` set, ``out`` also holds notes ``(key, kind, syns)`` (3 items, told
+apart from deliveries by their length) about the connection, from segments off the
+in-order common case only: ``FIN_SENT`` / ``RST_SENT`` on the direction that sent it
+(the first FIN of a stream; every RST), ``REFUSED`` on a client's direction whose
+SYN got a RST and no SYN-ACK, ``UNANSWERED`` on one whose SYN got no answer at all
+before it ended (idle, evicted, ``flush()``); ``syns``: SYNs it sent. ``SYN_SENT``
+(a new attempt) and ``ANSWERED`` frame each attempt: every SYN_SENT is followed,
+for its key, by exactly one of ANSWERED, REFUSED or UNANSWERED.
 """
 
 import heapq
@@ -26,11 +35,14 @@ from collections import OrderedDict
 
 MASK = 0xFFFFFFFF
 HALF = 0x80000000
-FIN, SYN, RST = 0x01, 0x02, 0x04
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+# Notes (events): what a TCP signal says (also capture.datagrams.TransportEvent.kind).
+FIN_SENT, RST_SENT, REFUSED, UNANSWERED = "fin", "rst", "refused", "unanswered"
+SYN_SENT, ANSWERED = "syn", "answered"  # (no event of their own: they frame an attempt)
 
 
 class _Stream:
-    __slots__ = ("id", "pos", "isn", "heap", "pending", "gap", "fin", "last_seen")
+    __slots__ = ("id", "pos", "isn", "heap", "pending", "gap", "fin", "last_seen", "syns")
 
     def __init__(self, ident, pos, isn, now):
         self.id = ident
@@ -41,6 +53,7 @@ class _Stream:
         self.gap = 0                # bytes known missing before the next delivery
         self.fin = None             # stream position of the FIN, once seen
         self.last_seen = now
+        self.syns = 0               # (events) SYNs this side sent not answered yet
 
 
 class StreamReassembler:
@@ -70,6 +83,7 @@ class StreamReassembler:
         self.out_of_order = 0       # segments that arrived ahead of a gap and were held
         self.gaps = 0               # holes skipped (bytes never captured)
         self.evicted = 0            # streams ended for being idle or over the stream limit
+        self.events = False         # add notes to the deliveries (see the module docstring)
 
     @property
     def streams(self) -> int:
@@ -110,6 +124,8 @@ class StreamReassembler:
         self._expire(out)                                   # idle streams end before new events
         st = streams.get(key)
         if flags & RST:
+            if self.events:
+                self._reset_note(key, out)
             # A reset ends the connection in both directions.
             for k in (key, (key[2], key[3], key[0], key[1])):
                 s = streams.pop(k, None)
@@ -123,6 +139,11 @@ class StreamReassembler:
                 st = None
             if st is None:
                 st = self._open(key, start, seq, out)
+                if self.events and not flags & ACK:  # a client's connection attempt
+                    st.syns = 1
+                    out.append((key, SYN_SENT, 1))
+            elif st.syns:
+                st.syns += 1                                # its SYN again: still no answer
             seq = start                                     # data on a SYN follows it
         elif st is None:
             if not length:
@@ -143,6 +164,8 @@ class StreamReassembler:
         start = st.pos + delta
         if flags & FIN and st.fin is None:
             st.fin = start + length
+            if self.events:
+                out.append((key, FIN_SENT, 0))
         if length:
             if delta > 0:
                 # Ahead of a gap: hold it until the gap is filled (or given up on).
@@ -174,6 +197,12 @@ class StreamReassembler:
             self.evicted += 1
             self._finish(old_key, old, out)
         self._closed.pop(key, None)
+        if self.events:  # the other side's first segment answers its connection attempt
+            reverse = (key[2], key[3], key[0], key[1])
+            attempt = self._streams.get(reverse)
+            if attempt is not None and attempt.syns:
+                attempt.syns = 0
+                out.append((reverse, ANSWERED, 0))
         self._ids += 1
         st = self._streams[key] = _Stream(self._ids, pos, isn, self._now)
         return st
@@ -233,12 +262,24 @@ class StreamReassembler:
             out[-1] = (last[0], last[1], last[2], last[3], True)
         else:
             out.append((key, st.id, b"", st.gap, True))
+        if st.syns:
+            out.append((key, UNANSWERED, st.syns))
         closed = self._closed
         closed[key] = (st.pos & MASK, self._now)
         closed.move_to_end(key)
         horizon = self._now - self.closed_timeout
         while closed and (len(closed) > self.max_closed or next(iter(closed.values()))[1] < horizon):
             closed.popitem(last=False)
+
+    def _reset_note(self, key, out):
+        """(events) A RST sent on ``key``: a refusal if it answers the other side's SYN."""
+        reverse = (key[2], key[3], key[0], key[1])
+        attempt = self._streams.get(reverse)
+        if attempt is not None and attempt.syns and key not in self._streams:
+            out.append((reverse, REFUSED, attempt.syns))
+            attempt.syns = 0
+        else:
+            out.append((key, RST_SENT, 0))
 
     def _expire(self, out):
         streams = self._streams

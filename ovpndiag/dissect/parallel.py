@@ -293,7 +293,8 @@ def _work(connection, path, make_reader, shard, first_time):
     """A worker's work (run by ``_live``): dissect one shard with the reader
     ``make_reader()`` gives (one whose records are (frame, text) pairs, see
     ``listing``), send lines, then "end" with the totals."""
-    transport, reader = Transport(shard=shard), make_reader()
+    reader = make_reader()
+    transport = Transport(shard=shard, events=reader.wants_transport_events)
     reader.first_time = first_time
     frames, texts = [], []
     error = None
@@ -337,7 +338,8 @@ def _summarise(connection, path, make_reader, shard, first_time):
     one reader shows one session)."""
     from .reader import FLOW_IDLE
 
-    transport, reader = Transport(shard=shard), make_reader()
+    reader = make_reader()
+    transport = Transport(shard=shard, events=reader.wants_transport_events)
     reader.first_time = first_time
     feed = reader.feed
     packets, next_progress, error = 0, SESSIONS_PROGRESS, None

@@ -268,7 +268,7 @@ class CaptureFile:
         else:  # Records the writer or the sessions needed: rendered here
             render_one = _listing_line(colour) if render is LISTING else render
             out = lambda records: [render_one(record) for record in records]  # noqa: E731
-        transport, writer = Transport(), run.writer
+        transport, writer = Transport(events=reader.wants_transport_events), run.writer
         held = []  # records (or pairs) not handed out yet
         try:
             source = _source(self.path)
