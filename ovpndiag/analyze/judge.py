@@ -43,6 +43,7 @@ SOFT_RESET = 3  # P_CONTROL_SOFT_RESET_V1: a renegotiation
 _CERTIFICATE_ALERTS = {"Bad Certificate", "Unsupported Certificate", "Certificate Revoked", "Certificate Expired",
                        "Certificate Unknown", "Unknown CA", "Access Denied", "Certificate Required"}
 _OTHER = {"client": "server", "server": "client"}
+_ENDS = {"port-unreachable", "unreachable", "fin", "rst", "refused", "unanswered"}  # transport events that end a session
 
 
 class Landmarks:
@@ -220,7 +221,7 @@ def _over(trace, marks, end) -> bool:
     """Does the capture show this session's end (see the module docstring)?"""
     if marks.last_resent and (trace.data is None or not trace.data[2] or not trace.data[5]):
         return True  # (its last packet asked again for an answer that never came)
-    if trace.events and any(kind in ("icmp", "fin", "rst", "refused") for _f, _t, kind, _x in trace.events):
+    if trace.events and any(kind in _ENDS for _f, _t, kind, _x, _s in trace.events):
         return True
     if end is None or trace.last is None:  # (a flow forgotten for being idle: long over)
         return True
@@ -320,10 +321,13 @@ def _verdict(trace, marks, facts, inner):
 
 def _unanswered(trace, marks, events, evidence):
     """The server sent nothing in this session."""
-    for frame, _time, kind, text in events:
-        if kind in ("icmp", "refused", "rst") and ("port unreachable" in text or kind in ("refused", "rst")):
+    for frame, _time, kind, text, _side in events:
+        if kind in ("port-unreachable", "refused"):
             evidence.append(f"frame {frame}: {text}")
             return "port-closed", "none", evidence, False
+        if kind == "unanswered" and not marks.first["client"]:
+            evidence.append(f"frame {frame}: {text}")
+            return "no-connection", "none", evidence, False
     resets = marks.client_resets
     if resets:
         evidence.append(f"frame {resets[0]}: the client's reset" + (f", sent {len(resets)} times (last in frame "
@@ -337,10 +341,10 @@ def _unanswered(trace, marks, events, evidence):
         evidence.append(trial.evidence)
         if trial.verdict is not None:
             return trial.verdict, "none", evidence, False
-    for frame, _time, kind, _text in events:
-        if kind == "fin":
+    for _frame, _time, kind, _text, side in events:
+        if kind == "fin" and side == "server":
             return "connection-closed", "none", evidence, False
-        if kind == "rst":
+        if kind == "rst" and side == "server":
             return "connection-reset", "none", evidence, False
     return "server-silent", "none", evidence, True
 
@@ -357,7 +361,7 @@ def _key_trial(trace):
 
 
 def _transport_evidence(events, evidence):
-    for frame, _time, kind, text in events:
+    for frame, _time, _kind, text, _side in events:
         line = f"frame {frame}: {text}"
         if line not in evidence:
             evidence.append(line)

@@ -77,7 +77,7 @@ class Timeline:
                 self.add(data[3], "server", f"first data packet ({data[5]} in all)", data[4])
         for key_id, (frame, sender) in sorted(marks.renegotiations.items()):
             self.add(frame, sender, f"renegotiation: key id {key_id}")
-        for frame, time, _kind, text in trace.events or ():
+        for frame, time, _kind, text, _side in trace.events or ():
             self.add(frame, "network", text, time)
         for side in ("client", "server"):
             unacked = len(set(marks.sent[side]) - marks.acked[side])

@@ -34,6 +34,33 @@ def trace_class(context: Context):
     return type("SessionTrace", (SessionTrace,), {"__slots__": (), "context": context})
 
 
+def describe(event, sender, flow):
+    """(kind, one line for people) of a TransportEvent. Kinds: port-unreachable,
+    unreachable, too-big (ICMP), fin, rst (TCP, by ``sender``), refused (a SYN answered
+    by RST), unanswered (SYNs never answered)."""
+    server = _endpoint(flow.server)
+    if event.kind == "icmp-unreachable":
+        if event.port_unreachable:
+            return "port-unreachable", f"ICMP port unreachable from {event.by}: nothing listens on {server}"
+        return "unreachable", (f"ICMP destination unreachable (type {event.icmp_type}, code {event.icmp_code}) "
+                               f"from {event.by} for the client's packets to {server}")
+    if event.kind == "icmp-too-big":
+        return "too-big", f"ICMP packet too big from {event.by}: the path MTU is {event.mtu}"
+    if event.kind == "fin":
+        return "fin", f"the {sender} closed the TCP connection (FIN)"
+    if event.kind == "rst":
+        return "rst", f"the {sender} reset the TCP connection (RST)"
+    if event.kind == "refused":
+        return "refused", (f"the connection to {server} was refused: the client's SYN (frame {event.syn_frame}, "
+                           f"{event.syns} sent) was answered with RST")
+    return "unanswered", f"the client's SYN to {server} was never answered (frame {event.syn_frame}, {event.syns} sent)"
+
+
+def _endpoint(address_port):
+    address, port = address_port
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 class SessionTrace(Session):
     """Made by the reader for each session (``trace_class`` gives the class of a run)."""
 
@@ -83,16 +110,20 @@ class SessionTrace(Session):
             chunks.setdefault(sender, {}).setdefault(
                 record.message_packet_id, (record.frame, bytes(wire[start:start + record.payload_len])))
 
-    def transport_event(self, frame, time, kind, text):
-        """An ICMP error or a TCP end seen for this session's flow (``kind``: see judge)."""
+    def transport_event(self, event, sender):
+        """A capture.datagrams.TransportEvent for this session's flow (``sender``: the side
+        whose direction it names), kept as (frame, time, kind, text, side): see describe()."""
+        kind, text = describe(event, sender, self.flow)
         if self.events is None:
             self.events = []
-        self.events.append((frame, time, kind, text))
+        side = sender if kind in ("fin", "rst") else "client"
+        self.events.append((event.frame, event.time, kind, text, side))
         if self.first is None:
-            self.first, self.first_frame = time, frame
-        if self.last_frame is None or frame > self.last_frame:
-            self.last_frame = frame
-        self.last = self.last if self.last is not None and self.last > time else time
+            self.first, self.first_frame = event.time, event.frame
+        if self.last is None or event.time > self.last:
+            self.last = event.time
+        if self.last_frame is None or event.frame > self.last_frame:
+            self.last_frame = event.frame
 
     def tls_streams(self):
         """Per sender, the key-0 TLS bytes as [(frame, bytes)] in packet-id order from the

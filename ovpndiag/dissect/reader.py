@@ -115,6 +115,8 @@ class Reader:
 
     def __init__(self, options: Optional[Options] = None):
         self.options = options or Options()
+        if getattr(self.options.session_class, "wants_transport_events", False):
+            self.wants_transport_events = True  # (sessions that take them: analyze's)
         self.flows: Dict[tuple, Flow] = {}  # one flow per (transport, endpoint, endpoint)
         self.directions: Dict[tuple, tuple] = {}  # (src, sport, dst, dport, transport) -> (flow, sender)
         self.ended = []  # the sessions of expired flows, finished (sessions.FinishedSession)
@@ -207,7 +209,15 @@ class Reader:
         order with the packets' ``output``. ``sender`` is the side whose direction
         ``event.src`` -> ``event.dst`` is. ``flow`` and ``sender`` are None for a flow the
         reader has not seen unless one port is an OpenVPN port (``Options.ports``; a
-        refused connection has no payload): then its Flow is made. Does nothing here."""
+        refused connection has no payload): then its Flow is made. Here: handed to the
+        flow's session (a new one if it has none) when its session class takes them
+        (``session.transport_event(event, sender)``, analyze's), else nothing."""
+        if flow is None or not self.wants_transport_events or not self.sessions:
+            return
+        session = flow.current
+        if session is None:
+            session = flow.current = flow.sessions[None] = self.options.session_class(flow, None, self)
+        session.transport_event(event, sender)
 
     def _transport_event(self, event):
         """An event waits in the queue behind the packets before it, like a packet."""
