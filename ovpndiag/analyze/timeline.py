@@ -77,8 +77,8 @@ class Timeline:
                 self.add(data[3], "server", f"first data packet ({data[5]} in all)", data[4])
         for key_id, (frame, sender) in sorted(marks.renegotiations.items()):
             self.add(frame, sender, f"renegotiation: key id {key_id}")
-        for frame, time, _kind, text, _side in trace.events or ():
-            self.add(frame, "network", text, time)
+        for frame, time, kind, text, side in trace.events or ():
+            self.add(frame, side if kind in ("fin", "rst") else "network", text, time)
         for side in ("client", "server"):
             unacked = len(set(marks.sent[side]) - marks.acked[side])
             if marks.resent[side] or unacked:

@@ -1,0 +1,186 @@
+"""ovpndiag analyze on the real captures: every session's verdict, with and without the
+server's keys, its evidence and its JSON.
+
+What each capture's sessions must be called comes from how it was recorded (the
+manifest: its server's key, digest and key-direction; its description and the peers'
+logs in captures/logs), not from analyze's output: a client whose resets a tls-auth
+server dropped is server-silent without the key and wrong-key with it, and so on.
+"""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from captures import ALL_CAPTURES, CAPTURES, entry
+from ovpndiag import analyze
+from ovpndiag.analyze.judge import settle
+
+# capture -> (verdict without keys, verdict with the server's key): the manifest says
+# which failure each one recorded (its description and the server's log say why).
+FAILURES = {
+    "fail-tls-auth-wrong-key.pcap": ("server-silent", "wrong-key"),
+    "fail-tls-auth-wrong-direction.pcap": ("server-silent", "wrong-key-direction"),
+    "fail-tls-auth-digest-mismatch.pcap": ("server-silent", "wrong-digest"),
+    "fail-tls-crypt-wrong-key.pcap": ("server-silent", "wrong-key"),
+    "fail-tls-crypt-v2-wrong-key.pcap": ("server-silent", "wrong-key"),
+    "fail-no-tls-auth.pcap": ("server-silent", "no-tls-auth"),
+    "udp-unanswered-4444.pcap": ("server-silent", "wrong-key"),
+    "fail-untrusted-cert.pcap": ("client-certificate-rejected", None),
+    "fail-untrusted-cert-tcp.pcap": ("client-certificate-rejected", None),
+    "fail-client-cert-untrusted-tls12.pcap": ("client-certificate-rejected", None),
+    "fail-expired-server-cert.pcap": ("server-certificate-rejected", None),
+    "fail-tls-version-mismatch.pcap": ("client-hello-rejected", None),
+    # AUTH_FAILED travels inside TLS: without a key log the reason cannot be read
+    "fail-auth-failed.pcap": ("stopped-after-tls", None),
+    "fail-no-shared-cipher.pcap": ("stopped-after-tls", None),
+    "fail-port-closed.pcap": ("port-closed", None),
+}
+CONNECTED = [e["file"] for e in ALL_CAPTURES if e.get("outcome") == "connected" and e["wrapping"] != "static"
+             and e["file"] != "udp-static-key.pcap"]
+JSON_KEYS = {"client", "server", "transport", "session_id", "remote_session_id", "wrapping", "start", "end",
+             "stage_reached", "verdict", "evidence", "advice", "retransmissions", "rtt"}
+
+
+def server_keys(capture) -> dict:
+    """analyze.open's key arguments for the capture's server (its key, digest, direction)."""
+    key = capture.get("key")
+    if not key:
+        return {}
+    kind = {"tls-auth": "tls_auth", "tls-crypt": "tls_crypt", "tls-crypt-v2": "tls_crypt_v2"}[capture["wrapping"]]
+    keys = {kind: str(CAPTURES / key)}
+    if capture["wrapping"] == "tls-auth":
+        keys["auth"] = capture["auth"]
+        if capture.get("server_key_direction") is not None:
+            keys["key_direction"] = str(capture["server_key_direction"])
+    return keys
+
+
+def analyses(name, jobs=1, **options):
+    capture = entry(name)
+    with analyze.open([str(CAPTURES / name)], ports=[capture["port"]], jobs=jobs, **options) as run:
+        return list(settle(list(run.sessions())))
+
+
+def assert_verdicts(found, expected, name):
+    """Every session has ``expected``; only the last may be ``incomplete``, when the
+    capture ends before it shows its end - and then it says what it would have been."""
+    assert found, f"{name}: no session"
+    verdicts = [analysis["verdict"] for analysis in found]
+    assert verdicts[:-1] == [expected] * (len(found) - 1), (name, verdicts)
+    last = found[-1]
+    if last["verdict"] == "incomplete":
+        assert f"had it ended there: {expected}" in last["evidence"][-1], (name, last["evidence"])
+    else:
+        assert last["verdict"] == expected, (name, verdicts)
+
+
+@pytest.mark.parametrize("name", sorted(FAILURES))
+def test_each_failure_gets_its_verdict_without_keys(name):
+    assert_verdicts(analyses(name), FAILURES[name][0], name)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_plain, keyed) in FAILURES.items() if keyed))
+def test_the_servers_key_tells_why_its_clients_went_unanswered(name):
+    found = analyses(name, **server_keys(entry(name)))
+    # a key trial is a proof on its own: no session waits for its end
+    assert [analysis["verdict"] for analysis in found] == [FAILURES[name][1]] * len(found)
+    assert all(analysis["stage_reached"] == "none" for analysis in found)
+
+
+@pytest.mark.parametrize("name", ["fail-tls-auth-wrong-direction.pcap", "fail-tls-auth-digest-mismatch.pcap"])
+def test_the_right_key_without_the_servers_direction_and_digest_is_not_called_wrong(name):
+    keys = server_keys(entry(name))
+    keys.pop("key_direction", None)
+    keys.pop("auth", None)
+    verdicts = {analysis["verdict"] for analysis in analyses(name, **keys)}
+    assert "wrong-key" not in verdicts, verdicts
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTED))
+def test_a_working_session_is_ok(name):
+    found = analyses(name)
+    assert [analysis["verdict"] for analysis in found] == ["ok"] * len(found), name
+    assert all(analysis["stage_reached"] == "data" for analysis in found)
+
+
+def test_an_expired_server_certificate_in_clear_is_named():
+    found = analyses("fail-expired-server-cert.pcap")
+    for analysis in found[:-1]:
+        assert any(re.search(r"frame \d+: the certificate CN=ovpndiag-test-server.* expired on", line)
+                   for line in analysis["evidence"]), analysis["evidence"]
+        assert analysis["tls_version"] == "TLS 1.2"
+
+
+def test_a_client_certificate_from_a_foreign_ca_is_named():
+    found = analyses("fail-client-cert-untrusted-tls12.pcap")
+    assert any("issued by CN=ovpndiag-rogue-ca" in line for line in found[0]["evidence"]), found[0]["evidence"]
+
+
+def test_a_tls13_inference_says_its_confidence():
+    found = analyses("fail-untrusted-cert.pcap")
+    assert any("TLS 1.3 hides" in line and "confidence" in line for line in found[0]["evidence"])
+
+
+def test_port_closed_cites_the_icmp_frames():
+    found = analyses("fail-port-closed.pcap")
+    icmp = _tshark_frames("fail-port-closed.pcap", "icmp.type == 3 and icmp.code == 3")
+    cited = [int(re.match(r"frame (\d+):", analysis["evidence"][0]).group(1)) for analysis in found]
+    assert cited == icmp
+
+
+def test_the_server_closing_tcp_after_the_client_certificate_is_evidence():
+    found = analyses("fail-untrusted-cert-tcp.pcap")
+    fins = _tshark_frames("fail-untrusted-cert-tcp.pcap", "tcp.flags.fin == 1 and tcp.srcport == 1194")
+    for analysis in found:
+        line = next(line for line in analysis["evidence"] if "closed the TCP connection" in line)
+        assert int(re.match(r"frame (\d+):", line).group(1)) in fins
+        assert "the server closed" in line
+
+
+def test_evidence_and_timeline_cite_the_sessions_own_frames():
+    for name in FAILURES:
+        for analysis in analyses(name):
+            first, last = analysis["frames"]
+            for line in analysis["evidence"]:
+                for frame in map(int, re.findall(r"frames? (\d+)", line)):
+                    if "new session" not in line:
+                        assert first <= frame <= last, (name, line, analysis["frames"])
+            assert [entry[0] for entry in analysis["timeline"]] == sorted(entry[0] for entry in analysis["timeline"])
+
+
+def test_json_has_the_keys_the_issue_names():
+    result = subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", "--json",
+                             str(CAPTURES / "fail-expired-server-cert.pcap")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(objects) == len(analyses("fail-expired-server-cert.pcap"))
+    for shown in objects:
+        assert JSON_KEYS <= set(shown), JSON_KEYS - set(shown)
+        assert shown["stage_reached"] in ("none", "reset", "tls", "auth", "push", "data")
+        assert all(set(item) == {"frame", "time", "from", "event"} for item in shown["timeline"])
+
+
+def test_text_output_ends_with_the_table_of_verdicts():
+    result = subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", str(CAPTURES / "fail-port-closed.pcap"),
+                             str(CAPTURES / "udp-plain.pcap")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout[result.stdout.index("Verdicts over"):]
+    sessions = len(analyses("fail-port-closed.pcap")) + 1
+    assert f"Verdicts over {sessions} sessions:" in table
+    assert re.search(rf"\b{sessions - 1} port-closed +from 127\.0\.0\.1", table)
+    assert re.search(r"\b1 ok +from 127\.0\.0\.1", table)
+    assert result.stdout.count("\nSession ") + result.stdout.startswith("Session ") == sessions
+
+
+def test_workers_give_what_one_reader_gives():
+    for name in ("fail-untrusted-cert-tcp.pcap", "fail-port-closed.pcap", "udp-float.pcap"):
+        assert analyses(name, jobs=2) == analyses(name, jobs=1), name
+
+
+def _tshark_frames(name, display_filter):
+    out = subprocess.run(["tshark", "-r", str(CAPTURES / name), "-Y", display_filter, "-T", "fields",
+                          "-e", "frame.number"], capture_output=True, text=True, check=True).stdout
+    return [int(line) for line in out.split()]
