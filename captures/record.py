@@ -377,6 +377,76 @@ SCENARIOS: list[Scenario] = [
         "extract the client key",
         group="failures", verdict="wrong-key",
         server_log_expect=r"can not extract tls-crypt-v2 client key"),
+    # ---- decryptable: the client is `ovpndiag handshake --keylog`, so each capture has the NSS key
+    # log of its TLS session (captures/NAME.keys; group "keylog"; recording/handshake.py)
+    Scenario(
+        "keylog-tls13", "udp", 4, 3194, "none", Side(), Side(), "connected",
+        "`ovpndiag handshake --keylog` against an OpenVPN 2.6 server: TLS 1.3 (TLS_AES_256_GCM_SHA384), "
+        "key-method 2, PUSH_REQUEST/PUSH_REPLY, an ICMP echo through the tunnel, EXIT; the key log "
+        "keylog-tls13.keys decrypts the control channel.",
+        "a whole session whose TLS 1.3 records decrypt with its key log: certificates, Finished, "
+        "key-method 2 both ways, PUSH_REPLY, EXIT",
+        kind="handshake", group="keylog", verdict="ok"),
+    Scenario(
+        "keylog-tls13-chacha", "udp", 4, 3195, "none", Side(), Side(), "connected",
+        "Like keylog-tls13, but the server allows only TLS_CHACHA20_POLY1305_SHA256 "
+        "(--tls-ciphersuites).",
+        "TLS 1.3 with CHACHA20-POLY1305 records",
+        kind="handshake", group="keylog", verdict="ok",
+        server_extra=["--tls-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"]),
+    Scenario(
+        "keylog-tcp-tls13", "tcp", 4, 3196, "none", Side(), Side(), "connected",
+        "Like keylog-tls13 over TCP.",
+        "TLS 1.3 inside TCP framing, with its key log",
+        kind="handshake", group="keylog", verdict="ok"),
+    Scenario(
+        "keylog-tls12", "udp", 4, 3197, "none", Side(), Side(), "connected",
+        "`ovpndiag handshake --keylog --tls-version-max 1.2`: TLS 1.2 with "
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 (explicit GCM nonces); the key log has its CLIENT_RANDOM line.",
+        "a TLS 1.2 session (certificates in clear) whose encrypted records decrypt with the master secret",
+        kind="handshake", group="keylog", verdict="ok", client_extra=["--tls-version-max", "1.2"]),
+    Scenario(
+        "keylog-tls12-chacha", "udp", 4, 3198, "none", Side(), Side(), "connected",
+        "Like keylog-tls12, but the server allows only TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256 (--tls-cipher).",
+        "TLS 1.2 with CHACHA20-POLY1305 records",
+        kind="handshake", group="keylog", verdict="ok", client_extra=["--tls-version-max", "1.2"],
+        server_extra=["--tls-cipher", "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256"]),
+    Scenario(
+        "keylog-tls12-cbc", "udp", 4, 3199, "none", Side(), Side(), "connected",
+        "Like keylog-tls12, but the server allows only TLS-ECDHE-ECDSA-WITH-AES-128-CBC-SHA256 (--tls-cipher): "
+        "a CBC suite, which analyze names instead of decrypting.",
+        "TLS 1.2 with an AES-128-CBC suite",
+        kind="handshake", group="keylog", verdict="ok", client_extra=["--tls-version-max", "1.2"],
+        server_extra=["--tls-cipher", "TLS-ECDHE-ECDSA-WITH-AES-128-CBC-SHA256"]),
+    Scenario(
+        "keylog-auth-failed", "udp", 4, 3194, "none", Side(), Side(), "failed",
+        "The server refuses every username/password (--auth-user-pass-verify /bin/false via-env); "
+        "`ovpndiag handshake --keylog --auth-user-pass keys/user-pass.txt` gets AUTH_FAILED inside TLS 1.3.",
+        "the AUTH_FAILED inside TLS 1.3, readable with the key log",
+        kind="handshake", group="keylog", verdict="auth-failed", server_answers=True,
+        server_log_expect=r"Auth Username/Password verification failed",
+        client_log_expect=r"AUTH_FAILED",
+        server_extra=["--script-security", "2", "--auth-user-pass-verify", "/bin/false", "via-env"],
+        client_extra=["--auth-user-pass", "keys/user-pass.txt"]),
+    Scenario(
+        "keylog-no-shared-cipher", "udp", 4, 3195, "none", Side(), Side(), "failed",
+        "The server allows only AES-256-GCM (--data-ciphers), `ovpndiag handshake --keylog` offers only "
+        "CHACHA20-POLY1305: the server sends \"AUTH_FAILED,Data channel cipher negotiation failed (no shared "
+        "cipher)\" inside TLS 1.3.",
+        "the AUTH_FAILED with its reason inside TLS 1.3, readable with the key log",
+        kind="handshake", group="keylog", verdict="no-shared-cipher", server_answers=True,
+        server_log_expect=r"No common cipher between server and client",
+        client_log_expect=r"AUTH_FAILED",
+        server_extra=["--data-ciphers", "AES-256-GCM"],
+        client_extra=["--data-ciphers", "CHACHA20-POLY1305"]),
+    Scenario(
+        "keylog-client-cert-rejected", "udp", 4, 3196, "none", Side(), Side(), "failed",
+        "`ovpndiag handshake --keylog` presents a certificate from a CA the server does not trust "
+        "(keys/rogue-client.crt) under TLS 1.3: the server refuses it after its own Finished.",
+        "the client's encrypted certificate (readable with the key log), then what the server does about it",
+        kind="handshake", group="keylog", verdict="client-certificate-rejected", server_answers=True,
+        client_cert="rogue-client", server_log_expect=r"certificate verify failed|VERIFY ERROR",
+        client_extra=["-t", "6"]),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -18,7 +18,7 @@ def test_manifest_lists_every_capture_and_the_folder_stays_small():
     every = [capture["file"] for capture in ALL_CAPTURES]
     on_disk = sorted(path.name for pattern in ("*.pcap", "*.pcapng") for path in CAPTURES.glob(pattern))
     assert on_disk == sorted(every)
-    assert {capture["group"] for capture in ALL_CAPTURES} == {"basic", "real-world", "failures"}
+    assert {capture["group"] for capture in ALL_CAPTURES} == {"basic", "real-world", "failures", "keylog"}
     readme = (CAPTURES / "README.md").read_text()
     assert all(name in readme for name in every)
     # 4 MiB: about 0.6 MB of sessions and 2.9 MB for the >25,000-packet flood (small pings).

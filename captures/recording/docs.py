@@ -36,14 +36,17 @@ def manifest_entry(sc: Scenario) -> dict:
         "group": sc.group,
         "program": {"tls": "openvpn", "static-key": "openvpn --secret",
                     "probe": "ovpndiag probe --try-keys",
-                    "no-server": "openvpn (client only)"}[sc.kind],
+                    "no-server": "openvpn (client only)",
+                    "handshake": "ovpndiag handshake --keylog"}.get(sc.kind, sc.kind),
         "capture_start": sc.capture_start,
         "float": sc.float_client,
     }
-    if sc.group == "failures":          # what `ovpndiag analyze` must say, and what made it so
+    if sc.group in ("failures", "keylog"):  # what `ovpndiag analyze` must say, and what made it so
         entry.update(verdict=sc.verdict, server_cert=f"keys/{sc.server_cert}.crt",
                      client_cert=f"keys/{sc.client_cert}.crt",
                      server_options=sc.server_extra, client_options=sc.client_extra)
+    if sc.kind == "handshake":          # the NSS key log of the capture's TLS session (recording/handshake.py)
+        entry["keylog"] = f"{sc.name}.keys"
     return entry
 
 
@@ -191,6 +194,22 @@ One capture per way a handshake fails that the captures above lack, each with th
   credentials are `keys/user-pass.txt`).
 * `fail-port-closed`: no server at all; tcpdump's filter is `port 1194 or icmp`, so each reset's
   ICMP port unreachable (which quotes the reset) is in the capture.
+
+## Decryptable with a key log (`group` "keylog")
+
+The client of these is `ovpndiag handshake --keylog NAME.keys` from this checkout (kind "handshake",
+`recording/handshake.py`) against a real OpenVPN 2.6 server on ports 3194-3199, so each capture comes
+with the NSS key log of its TLS session (`keylog` in the manifest; throw-away test sessions). Wireshark
+decrypts them with `-o tls.keylog_file:NAME.keys -d udp.port==3194,openvpn`, `ovpndiag analyze
+--keylog NAME.keys` reads what OpenVPN says inside (key-method 2, PUSH_REPLY, AUTH_FAILED, alerts,
+TLS 1.3 certificates). The client log is the handshake's report.
+
+* `keylog-client-cert-rejected`: under TLS 1.3 the client's certificate is encrypted (the key log shows
+  it: the rogue CA's). The server logs "Sent fatal SSL alert: unknown CA", but no alert reaches the
+  wire, not even encrypted: after the client's Certificate, CertificateVerify, Finished and key-method 2
+  message the server sends nothing more for the session (no ACK).
+* `keylog-tls12-cbc`: a CBC suite, which ovpndiag does not decrypt (it says so); the other TLS 1.2
+  captures use AES-256-GCM and CHACHA20-POLY1305.
 
 ## Captures
 

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import handshake
 from .checks import check_capture
 from .layout import Layout
 from .netns import Net, start_relay
@@ -110,9 +111,11 @@ class Recording:
                 self._start_server(slog)
             if sc.kind == "probe":
                 run_probe(sc, clog)
+            elif sc.kind == "handshake":
+                handshake.run_handshake(sc, clog, self.layout)
             else:
                 self._start_client(clog)
-            if sc.outcome == "connected":
+            if sc.outcome == "connected" and sc.kind != "handshake":
                 self._connected(clog)
             elif sc.outcome == "failed":
                 time.sleep(FAIL_SECONDS)
@@ -213,7 +216,7 @@ class Recording:
         sc = self.sc
         clog_text = self.client_log.read_text(errors="replace")
         slog_text = self.server_log.read_text(errors="replace")
-        connected = INIT_DONE in clog_text
+        connected = handshake.connected(clog_text) if sc.kind == "handshake" else INIT_DONE in clog_text
         if sc.outcome == "connected" and not connected:
             raise RuntimeError("expected a connection")
         if sc.outcome != "connected" and connected:
@@ -243,6 +246,8 @@ class Recording:
         os.replace(self.server_log, layout.logs / f"{sc.name}.server.log")
         os.replace(self.client_log, layout.logs / f"{sc.name}.client.log")
         os.chmod(layout.out / sc.file, 0o644)
+        if sc.kind == "handshake":
+            handshake.keep_keylog(sc, layout)
 
 
 def record(sc: Scenario, idx: int, procs: Procs, layout: Layout = Layout()) -> None:

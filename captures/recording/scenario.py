@@ -51,7 +51,8 @@ class Scenario:
     group: str = "basic"                # "basic": one clean session or failure from its start | "real-world"
     kind: str = "tls"                   # "tls": server + client | "static-key": p2p --secret pair |
                                         # "probe": server + `ovpndiag probe --try-keys` |
-                                        # "no-server": a client and nothing listening on the port
+                                        # "no-server": a client and nothing listening on the port |
+                                        # "handshake": server + `ovpndiag handshake --keylog` (recording/handshake.py)
     capture_start: str = "handshake"    # "handshake": before the server starts | "mid-session": once connected
     float_client: bool = False          # client talks through relay_udp(), which changes its source port mid-session
     flood: int = 0                      # ping -f -c FLOOD -s 0 through the tunnel (capture size: small pings)
