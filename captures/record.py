@@ -447,6 +447,24 @@ SCENARIOS: list[Scenario] = [
         kind="handshake", group="keylog", verdict="client-certificate-rejected", server_answers=True,
         client_cert="rogue-client", server_log_expect=r"certificate verify failed|VERIFY ERROR",
         client_extra=["-t", "6"]),
+    Scenario(
+        "keylog-auth-token", "udp", 4, 3197, "none", Side(), Side(), "connected",
+        "The server accepts every username/password (--auth-user-pass-verify /bin/true via-env) and "
+        "pushes a session token (--auth-gen-token); `ovpndiag handshake --keylog --auth-user-pass "
+        "keys/user-pass.txt` connects.",
+        "a PUSH_REPLY with an auth-token inside TLS 1.3 (a credential: analyze hides its value), "
+        "the client's username and password in its key-method 2 message",
+        kind="handshake", group="keylog", verdict="ok",
+        server_log_expect=r"TLS: Username/Password authentication succeeded",
+        server_extra=["--script-security", "2", "--auth-user-pass-verify", "/bin/true", "via-env",
+                      "--auth-gen-token"],
+        client_extra=["--auth-user-pass", "keys/user-pass.txt"]),
+    Scenario(
+        "keylog-tls13-hrr", "udp", 4, 3198, "none", Side(), Side(), "connected",
+        "The server allows only the secp384r1 group (--tls-groups), for which the client sent no key "
+        "share: a TLS 1.3 HelloRetryRequest, a second ClientHello, then the session as keylog-tls13.",
+        "a HelloRetryRequest (a ServerHello with the special random) before the real ServerHello",
+        kind="handshake", group="keylog", verdict="ok", server_extra=["--tls-groups", "secp384r1"]),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}
