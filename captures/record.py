@@ -362,10 +362,16 @@ SCENARIOS: list[Scenario] = [
         "client resets, each followed by ICMP destination unreachable (port unreachable) quoting it",
         kind="no-server", group="failures", verdict="port-closed"),
     Scenario(
+        "fail-port-closed-tcp", "tcp", 4, 1194, "none", Side(), Side(), "failed",
+        "Like fail-port-closed over TCP (--proto tcp-client): nothing listens on 127.0.0.1:1194, so the "
+        "kernel answers each connection attempt's SYN with a RST (connection refused); the client retries.",
+        "one SYN per attempt, each answered by RST/ACK from port 1194; no payload at all",
+        kind="no-server", group="failures", verdict="port-closed",
+        client_log_expect=r"Connection refused"),
+    Scenario(
         "fail-no-tls-auth", "udp", 4, 1194, "tls-auth", _ta(kd=0), Side(), "failed",
         "The server has tls-auth (ta.key, key-direction 0, SHA1), the client has no tls-auth at all: "
-        "its resets carry no HMAC and the server drops them without a word. (analyze: no-tls-auth given the "
-        "server's key; server-silent without it.)",
+        "its resets carry no HMAC and the server drops them without a word.",
         "only plain 14-byte client resets, one per attempt, each from a new source port with a new session id",
         group="failures", verdict="no-tls-auth",
         server_log_expect=r"cannot locate HMAC in incoming packet"),
@@ -373,8 +379,7 @@ SCENARIOS: list[Scenario] = [
         "fail-tls-crypt-v2-wrong-key", "udp", 4, 1194, "tls-crypt-v2",
         Side(key="keys/tcv2-server.key"), Side(key="keys/tcv2-client-other.key"), "failed",
         "The client's tls-crypt-v2 key was made with another server key (tcv2-server-other.key): its "
-        "wrapped client key (WKc) does not unwrap with the server's, which drops its resets. (analyze: wrong-key "
-        "given the server's tls-crypt-v2 key; server-silent without it.)",
+        "wrapped client key (WKc) does not unwrap with the server's, which drops its resets.",
         "only client P_CONTROL_HARD_RESET_CLIENT_V3 resets with their WKc; server logs that it cannot "
         "extract the client key",
         group="failures", verdict="wrong-key",

@@ -151,7 +151,10 @@ def check_static_key(pkts: list[tuple[str, bytes]]) -> list[str]:
 
 def check_port_closed(path: Path, pkts: list[tuple[str, bytes]], sc: Scenario) -> list[str]:
     """Nothing listens: client resets only, each answered by an ICMP port unreachable
-    (IPv4 on Ethernet-framed lo: type 3, code 3 at the IP payload's start)."""
+    (IPv4 on Ethernet-framed lo: type 3, code 3 at the IP payload's start); over TCP,
+    SYNs to the port answered by RST only, and no payload at all."""
+    if sc.transport == "tcp":
+        return check_refused(path, pkts, sc)
     problems = []
     if not pkts or {(d, p[0] >> 3) for d, p in pkts} != {("c2s", 7)}:
         problems.append(f"packets {sorted({(d, p[0] >> 3) for d, p in pkts})}, expected client resets only")
@@ -163,3 +166,27 @@ def check_port_closed(path: Path, pkts: list[tuple[str, bytes]], sc: Scenario) -
     if not unreachable:
         problems.append("no ICMP port unreachable in the capture")
     return problems
+
+
+def check_refused(path: Path, pkts: list[tuple[str, bytes]], sc: Scenario) -> list[str]:
+    """TCP to a closed port (IPv4 on Ethernet-framed lo): SYNs to it, RSTs from it, nothing else."""
+    flags = {"syn": 0, "rst": 0, "other": 0}
+    for _ts, _linktype, frame in read_pcap(path):
+        ip = frame[14:]
+        if frame[12:14] != b"\x08\x00" or ip[9] != 6:
+            continue
+        tcp = ip[(ip[0] & 15) * 4:]
+        sport, dport, bits = int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big"), tcp[13]
+        if dport == sc.port and bits & 0x3F == 0x02:
+            flags["syn"] += 1
+        elif sport == sc.port and bits & 0x04:
+            flags["rst"] += 1
+        else:
+            flags["other"] += 1
+    problems = []
+    if pkts:
+        problems.append(f"{len(pkts)} OpenVPN packets, expected none")
+    if not flags["syn"] or not flags["rst"] or flags["other"]:
+        problems.append(f"TCP segments {flags}, expected SYNs to port {sc.port} and RSTs from it only")
+    return problems
+

@@ -193,7 +193,8 @@ One capture per way a handshake fails that the captures above lack, each with th
   ACKs it. The AUTH_FAILED comes from `--auth-user-pass-verify /bin/false via-env` (the client's
   credentials are `keys/user-pass.txt`).
 * `fail-port-closed`: no server at all; tcpdump's filter is `port 1194 or icmp`, so each reset's
-  ICMP port unreachable (which quotes the reset) is in the capture.
+  ICMP port unreachable (which quotes the reset) is in the capture. `fail-port-closed-tcp` is
+  the same over TCP: each connection attempt's SYN is answered by RST (no ICMP, no payload).
 
 ## Decryptable with a key log (`group` "keylog")
 
