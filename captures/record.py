@@ -371,7 +371,8 @@ SCENARIOS: list[Scenario] = [
     Scenario(
         "fail-no-tls-auth", "udp", 4, 1194, "tls-auth", _ta(kd=0), Side(), "failed",
         "The server has tls-auth (ta.key, key-direction 0, SHA1), the client has no tls-auth at all: "
-        "its resets carry no HMAC and the server drops them without a word.",
+        "its resets carry no HMAC and the server drops them without a word. (analyze: no-tls-auth given the "
+        "server's key; server-silent without it.)",
         "only plain 14-byte client resets, one per attempt, each from a new source port with a new session id",
         group="failures", verdict="no-tls-auth",
         server_log_expect=r"cannot locate HMAC in incoming packet"),
@@ -379,7 +380,8 @@ SCENARIOS: list[Scenario] = [
         "fail-tls-crypt-v2-wrong-key", "udp", 4, 1194, "tls-crypt-v2",
         Side(key="keys/tcv2-server.key"), Side(key="keys/tcv2-client-other.key"), "failed",
         "The client's tls-crypt-v2 key was made with another server key (tcv2-server-other.key): its "
-        "wrapped client key (WKc) does not unwrap with the server's, which drops its resets.",
+        "wrapped client key (WKc) does not unwrap with the server's, which drops its resets. (analyze: wrong-key "
+        "given the server's tls-crypt-v2 key; server-silent without it.)",
         "only client P_CONTROL_HARD_RESET_CLIENT_V3 resets with their WKc; server logs that it cannot "
         "extract the client key",
         group="failures", verdict="wrong-key",
