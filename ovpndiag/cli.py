@@ -199,9 +199,7 @@ def analyze(files, read_files, **options):
     \b
     Exit status: 0 read, 1 a capture could not be read to its end (what was
     readable is analysed first), 2 bad options, key files or key log."""
-    from .analyze import open as open_analysis
-    from .analyze.judge import settle
-    from .dissect.pipeline import COUNT
+    from .analyze.run import analyses, open as open_analysis
     from .render.analysis import VerdictTable, session_json, session_text
 
     files = read_files + files
@@ -216,9 +214,7 @@ def analyze(files, read_files, **options):
         raise UserError(str(error)) from None
     table, number = VerdictTable(), 0
     for capture in run:
-        for _count in capture.batches(COUNT):
-            pass
-        for analysis in settle(capture.summaries()):
+        for analysis in analyses(capture):
             number += 1
             table.add(analysis)
             emit(session_json(analysis, capture.path if len(files) > 1 else None) if options["as_json"]

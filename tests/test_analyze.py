@@ -16,7 +16,6 @@ import pytest
 
 from captures import ALL_CAPTURES, CAPTURES, entry
 from ovpndiag import analyze
-from ovpndiag.analyze.judge import settle
 
 # capture -> (verdict without keys, verdict with the server's key): the manifest says
 # which failure each one recorded (its description and the server's log say why).
@@ -61,7 +60,7 @@ def server_keys(capture) -> dict:
 def analyses(name, jobs=1, **options):
     capture = entry(name)
     with analyze.open([str(CAPTURES / name)], ports=[capture["port"]], jobs=jobs, **options) as run:
-        return list(settle(list(run.sessions())))
+        return list(run.sessions())
 
 
 def assert_verdicts(found, expected, name):

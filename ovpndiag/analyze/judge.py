@@ -35,6 +35,7 @@ has not failed is ``incomplete``, never guessed.
 """
 
 from .. import verdicts
+from ..dissect.tls import server_choice
 from ..protocol import CLIENT_RESETS, SERVER_RESETS
 from .timeline import Timeline, flight_names as _names
 
@@ -65,6 +66,9 @@ class Landmarks:
         self.resent = {"client": 0, "server": 0}
         self.last = {"client": None, "server": None}  # (frame, time) of each side's last packet
         self.first = {"client": None, "server": None}
+        self.packets = {"client": 0, "server": 0}  # control packets
+        self.times = {}  # frame -> time, of every control packet
+        self.reset_opcode = None  # the client's first reset's opcode
         self.hmac_failed = 0
         self.last_resent = False  # the session's last packet was a retransmission: its sender got no answer
         self.tls13 = None  # True / False once the handshake shows it
@@ -72,7 +76,10 @@ class Landmarks:
 
 def walk(packets) -> Landmarks:
     marks = Landmarks()
+    times, counts = marks.times, marks.packets
     for frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid in packets:
+        times[frame] = time
+        counts[sender] += 1
         if marks.first[sender] is None:
             marks.first[sender] = (frame, time)
         marks.last[sender] = (frame, time)
@@ -95,6 +102,8 @@ def walk(packets) -> Landmarks:
                 marks.renegotiations[key_id] = (frame, sender)
             continue
         if opcode in CLIENT_RESETS:
+            if not marks.client_resets:
+                marks.reset_opcode = opcode
             marks.client_resets.append(frame)
         elif opcode in SERVER_RESETS:
             marks.server_resets.append(frame)
@@ -145,9 +154,9 @@ def judge(trace) -> dict:
     flow = trace.flow
     marks = walk(trace.packets)
     context = trace.context
-    facts = _tls_facts(trace)
-    if marks.tls13 is None and facts.get("version"):
-        marks.tls13 = facts["version"] == "TLS 1.3"
+    facts = TLSFacts(trace)
+    if facts.version:
+        marks.tls13 = facts.version == "TLS 1.3"
     inner = _inner(trace, context)
     timeline = Timeline(trace, marks, facts, inner)
     end = trace.reader.capture_end if trace.reader is not None else None
@@ -162,13 +171,12 @@ def judge(trace) -> dict:
         "wrapping": wrapping,
         "start": trace.first, "end": trace.last, "frames": [trace.first_frame, trace.last_frame],
         "stage_reached": stage, "verdict": verdict, "evidence": evidence,
-        "advice": list(verdicts.get(verdict).advice),
         "retransmissions": dict(marks.resent),
         "unacknowledged": {side: len(set(marks.sent[side]) - marks.acked[side]) for side in ("client", "server")},
         "rtt": timeline.rtt,
         "renegotiations": len(marks.renegotiations),
-        "packets": {"client": _count(marks, trace, "client", data), "server": _count(marks, trace, "server", data)},
-        "tls_version": facts.get("version"),
+        "packets": {"client": marks.packets["client"] + data[2], "server": marks.packets["server"] + data[5]},
+        "tls_version": facts.version,
         "timeline": timeline.entries,
     }
     if needs_end and not _over(trace, marks, end):
@@ -190,31 +198,36 @@ def settle(analyses):
         later.sort()
     for analysis in analyses:
         if "open_end" not in analysis:
-            yield analysis
+            yield _advised(analysis)
             continue
         gap = analysis.pop("open_end")
         later = starts[_peers(analysis)]
         at = bisect.bisect_right(later, (analysis["end"] or 0.0, float("inf")))
         if at < len(later):
             analysis["evidence"].append(f"frame {later[at][1]}: the client began a new session: it gave this one up")
-            yield analysis
+            yield _advised(analysis)
             continue
         verdict = analysis["verdict"]
         analysis["evidence"].append(
             (f"the capture ends {gap:.1f} s after the session's last packet" if gap is not None
              else "the capture ends") + f" and shows no later session of this client: it may go on past the "
             f"capture (had it ended there: {verdict})")
-        analysis["verdict"], analysis["advice"] = "incomplete", list(verdicts.get("incomplete").advice)
-        yield analysis
+        analysis["verdict"] = "incomplete"
+        yield _advised(analysis)
+
+
+def _advised(analysis):
+    """The verdict's advice put in (a finished session does not keep its copy)."""
+    shown = {}
+    for key, value in analysis.items():
+        shown[key] = value
+        if key == "evidence":
+            shown["advice"] = list(verdicts.get(analysis["verdict"]).advice)
+    return shown
 
 
 def _peers(analysis):
     return analysis["client"], analysis["server"], analysis["server_port"], analysis["transport"]
-
-
-def _count(marks, trace, sender, data):
-    control = sum(1 for packet in trace.packets if packet[2] == sender)
-    return control + (data[2] if sender == "client" else data[5])
 
 
 def _over(trace, marks, end) -> bool:
@@ -388,34 +401,46 @@ def _acked(marks, sender, frame) -> bool:
 def _first_alert(marks, facts):
     if marks.alerts:
         frame, sender, name = marks.alerts[0]
-        for alert in facts.get("alerts", ()):
-            if alert["frame"] == frame:
-                name = f"{alert['level'].lower()} {alert['description']}"
-        return frame, sender, name
+        return frame, sender, facts.alert(frame) or name
     return None
 
 
-def _tls_facts(trace) -> dict:
-    """What the key-0 TLS in clear says: version and suite, certificates by sender, alerts."""
-    found = {"certificates": {}, "alerts": []}
-    flow = trace.flow
-    for (sender, key_id, session_id), stream in flow.tls.items():
-        if not stream or key_id != 0 or session_id not in (trace.client_session_id, trace.server_session_id):
-            continue
-        for detail in stream.facts():
-            if "version" in detail and "cipher_suite" in detail:
-                found["version"], found["cipher_suite"] = detail["version"], detail["cipher_suite"]
-            if detail.get("certificates"):
-                found["certificates"][sender] = (detail["frame"], detail["certificates"])
-            if "description" in detail and "level" in detail:
-                found["alerts"].append({"frame": detail["frame"], "sender": sender, "level": detail["level"],
-                                        "description": detail["description"]})
-    return found
+class TLSFacts:
+    """What the key-0 TLS in clear says, read only when asked: the ServerHello's choice
+    (``version``, ``cipher_suite``: every session), certificates by sender and alerts
+    (only where a verdict needs them)."""
+
+    def __init__(self, trace):
+        self.streams = [(sender, stream) for (sender, key_id, session_id), stream in trace.flow.tls.items()
+                        if stream and key_id == 0 and session_id in (trace.client_session_id, trace.server_session_id)]
+        self.version = self.cipher_suite = None
+        for sender, stream in self.streams:
+            if sender == "server":
+                choice = server_choice(stream)
+                if choice is not None:
+                    self.version, self.cipher_suite = choice
+
+    def certificates(self, sender):
+        """(frame, certificate dicts, leaf first) ``sender`` showed in clear, or None."""
+        for side, stream in self.streams:
+            if side == sender:
+                for detail in stream.facts():
+                    if detail.get("certificates"):
+                        return detail["frame"], detail["certificates"]
+        return None
+
+    def alert(self, frame):
+        """"fatal unknown ca" for the alert completed in ``frame``, or None."""
+        for _side, stream in self.streams:
+            for detail in stream.facts():
+                if detail["frame"] == frame and "description" in detail and "level" in detail:
+                    return f"{detail['level'].lower()} {detail['description']}"
+        return None
 
 
 def _certificate_evidence(facts, sender, trace, evidence):
     """Judge ``sender``'s certificate (in clear: TLS 1.2) at the session's time."""
-    shown = facts["certificates"].get(sender)
+    shown = facts.certificates(sender)
     if not shown:
         return
     frame, chain = shown
@@ -425,7 +450,7 @@ def _certificate_evidence(facts, sender, trace, evidence):
     at = trace.first
     from .certcheck import judge_certificate
 
-    for line in judge_certificate(leaf, at, facts["certificates"].get(_OTHER[sender])):
+    for line in judge_certificate(leaf, at, facts.certificates(_OTHER[sender])):
         evidence.append(f"frame {frame}: {line}")
 
 
@@ -438,7 +463,7 @@ def _inner(trace, context):
     streams = trace.tls_streams()
     try:
         return inner_events(streams.get("client", []), streams.get("server", []), context.keylog)
-    except Exception as error:  # a decryption bug must not cost the session's other findings
+    except Exception:  # (a decryption bug must not cost the session's other findings)
         return ()
 
 

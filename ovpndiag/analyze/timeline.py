@@ -13,7 +13,7 @@ from ..protocol import OPCODES
 class Timeline:
     def __init__(self, trace, marks, facts, inner):
         self.start = trace.first
-        self.times = {packet[0]: packet[1] for packet in trace.packets}
+        self.times = marks.times
         self.entries = []
         self.rtt = None
         self._build(trace, marks, facts, inner)
@@ -25,10 +25,9 @@ class Timeline:
         self.entries.append([frame, offset, sender, text])
 
     def _build(self, trace, marks, facts, inner):
-        opcodes = {packet[0]: packet[3] for packet in trace.packets}
         resets = marks.client_resets
         if resets:
-            text = f"reset ({OPCODES.get(opcodes.get(resets[0]), 'reset')})"
+            text = f"reset ({OPCODES.get(marks.reset_opcode, 'reset')})"
             if len(resets) > 1:
                 text += f", sent {len(resets)} times"
             self.add(resets[0], "client", text)
@@ -46,8 +45,8 @@ class Timeline:
         if marks.server_flight:
             first, last = marks.server_flight[0], marks.server_flight[-1]
             text = "TLS flight: " + flight_names(marks.server_names)
-            if facts.get("version"):
-                text += f" ({facts['version']}, {facts.get('cipher_suite')})"
+            if facts.version:
+                text += f" ({facts.version}, {facts.cipher_suite})"
             if last != first:
                 text += f" (to frame {last})"
             if self.rtt is None and marks.client_hello in self.times and first in self.times:

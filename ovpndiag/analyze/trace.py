@@ -81,10 +81,10 @@ class SessionTrace(Session):
         self.judged = None
 
     def count(self, record):
-        Session.count(self, record)
+        """(Session.count's tables are --sessions'; an analysis needs none of them.)"""
         if self.first_frame is None:
-            self.first_frame = record.frame
-        self.last_frame = record.frame
+            self.first_frame, self.first = record.frame, record.time
+        self.last_frame, self.last = record.frame, record.time
         opcode = record.opcode_value
         sender = record.sender
         if opcode in _DATA:

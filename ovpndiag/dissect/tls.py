@@ -496,6 +496,30 @@ class TLSStream:
                 if item[2] == 21 or item[4] in (SERVER_HELLO, CERTIFICATE)]  # content type, handshake type
 
 
+def server_choice(stream: "TLSStream"):
+    """(version, cipher suite name) the stream's ServerHello chose, read from it alone
+    (analyze asks it of every session; details() would parse every field for -V); None
+    when there is none or it cannot be read."""
+    for item in stream._items:
+        if item[4] == SERVER_HELLO and item[9] is not None and not item[10]:  # (handshake type, body, problem)
+            body = item[9]
+            try:
+                at = 35 + body[34]  # legacy version, random, session id
+                version, suite = int.from_bytes(body[:2], "big"), int.from_bytes(body[at:at + 2], "big")
+                at += 3
+                end = min(len(body), at + 2 + int.from_bytes(body[at:at + 2], "big"))
+                at += 2
+                while at + 4 <= end:
+                    kind, size = int.from_bytes(body[at:at + 2], "big"), int.from_bytes(body[at + 2:at + 4], "big")
+                    if kind == 43 and size == 2:
+                        version = int.from_bytes(body[at + 4:at + 6], "big")
+                    at += 4 + size
+            except IndexError:
+                return None
+            return version_name(version), _suite_name(suite)
+    return None
+
+
 def _detail(item) -> dict:
     """details()' dict for one kept record or handshake message."""
     (frame, name, content_type, version, handshake_type, length, first_pid, last_pid,
