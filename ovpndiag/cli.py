@@ -213,16 +213,26 @@ def analyze(files, read_files, **options):
     except user_errors() as error:
         raise UserError(str(error)) from None
     table, number = VerdictTable(), 0
-    for capture in run:
-        for analysis in analyses(capture):
-            number += 1
-            table.add(analysis)
-            emit(session_json(analysis, capture.path if len(files) > 1 else None) if options["as_json"]
-                 else session_text(number, analysis) + "\n")
-        if capture.error is not None:
-            click.echo(f"ovpndiag: error: {capture.error}", err=True)
-    if not options["as_json"]:
-        emit(table.text())
+    try:
+        for capture in run:
+            for analysis in analyses(capture):
+                number += 1
+                table.add(analysis)
+                sys.stdout.write((session_json(analysis, capture.path if len(files) > 1 else None)
+                                  if options["as_json"] else session_text(number, analysis) + "\n") + "\n")
+            if capture.error is not None:
+                sys.stdout.flush()
+                click.echo(f"ovpndiag: error: {capture.error}", err=True)
+        if not options["as_json"] and (number or not run.failed):  # (not for files that could not be read)
+            sys.stdout.write(table.text() + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as error:
+        raise OutputError(error.strerror or str(error)) from None
     sys.exit(1 if run.failed else 0)
 
 
