@@ -183,3 +183,48 @@ def _tshark_frames(name, display_filter):
     out = subprocess.run(["tshark", "-r", str(CAPTURES / name), "-Y", display_filter, "-T", "fields",
                           "-e", "frame.number"], capture_output=True, text=True, check=True).stdout
     return [int(line) for line in out.split()]
+
+
+# --- --keylog: the key logs of real sessions of ovpndiag handshake against OpenVPN 2.6 ----
+
+KEYLOGGED = [e for e in ALL_CAPTURES if e.get("keylog")]
+
+
+@pytest.mark.parametrize("name", sorted(e["file"] for e in KEYLOGGED))
+def test_a_key_log_reads_the_verdict_inside_tls(name):
+    capture = entry(name)
+    found = analyses(name, keylog=str(CAPTURES / capture["keylog"]))
+    assert found[0]["verdict"] == capture["verdict"], (name, found[0]["evidence"])
+    for analysis in found[1:]:  # (a client that tries again: its later sessions)
+        assert analysis["verdict"] in (capture["verdict"], "incomplete")
+
+
+@pytest.mark.parametrize("name, reason", [("keylog-auth-failed.pcap", "AUTH_FAILED"),
+                                          ("keylog-no-shared-cipher.pcap", "no shared cipher")])
+def test_what_the_server_said_inside_tls_is_the_evidence(name, reason):
+    plain = analyses(name)[0]
+    assert plain["verdict"] in ("stopped-after-tls", "incomplete")  # without the key log: not readable
+    found = analyses(name, keylog=str(CAPTURES / entry(name)["keylog"]))[0]
+    line = next(line for line in found["evidence"] if "(decrypted)" in line)
+    assert reason in line and re.match(r"frame \d+: ", line)
+    assert found["stage_reached"] == "push"
+
+
+def test_a_key_log_of_other_sessions_opens_nothing_and_guesses_nothing():
+    found = analyses("keylog-auth-failed.pcap", keylog=str(CAPTURES / entry("keylog-tls13.pcap")["keylog"]))[0]
+    assert found["verdict"] in ("stopped-after-tls", "incomplete")
+    assert any("undecryptable" in entry[3] for entry in found["timeline"])
+
+
+def test_secrets_inside_tls_are_never_shown():
+    name = "keylog-auth-token.pcap"
+    capture = entry(name)
+    result = subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", "--json", "-p", str(capture["port"]),
+                             "--keylog", str(CAPTURES / capture["keylog"]), str(CAPTURES / name)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "PUSH_REPLY" in result.stdout and "auth-token [hidden]" in result.stdout
+    password = (CAPTURES / "keys" / "user-pass.txt").read_text().splitlines()[1]
+    secrets = [line.split()[-1] for line in (CAPTURES / capture["keylog"]).read_text().splitlines() if line.strip()]
+    for secret in [password] + secrets:
+        assert secret not in result.stdout + result.stderr

@@ -334,7 +334,9 @@ def _verdict(trace, marks, facts, inner):
 
 def _unanswered(trace, marks, events, evidence):
     """The server sent nothing in this session."""
-    for frame, _time, kind, text, _side in events:
+    for frame, _time, kind, text, side in events:
+        if side != "client":  # (an ICMP error for the server's packets says nothing of the server)
+            continue
         if kind in ("port-unreachable", "refused"):
             evidence.append(f"frame {frame}: {text}")
             return "port-closed", "none", evidence, False

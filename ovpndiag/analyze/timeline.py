@@ -77,7 +77,7 @@ class Timeline:
         for key_id, (frame, sender) in sorted(marks.renegotiations.items()):
             self.add(frame, sender, f"renegotiation: key id {key_id}")
         for frame, time, kind, text, side in trace.events or ():
-            self.add(frame, side if kind in ("fin", "rst") else "network", text, time)
+            self.add(frame, side if kind in ("fin", "rst", "refused", "unanswered") else "network", text, time)
         for side in ("client", "server"):
             unacked = len(set(marks.sent[side]) - marks.acked[side])
             if marks.resent[side] or unacked:

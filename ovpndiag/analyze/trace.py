@@ -14,6 +14,7 @@ packets, only a few hundred bytes of verdict, evidence and timeline.
 """
 
 from ..dissect.sessions import Session
+from .events import describe
 from ..protocol import DATA_OPCODES
 
 MAX_PACKETS = 512  # control packets kept per session (a session that sends more is long past its handshake)
@@ -32,33 +33,6 @@ class Context:
 def trace_class(context: Context):
     """The SessionTrace class of one run (``Options.session_class``): its sessions share ``context``."""
     return type("SessionTrace", (SessionTrace,), {"__slots__": (), "context": context})
-
-
-def describe(event, sender, flow):
-    """(kind, one line for people) of a TransportEvent. Kinds: port-unreachable,
-    unreachable, too-big (ICMP), fin, rst (TCP, by ``sender``), refused (a SYN answered
-    by RST), unanswered (SYNs never answered)."""
-    server = _endpoint(flow.server)
-    if event.kind == "icmp-unreachable":
-        if event.port_unreachable:
-            return "port-unreachable", f"ICMP port unreachable from {event.by}: nothing listens on {server}"
-        return "unreachable", (f"ICMP destination unreachable (type {event.icmp_type}, code {event.icmp_code}) "
-                               f"from {event.by} for the client's packets to {server}")
-    if event.kind == "icmp-too-big":
-        return "too-big", f"ICMP packet too big from {event.by}: the path MTU is {event.mtu}"
-    if event.kind == "fin":
-        return "fin", f"the {sender} closed the TCP connection (FIN)"
-    if event.kind == "rst":
-        return "rst", f"the {sender} reset the TCP connection (RST)"
-    if event.kind == "refused":
-        return "refused", (f"the connection to {server} was refused: the client's SYN (frame {event.syn_frame}, "
-                           f"{event.syns} sent) was answered with RST")
-    return "unanswered", f"the client's SYN to {server} was never answered (frame {event.syn_frame}, {event.syns} sent)"
-
-
-def _endpoint(address_port):
-    address, port = address_port
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 class SessionTrace(Session):
@@ -112,12 +86,11 @@ class SessionTrace(Session):
 
     def transport_event(self, event, sender):
         """A capture.datagrams.TransportEvent for this session's flow (``sender``: the side
-        whose direction it names), kept as (frame, time, kind, text, side): see describe()."""
-        kind, text = describe(event, sender, self.flow)
+        whose packets it is about), kept as (frame, time, kind, text, sender): events.describe."""
+        kind, text = describe(event, sender)
         if self.events is None:
             self.events = []
-        side = sender if kind in ("fin", "rst") else "client"
-        self.events.append((event.frame, event.time, kind, text, side))
+        self.events.append((event.frame, event.time, kind, text, sender))
         if self.first is None:
             self.first, self.first_frame = event.time, event.frame
         if self.last is None or event.time > self.last:
