@@ -365,3 +365,49 @@ def test_events_are_named_tuples_in_frame_order():
     assert all(isinstance(e, InnerEvent) for e in found)
     assert [e.frame for e in found] == sorted(e.frame for e in found)
     assert {"tls", "certificate", "finished", "key-method", "control"} == {e.kind for e in found}
+
+
+# --------------------------------------------------------------------------- mangled input
+
+@pytest.mark.parametrize("name", ["keylog-tls13", "keylog-tls12", "keylog-tls12-chacha", "keylog-auth-failed"])
+def test_mangled_streams_never_raise_and_never_read_what_was_not_sent(name):
+    """Bytes flipped, chunks cut, dropped or swapped: events only, and no control message,
+    key-method options or certificate subject that the untouched session does not have
+    (authenticated decryption: a changed record fails its tag, it is never read)."""
+    import random
+
+    chunks = streams(name)
+    log = keylog(name)
+    clean = inner_events(chunks["client"], chunks["server"], log)
+    said = {(e.sender, e.kind, e.text) for e in clean if e.kind in ("control", "key-method", "certificate", "alert")}
+    rng = random.Random(12)
+    for _ in range(300):
+        sides = {side: list(chunks[side]) for side in chunks}
+        side = rng.choice(["client", "server"])
+        target = sides[side]
+        i = rng.randrange(len(target))
+        frame, data = target[i]
+        how = rng.randrange(5)
+        if how == 0 and data:
+            pos = rng.randrange(len(data))
+            data = data[:pos] + bytes([data[pos] ^ (1 << rng.randrange(8))]) + data[pos + 1:]
+        elif how == 1:
+            data = data[:rng.randrange(len(data) + 1)]
+        elif how == 2:
+            data = data + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        elif how == 3 and len(target) > 1:
+            j = rng.randrange(len(target))
+            target[i], target[j] = target[j], target[i]
+            frame, data = target[i]
+        else:
+            del target[i]
+            found = inner_events(sides["client"], sides["server"], log)
+            assert {(e.sender, e.kind, e.text) for e in found if (e.sender, e.kind, e.text) not in said
+                    and e.kind in ("control", "key-method", "certificate", "alert")} == set()
+            continue
+        target[i] = (frame, data)
+        found = inner_events(sides["client"], sides["server"], log)
+        assert all(isinstance(e, InnerEvent) and e.sender in ("client", "server") for e in found)
+        new = {(e.sender, e.kind, e.text) for e in found
+               if e.kind in ("control", "key-method", "certificate", "alert")} - said
+        assert new == set(), new
