@@ -228,3 +228,13 @@ def test_secrets_inside_tls_are_never_shown():
     secrets = [line.split()[-1] for line in (CAPTURES / capture["keylog"]).read_text().splitlines() if line.strip()]
     for secret in [password] + secrets:
         assert secret not in result.stdout + result.stderr
+
+
+def test_the_readme_shows_what_analyze_prints():
+    readme = (CAPTURES.parent / "README.md").read_text()
+    command = "$ ovpndiag analyze captures/fail-client-cert-untrusted-tls12.pcap\n"
+    shown = readme[readme.index(command) + len(command):]
+    shown = shown[:shown.index("...\n")]
+    result = subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", "captures/fail-client-cert-untrusted-tls12.pcap"],
+                            capture_output=True, text=True, cwd=CAPTURES.parent)
+    assert result.stdout.startswith(shown)

@@ -306,7 +306,7 @@ def _verdict(trace, marks, facts, inner):
     if not marks.client_flight:
         first, last = marks.server_flight[0], marks.server_flight[-1]
         acked = _acked(marks, "server", last)
-        evidence.append(f"frames {first}-{last}: the server's flight ({_names(marks.server_names)}); the client "
+        evidence.append(f"{_span(first, last)}: the server's flight ({_names(marks.server_names)}); the client "
                         + ("acknowledged it, then sent nothing more" if acked else "sent nothing after it"))
         if marks.tls13:
             evidence.append("TLS 1.3 hides the certificate: inferred from the client stopping after the server's "
@@ -317,7 +317,7 @@ def _verdict(trace, marks, facts, inner):
     if not handshake_done:
         first, last = marks.client_flight[0], marks.client_flight[-1]
         acked = _acked(marks, "client", last)
-        evidence.append(f"frames {first}-{last}: the client's flight ({_names(marks.client_names)}); the server "
+        evidence.append(f"{_span(first, last)}: the client's flight ({_names(marks.client_names)}); the server "
                         + ("acknowledged it but answered nothing" if acked else "never acknowledged it")
                         + " and stopped")
         if marks.tls13:
@@ -398,6 +398,10 @@ def _acked(marks, sender, frame) -> bool:
         if first == frame:
             return key in marks.acked[sender]
     return False
+
+
+def _span(first, last) -> str:
+    return f"frame {first}" if first == last else f"frames {first}-{last}"
 
 
 def _first_alert(marks, facts):
