@@ -451,8 +451,11 @@ SCENARIOS: list[Scenario] = [
     Scenario(
         "keylog-client-cert-rejected", "udp", 4, 3196, "none", Side(), Side(), "failed",
         "`ovpndiag handshake --keylog` presents a certificate from a CA the server does not trust "
-        "(keys/rogue-client.crt) under TLS 1.3: the server refuses it after its own Finished.",
-        "the client's encrypted certificate (readable with the key log), then what the server does about it",
+        "(keys/rogue-client.crt) under TLS 1.3: the server refuses it after its own Finished. 5 s in, the "
+        "handshake sends a fresh reset to learn whether the server still answers anybody: a second session "
+        "of one reset each way (incomplete).",
+        "the client's encrypted certificate (readable with the key log), then silence from the server: not "
+        "even an encrypted alert; the client retransmits its flight",
         kind="handshake", group="keylog", verdict="client-certificate-rejected", server_answers=True,
         client_cert="rogue-client", server_log_expect=r"certificate verify failed|VERIFY ERROR",
         client_extra=["-t", "6"]),
