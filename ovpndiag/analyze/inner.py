@@ -97,9 +97,9 @@ def _handshake(plain) -> List[InnerEvent]:
         return [InnerEvent(plain.frame, plain.sender, "finished", f"{plain.sender} Finished: its TLS handshake is done")]
     if kind != CERTIFICATE:
         return []
-    from ..dissect.tls import _cert_list, _certificate   # (dissect's certificate reader; one definition)
+    from ..dissect.tls import certificate_chain   # (dissect's certificate reader; one definition)
 
-    chain = _cert_list(plain.data[4:], tls13=True) or _cert_list(plain.data[4:], tls13=False)
+    chain = certificate_chain(plain.data[4:])
     if chain is None:
         return [InnerEvent(plain.frame, plain.sender, "certificate", "a Certificate message that does not parse",
                            {"problem": "certificate list lengths do not add up"})]
@@ -107,8 +107,7 @@ def _handshake(plain) -> List[InnerEvent]:
         return [InnerEvent(plain.frame, plain.sender, "certificate", "an empty Certificate message (no certificate)",
                            {"empty": True})]
     out = []
-    for der in chain:
-        facts = _certificate(der)
+    for facts in chain:
         text = (facts["problem"] if "problem" in facts else
                 f"subject {facts['subject']}, issuer {facts['issuer']}, valid {facts['not_before']} to {facts['not_after']}")
         out.append(InnerEvent(plain.frame, plain.sender, "certificate", text, facts))

@@ -36,7 +36,7 @@ import hmac
 from bisect import bisect_left
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from ..dissect.tls import _server_hello as server_hello_fields, version_name
+from ..dissect.tls import server_hello_fields
 from .keylog import KeyLog
 
 HANDSHAKE, ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC = 22, 21, 23, 20
@@ -166,7 +166,7 @@ def _hellos(streams) -> Tuple[Optional[bytes], Optional[dict]]:
                     client_random = body[2:34]
                 elif want == SERVER_HELLO and body[2:34] != _HRR_RANDOM:
                     try:
-                        hello = dict(server_hello_fields(body, len(body)), server_random=body[2:34])
+                        hello = dict(server_hello_fields(body), server_random=body[2:34])
                     except ValueError:
                         continue
             if hello is not None and name == "server":

@@ -70,7 +70,7 @@ from bisect import bisect_right
 from struct import Struct
 from typing import Dict, List, Optional
 
-__all__ = ["TLSStream", "tls_names", "HANDSHAKE_NAMES", "ALERT_DESCRIPTIONS"]
+__all__ = ["TLSStream", "tls_names", "HANDSHAKE_NAMES", "ALERT_DESCRIPTIONS", "server_hello_fields", "certificate_chain"]
 
 MAX_RECORD = 2 ** 14 + 2048       # TLSCiphertext.length limit (RFC 5246 6.2.3)
 KEEP_MESSAGE = 64 * 1024          # handshake bodies kept for details(), per message
@@ -825,6 +825,23 @@ def _certificates(body: bytes) -> dict:
         raise ValueError("certificate list lengths do not add up")
     return {"certificates": [_certificate(der) for der in chain],
             "certificate_fields": [certificate_fields(der) for der in chain]}
+
+
+def server_hello_fields(body: bytes) -> dict:
+    """What ``details()`` says of a ServerHello, read from its body (handshake header
+    stripped), for readers of TLS they put together themselves (analyze --keylog); ValueError
+    when it does not parse."""
+    return _server_hello(body, len(body))
+
+
+def certificate_chain(body: bytes) -> Optional[List[dict]]:
+    """A Certificate message's certificates (its body: TLS 1.3 layout, else 1.2), leaf first,
+    as ``details()``'s ``certificates`` dicts; None when its lengths do not add up. For
+    certificates that were not in clear (analyze --keylog decrypts TLS 1.3's)."""
+    chain = _cert_list(body, tls13=True)
+    if chain is None:
+        chain = _cert_list(body, tls13=False)
+    return None if chain is None else [_certificate(der) for der in chain]
 
 
 def _cert_list(body: bytes, tls13: bool):
