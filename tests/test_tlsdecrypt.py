@@ -411,3 +411,89 @@ def test_mangled_streams_never_raise_and_never_read_what_was_not_sent(name):
         new = {(e.sender, e.kind, e.text) for e in found
                if e.kind in ("control", "key-method", "certificate", "alert")} - said
         assert new == set(), new
+
+
+# --------------------------------------------------------------------------- what real sessions lack
+# No captured OpenVPN session sends an encrypted alert or a TLS 1.3 KeyUpdate (the refusing
+# server drops the session before its alert leaves; OpenVPN renegotiates with a new key id).
+# These append records sealed here - with the key log's secrets and cryptography's HKDF, not
+# tlsdecrypt's - to a real session's stream.
+
+def _sealer(secret, digest_size=48):
+    import struct
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+    def expand(label, length):
+        full = b"tls13 " + label
+        info = struct.pack("!HB", length, len(full)) + full + b"\x00"
+        return HKDFExpand(hashes.SHA384(), length, info).derive(secret)
+
+    key, iv = AESGCM(expand(b"key", 32)), expand(b"iv", 12)
+
+    def seal(seq, inner_type, payload):
+        nonce = (int.from_bytes(iv, "big") ^ seq).to_bytes(12, "big")
+        inner = payload + bytes([inner_type])
+        header = b"\x17\x03\x03" + (len(inner) + 16).to_bytes(2, "big")
+        return header + key.encrypt(nonce, inner, header)
+
+    def open_(seq, record):
+        nonce = (int.from_bytes(iv, "big") ^ seq).to_bytes(12, "big")
+        return key.decrypt(nonce, record[5:], record[:5])
+
+    seal.open = open_
+    seal.next_secret = lambda: expand(b"traffic upd", digest_size)
+    return seal
+
+
+def _application_records(seal, chunks):
+    """How many of a side's records its application secret opens (the next one's sequence number)."""
+    from cryptography.exceptions import InvalidTag
+
+    data, pos, opened = b"".join(chunk for _frame, chunk in chunks), 0, 0
+    while pos + 5 <= len(data):
+        end = pos + 5 + int.from_bytes(data[pos + 3:pos + 5], "big")
+        if data[pos] == 23:
+            try:
+                seal.open(opened, data[pos:end])
+                opened += 1
+            except InvalidTag:
+                pass
+        pos = end
+    return opened
+
+
+def _secrets(name):
+    return {label: bytes.fromhex(secret) for label, _random, secret in
+            map(str.split, (CAPTURES / f"{name}.keys").read_text().splitlines())}
+
+
+def test_an_encrypted_alert_is_named():
+    name = "keylog-tls13"   # TLS_AES_256_GCM_SHA384
+    chunks = streams(name)
+    seal = _sealer(_secrets(name)["SERVER_TRAFFIC_SECRET_0"])
+    sent = _application_records(seal, chunks["server"])
+    assert sent >= 2  # key-method and PUSH_REPLY at least: the sealer's keys are the session's
+    frame = chunks["server"][-1][0] + 10
+    server = chunks["server"] + [(frame, seal(sent, 21, b"\x02\x30"))]   # fatal unknown_ca
+    found = inner_events(chunks["client"], server, keylog(name))
+    (alert,) = kinds(found, "alert")
+    assert (alert.frame, alert.sender, alert.text) == (frame, "server", "fatal unknown_ca")
+    assert alert.details == {"level": "fatal", "description": "unknown_ca"}
+
+
+def test_a_tls13_key_update_moves_to_the_next_secret():
+    name = "keylog-tls13"
+    chunks = streams(name)
+    secret = _secrets(name)["CLIENT_TRAFFIC_SECRET_0"]
+    seal = _sealer(secret)
+    sent = _application_records(seal, chunks["client"])
+    frame = chunks["client"][-1][0] + 10
+    update = seal(sent, 22, b"\x18\x00\x00\x01\x00")      # KeyUpdate, update_not_requested
+    after = _sealer(seal.next_secret())(0, 23, b"INFO,after the key update\x00")
+    client = chunks["client"] + [(frame, update), (frame + 1, after)]
+    found = inner_events(client, chunks["server"], keylog(name))
+    assert [(e.frame, e.text) for e in kinds(found, "control", "client")][-1] == (frame + 1, "INFO,after the key update")
+    assert not kinds(found, "undecryptable")
