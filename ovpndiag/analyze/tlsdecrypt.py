@@ -139,7 +139,8 @@ def decrypt(client_chunks, server_chunks, keylog: KeyLog) -> Decryption:
                 side.record(frame, kind, header, fragment)
         if side.encrypted_left and side.problem is None:
             side.problem = Problem(side.first_encrypted, stream.sender,
-                                   f"{side.encrypted_left} encrypted {stream.sender} records not decrypted: {why}")
+                                   f"{side.encrypted_left} encrypted {stream.sender} records not decrypted: "
+                                   + (why or "application data before any keys were agreed"))
         if side.problem is not None:
             problems.append(side.problem)
         content.extend(side.content)
