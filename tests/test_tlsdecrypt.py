@@ -102,7 +102,7 @@ def test_a_hello_retry_request_is_passed_over_for_the_real_server_hello():
     assert (result.version, result.suite) == ("TLS 1.3", "TLS_AES_256_GCM_SHA384") and not result.problems
 
 
-@pytest.mark.parametrize("name", ["keylog-tls13", "keylog-tls12", "keylog-tcp-tls13"])
+@pytest.mark.parametrize("name", TLS13 + TLS12)
 def test_tshark_decrypts_the_same_handshake_messages_in_the_same_frames(name):
     """tshark (4.0) hands every control packet to TLS on its own, so it loses the records that
     span packets and what follows from them; what it does decrypt must be what we decrypt."""
