@@ -477,6 +477,14 @@ SCENARIOS: list[Scenario] = [
         "share: a TLS 1.3 HelloRetryRequest, a second ClientHello, then the session as keylog-tls13.",
         "a HelloRetryRequest (a ServerHello with the special random) before the real ServerHello",
         kind="handshake", group="keylog", verdict="ok", server_extra=["--tls-groups", "secp384r1"]),
+    Scenario(
+        "keylog-tls-crypt-v2", "udp", 4, 3199, "tls-crypt-v2",
+        Side(key="keys/tcv2-server.key"), Side(key="keys/tcv2-client.key"), "connected",
+        "`ovpndiag handshake --keylog --tls-crypt-v2 keys/tcv2-client.key` against a tls-crypt-v2 server: "
+        "the TLS inside is encrypted twice (tls-crypt, then TLS 1.3); the server key opens the first, the "
+        "key log the second. The ClientHello travels in P_CONTROL_WKC_V1.",
+        "TLS 1.3 under tls-crypt-v2, readable with the server key and the key log together",
+        kind="handshake", group="keylog", verdict="ok"),
 ]
 
 BY_NAME = {s.name: s for s in SCENARIOS}

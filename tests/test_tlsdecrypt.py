@@ -23,9 +23,11 @@ from ovpndiag.analyze.tlsdecrypt import decrypt
 
 KEYLOG_CAPTURES = [e["file"][:-len(".pcap")] for e in entries(group="keylog")]
 TLS13 = ["keylog-tls13", "keylog-tls13-chacha", "keylog-tcp-tls13", "keylog-tls13-hrr", "keylog-auth-token",
+         "keylog-tls-crypt-v2",
          "keylog-auth-failed", "keylog-no-shared-cipher", "keylog-client-cert-rejected"]
 TLS12 = ["keylog-tls12", "keylog-tls12-chacha"]
 CONNECTED = ["keylog-tls13", "keylog-tls13-chacha", "keylog-tcp-tls13", "keylog-tls13-hrr", "keylog-auth-token",
+             "keylog-tls-crypt-v2",
              "keylog-tls12", "keylog-tls12-chacha"]
 USERNAME, PASSWORD = (CAPTURES / "keys" / "user-pass.txt").read_text().splitlines()[:2]
 
@@ -35,9 +37,10 @@ def streams(name):
     order, retransmissions dropped - what analyze's trace hands over."""
     capture = entry(name)
     found = {"client": {}, "server": {}}
-    with dissect.open([str(CAPTURES / capture["file"])], ports=[capture["port"]]) as run:
+    keys = {capture["wrapping"].replace("-", "_"): str(CAPTURES / capture["key"])} if capture["key"] else {}
+    with dissect.open([str(CAPTURES / capture["file"])], ports=[capture["port"]], **keys) as run:
         for record in run.records():
-            if record.opcode != "P_CONTROL_V1" or record.key_id != 0:
+            if record.opcode not in ("P_CONTROL_V1", "P_CONTROL_WKC_V1") or record.key_id != 0:
                 continue
             data = record.decrypted or record.data
             payload = data[record.payload_offset:record.payload_offset + record.payload_len]
@@ -102,7 +105,7 @@ def test_a_hello_retry_request_is_passed_over_for_the_real_server_hello():
     assert (result.version, result.suite) == ("TLS 1.3", "TLS_AES_256_GCM_SHA384") and not result.problems
 
 
-@pytest.mark.parametrize("name", TLS13 + TLS12)
+@pytest.mark.parametrize("name", [n for n in TLS13 + TLS12 if n != "keylog-tls-crypt-v2"])  # (tshark cannot open tls-crypt)
 def test_tshark_decrypts_the_same_handshake_messages_in_the_same_frames(name):
     """tshark (4.0) hands every control packet to TLS on its own, so it loses the records that
     span packets and what follows from them; what it does decrypt must be what we decrypt."""
