@@ -94,7 +94,8 @@ def _alerts(plain) -> List[InnerEvent]:
 def _handshake(plain) -> List[InnerEvent]:
     kind = plain.data[0]
     if kind == FINISHED:
-        return [InnerEvent(plain.frame, plain.sender, "finished", f"{plain.sender} Finished: its TLS handshake is done")]
+        return [InnerEvent(plain.frame, plain.sender, "finished",
+                           f"{plain.sender} Finished: its TLS handshake is done")]
     if kind != CERTIFICATE:
         return []
     from ..dissect.tls import certificate_chain   # (dissect's certificate reader; one definition)
@@ -109,7 +110,8 @@ def _handshake(plain) -> List[InnerEvent]:
     out = []
     for facts in chain:
         text = (facts["problem"] if "problem" in facts else
-                f"subject {facts['subject']}, issuer {facts['issuer']}, valid {facts['not_before']} to {facts['not_after']}")
+                f"subject {facts['subject']}, issuer {facts['issuer']}, "
+                f"valid {facts['not_before']} to {facts['not_after']}")
         out.append(InnerEvent(plain.frame, plain.sender, "certificate", text, facts))
     return out
 

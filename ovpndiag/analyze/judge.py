@@ -47,11 +47,23 @@ _OTHER = {"client": "server", "server": "client"}
 _ENDS = {"port-unreachable", "unreachable", "fin", "rst", "refused", "unanswered"}  # transport events that end a session
 
 
+CLIENT, SERVER = 0, 1  # a side's index in Landmarks' per-side lists
+SIDES = ("client", "server")
+MAX_TRACKED = 4096  # packet-ids followed per side (a session past its handshake needs no more)
+
+
 class Landmarks:
-    """The landmarks of one walk over a session's packets (frames; None when not seen)."""
+    """The landmarks of a session's control packets, kept as they are read (``add``, one
+    call per packet): frames (None when not seen); per side lists are indexed CLIENT/SERVER."""
+
+    __slots__ = ("client_resets", "server_resets", "reset_opcode", "client_hello", "server_hello",
+                 "server_flight", "client_flight", "server_names", "client_names", "server_after", "client_app",
+                 "server_app", "alerts", "renegotiations", "sent", "acked", "resent", "first", "last", "packets",
+                 "times", "hmac_failed", "last_resent", "tls13")
 
     def __init__(self):
         self.client_resets, self.server_resets = [], []
+        self.reset_opcode = None  # the client's first reset's opcode
         self.client_hello = self.server_hello = None
         self.server_flight = []  # frames of the server's first flight (from its Server Hello)
         self.client_flight = []  # frames of the client's flight after it
@@ -61,70 +73,74 @@ class Landmarks:
         self.server_app = []  # frames of server TLS packets after the client's flight
         self.alerts = []  # (frame, sender, name)
         self.renegotiations = {}  # key id -> (frame, sender)
-        self.sent = {"client": {}, "server": {}}  # (key id, packet-id) -> first frame
-        self.acked = {"client": set(), "server": set()}  # (key id, packet-id) of this side's packets acked
-        self.resent = {"client": 0, "server": 0}
-        self.last = {"client": None, "server": None}  # (frame, time) of each side's last packet
-        self.first = {"client": None, "server": None}
-        self.packets = {"client": 0, "server": 0}  # control packets
-        self.times = {}  # frame -> time, of every control packet
-        self.reset_opcode = None  # the client's first reset's opcode
+        self.sent = ({}, {})  # per side: (key id, packet-id) -> first frame
+        self.acked = (set(), set())  # per side: (key id, packet-id) of its packets the other side acked
+        self.resent = [0, 0]
+        self.first = [None, None]  # per side: (frame, time) of its first and last packet
+        self.last = [None, None]
+        self.packets = [0, 0]  # control packets
+        self.times = {}  # frame -> time, of the frames landmarks name
         self.hmac_failed = 0
         self.last_resent = False  # the session's last packet was a retransmission: its sender got no answer
         self.tls13 = None  # True / False once the handshake shows it
 
-
-def walk(packets) -> Landmarks:
-    marks = Landmarks()
-    times, counts = marks.times, marks.packets
-    for frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid in packets:
-        times[frame] = time
-        counts[sender] += 1
-        if marks.first[sender] is None:
-            marks.first[sender] = (frame, time)
-        marks.last[sender] = (frame, time)
+    def add(self, frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid):
+        side = CLIENT if sender == "client" else SERVER
+        self.packets[side] += 1
+        if self.first[side] is None:
+            self.first[side] = (frame, time)
+        self.last[side] = (frame, time)
         if hmac_valid is False:
-            marks.hmac_failed += 1
+            self.hmac_failed += 1
         if acks:
-            acked = marks.acked[_OTHER[sender]]
+            acked = self.acked[1 - side]
             for acked_id in acks:
                 acked.add((key_id, acked_id))
-        marks.last_resent = False
+        self.last_resent = False
         if packet_id is not None:
-            sent = marks.sent[sender]
+            sent = self.sent[side]
             if (key_id, packet_id) in sent:
-                marks.resent[sender] += 1
-                marks.last_resent = True
-            else:
+                self.resent[side] += 1
+                self.last_resent = True
+            elif len(sent) < MAX_TRACKED:
                 sent[(key_id, packet_id)] = frame
         if key_id:
-            if key_id not in marks.renegotiations and (opcode == SOFT_RESET or tls):
-                marks.renegotiations[key_id] = (frame, sender)
-            continue
+            if key_id not in self.renegotiations and (opcode == SOFT_RESET or tls):
+                self.renegotiations[key_id] = (frame, sender)
+                self.times[frame] = time
+            return
         if opcode in CLIENT_RESETS:
-            if not marks.client_resets:
-                marks.reset_opcode = opcode
-            marks.client_resets.append(frame)
+            if not self.client_resets:
+                self.reset_opcode = opcode
+                self.times[frame] = time
+            self.client_resets.append(frame)
         elif opcode in SERVER_RESETS:
-            marks.server_resets.append(frame)
+            if not self.server_resets:
+                self.times[frame] = time
+            self.server_resets.append(frame)
         if tls:
-            _tls(marks, frame, sender, tls)
-    return marks
+            _tls(self, frame, sender, tls, time)
 
 
-def _tls(marks, frame, sender, names):
+def _tls(marks, frame, sender, names, time):
     for name in names:
         if name.startswith("Alert"):
             marks.alerts.append((frame, sender, name))
+            marks.times[frame] = time
     if sender == "client":
         if "Client Hello" in names and marks.client_hello is None:
             marks.client_hello = frame
+            marks.times[frame] = time
         elif marks.server_hello is not None:
             if not marks.client_flight or (marks.server_after is None and not marks.client_app
                                            and _flight_continues(names)):
+                if not marks.client_flight:
+                    marks.times[frame] = time
                 marks.client_flight.append(frame)
                 marks.client_names += names
             else:
+                if len(marks.client_app) < 2:
+                    marks.times[frame] = time
                 marks.client_app.append(frame)
         return
     if "Server Hello" in names and marks.server_hello is None:
@@ -133,6 +149,8 @@ def _tls(marks, frame, sender, names):
     if marks.server_hello is None:
         return
     if not marks.client_flight:
+        if not marks.server_flight:
+            marks.times[frame] = time
         marks.server_flight.append(frame)
         marks.server_names += names
         if marks.tls13 is None:
@@ -140,6 +158,8 @@ def _tls(marks, frame, sender, names):
     else:
         if marks.server_after is None:
             marks.server_after = frame
+        if len(marks.server_app) < 2:
+            marks.times[frame] = time
         marks.server_app.append(frame)
 
 
@@ -152,7 +172,7 @@ def judge(trace) -> dict:
     """The analysis of one finished session (the dict ``analyze --json`` prints)."""
 
     flow = trace.flow
-    marks = walk(trace.packets)
+    marks = trace.marks
     context = trace.context
     facts = TLSFacts(trace)
     if facts.version:
@@ -170,12 +190,12 @@ def judge(trace) -> dict:
         "remote_session_id": None if trace.server_session_id is None else f"{trace.server_session_id:016x}",
         "wrapping": wrapping,
         "start": trace.first, "end": trace.last, "frames": [trace.first_frame, trace.last_frame],
-        "stage_reached": stage, "verdict": verdict, "evidence": evidence,
-        "retransmissions": dict(marks.resent),
-        "unacknowledged": {side: len(set(marks.sent[side]) - marks.acked[side]) for side in ("client", "server")},
+        "stage_reached": stage, "verdict": verdict, "evidence": evidence, "advice": None,  # (settle() fills it)
+        "retransmissions": dict(zip(SIDES, marks.resent)),
+        "unacknowledged": {name: len(set(marks.sent[side]) - marks.acked[side]) for side, name in enumerate(SIDES)},
         "rtt": timeline.rtt,
         "renegotiations": len(marks.renegotiations),
-        "packets": {"client": marks.packets["client"] + data[2], "server": marks.packets["server"] + data[5]},
+        "packets": {"client": marks.packets[CLIENT] + data[2], "server": marks.packets[SERVER] + data[5]},
         "tls_version": facts.version,
         "timeline": timeline.entries,
     }
@@ -218,12 +238,8 @@ def settle(analyses):
 
 def _advised(analysis):
     """The verdict's advice put in (a finished session does not keep its copy)."""
-    shown = {}
-    for key, value in analysis.items():
-        shown[key] = value
-        if key == "evidence":
-            shown["advice"] = list(verdicts.get(analysis["verdict"]).advice)
-    return shown
+    analysis["advice"] = list(verdicts.get(analysis["verdict"]).advice)
+    return analysis
 
 
 def _peers(analysis):
@@ -247,7 +263,7 @@ def _verdict(trace, marks, facts, inner):
     capture's end)."""
     evidence = []
     data = trace.data
-    started_inside = not marks.client_resets and (marks.first["client"] is not None or marks.first["server"] is not None)
+    started_inside = not marks.client_resets and (marks.first[CLIENT] is not None or marks.first[SERVER] is not None)
     if started_inside:
         evidence.append("the capture starts inside this session (no client reset in it)")
     # 1. the data channel
@@ -262,7 +278,7 @@ def _verdict(trace, marks, facts, inner):
                         f"{_OTHER[side]}")
         return "data-one-way", "data", evidence, True
     events = trace.events or ()
-    server_seen = marks.first["server"] is not None
+    server_seen = marks.first[SERVER] is not None
     # 2. nothing from the server
     if not server_seen:
         return _unanswered(trace, marks, events, evidence)
@@ -299,7 +315,7 @@ def _verdict(trace, marks, facts, inner):
         return "client-hello-rejected", stage, evidence, True
     if marks.server_hello is None:
         if not started_inside:
-            evidence.append(f"frame {marks.server_resets[0] if marks.server_resets else marks.first['server'][0]}: "
+            evidence.append(f"frame {marks.server_resets[0] if marks.server_resets else marks.first[SERVER][0]}: "
                             "the server answered the reset; the client sent no ClientHello after it")
         return "incomplete", stage, evidence, False
     # 5. the client stopped after the server's flight
@@ -340,7 +356,7 @@ def _unanswered(trace, marks, events, evidence):
         if kind in ("port-unreachable", "refused"):
             evidence.append(f"frame {frame}: {text}")
             return "port-closed", "none", evidence, False
-        if kind == "unanswered" and not marks.first["client"]:
+        if kind == "unanswered" and not marks.first[CLIENT]:
             evidence.append(f"frame {frame}: {text}")
             return "no-connection", "none", evidence, False
     resets = marks.client_resets
@@ -348,8 +364,8 @@ def _unanswered(trace, marks, events, evidence):
         evidence.append(f"frame {resets[0]}: the client's reset" + (f", sent {len(resets)} times (last in frame "
                                                                    f"{resets[-1]})" if len(resets) > 1 else "")
                         + "; the server never answered")
-    elif marks.first["client"] is not None:
-        evidence.append(f"frame {marks.first['client'][0]}: the client's packets; the server never answered")
+    elif marks.first[CLIENT] is not None:
+        evidence.append(f"frame {marks.first[CLIENT][0]}: the client's packets; the server never answered")
     _transport_evidence(events, evidence)
     trial = _key_trial(trace)
     if trial is not None:
@@ -394,9 +410,10 @@ def _handshake_done(marks) -> bool:
 
 def _acked(marks, sender, frame) -> bool:
     """Did the other side acknowledge the packet ``sender`` sent in ``frame``?"""
-    for key, first in marks.sent[sender].items():
+    side = CLIENT if sender == "client" else SERVER
+    for key, first in marks.sent[side].items():
         if first == frame:
-            return key in marks.acked[sender]
+            return key in marks.acked[side]
     return False
 
 
@@ -501,7 +518,7 @@ def _after_tls_evidence(marks, evidence):
     evidence.append(f"frame {done}: TLS handshake complete; then {len(marks.client_app)} TLS packets from the "
                     f"client and {len(marks.server_app)} from the server (encrypted: key-method 2, PUSH_REQUEST/"
                     "PUSH_REPLY or AUTH_FAILED), and no data packet")
-    unacked = sorted(frame for key, frame in marks.sent["server"].items() if key not in marks.acked["server"])
+    unacked = sorted(frame for key, frame in marks.sent[SERVER].items() if key not in marks.acked[SERVER])
     if unacked:
         evidence.append(f"frame {unacked[-1]}: the server's last message was never acknowledged: the client "
                         "had stopped")

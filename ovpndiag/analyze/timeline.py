@@ -13,7 +13,7 @@ from ..protocol import OPCODES
 class Timeline:
     def __init__(self, trace, marks, facts, inner):
         self.start = trace.first
-        self.times = marks.times
+        self.times = marks.times  # (of the landmarks' frames)
         self.entries = []
         self.rtt = None
         self._build(trace, marks, facts, inner)
@@ -78,13 +78,13 @@ class Timeline:
             self.add(frame, sender, f"renegotiation: key id {key_id}")
         for frame, time, kind, text, side in trace.events or ():
             self.add(frame, side if kind in ("fin", "rst", "refused", "unanswered") else "network", text, time)
-        for side in ("client", "server"):
-            unacked = len(set(marks.sent[side]) - marks.acked[side])
-            if marks.resent[side] or unacked:
-                last = marks.last[side]
+        for index, side in enumerate(("client", "server")):
+            unacked = len(set(marks.sent[index]) - marks.acked[index])
+            if marks.resent[index] or unacked:
+                last = marks.last[index]
                 notes = []
-                if marks.resent[side]:
-                    notes.append(f"{marks.resent[side]} retransmissions")
+                if marks.resent[index]:
+                    notes.append(f"{marks.resent[index]} retransmissions")
                 if unacked:
                     notes.append(f"{unacked} packets never acknowledged")
                 self.add(last[0], side, "last control packet; " + ", ".join(notes), last[1])

@@ -1,23 +1,22 @@
 """What ``analyze`` keeps of a session while its flow is read: a ``SessionTrace``.
 
-A SessionTrace is the reader's Session (``dissect.sessions``: the counts --sessions
-shows) plus the few facts of each control packet that tell how far a handshake got
-and who stopped answering whom: frame, time, sender, opcode, key id, message
-packet-id, ACKs, the TLS records it completed and whether its HMAC verified. Data
-packets cost a counter: the first one each way and how many. Kept too, only when
+A SessionTrace is the reader's Session (``dissect.sessions``) that keeps, instead of
+--sessions' counts, the landmarks of its control packets as they come (``judge.Landmarks``):
+how far the handshake got and who stopped answering or acknowledging whom - resets,
+hellos, flights, alerts, packet-ids sent, acknowledged and sent again. Data packets
+cost a counter: the first one each way and how many. Kept too, only when
 they may be needed: the raw bytes of the client's first unanswered packets (the key
 trials) and, with a key log, the TLS bytes of each direction (decryption).
 
 When the session is finished (its flow idle, or the capture read) ``to_dict()``
-judges it (``judge``) and keeps only the analysis: a finished session holds no
-packets, only a few hundred bytes of verdict, evidence and timeline.
+judges it (``judge``) and keeps only the analysis: verdict, evidence and timeline.
 """
 
 from ..dissect.sessions import Session
 from .events import describe
+from .judge import Landmarks
 from ..protocol import DATA_OPCODES
 
-MAX_PACKETS = 512  # control packets kept per session (a session that sends more is long past its handshake)
 TRIAL_PACKETS = 2  # unanswered client packets kept for the key trials
 _DATA = frozenset(DATA_OPCODES)
 
@@ -38,7 +37,7 @@ def trace_class(context: Context):
 class SessionTrace(Session):
     """Made by the reader for each session (``trace_class`` gives the class of a run)."""
 
-    __slots__ = ("reader", "first_frame", "last_frame", "packets", "data", "trial", "chunks", "events", "judged")
+    __slots__ = ("reader", "first_frame", "last_frame", "marks", "data", "trial", "chunks", "events", "judged")
     context = Context()
     wants_transport_events = True  # the reader asks the capture for ICMP errors and TCP ends
 
@@ -47,7 +46,7 @@ class SessionTrace(Session):
         self.reader = reader  # (its capture_end, once the capture is read)
         self.first_frame = self.last_frame = None
         context = self.context
-        self.packets = []  # (frame, time, sender, opcode, key id, message packet-id, acks, tls names, hmac valid)
+        self.marks = Landmarks()  # what the control packets showed (judge.Landmarks)
         self.data = None  # [client first frame, time, count, server first frame, time, count] once there is data
         self.trial = None  # the client's first packets while the server has said nothing (raw bytes)
         self.chunks = {} if context.keylog is not None else None  # sender -> {packet-id: (frame, TLS bytes)}
@@ -70,10 +69,8 @@ class SessionTrace(Session):
                 data[at], data[at + 1] = record.frame, record.time
             data[at + 2] += 1
             return
-        packets = self.packets
-        if len(packets) < MAX_PACKETS:
-            packets.append((record.frame, record.time, sender, opcode, record.key_id, record.message_packet_id,
-                            record.acks, record.tls, record.hmac_valid))
+        self.marks.add(record.frame, record.time, sender, opcode, record.key_id, record.message_packet_id,
+                       record.acks, record.tls, record.hmac_valid)
         if sender == "client":
             if self.server_session_id is None and (self.trial is None or len(self.trial) < TRIAL_PACKETS):
                 self.trial = (self.trial or ()) + (record.data,)
@@ -116,5 +113,5 @@ class SessionTrace(Session):
 
             self.judged = judge(self)
             # what judging needed is not needed any more (a finished session keeps the analysis only)
-            self.packets, self.trial, self.chunks, self.reader = [], None, None, None
+            self.marks, self.trial, self.chunks, self.reader = None, None, None, None
         return self.judged
