@@ -54,6 +54,8 @@ class KeyLog:
 
     @classmethod
     def parse(cls, data: bytes, path: str = "") -> "KeyLog":
+        if b"\0" in data[:4096]:  # (a capture or other binary file given by mistake: no need to read it all)
+            raise KeyLogError(f"key log {path or '(data)'}: is not an NSS key log (binary data)")
         by_random: Dict[bytes, Dict[str, bytes]] = {}
         bad = known = 0
         for line in data.splitlines():
