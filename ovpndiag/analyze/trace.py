@@ -15,10 +15,11 @@ judges it (``judge``) and keeps only the analysis: verdict, evidence and timelin
 from ..dissect.sessions import Session
 from .events import describe
 from .judge import Landmarks
-from ..protocol import DATA_OPCODES
+from ..protocol import DATA_OPCODES, Opcode
 
 TRIAL_PACKETS = 2  # unanswered client packets kept for the key trials
 _DATA = frozenset(DATA_OPCODES)
+_CARRY_TLS = (int(Opcode.P_CONTROL_V1), int(Opcode.P_CONTROL_WKC_V1))
 
 
 class Context:
@@ -75,7 +76,8 @@ class SessionTrace(Session):
             if self.server_session_id is None and (self.trial is None or len(self.trial) < TRIAL_PACKETS):
                 self.trial = (self.trial or ()) + (record.data,)
         chunks = self.chunks
-        if chunks is not None and record.key_id == 0 and record.payload_len and record.message_packet_id is not None:
+        if chunks is not None and opcode in _CARRY_TLS and record.key_id == 0 and record.payload_len \
+                and record.message_packet_id is not None:  # (a reset's payload is TLVs: tls-crypt-v2's)
             wire = record.decrypted or record.data
             start = record.payload_offset
             chunks.setdefault(sender, {}).setdefault(
@@ -85,6 +87,8 @@ class SessionTrace(Session):
         """A capture.datagrams.TransportEvent for this session's flow (``sender``: the side
         whose packets it is about), kept as (frame, time, kind, text, sender): events.describe."""
         kind, text = describe(event, sender)
+        if kind == "unanswered" and event.syns < 2:
+            kind = "unanswered-once"  # (a single SYN: the capture may end before the client's next try)
         if self.events is None:
             self.events = []
         self.events.append((event.frame, event.time, kind, text, sender))
