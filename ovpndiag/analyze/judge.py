@@ -356,9 +356,9 @@ def _unanswered(trace, marks, events, evidence):
         if kind in ("port-unreachable", "refused"):
             evidence.append(f"frame {frame}: {text}")
             return "port-closed", "none", evidence, False
-        if kind == "unanswered" and not marks.first[CLIENT]:
+        if kind in ("unanswered", "unanswered-once") and not marks.first[CLIENT]:
             evidence.append(f"frame {frame}: {text}")
-            return "no-connection", "none", evidence, False
+            return "no-connection", "none", evidence, kind == "unanswered-once"  # (resent SYNs: a proof)
     resets = marks.client_resets
     if resets:
         evidence.append(f"frame {resets[0]}: the client's reset" + (f", sent {len(resets)} times (last in frame "

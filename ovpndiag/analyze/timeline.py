@@ -9,6 +9,8 @@ last packet - with retransmissions and round-trip times folded into them.
 
 from ..protocol import OPCODES
 
+_SIDES_OWN = ("fin", "rst", "refused", "unanswered", "unanswered-once")  # transport events shown on their side
+
 
 class Timeline:
     def __init__(self, trace, marks, facts, inner):
@@ -77,7 +79,7 @@ class Timeline:
         for key_id, (frame, sender) in sorted(marks.renegotiations.items()):
             self.add(frame, sender, f"renegotiation: key id {key_id}")
         for frame, time, kind, text, side in trace.events or ():
-            self.add(frame, side if kind in ("fin", "rst", "refused", "unanswered") else "network", text, time)
+            self.add(frame, side if kind in _SIDES_OWN else "network", text, time)
         for index, side in enumerate(("client", "server")):
             unacked = len(set(marks.sent[index]) - marks.acked[index])
             if marks.resent[index] or unacked:
