@@ -202,36 +202,56 @@ def judge(trace) -> dict:
     if needs_end and not _over(trace, marks, end):
         # (settle() decides: the client's next session, if the capture has one, shows this one ended)
         analysis["open_end"] = None if end is None or trace.last is None else round(end - trace.last, 3)
+    # (settle() tells one client's sessions from several clients' behind one address by what the
+    # client sent: a server resending into a session the client has left does not stretch it)
+    analysis["client_end"] = trace.last if data[2] or marks.last[CLIENT] is None else marks.last[CLIENT][1]
     return analysis
 
 
 def settle(analyses):
     """The analyses (a sequence, read twice) with each open-ended one decided: a session
     whose verdict holds only if it is over is over when its client (address) began a
-    later session with the same server; else the capture may have cut it: ``incomplete``."""
+    later session with the same server, after its own last packet - unless the address
+    hides several clients: two of its sessions ever ran side by side (a busy capture's
+    NAT or loopback: the later session may be anyone's); else the capture may have cut
+    it: ``incomplete``."""
     import bisect
 
-    starts = {}  # (client address, server, port, transport) -> sorted [(start, first frame)]
+    starts = {}  # (client address, server, port, transport) -> sorted [(start, first frame, client's end)]
     for analysis in analyses:
-        starts.setdefault(_peers(analysis), []).append((analysis["start"] or 0.0, analysis["frames"][0]))
-    for later in starts.values():
+        client_end = analysis.get("client_end")
+        starts.setdefault(_peers(analysis), []).append((analysis["start"] or 0.0, analysis["frames"][0],
+                                                        analysis["end"] or 0.0 if client_end is None else client_end))
+    shared = set()  # the addresses (peers) with sessions side by side
+    for peers, later in starts.items():
         later.sort()
-    for analysis in analyses:
+        reach = float("-inf")
+        for start, _frame, client_end in later:
+            if start <= reach:
+                shared.add(peers)
+                break
+            reach = max(reach, client_end)
+    for analysis in analyses:  # (workers' summaries are unpacked afresh: not the dicts read above)
+        analysis.pop("client_end", None)
         if "open_end" not in analysis:
             yield _advised(analysis)
             continue
         gap = analysis.pop("open_end")
-        later = starts[_peers(analysis)]
-        at = bisect.bisect_right(later, (analysis["end"] or 0.0, float("inf")))
-        if at < len(later):
+        peers = _peers(analysis)
+        later = starts[peers]
+        own = later[bisect.bisect_left(later, (analysis["start"] or 0.0, analysis["frames"][0]))]
+        at = bisect.bisect_right(later, (own[2], float("inf")))
+        alone = peers not in shared
+        if at < len(later) and alone:
             analysis["evidence"].append(f"frame {later[at][1]}: the client began a new session: it gave this one up")
             yield _advised(analysis)
             continue
         verdict = analysis["verdict"]
         analysis["evidence"].append(
             (f"the capture ends {gap:.1f} s after the session's last packet" if gap is not None
-             else "the capture ends") + f" and shows no later session of this client: it may go on past the "
-            f"capture (had it ended there: {verdict})")
+             else "the capture ends") + (" and shows no later session of this client" if alone else
+                                         ", and other sessions from its address ran alongside it")
+            + f": it may go on past the capture (had it ended there: {verdict})")
         analysis["verdict"] = "incomplete"
         yield _advised(analysis)
 
