@@ -238,3 +238,25 @@ def test_the_readme_shows_what_analyze_prints():
     result = subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", "captures/fail-client-cert-untrusted-tls12.pcap"],
                             capture_output=True, text=True, cwd=CAPTURES.parent)
     assert result.stdout.startswith(shown)
+
+
+def test_a_finished_session_is_kept_in_a_few_hundred_bytes_and_given_back_whole():
+    from ovpndiag.analyze import trace
+
+    judged = []
+    original = trace.SessionTrace.to_dict
+
+    def keep(self):
+        analysis = original(self)
+        judged.append(dict(analysis))
+        return analysis
+
+    trace.SessionTrace.to_dict = keep
+    try:
+        for name in list(FAILURES) + CONNECTED:
+            analyses(name)
+    finally:
+        trace.SessionTrace.to_dict = original
+    packed = [trace.FinishedAnalysis(analysis) for analysis in judged]
+    assert [finished.to_dict() for finished in packed] == judged
+    assert sum(len(finished.packed) for finished in packed) / len(packed) < 700

@@ -2,9 +2,11 @@
 
 Each entry is ``[frame, seconds since the session's first packet, sender, text]``
 (a list: a finished session keeps its timeline packed, see dissect.sessions). Only
-landmarks are listed - resets, hellos, flights, alerts, the first messages after the
-handshake, the first data each way, renegotiations, transport events, each side's
-last packet - with retransmissions and round-trip times folded into them.
+landmarks are listed - resets, hellos, each side's TLS flight ("(to N)": the frame it
+ends in), alerts, the first encrypted messages after the handshake, the first data each
+way, renegotiations, transport events, each side's last packet - with retransmissions,
+unacknowledged packets and round-trip times folded into them. Texts are short: a busy
+capture has many thousands of timelines.
 """
 
 from ..protocol import OPCODES
@@ -38,7 +40,7 @@ class Timeline:
             text = "reset"
             if resets and frame in self.times and resets[0] in self.times:
                 self.rtt = round(self.times[frame] - self.times[resets[0]], 6)
-                text += f" (round trip {self.rtt * 1000:.3f} ms)"
+                text += f" (rtt {self.rtt * 1000:.3f} ms)"
             if len(marks.server_resets) > 1:
                 text += f", sent {len(marks.server_resets)} times"
             self.add(frame, "server", text)
@@ -46,26 +48,24 @@ class Timeline:
             self.add(marks.client_hello, "client", "Client Hello")
         if marks.server_flight:
             first, last = marks.server_flight[0], marks.server_flight[-1]
-            text = "TLS flight: " + flight_names(marks.server_names)
+            text = flight_names(marks.server_names)
             if facts.version:
                 text += f" ({facts.version}, {facts.cipher_suite})"
             if last != first:
-                text += f" (to frame {last})"
+                text += f" (to {last})"
             if self.rtt is None and marks.client_hello in self.times and first in self.times:
                 self.rtt = round(self.times[first] - self.times[marks.client_hello], 6)
             self.add(first, "server", text)
         if marks.client_flight:
             first, last = marks.client_flight[0], marks.client_flight[-1]
-            self.add(first, "client", "TLS flight: " + flight_names(marks.client_names)
-                     + (f" (to frame {last})" if last != first else ""))
+            self.add(first, "client", flight_names(marks.client_names)
+                     + (f" (to {last})" if last != first else ""))
         if marks.server_after is not None:
             self.add(marks.server_after, "server", "TLS handshake complete" + (" (Finished)" if not marks.tls13 else ""))
         if marks.client_app:
-            self.add(marks.client_app[0], "client", f"first encrypted message after the handshake "
-                     f"({len(marks.client_app)} TLS packets in all)")
+            self.add(marks.client_app[0], "client", f"encrypted messages ({len(marks.client_app)} packets)")
         if marks.server_app[1:]:
-            self.add(marks.server_app[1], "server", f"first encrypted message after the handshake "
-                     f"({len(marks.server_app) - 1} TLS packets in all)")
+            self.add(marks.server_app[1], "server", f"encrypted messages ({len(marks.server_app) - 1} packets)")
         for frame, sender, name in marks.alerts:
             self.add(frame, sender, f"TLS {name}")
         for event in inner:
@@ -73,9 +73,9 @@ class Timeline:
         data = trace.data
         if data is not None:
             if data[2]:
-                self.add(data[0], "client", f"first data packet ({data[2]} in all)", data[1])
+                self.add(data[0], "client", f"data ({data[2]} packets)", data[1])
             if data[5]:
-                self.add(data[3], "server", f"first data packet ({data[5]} in all)", data[4])
+                self.add(data[3], "server", f"data ({data[5]} packets)", data[4])
         for key_id, (frame, sender) in sorted(marks.renegotiations.items()):
             self.add(frame, sender, f"renegotiation: key id {key_id}")
         for frame, time, kind, text, side in trace.events or ():
@@ -86,10 +86,10 @@ class Timeline:
                 last = marks.last[index]
                 notes = []
                 if marks.resent[index]:
-                    notes.append(f"{marks.resent[index]} retransmissions")
+                    notes.append(f"{marks.resent[index]} resent")
                 if unacked:
-                    notes.append(f"{unacked} packets never acknowledged")
-                self.add(last[0], side, "last control packet; " + ", ".join(notes), last[1])
+                    notes.append(f"{unacked} never acknowledged")
+                self.add(last[0], side, "last control packet: " + ", ".join(notes), last[1])
 
 
 def flight_names(names) -> str:

@@ -12,6 +12,9 @@ When the session is finished (its flow idle, or the capture read) ``to_dict()``
 judges it (``judge``) and keeps only the analysis: verdict, evidence and timeline.
 """
 
+import marshal
+import zlib
+
 from ..dissect.sessions import Session
 from .events import describe
 from .judge import Landmarks
@@ -111,6 +114,10 @@ class SessionTrace(Session):
             streams[sender] = ordered
         return streams
 
+    def finish(self) -> "FinishedAnalysis":
+        """The analysis, packed (the reader calls it when the flow has been idle long)."""
+        return FinishedAnalysis(self.to_dict())
+
     def to_dict(self) -> dict:
         if self.judged is None:
             from .judge import judge
@@ -119,3 +126,20 @@ class SessionTrace(Session):
             # what judging needed is not needed any more (a finished session keeps the analysis only)
             self.marks, self.trial, self.chunks, self.reader = None, None, None, None
         return self.judged
+
+
+class FinishedAnalysis:
+    """A finished session's analysis, compressed: its texts (timeline, evidence) repeat
+    from session to session, so zlib takes about 900 bytes down to about 400 (a capture of
+    a busy server holds hundreds of thousands). ``to_dict()`` gives it back as it was."""
+
+    __slots__ = ("keys", "packed")
+    _KEYS = {}  # the analyses' key tuples (one or two), shared
+
+    def __init__(self, analysis: dict):
+        keys = tuple(analysis)
+        self.keys = self._KEYS.setdefault(keys, keys)
+        self.packed = zlib.compress(marshal.dumps(tuple(analysis.values())), 1)
+
+    def to_dict(self) -> dict:
+        return dict(zip(self.keys, marshal.loads(zlib.decompress(self.packed))))
