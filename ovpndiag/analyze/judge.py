@@ -40,6 +40,7 @@ from ..protocol import CLIENT_RESETS, SERVER_RESETS
 from .timeline import Timeline, flight_names as _names
 
 QUIET = 5.0  # seconds of capture after a session's last packet that show it has stopped
+ONE_WAY = 10.0  # seconds of data one way that show it one-way when the capture misses the session's start
 SOFT_RESET = 3  # P_CONTROL_SOFT_RESET_V1: a renegotiation
 _CERTIFICATE_ALERTS = {"Bad Certificate", "Unsupported Certificate", "Certificate Revoked", "Certificate Expired",
                        "Certificate Unknown", "Unknown CA", "Access Denied", "Certificate Required"}
@@ -202,45 +203,44 @@ def judge(trace) -> dict:
     if needs_end and not _over(trace, marks, end):
         # (settle() decides: the client's next session, if the capture has one, shows this one ended)
         analysis["open_end"] = None if end is None or trace.last is None else round(end - trace.last, 3)
-    # (settle() tells one client's sessions from several clients' behind one address by what the
-    # client sent: a server resending into a session the client has left does not stretch it)
-    analysis["client_end"] = trace.last if data[2] or marks.last[CLIENT] is None else marks.last[CLIENT][1]
+    # (settle() tells one client's sessions from several clients' behind one address by what each client sent)
+    analysis["client_span"] = _client_span(trace, marks)
     return analysis
 
 
 def settle(analyses):
     """The analyses (a sequence, read twice) with each open-ended one decided: a session
     whose verdict holds only if it is over is over when its client (address) began a
-    later session with the same server, after its own last packet - unless the address
-    hides several clients: two of its sessions ever ran side by side (a busy capture's
-    NAT or loopback: the later session may be anyone's); else the capture may have cut
-    it: ``incomplete``."""
+    later session with the same server after its own last packet - unless the address
+    hides several clients: two of its sessions' clients ever sent side by side (a busy
+    capture's NAT or loopback: the later session may be anyone's); else the capture may
+    have cut it: ``incomplete``. What each client sent spans its session here: a server
+    resending into a session its client has left does not stretch it."""
     import bisect
 
-    starts = {}  # (client address, server, port, transport) -> sorted [(start, first frame, client's end)]
+    spans = {}  # (client address, server, port, transport) -> sorted [(client's first, its frame, client's last)]
     for analysis in analyses:
-        client_end = analysis.get("client_end")
-        starts.setdefault(_peers(analysis), []).append((analysis["start"] or 0.0, analysis["frames"][0],
-                                                        analysis["end"] or 0.0 if client_end is None else client_end))
-    shared = set()  # the addresses (peers) with sessions side by side
-    for peers, later in starts.items():
+        span = analysis.get("client_span")
+        if span is not None:
+            spans.setdefault(_peers(analysis), []).append(tuple(span))
+    shared = set()  # the addresses (peers) whose clients sent side by side
+    for peers, later in spans.items():
         later.sort()
         reach = float("-inf")
-        for start, _frame, client_end in later:
-            if start <= reach:
+        for first, _frame, last in later:
+            if first <= reach:
                 shared.add(peers)
                 break
-            reach = max(reach, client_end)
+            reach = max(reach, last)
     for analysis in analyses:  # (workers' summaries are unpacked afresh: not the dicts read above)
-        analysis.pop("client_end", None)
+        span = analysis.pop("client_span", None)
         if "open_end" not in analysis:
             yield _advised(analysis)
             continue
         gap = analysis.pop("open_end")
         peers = _peers(analysis)
-        later = starts[peers]
-        own = later[bisect.bisect_left(later, (analysis["start"] or 0.0, analysis["frames"][0]))]
-        at = bisect.bisect_right(later, (own[2], float("inf")))
+        later = spans.get(peers, [])
+        at = bisect.bisect_right(later, (span[2] if span else analysis["end"] or 0.0, float("inf")))
         alone = peers not in shared
         if at < len(later) and alone:
             analysis["evidence"].append(f"frame {later[at][1]}: the client began a new session: it gave this one up")
@@ -254,6 +254,19 @@ def settle(analyses):
             + f": it may go on past the capture (had it ended there: {verdict})")
         analysis["verdict"] = "incomplete"
         yield _advised(analysis)
+
+
+def _client_span(trace, marks):
+    """(time, frame) of the client's first packet and the time of its last, or None: what
+    the client sent (with data, to the session's end: data packets are only counted)."""
+    data = trace.data
+    first = marks.first[CLIENT]
+    if data is not None and data[2] and (first is None or data[0] < first[0]):
+        first = (data[0], data[1])
+    if first is None:
+        return None
+    last = trace.last if data is not None and data[2] else marks.last[CLIENT][1]
+    return first[1], first[0], last
 
 
 def _advised(analysis):
@@ -283,7 +296,8 @@ def _verdict(trace, marks, facts, inner):
     capture's end)."""
     evidence = []
     data = trace.data
-    started_inside = not marks.client_resets and (marks.first[CLIENT] is not None or marks.first[SERVER] is not None)
+    started_inside = not marks.client_resets and (marks.first[CLIENT] is not None or marks.first[SERVER] is not None
+                                                  or data is not None)
     if started_inside:
         evidence.append("the capture starts inside this session (no client reset in it)")
     # 1. the data channel
@@ -296,6 +310,11 @@ def _verdict(trace, marks, facts, inner):
         side, frame, count = ("client", data[0], client_data) if client_data else ("server", data[3], server_data)
         evidence.append(f"frame {frame}: first of {count} data packets from the {side}; none from the "
                         f"{_OTHER[side]}")
+        if started_inside and trace.last - data[1 if client_data else 4] < ONE_WAY:
+            # (the other side's data may lie before the capture, and keepalive pings are seconds apart)
+            evidence.append(f"seen for less than {ONE_WAY:.0f} s from the middle of the session: too short to call "
+                            "the data channel one-way")
+            return "incomplete", "data", evidence, False
         return "data-one-way", "data", evidence, True
     events = trace.events or ()
     server_seen = marks.first[SERVER] is not None
@@ -341,6 +360,11 @@ def _verdict(trace, marks, facts, inner):
     # 5. the client stopped after the server's flight
     if not marks.client_flight:
         first, last = marks.server_flight[0], marks.server_flight[-1]
+        after = [frame for frame in marks.sent[CLIENT].values() if frame > first]
+        if after:  # (TLS the reader could not follow - the capture starts inside the session - is no silence)
+            evidence.append(f"{_span(first, last)}: the server's flight ({_names(marks.server_names)}); frame "
+                            f"{min(after)}: the client answered it with a message that cannot be read as TLS")
+            return "incomplete", stage, evidence, False
         acked = _acked(marks, "server", last)
         evidence.append(f"{_span(first, last)}: the server's flight ({_names(marks.server_names)}); the client "
                         + ("acknowledged it, then sent nothing more" if acked else "sent nothing after it"))
@@ -397,6 +421,8 @@ def _unanswered(trace, marks, events, evidence):
             return "connection-closed", "none", evidence, False
         if kind == "rst" and side == "server":
             return "connection-reset", "none", evidence, False
+    if not resets:  # (the capture starts inside the session: the server may have answered before it)
+        return "incomplete", "none", evidence, False
     return "server-silent", "none", evidence, True
 
 
