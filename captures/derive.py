@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Re-encapsulate a real Ethernet capture into a link type Linux cannot record.
+"""Re-encapsulate a real Ethernet capture into a link type Linux cannot record, or cut it.
 
     python3 captures/derive.py SOURCE.pcap DEST.pcap LINKTYPE [--big-endian]
+    python3 captures/derive.py SOURCE.pcap DEST.pcap --from-seconds S
 
 Each frame's Ethernet header (and any VLAN tags) is replaced by the link type's own
 header; timestamps, original lengths and the IP packets (everything from the IP header
@@ -15,6 +16,9 @@ capture it comes from. Frames that carry no IP are left out.
   values (AF_INET 2, AF_INET6 24).
 
 ``--big-endian`` writes the file as a big-endian host would (magic a1b2c3d4 in that order).
+``--from-seconds S`` instead keeps the frames from the first one at least S seconds after the
+source's first on, byte for byte (link type, timestamps and all): the capture tcpdump would
+have written had it been started then, in the middle of whatever sessions were running.
 Used by record.py for the ``Derived`` captures in the manifest; standard library only.
 """
 
@@ -73,14 +77,41 @@ def derive(source: Path, dest: Path, linktype: int, big_endian: bool = False) ->
     return written
 
 
+def cut(source: Path, dest: Path, seconds: float) -> int:
+    """Write ``dest``: the classic pcap ``source`` from its first frame at least ``seconds``
+    after its first frame on. Returns the number of frames written."""
+    data = source.read_bytes()
+    endian = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
+              b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}[data[:4]]
+    scale = 1e-9 if data[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
+    out, off, first, keep, written = [data[:24]], 24, None, False, 0
+    while off + 16 <= len(data):
+        sec, frac, incl, _orig = struct.unpack(endian + "IIII", data[off:off + 16])
+        when = sec + frac * scale
+        first = when if first is None else first
+        keep = keep or when >= first + seconds
+        if keep:
+            out.append(data[off:off + 16 + incl])
+            written += 1
+        off += 16 + incl
+    dest.write_bytes(b"".join(out))
+    return written
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("source", type=Path)
     ap.add_argument("dest", type=Path)
-    ap.add_argument("linktype", type=int, choices=(0, 101, 108))
+    ap.add_argument("linktype", type=int, choices=(0, 101, 108), nargs="?")
     ap.add_argument("--big-endian", action="store_true")
+    ap.add_argument("--from-seconds", type=float, metavar="S", help="cut instead: the frames from S seconds in")
     args = ap.parse_args()
-    n = derive(args.source, args.dest, args.linktype, args.big_endian)
+    if (args.linktype is None) == (args.from_seconds is None):
+        ap.error("give a LINKTYPE or --from-seconds")
+    if args.from_seconds is not None:
+        n = cut(args.source, args.dest, args.from_seconds)
+    else:
+        n = derive(args.source, args.dest, args.linktype, args.big_endian)
     print(f"{args.dest}: {n} frames")
     return 0
 

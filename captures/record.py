@@ -55,13 +55,53 @@ from recording.pcapfile import read_pcap
 from recording.pki import ensure_keys
 from recording.procs import Procs
 from recording.run import record
-from recording.scenario import RENEG_SECONDS, Derived, Scenario, Side
+from recording.scenario import RENEG_SECONDS, BusyClient, Derived, Scenario, Side
 
 
 # --------------------------------------------------------------------------- scenarios
 
 def _ta(key="keys/ta.key", auth="SHA1", kd=None):
     return Side(key=key, auth=auth, key_direction=kd)
+
+
+def _busy_clients() -> list[BusyClient]:
+    """busy-mixed's 22 clients, one per port from 20001 on, started 1.2 s apart with the kinds
+    interleaved; each kind with what `ovpndiag analyze` must say about each of its sessions
+    without keys and given the server's (keys/ta.key, SHA256, key-direction 0). Every client
+    sends a username and password (keys/user-pass.txt, which the server accepts)."""
+    user = ["--auth-user-pass", "keys/user-pass.txt"]
+    unanswered = dict(attempts=3, client_log_expect=r"Server poll timeout")
+    kinds = {
+        "good": dict(verdict="ok", verdict_with_keys="ok", extra=user),
+        "wrong-key": dict(verdict="server-silent", verdict_with_keys="wrong-key", extra=user,
+                          wrap=_ta("keys/ta-wrong.key", "SHA256", 1), **unanswered,
+                          server_log_expect=r"packet HMAC authentication failed"),
+        "wrong-key-direction": dict(verdict="server-silent", verdict_with_keys="wrong-key-direction",
+                                    extra=user, wrap=_ta(auth="SHA256", kd=0), **unanswered,
+                                    server_log_expect=r"packet HMAC authentication failed"),
+        "no-tls-auth": dict(verdict="server-silent", verdict_with_keys="no-tls-auth", extra=user,
+                            wrapping="none", **unanswered,
+                            server_log_expect=r"cannot locate HMAC in incoming packet from \[AF_INET\]127\.0\.0\.1:{port}"),
+        "untrusted-cert": dict(verdict="client-certificate-rejected",
+                               verdict_with_keys="client-certificate-rejected", cert="rogue-client",
+                               extra=user + ["--hand-window", "2"], attempts=3,
+                               client_log_expect=r"TLS key negotiation failed to occur within 2 seconds",
+                               server_log_expect=r"127\.0\.0\.1:{port} VERIFY ERROR"),
+        # AUTH_FAILED is inside TLS: without a keylog only "TLS done, no data" shows. The server
+        # ignores a new reset from the same address and port for 5 s after an AUTH_FAILED
+        # ("Delayed exit in 5 seconds"), so these clients wait 6 s before trying again.
+        "wrong-password": dict(verdict="stopped-after-tls", verdict_with_keys="stopped-after-tls",
+                               extra=["--auth-user-pass", "keys/user-pass-wrong.txt", "--auth-retry", "nointeract",
+                                      "--connect-retry", "6", "6"],
+                               attempts=3, client_log_expect=r"AUTH: Received control message: AUTH_FAILED",
+                               server_log_expect=r"127\.0\.0\.1:{port} TLS Auth Error: Auth Username/Password "
+                                                 r"verification failed"),
+    }
+    order = ["good", "wrong-key", "good", "untrusted-cert", "good", "wrong-password", "good",
+             "wrong-key-direction", "good", "no-tls-auth", "good", "wrong-key", "good", "good",
+             "untrusted-cert", "good", "wrong-password", "good", "wrong-key-direction", "good",
+             "wrong-key", "good"]
+    return [BusyClient(20001 + n, kind, 0.5 + 1.2 * n, **kinds[kind]) for n, kind in enumerate(order)]
 
 
 SCENARIOS: list[Scenario] = [
@@ -369,6 +409,42 @@ SCENARIOS: list[Scenario] = [
         kind="no-server", group="failures", verdict="port-closed",
         client_log_expect=r"Connection refused"),
     Scenario(
+        "fail-client-cert-untrusted-tcp-tls12", "tcp", 4, 1294, "none", Side(), Side(), "failed",
+        "Like fail-untrusted-cert-tcp (a client certificate from a CA the server does not trust, over TCP), "
+        "but the client allows at most TLS 1.2, so its certificate crosses in clear; the server closes "
+        "the connection (FIN) right after the client's flight, with no TLS alert on the wire.",
+        "one TCP connection per attempt: resets, the TLS 1.2 handshake up to the client's Certificate, "
+        "Client Key Exchange, Certificate Verify and Finished, then the server's FIN",
+        client_cert="rogue-client", group="failures", verdict="client-certificate-rejected",
+        server_log_expect=r"certificate verify failed|VERIFY ERROR",
+        client_extra=["--tls-version-max", "1.2"]),
+    Scenario(
+        "fail-expired-server-cert-tls13", "udp", 4, 1295, "none", Side(), Side(), "failed",
+        "Like fail-expired-server-cert (the server presents keys/server-expired.crt), but with TLS 1.3: "
+        "the certificate is encrypted, so only who stopped answering shows. The client refuses it "
+        "(\"VERIFY ERROR: ... certificate has expired\") and starts over.",
+        "resets, ClientHello, the server's TLS 1.3 flight (Server Hello, then the encrypted rest), "
+        "then no Finished from the client: it restarts with a new session id while the server "
+        "retransmits its flight",
+        server_cert="server-expired", server_answers=True, group="failures",
+        verdict="server-certificate-rejected",
+        client_log_expect=r"VERIFY ERROR: depth=0, error=certificate has expired",
+        client_extra=["--hand-window", "2"]),
+    # ---- a busy server: many clients at once, with mixed outcomes (group "busy")
+    Scenario(
+        "busy-mixed", "udp", 4, 1296, "tls-auth", _ta(auth="SHA256", kd=0), _ta(auth="SHA256", kd=1), "mixed",
+        "One server (tls-auth SHA256, key-direction 0, --duplicate-cn, usernames checked by "
+        "recording/user-pass-verify.sh against keys/user-pass.txt) and 22 real clients, each bound to "
+        "its own port (--lport 20001..20022), started 1.2 s apart: 12 good ones (connected 6 s, then "
+        "EXIT), 3 with a wrong tls-auth key, 2 with the server's key-direction, 1 without tls-auth, 2 "
+        "with an untrusted certificate, 2 with a wrong password (--auth-retry nointeract). Every failing "
+        "client is stopped after its third attempt. The manifest's `sessions` gives each session's verdict.",
+        "22 client ports, 12 sessions with data both ways, 24 failed ones (3 per failing client: a new "
+        "session id from the same port each time) overlapping in time",
+        kind="busy", group="busy", clients=_busy_clients(),
+        server_extra=["--duplicate-cn", "--script-security", "2",
+                      "--auth-user-pass-verify", "/bin/sh recording/user-pass-verify.sh", "via-file"]),
+    Scenario(
         "fail-no-tls-auth", "udp", 4, 1194, "tls-auth", _ta(kd=0), Side(), "failed",
         "The server has tls-auth (ta.key, key-direction 0, SHA1), the client has no tls-auth at all: "
         "its resets carry no HMAC and the server drops them without a word. (analyze: no-tls-auth given the "
@@ -496,6 +572,12 @@ DERIVED: list[Derived] = [
     Derived("tcp-loop", "tcp-tls-auth", 108, True,
             "tcp-tls-auth.pcap with each Ethernet header replaced by OpenBSD loopback's address family "
             "in network byte order (DLT_LOOP, AF_INET = 2), written as a big-endian pcap file"),
+    # 13 s: between the AUTH_FAILED of port 20006's second attempt (~12 s) and its retransmission
+    # (~14 s), so the cut holds a failed session's lone tail as well as running good ones.
+    Derived("busy-mixed-cut", "busy-mixed", 1, False,
+            "the frames of busy-mixed.pcap from 13 s after its first on, as if tcpdump had been started "
+            "then (derive.py --from-seconds 13): good sessions already running, the tails of others",
+            start_seconds=13.0),
 ]
 DERIVED_BY_NAME = {d.name: d for d in DERIVED}
 

@@ -15,6 +15,10 @@ from ovpndiag.dissect import pipeline
 from ovpndiag.dissect import reader as reader_module
 
 NAMES = [c["file"] for c in ALL_CAPTURES]
+# Captures that start mid-session where the server gave a gone client's peer-id to a later
+# client (busy-mixed-cut): a flow that begins with data names a peer-id another flow has, so
+# the workers cannot tell it from a float and leave the capture to one reader.
+PEER_IDS_REUSED = {"busy-mixed-cut.pcap"}
 
 
 def sessions(name, jobs):
@@ -41,7 +45,10 @@ def test_workers_give_one_readers_sessions(name):
         assert repr(shown[0]) == repr(alone)  # same sessions, order, key order and types
         assert shown[1] == packets and shown[3] == tally
         floated = any(crosses_shards(summary, jobs) for summary in alone)
-        assert shown[2] is not floated, (name, jobs)
+        if name in PEER_IDS_REUSED:  # a mid-session flow's peer-id is another client's: one reader, to be safe
+            assert not (floated and shown[2]), (name, jobs)
+        else:
+            assert shown[2] is not floated, (name, jobs)
 
 
 def test_a_float_across_shards_is_left_to_one_reader():

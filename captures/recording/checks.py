@@ -33,6 +33,10 @@ def check_capture(path: Path, sc: Scenario) -> list[str]:
         problems.append(f"{len(pkts)} OpenVPN packets, expected more than {sc.min_packets}")
     if sc.kind == "static-key":
         return problems + check_static_key(pkts)
+    if sc.kind == "busy":
+        from .busy import check_busy
+
+        return problems + check_busy(path, sc)
     ops = [(d, p[0] >> 3, p[0] & 7) for d, p in pkts]
     if sc.kind == "probe":
         return problems + check_probe(pkts, ops, info["client_ports"])
@@ -189,4 +193,3 @@ def check_refused(path: Path, pkts: list[tuple[str, bytes]], sc: Scenario) -> li
     if not flags["syn"] or not flags["rst"] or flags["other"]:
         problems.append(f"TCP segments {flags}, expected SYNs to port {sc.port} and RSTs from it only")
     return problems
-

@@ -47,22 +47,48 @@ def manifest_entry(sc: Scenario) -> dict:
                      server_options=sc.server_extra, client_options=sc.client_extra)
     if sc.kind == "handshake":          # the NSS key log of the capture's TLS session (recording/handshake.py)
         entry["keylog"] = f"{sc.name}.keys"
+    if sc.kind == "busy":               # per client port, then (busy_entry) per session
+        from .openvpn import wrap_args
+
+        entry.update(server_options=sc.server_extra, clients=[
+            {"client_port": c.port, "client": c.kind, "sessions": c.attempts,
+             "verdict": c.verdict, "verdict_with_keys": c.verdict_with_keys,
+             "client_cert": f"keys/{c.cert}.crt",
+             "client_options": wrap_args(c.wrap or sc.client, c.wrapping or sc.wrapping) + c.extra}
+            for c in sc.clients])
     return entry
 
 
-def derived_entry(d: Derived, source: Scenario) -> dict:
+def derived_entry(d: Derived, source: Scenario, layout: Layout = Layout()) -> dict:
     entry = manifest_entry(source)
     entry.update(file=d.file, linktype=d.linktype, captured=f"derived by derive.py from {d.how}",
                  derived_from=source.file,
                  description=source.description + " Re-encapsulated (derive.py): " + d.how + ".")
+    if d.start_seconds is not None:
+        entry.update(capture_start="mid-session", cut_seconds=d.start_seconds,
+                     description=source.description + " Cut (derive.py): " + d.how + ".")
+        entry.pop("clients", None)      # (a client's sessions before the cut are gone)
+    if source.kind == "busy":
+        from .busy import expected_sessions
+
+        entry["sessions"] = expected_sessions(layout.out / source.file, source, d.start_seconds)
     return entry
+
+
+def busy_entry(sc: Scenario, layout: Layout) -> dict:
+    """A busy scenario's manifest entry, with the verdict of each session in its capture."""
+    from .busy import expected_sessions
+
+    return dict(manifest_entry(sc), sessions=expected_sessions(layout.out / sc.file, sc))
 
 
 def make_derived(d: Derived, source: Scenario, layout: Layout = Layout()) -> int:
     """Convert the source capture; returns the number of frames."""
     sys.path.insert(0, str(CAPTURES))
-    from derive import derive
+    from derive import cut, derive
 
+    if d.start_seconds is not None:
+        return cut(layout.out / source.file, layout.out / d.file, d.start_seconds)
     return derive(layout.out / source.file, layout.out / d.file, d.linktype, d.big_endian)
 
 
@@ -80,15 +106,17 @@ because this kernel has no 802.1Q devices; the frames on the veth are really tag
 the session running inside an outer OpenVPN tunnel and captured on its tun device (raw IP; the
 outer tunnel's logs are `logs/NAME.outer-*.log`). Recorded with: `{version}`.
 
-Two files are **derived**, not recorded: `derive.py` re-encapsulates a real Ethernet capture
+Three files are **derived**, not recorded: `derive.py` re-encapsulates a real Ethernet capture
 into BSD loopback link types (DLT_NULL, DLT_LOOP) that Linux cannot capture, keeping every
-IP packet and timestamp; `derived_from` in the manifest names the source.
+IP packet and timestamp, or cuts one to start later (`busy-mixed-cut`); `derived_from` in the
+manifest names the source.
 
 * `manifest.json` - one object per capture (transport, address family, port, wrapping, the
   tls-auth digest / key file / key-direction of the server and, under `client`, of the client,
   expected outcome, renegotiation, data channel; file `format`, `linktype`, how it was
-  `captured`, `vlan` ids, whether it holds IP fragments, `derived_from`; `group` "basic" or
-  "real-world", the client `program`, `capture_start` "handshake" or "mid-session", `float`).
+  `captured`, `vlan` ids, whether it holds IP fragments, `derived_from`; `group` "basic",
+  "real-world", "failures", "keylog" or "busy", the client `program`, `capture_start` "handshake"
+  or "mid-session", `float`; per group, the verdicts analyze must give - see below).
   Key paths are relative to this folder.
 * `logs/NAME.server.log`, `logs/NAME.client.log` - both peers' `--verb 3` logs for each capture
   (for `udp-try-keys` the client log is the probe's output; `logs/udp-float.relay.log` is the NAT's).
@@ -195,6 +223,12 @@ One capture per way a handshake fails that the captures above lack, each with th
 * `fail-port-closed`: no server at all; tcpdump's filter is `port 1194 or icmp`, so each reset's
   ICMP port unreachable (which quotes the reset) is in the capture. `fail-port-closed-tcp` is
   the same over TCP: each connection attempt's SYN is answered by RST (no ICMP, no payload).
+* `fail-client-cert-untrusted-tcp-tls12`: over TCP the server closes the connection (FIN) right
+  after the client's clear Certificate flight, without ACKing it and without an alert on the wire.
+* `fail-expired-server-cert-tls13`: the client ACKs only the first packet of the server's TLS 1.3
+  flight (Server Hello and the start of the encrypted rest); reading the second it finds the
+  certificate expired, logs "Sent fatal SSL alert: certificate expired" - none on the wire - and
+  starts over from a new port, while the server retransmits the unacknowledged packet to the old one.
 
 ## Decryptable with a key log (`group` "keylog")
 
@@ -211,6 +245,36 @@ TLS 1.3 certificates). The client log is the handshake's report.
   message the server sends nothing more for the session (no ACK).
 * `keylog-tls12-cbc`: a CBC suite, which ovpndiag does not decrypt (it says so); the other TLS 1.2
   captures use AES-256-GCM and CHACHA20-POLY1305.
+
+## A busy server (`group` "busy")
+
+`busy-mixed`: one server and 22 real clients at once (`kind` "busy", `recording/busy.py`), each
+bound to its own port (`--lport 20001..20022 --bind`, so a client's reconnects come from the
+same port with a new session id), without tun devices (`--dev null`; the `--ping 1` keepalives
+are the data). A good client stays 6 s and leaves with `--explicit-exit-notify` (an EXIT inside
+TLS); the server still sends it keepalives for ~5 s after ("Delayed exit in 5 seconds"), so every
+good session ends with a few seconds of data one way (its verdict is still `ok`: data flowed both
+ways before). A failing client exits after 3 attempts
+(`--connect-retry-max 3`; the wrong-password ones are stopped in their restart pause). Their
+logs are one after the other in `logs/busy-mixed.client.log`. In the manifest:
+
+* `clients`: per client port, its `client` kind, `sessions` (how many it made), `verdict` (what
+  `ovpndiag analyze` must say about each of them without keys), `verdict_with_keys` (given the
+  server's key, digest and key-direction: `key`, `auth`, `server_key_direction`), `client_cert`
+  and `client_options` (its wrapping and extra options);
+* `sessions`: one object per session in order of its first packet: `client_port`, `client`,
+  `session_id` and `server_session_id` (hex; `null` where the server never answered),
+  `first_frame`, `packets`, `verdict`, `verdict_with_keys`.
+
+A wrong-password client waits 6 s between attempts: the server ignores a new reset from the same
+address and port for 5 s after an AUTH_FAILED (the old instance is exiting), so quicker retries
+would be unanswered sessions with a valid HMAC.
+
+`busy-mixed-cut` is derived (`derive.py --from-seconds 13`): the frames from 13 s in, as if tcpdump
+had been started then (`cut_seconds`, `capture_start` "mid-session"). Its `sessions` say what analyze
+must say there: a session whose hard resets are all before the cut is `ok` if data still flows both
+ways after it, otherwise `incomplete` (how it started, and so why it failed, is not in the capture);
+the others keep their verdicts. Frames are counted in the cut file.
 
 ## Captures
 
@@ -232,8 +296,9 @@ def write_docs(scenarios: list[Scenario], derived: list[Derived], layout: Layout
     by_name = {sc.name: sc for sc in scenarios}
     present = [sc for sc in scenarios if (layout.out / sc.file).exists()]
     derived = [d for d in derived if (layout.out / d.file).exists()]
-    layout.manifest.write_text(json.dumps([manifest_entry(sc) for sc in present] +
-                                          [derived_entry(d, by_name[d.source]) for d in derived], indent=2) + "\n")
+    layout.manifest.write_text(json.dumps(
+        [busy_entry(sc, layout) if sc.kind == "busy" else manifest_entry(sc) for sc in present] +
+        [derived_entry(d, by_name[d.source], layout) for d in derived], indent=2) + "\n")
     rows = []
     for sc, d in [(sc, None) for sc in present] + [(by_name[d.source], d) for d in derived]:
         file = d.file if d else sc.file
@@ -259,7 +324,10 @@ def write_docs(scenarios: list[Scenario], derived: list[Derived], layout: Layout
             wrapping += f" (client {sc.client.key})"
         elif sc.wrapping == "tls-crypt-v2" and sc.client.key != "keys/tcv2-client.key":
             wrapping += f" (client {sc.client.key})"
-        if d:
+        if d and d.start_seconds is not None:
+            capture = "derived (cut)"
+            text = f"Cut from `{sc.file}`: {d.how}."
+        elif d:
             capture = f"derived (link type {d.linktype})"
             text = f"Derived from `{sc.file}`: {d.how}."
         else:

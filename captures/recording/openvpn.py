@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from .layout import CAPTURES
-from .scenario import Scenario, Side
+from .scenario import BusyClient, Scenario, Side
 
 
 def wrap_args(side: Side, wrapping: str) -> list[str]:
@@ -68,6 +68,33 @@ def client_argv(sc: Scenario, idx: int, remote: str | None = None, dev: str | No
         # Give up on an unanswered attempt after 1 s so several attempts (with fresh
         # session ids) fit in the short capture.
         argv += ["--server-poll-timeout", "1"]
+    return argv
+
+
+def busy_client_argv(sc: Scenario, client: BusyClient) -> list[str]:
+    """One of a busy scenario's clients: bound to its own port on 127.0.0.1 (a restart binds
+    it again, so every session of this client comes from that port; a failing client exits
+    after its ``attempts``), without a tun device
+    (``--dev null``: the keepalive pings are the data) and announcing its exit (``EXIT`` inside
+    TLS) so the server ends a good session when the client is stopped."""
+    wrap = client.wrap or sc.client
+    argv = ["openvpn",
+            "--client",
+            "--remote", "127.0.0.1", str(sc.port),
+            "--proto", "udp4", "--local", "127.0.0.1", "--lport", str(client.port), "--bind",
+            "--dev", "null", "--ifconfig-noexec", "--route-noexec",
+            "--ca", "keys/ca.crt",
+            "--cert", f"keys/{client.cert}.crt", "--key", f"keys/{client.cert}.key",
+            "--remote-cert-tls", "server",
+            "--ping", "1",
+            "--connect-retry", "1", "1",
+            "--explicit-exit-notify", "1",
+            "--disable-dco",
+            "--verb", "3",
+            *wrap_args(wrap, client.wrapping or sc.wrapping),
+            *client.extra]
+    if not client.good:     # (as client_argv's failing clients), then exit after its attempts
+        argv += ["--server-poll-timeout", "1", "--connect-retry-max", str(client.attempts)]
     return argv
 
 

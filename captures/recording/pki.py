@@ -19,7 +19,9 @@ KEY_FILES = {
     "server-expired.crt": "server certificate like server.crt, but it expired (notAfter in the past; "
                           "used by fail-expired-server-cert)",
     "server-expired.key": "private key of the expired server certificate",
-    "user-pass.txt": "username and password the fail-auth-failed client sends (its server refuses everyone)",
+    "user-pass.txt": "username and password the fail-auth-failed client sends (its server refuses everyone); "
+                     "busy-mixed's server accepts exactly these (recording/user-pass-verify.sh)",
+    "user-pass-wrong.txt": "the same username with a wrong password (busy-mixed's auth-failed clients)",
     "rogue-ca.crt": "a second, untrusted CA (the server does not know it)",
     "rogue-ca.key": "private key of the rogue CA",
     "rogue-client.crt": "client certificate signed by rogue-ca.crt (used by the fail-untrusted-cert captures)",
@@ -165,6 +167,9 @@ def ensure_keys(new: bool) -> bool:
         if not (KEYS / "user-pass.txt").exists():
             _pem_write(KEYS / "user-pass.txt", b"ovpndiag-test-user\nnot-the-password\n", private=True)
             print("  created keys/user-pass.txt")
+        if not (KEYS / "user-pass-wrong.txt").exists():
+            _pem_write(KEYS / "user-pass-wrong.txt", b"ovpndiag-test-user\nwrong-password\n", private=True)
+            print("  created keys/user-pass-wrong.txt")
         for f in ("ta.key", "ta-wrong.key", "tc.key", "tc-wrong.key", "static.key"):
             if not (KEYS / f).exists():
                 _genkey("secret", str(KEYS / f))

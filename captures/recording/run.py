@@ -20,11 +20,11 @@ from . import handshake
 from .checks import check_capture
 from .layout import Layout
 from .netns import Net, start_relay
-from .openvpn import client_argv, run_probe, server_argv, static_key_argv
+from .openvpn import busy_client_argv, client_argv, run_probe, server_argv, static_key_argv
 from .pki import key_fragments
 from .procs import INIT_DONE, Procs, wait_for
-from .scenario import (CONNECT_TIMEOUT, FAIL_SECONDS, KEEPALIVE_SECONDS, RELAY_PORT, RENEG_TIMEOUT,
-                       Scenario, Side)
+from .scenario import (BUSY_ATTEMPT_TIMEOUT, BUSY_STAY_SECONDS, BUSY_TAIL_SECONDS, CONNECT_TIMEOUT, FAIL_SECONDS,
+                       KEEPALIVE_SECONDS, RELAY_PORT, RENEG_TIMEOUT, Scenario, Side)
 
 
 def start_capture(sc: Scenario, net: Net, path: Path, procs: Procs) -> subprocess.Popen:
@@ -77,6 +77,25 @@ def tunnel_ping(sc: Scenario, net: Net, target: str) -> None:
         raise RuntimeError("pings through the tunnel failed: " + ping.stdout[-200:])
 
 
+BUSY_LOG_HEADER = "##### record.py: client on port"   # starts each busy client's part of the client log
+
+
+def check_busy_logs(sc: Scenario, client_log: str, server_log: str) -> list[str]:
+    """Each busy client's part of the client log, and the server log about it, say what
+    its row says (a good client connected once, a failing one failed as it should)."""
+    problems = []
+    parts = {int(part.split(None, 1)[0]): part for part in client_log.split(BUSY_LOG_HEADER)[1:]}
+    for c in sc.clients:
+        text = parts.get(c.port, "")
+        if not re.search(c.client_log_expect, text):
+            problems.append(f"client {c.port} ({c.kind}): its log lacks /{c.client_log_expect}/")
+        if (INIT_DONE in text) != c.good:
+            problems.append(f"client {c.port} ({c.kind}): {'no ' if c.good else ''}connection")
+        if c.server_log_expect and not re.search(c.server_log_expect.format(port=c.port), server_log):
+            problems.append(f"client {c.port} ({c.kind}): server log lacks /{c.server_log_expect}/")
+    return problems
+
+
 class Recording:
     """The state of one scenario's run: its network, processes and unfinished files."""
 
@@ -113,6 +132,8 @@ class Recording:
                 run_probe(sc, clog)
             elif sc.kind == "handshake":
                 handshake.run_handshake(sc, clog, self.layout)
+            elif sc.kind == "busy":
+                self._run_busy(clog)
             else:
                 self._start_client(clog)
             if sc.outcome == "connected" and sc.kind != "handshake":
@@ -169,6 +190,51 @@ class Recording:
         self.client = self.procs.start("client", net.run(net.client_ns, argv), stdout=clog,
                                        stderr=subprocess.STDOUT)
 
+    def _run_busy(self, clog) -> None:
+        """A busy scenario's clients, each started on schedule: a good one is stopped
+        BUSY_STAY_SECONDS after it connected, a failing one gives up by itself after its
+        ``attempts`` (--connect-retry-max: stopping it from here would race its next attempt,
+        which follows a server poll timeout at once) or, where that does not count (AUTH_FAILED
+        with --auth-retry nointeract), is stopped in the restart pause after its last attempt.
+        Their logs go one after the other into ``clog``."""
+        sc, logs = self.sc, {}
+        waiting = sorted(sc.clients, key=lambda c: c.start)
+        running = {}                    # port -> [client, process, started, connected at]
+        t0 = time.monotonic()
+        try:
+            while waiting or running:
+                now = time.monotonic() - t0
+                while waiting and waiting[0].start <= now:
+                    c = waiting.pop(0)
+                    logs[c.port] = self.layout.logs / f"{sc.name}.client-{c.port}.log.tmp"
+                    with open(logs[c.port], "w") as f:
+                        p = self.procs.start(f"client {c.port}", busy_client_argv(sc, c), stdout=f,
+                                             stderr=subprocess.STDOUT)
+                    running[c.port] = [c, p, now, None]
+                for port, state in list(running.items()):
+                    c, p, started, connected = state
+                    text = logs[port].read_text(errors="replace")
+                    if c.good and connected is None and INIT_DONE in text:
+                        state[3] = connected = now
+                    if connected is not None and now - connected >= BUSY_STAY_SECONDS or \
+                            not c.good and (p.poll() is not None or
+                                            text.count("Restart pause") >= c.attempts):
+                        self.procs.stop(p)
+                        del running[port]
+                    elif p.poll() is not None:
+                        raise RuntimeError(f"client {port} ({c.kind}) exited early; see {self.client_log}")
+                    elif now - started > BUSY_ATTEMPT_TIMEOUT * c.attempts:
+                        raise RuntimeError(f"client {port} ({c.kind}) did not finish; see {self.client_log}")
+                time.sleep(0.05)
+            time.sleep(BUSY_TAIL_SECONDS)
+        finally:
+            for port, log in sorted(logs.items()):
+                c = next(c for c in sc.clients if c.port == port)
+                clog.write(f"{BUSY_LOG_HEADER} {port} ({c.kind}): {' '.join(busy_client_argv(sc, c))}\n")
+                clog.write(log.read_text(errors="replace"))
+                log.unlink()
+            clog.flush()
+
     def _connected(self, clog) -> None:
         """Once the client is up: what the scenario does with the tunnel."""
         sc, net = self.sc, self.net
@@ -219,12 +285,16 @@ class Recording:
         connected = handshake.connected(clog_text) if sc.kind == "handshake" else INIT_DONE in clog_text
         if sc.outcome == "connected" and not connected:
             raise RuntimeError("expected a connection")
-        if sc.outcome != "connected" and connected:
+        if sc.outcome == "failed" and connected:
             raise RuntimeError("expected no connection, but the client connected")
         if sc.server_log_expect and not re.search(sc.server_log_expect, slog_text):
             raise RuntimeError(f"server log lacks /{sc.server_log_expect}/")
         if sc.client_log_expect and not re.search(sc.client_log_expect, clog_text):
             raise RuntimeError(f"client log lacks /{sc.client_log_expect}/")
+        if sc.kind == "busy":
+            problems = check_busy_logs(sc, clog_text, slog_text)
+            if problems:
+                raise RuntimeError("busy logs: " + "; ".join(problems))
         if sc.kind == "probe" and not re.search(r"SHA512", clog_text):
             raise RuntimeError("the probe did not find the server's SHA512 tls-auth")
         if sc.flood and not re.search(r"\b0 packets dropped by kernel", self.dump_stats):

@@ -10,6 +10,10 @@ FAIL_SECONDS = 4.5          # how long to record a failing handshake
 RENEG_SECONDS = 3           # client --reneg-sec for the renegotiation scenarios
 RENEG_TIMEOUT = 15.0
 RELAY_PORT = 11194          # where the UDP relay listens for the floating client (not captured)
+BUSY_STAY_SECONDS = 6.0     # how long a busy scenario's good client stays connected
+BUSY_ATTEMPT_TIMEOUT = 20.0 # a busy client that neither connects nor fails again by then is an error
+BUSY_TAIL_SECONDS = 11.0    # capture after the last busy client: the server's last keepalives to a
+                            # leaving client (5 s) and then 5 s of quiet (analyze's sign that a session stopped)
 
 
 @dataclass
@@ -21,6 +25,30 @@ class Side:
 
 
 @dataclass
+class BusyClient:
+    """One of a busy scenario's clients, bound to its own port (``--lport``) so the manifest
+    can say per port what its sessions must get. A good client stays BUSY_STAY_SECONDS once
+    connected; a failing one is stopped once it failed ``attempts`` times (each attempt is a
+    new session: a new session id from the same port)."""
+    port: int
+    kind: str                           # what is wrong with it ("good", "wrong-key", ...)
+    start: float                        # seconds after the server is up
+    verdict: str                        # what `ovpndiag analyze` must say without keys ...
+    verdict_with_keys: str              # ... and given the server's key, digest and key-direction
+    wrap: Side | None = None            # its wrapping (None: the scenario's client side)
+    wrapping: str | None = None         # "none" for a client without tls-auth (None: the scenario's)
+    cert: str = "client"                # basename of its cert/key in keys/
+    extra: list[str] = field(default_factory=list)
+    attempts: int = 1                   # sessions it makes
+    client_log_expect: str = r"Initialization Sequence Completed"  # regex its own log must match
+    server_log_expect: str | None = None  # regex the server log must match ({port}: its port)
+
+    @property
+    def good(self) -> bool:
+        return self.kind == "good"
+
+
+@dataclass
 class Scenario:
     name: str
     transport: str                      # "udp" | "tcp"
@@ -29,7 +57,7 @@ class Scenario:
     wrapping: str                       # "none" | "tls-auth" | "tls-crypt" | "tls-crypt-v2"
     server: Side
     client: Side
-    outcome: str                        # "connected" | "failed"
+    outcome: str                        # "connected" | "failed" | "answered" (probe) | "mixed" (busy)
     description: str
     shows: str                          # longer text for the README table
     renegotiation: bool = False
@@ -52,7 +80,8 @@ class Scenario:
     kind: str = "tls"                   # "tls": server + client | "static-key": p2p --secret pair |
                                         # "probe": server + `ovpndiag probe --try-keys` |
                                         # "no-server": a client and nothing listening on the port |
-                                        # "handshake": server + `ovpndiag handshake --keylog` (recording/handshake.py)
+                                        # "handshake": server + `ovpndiag handshake --keylog` (recording/handshake.py) |
+                                        # "busy": one server and the many ``clients``
     capture_start: str = "handshake"    # "handshake": before the server starts | "mid-session": once connected
     float_client: bool = False          # client talks through relay_udp(), which changes its source port mid-session
     flood: int = 0                      # ping -f -c FLOOD -s 0 through the tunnel (capture size: small pings)
@@ -61,10 +90,12 @@ class Scenario:
     verdict: str | None = None          # the verdict (ovpndiag/verdicts.py) the capture must get
     server_cert: str = "server"         # basename of the server's cert/key in keys/
     server_answers: bool = False        # a failed handshake where the server still answers the reset
+    # Many clients against one server (kind "busy", group "busy"):
+    clients: list[BusyClient] = field(default_factory=list)
 
     @property
     def data_channel(self) -> bool:
-        return self.outcome == "connected"
+        return self.outcome in ("connected", "mixed")
 
     @property
     def file(self) -> str:
@@ -96,12 +127,14 @@ class Scenario:
 
 @dataclass
 class Derived:
-    """A capture re-encapsulated from a real one into a link type Linux cannot record."""
+    """A capture re-encapsulated from a real one into a link type Linux cannot record, or
+    (``start_seconds``) cut from a real one as if tcpdump had been started later."""
     name: str
     source: str                         # scenario whose capture is converted
     linktype: int
     big_endian: bool
     how: str                            # for the README and manifest
+    start_seconds: float | None = None  # a cut: only the frames from this many seconds on (same link type)
 
     @property
     def file(self) -> str:
