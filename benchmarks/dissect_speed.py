@@ -18,6 +18,7 @@ Each output is timed beside what it is judged against, with output to /dev/null:
   sessions  ovpndiag dissect ... --sessions         ovpndiag's listing
   json      ovpndiag dissect ... --json             tshark -r FILE ... -T ek
   tree      ovpndiag dissect ... -V                 tshark -r FILE ... -V       (--outputs ...,tree: slow)
+  analyze   ovpndiag analyze ...                    ovpndiag's listing
 
 Every command runs --repeat times, in interleaved rounds (a slow spell of the shared
 machine hits every command alike); medians and bests are reported, and each pair's ratio
@@ -28,10 +29,11 @@ session costs: --sessions' peak memory on 24,000 and on 144,000 sessions, the di
 divided by the 120,000 more. Issue 10 asks: listing at least as fast as tshark -r (ratio
 <= 1), --sessions at most 1.5x the listing, a finished session a few hundred bytes,
 --json at least 5x faster than tshark -T ek (ratio <= 0.2) with flat memory, -V at most
-2x tshark -V.
+2x tshark -V. Issue 12 asks: analyze at most 1.5x the listing, with flat memory (a
+finished session a few hundred bytes).
 
     python3 benchmarks/dissect_speed.py [--workload sessions|repeat] [--repeat 3]
-        [--outputs listing,sessions,json,tree] [--session-memory] [--keep FILE]
+        [--outputs listing,sessions,json,tree,analyze] [--session-memory] [--keep FILE]
 """
 
 import argparse
@@ -194,6 +196,7 @@ PAIRS = {
     "sessions": ("ovpndiag dissect", 1.5, "at most 1.5x the listing"),
     "json": ("tshark -T ek", 0.2, "at least 5x faster than tshark -T ek"),
     "tree": ("tshark -V", 2.0, "at most 2x tshark -V"),
+    "analyze": ("ovpndiag dissect", 1.5, "at most 1.5x the listing"),
 }
 
 
@@ -203,7 +206,8 @@ def commands(workload, outputs, tshark):
     wanted = {"listing": [("ovpndiag dissect", ours), ("ovpndiag dissect -j 1", ours + ["-j", "1"])],
               "sessions": [("ovpndiag dissect", ours), ("ovpndiag dissect --sessions", ours + ["--sessions"])],
               "json": [("ovpndiag dissect --json", ours + ["--json"])],
-              "tree": [("ovpndiag dissect -V", ours + ["-V"])]}
+              "tree": [("ovpndiag dissect -V", ours + ["-V"])],
+              "analyze": [("ovpndiag dissect", ours), ("ovpndiag analyze", analyze_argv(ours))]}
     if tshark:
         wanted["listing"].append(("tshark -r", theirs))
         wanted["json"].append(("tshark -T ek", theirs + ["-T", "ek"]))
@@ -217,7 +221,13 @@ def commands(workload, outputs, tshark):
 
 def ours_for(output):
     return {"listing": "ovpndiag dissect", "sessions": "ovpndiag dissect --sessions",
-            "json": "ovpndiag dissect --json", "tree": "ovpndiag dissect -V"}[output]
+            "json": "ovpndiag dissect --json", "tree": "ovpndiag dissect -V", "analyze": "ovpndiag analyze"}[output]
+
+
+def analyze_argv(ours):
+    """``ovpndiag analyze`` with the listing's capture and ports."""
+    at = ours.index("dissect")
+    return ours[:at] + ["analyze"] + ours[at + 1:]
 
 
 def report_pairs(outputs, times):
@@ -235,18 +245,20 @@ def report_pairs(outputs, times):
               f"target <= {target:g}, {says}: {verdict}")
 
 
-def session_memory():
-    """What a finished session costs --sessions: peak memory on 24,000 and 144,000 sessions."""
+def session_memory(analyze=False):
+    """What a finished session costs --sessions (or analyze): peak memory on 24,000 and
+    144,000 sessions."""
     peaks = {}
+    name = "analyze" if analyze else "--sessions"
     for sessions in (24000, 144000):
         workload = sessions_workload(sessions)
-        argv = workload.ours + ["--sessions"]
+        argv = analyze_argv(workload.ours) if analyze else workload.ours + ["--sessions"]
         started = time.perf_counter()
         peaks[sessions] = peak_memory(argv)
-        print(f"--sessions on {sessions:,} sessions: peak memory {peaks[sessions]:7.1f} MB "
+        print(f"{name} on {sessions:,} sessions: peak memory {peaks[sessions]:7.1f} MB "
               f"({time.perf_counter() - started:.1f} s, sampled)")
     per_session = (peaks[144000] - peaks[24000]) * 2 ** 20 / 120000
-    print(f"a finished session costs {per_session:,.0f} bytes ((peak at 144,000 - at 24,000) / 120,000); "
+    print(f"{name}: a finished session costs {per_session:,.0f} bytes ((peak at 144,000 - at 24,000) / 120,000); "
           f"target: a few hundred")
 
 
@@ -256,7 +268,8 @@ def main():
     parser.add_argument("--sessions", type=int, default=24000, help="sessions workload: sessions (default 24000)")
     parser.add_argument("--packets", type=int, default=500000, help="repeat workload: packets (default 500000)")
     parser.add_argument("--outputs", default="listing,sessions,json",
-                        help="comma-separated: listing, sessions, json, tree (default listing,sessions,json)")
+                        help="comma-separated: listing, sessions, json, tree, analyze "
+                             "(default listing,sessions,json)")
     parser.add_argument("--session-memory", action="store_true",
                         help="also measure a finished session's memory (24,000 vs 144,000 sessions)")
     parser.add_argument("--keep", help="keep the built capture at this path")
@@ -293,7 +306,10 @@ def main():
                   f"{frames / median / 1000:6.1f} k/s  peak memory {peak_memory(argv):6.1f} MB{state}")
         report_pairs(outputs, times)
         if args.session_memory and args.workload == "sessions":
-            session_memory()
+            if "sessions" in outputs or "analyze" not in outputs:
+                session_memory()
+            if "analyze" in outputs:
+                session_memory(analyze=True)
         if args.keep:
             shutil.copy(capture, args.keep)
     finally:
