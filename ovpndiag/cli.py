@@ -199,6 +199,7 @@ def analyze(files, read_files, **options):
     \b
     Exit status: 0 read, 1 a capture could not be read to its end (what was
     readable is analysed first), 2 bad options, key files or key log."""
+    from .analyze.keylog import KeyLogError
     from .analyze.run import analyses, open as open_analysis
     from .render.analysis import VerdictTable, session_json, session_text
 
@@ -210,7 +211,7 @@ def analyze(files, read_files, **options):
                             tls_auth=options["tls_auth"], tls_crypt=options["tls_crypt"],
                             tls_crypt_v2=options["tls_crypt_v2"], key_direction=options["key_direction"],
                             config=options["config"], keylog=options["keylog"], jobs=options["jobs"], tune_gc=True)
-    except user_errors() as error:
+    except (*user_errors(), KeyLogError) as error:
         raise UserError(str(error)) from None
     table, number = VerdictTable(), 0
     try:
