@@ -1,0 +1,587 @@
+"""ovpndiag analyze on captures as users break them: cut short (at frame boundaries and
+inside a record), started mid-session, mangled (OpenVPN payloads changed, cut, doubled,
+reordered, garbage on the port), with good, wrong and broken keys and key logs, and bad
+command lines. It never raises; every verdict is a name of ovpndiag.verdicts; and a
+capture that cannot show a session's end makes it ``incomplete``, never a guess.
+
+What a cut may honestly keep, asserted here: a session's verdict on the cut capture is
+its verdict on the whole capture or ``incomplete`` - never another failure - and the
+verdicts that rest on proof (a key trial, an ICMP port unreachable, a refused TCP
+connection, a later session of the same client) survive any cut that keeps their proof.
+"""
+
+import io
+import json
+import os
+import random
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captures import CAPTURES, MANIFEST, _ip_packet, cut_capture, entry, openvpn_packets
+from ovpndiag import analyze, verdicts
+from ovpndiag.analyze.keylog import KeyLogError
+from ovpndiag.analyze.run import analyses as capture_analyses
+from ovpndiag.protocol import CLIENT_RESETS, DATA_OPCODES
+from ovpndiag.render.analysis import VerdictTable, session_json, session_text
+
+# The failure captures (and engineer E's busy capture, once it is in captures/).
+FAILING = sorted(p.name for pattern in ("fail-*.pcap", "keylog-*.pcap", "busy-mixed*.pcap")
+                 for p in CAPTURES.glob(pattern))
+# Captures of a session that worked, with data both ways, over UDP, from its start.
+WORKING_UDP = sorted(e["file"] for e in MANIFEST if e["file"].startswith("udp") and e["outcome"] == "connected")
+KEY_KINDS = {"tls-auth": "tls_auth", "tls-crypt": "tls_crypt", "tls-crypt-v2": "tls_crypt_v2"}
+PASSWORD = (CAPTURES / "keys/user-pass.txt").read_text().splitlines()[1].strip()
+PROVEN = {"port-closed", "no-tls-auth", "wrong-key", "wrong-key-direction", "wrong-digest"}
+STARTS_INSIDE = "the capture starts inside this session"
+
+
+# --- capture files as bytes ----------------------------------------------------------
+
+def split_pcap(data):
+    """(file header, [record bytes]) of a classic pcap file."""
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    records, offset = [], 24
+    while offset + 16 <= len(data):
+        length = 16 + struct.unpack(endian + "I", data[offset + 8:offset + 12])[0]
+        records.append(data[offset:offset + length])
+        offset += length
+    return data[:24], records
+
+
+def first_frames(name, count):
+    """The capture's first ``count`` frames: tcpdump stopped (-c) there."""
+    header, records = split_pcap((CAPTURES / name).read_bytes())
+    return header + b"".join(records[:count])
+
+
+def server_keys(capture) -> dict:
+    """analyze.open's arguments for the capture's server key, digest and direction."""
+    if not capture.get("key"):
+        return {}
+    keys = {KEY_KINDS[capture["wrapping"]]: str(CAPTURES / capture["key"])}
+    if capture["wrapping"] == "tls-auth":
+        keys["auth"] = capture["auth"]
+        if capture.get("server_key_direction") is not None:
+            keys["key_direction"] = str(capture["server_key_direction"])
+    return keys
+
+
+def keylog_of(capture) -> dict:
+    return {"keylog": str(CAPTURES / capture["keylog"])} if capture.get("keylog") else {}
+
+
+def analyse(data, port, **options):
+    """(analyses, the capture's read error or None) of capture bytes, in this process."""
+    source = io.BytesIO(data)
+    source.name = "cut.pcap"
+    with analyze.open([source], ports=[port], jobs=1, **options) as run:
+        capture = next(iter(run))
+        found = list(capture_analyses(capture))
+        return found, capture.error
+
+
+def check_shape(found):
+    """What every analysis must be, whatever the input: a known verdict and stage,
+    strings for evidence and advice, JSON, text - and no key material in any of it."""
+    table = VerdictTable()
+    for number, analysis in enumerate(found, start=1):
+        assert analysis["verdict"] in verdicts.VERDICTS, analysis["verdict"]
+        assert analysis["stage_reached"] in ("none",) + verdicts.STAGES, analysis["stage_reached"]
+        assert analysis["evidence"] and all(isinstance(line, str) and "\n" not in line
+                                            for line in analysis["evidence"]), analysis["evidence"]
+        assert analysis["advice"] == list(verdicts.get(analysis["verdict"]).advice)
+        shown = json.loads(session_json(analysis))
+        assert shown["verdict"] == analysis["verdict"] and shown["evidence"] == analysis["evidence"]
+        text = session_text(number, analysis)
+        assert f"verdict: {analysis['verdict']} " in text
+        table.add(analysis)
+        no_secrets(text + session_json(analysis))
+    table.text()
+
+
+def _secrets():
+    """Hex lines of the static keys, base64 lines of the tls-crypt-v2 keys, the secrets
+    (third words) of every key log, the password: none may ever be printed."""
+    pieces = {PASSWORD}
+    for path in (CAPTURES / "keys").glob("*.key"):
+        if path.name in ("ca.key", "client.key", "server.key", "rogue-ca.key", "rogue-client.key",
+                         "server-expired.key"):
+            continue  # (private keys of certificates: never read by analyze)
+        pieces |= {line.strip() for line in path.read_text().splitlines()
+                   if line.strip() and not line.startswith(("#", "-"))}
+    for path in CAPTURES.glob("*.keys"):
+        pieces |= {line.split()[2] for line in path.read_text().splitlines() if len(line.split()) == 3}
+    return pieces
+
+
+SECRETS = _secrets()
+
+
+def no_secrets(text):
+    lowered = text.lower()
+    leaked = [piece for piece in SECRETS if piece in text or piece.lower() in lowered]
+    assert not leaked, f"key material printed: {leaked[:2]}"
+
+
+def whole(name, **options):
+    """The analyses of the whole capture, by (client port, session id, first frame)."""
+    found, error = analyse((CAPTURES / name).read_bytes(), entry(name)["port"], **options)
+    assert error is None
+    return found
+
+
+def same_session(analysis, full, shift=0):
+    """The analysis of ``full`` that ``analysis`` (of a cut capture whose frames are
+    ``shift`` less) is a part of: the one of its session id, else the one holding its
+    first frame (a client that reconnects from the same port has sessions side by side)."""
+    for candidate in full:
+        if analysis["session_id"] is not None and (candidate["client_port"], candidate["session_id"]) == \
+                (analysis["client_port"], analysis["session_id"]):
+            return candidate
+    first = analysis["frames"][0] + shift
+    for candidate in full:
+        if (candidate["client_port"], candidate["transport"]) == (analysis["client_port"], analysis["transport"]) \
+                and candidate["frames"][0] <= first <= candidate["frames"][1]:
+            return candidate
+    return None
+
+
+# What a capture started later may honestly call a session instead: a RST whose SYN is
+# not in the capture shows a reset connection, not a refused one.
+ALSO_HONEST = {("port-closed", "connection-reset")}
+
+
+def honest(analysis, full, cut_note):
+    """A cut keeps a session's verdict or makes it incomplete, never another failure."""
+    if analysis["verdict"] == "incomplete":
+        return
+    assert full is not None, (cut_note, analysis["verdict"], analysis["evidence"])
+    if (full["verdict"], analysis["verdict"]) in ALSO_HONEST and analysis["frames"][0] == analysis["frames"][1]:
+        return
+    assert analysis["verdict"] == full["verdict"], (cut_note, analysis["verdict"], full["verdict"],
+                                                    analysis["evidence"])
+
+
+def cut_points(name, end, start=1, most=60):
+    """range(start, end), or ``most`` of them for a big capture (a seeded sample)."""
+    points = range(start, end)
+    if len(points) <= most:
+        return points
+    return sorted(random.Random(f"cuts {name}").sample(points, most))
+
+
+# --- 1. cut captures -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", FAILING)
+def test_a_capture_cut_after_any_frame_keeps_a_verdict_or_says_incomplete(name):
+    capture = entry(name)
+    keyed = {**server_keys(capture), **keylog_of(capture)}
+    cases = [{}] + ([keyed] if keyed else [])
+    header, records = split_pcap((CAPTURES / name).read_bytes())
+    for options in cases:
+        full = whole(name, **options)
+        for count in cut_points(name, len(records)):
+            found, error = analyse(header + b"".join(records[:count]), capture["port"], **options)
+            assert error is None
+            check_shape(found)
+            for analysis in found:
+                honest(analysis, same_session(analysis, full), (name, count, options))
+
+
+@pytest.mark.parametrize("name", FAILING)
+def test_a_capture_cut_inside_a_record_is_an_error_and_what_precedes_is_analysed(name):
+    capture = entry(name)
+    data = (CAPTURES / name).read_bytes()
+    header, records = split_pcap(data)
+    full = whole(name)
+    rng = random.Random(f"cut-inside {name}")
+    ends = [24 + sum(map(len, records[:count])) for count in range(len(records) + 1)]
+    for count in sorted(rng.sample(range(len(records)), min(6, len(records)))):
+        cut = ends[count] + rng.randrange(1, len(records[count]))  # (inside record count+1)
+        found, error = analyse(data[:cut], capture["port"])
+        assert error is not None and f"frame {count + 1}:" in error and "\n" not in error, error
+        check_shape(found)
+        assert found == analyse(data[:ends[count]], capture["port"])[0]  # (the frames before the damage)
+        for analysis in found:
+            honest(analysis, same_session(analysis, full), (name, cut))
+
+
+def test_the_session_cut_right_after_the_clients_first_reset_is_incomplete():
+    """Any failure cut after its first frame (the client's reset or SYN, nothing else):
+    the capture ends within a second of it - whatever the server would have done is not
+    in it. Only a key trial, which needs no answer, may still name a cause."""
+    for name in FAILING:
+        capture = entry(name)
+        found, _ = analyse(first_frames(name, 1), capture["port"])
+        assert [analysis["verdict"] for analysis in found] in ([], ["incomplete"]), (name, found)
+        for analysis in found:
+            assert "it may go on past the capture" in analysis["evidence"][-1], (name, analysis["evidence"])
+        keys = server_keys(capture)
+        proven = whole(name, **keys)[0]["verdict"] if keys else None
+        if proven in PROVEN:
+            keyed, _ = analyse(first_frames(name, 1), capture["port"], **keys)
+            assert [analysis["verdict"] for analysis in keyed] == [proven], name
+
+
+def test_proof_survives_the_cut_that_keeps_it():
+    """The ICMP port unreachable (or the refusing RST) right after a reset or SYN proves
+    port-closed; a key trial proves its verdict from the client's first packet; an earlier
+    session given up for a new one keeps its verdict."""
+    for name in ("fail-port-closed.pcap", "fail-port-closed-tcp.pcap"):
+        found, _ = analyse(first_frames(name, 2), entry(name)["port"])
+        assert [analysis["verdict"] for analysis in found] == ["port-closed"], name
+    for name in FAILING:
+        capture = entry(name)
+        keys = server_keys(capture)
+        full = whole(name, **keys)
+        header, records = split_pcap((CAPTURES / name).read_bytes())
+        for count in cut_points(name, len(records)):
+            found, _ = analyse(header + b"".join(records[:count]), capture["port"], **keys)
+            for analysis in found:
+                was = same_session(analysis, full)
+                verdict = was and was["verdict"]
+                if verdict in PROVEN and analysis["stage_reached"] == "none" and (
+                        verdict != "port-closed" or analysis["frames"][1] - analysis["frames"][0] >= 1):
+                    assert analysis["verdict"] == verdict, (name, count, analysis["evidence"])
+            for earlier in found[:-1]:  # (given up for the next session: its verdict is final)
+                if any("began a new session" in line for line in earlier["evidence"]):
+                    assert earlier["verdict"] == same_session(earlier, full)["verdict"], (name, count)
+
+
+# --- 2. captures started mid-session -------------------------------------------------
+
+def _session_packets(name):
+    """(frame, sender, opcode, key id) of every OpenVPN packet of a capture."""
+    return [(p.frame, p.sender, p.data[0] >> 3, p.data[0] & 7) for p in openvpn_packets(entry(name))]
+
+
+@pytest.mark.parametrize("name", FAILING + WORKING_UDP)
+def test_a_capture_started_mid_session_says_so(name):
+    capture = entry(name)
+    full = whole(name)
+    frames = len(split_pcap((CAPTURES / name).read_bytes())[1])
+    packets = _session_packets(name) if capture["transport"] == "udp" else None
+    for first in cut_points(name, frames + 1, start=2):
+        found, error = analyse(cut_capture(CAPTURES / name, first), capture["port"])
+        assert error is None
+        check_shape(found)
+        for analysis in found:
+            was = same_session(analysis, full, first - 1)
+            honest(analysis, was, (name, "from frame", first))
+            if was is None or was["frames"][0] >= first:
+                continue
+            # the client's resets that are left, of this session's key id 0
+            start, end = was["frames"]
+            resets = packets is not None and any(first <= frame <= end and opcode in CLIENT_RESETS and not key_id
+                                                 for frame, _sender, opcode, key_id in packets)
+            if packets is not None and not resets and analysis["packets"]["client"] + analysis["packets"]["server"]:
+                assert any(line.startswith(STARTS_INSIDE) for line in analysis["evidence"]), (name, first, analysis)
+
+
+@pytest.mark.parametrize("name", WORKING_UDP)
+def test_a_working_session_seen_from_its_middle_is_ok_while_data_flows_both_ways(name):
+    capture = entry(name)
+    data = [(frame, sender) for frame, sender, opcode, _key in _session_packets(name) if opcode in DATA_OPCODES]
+    checked = 0
+    for first in range(2, max(frame for frame, _sender in data) + 1):
+        left = {sender for frame, sender in data if frame >= first}
+        if left != {"client", "server"}:
+            continue
+        found, _ = analyse(cut_capture(CAPTURES / name, first), capture["port"])
+        assert [analysis["verdict"] for analysis in found] == ["ok"], (name, first, found)
+        checked += 1
+    assert checked
+
+
+# --- 3. fuzzed captures ---------------------------------------------------------------
+
+def _locate(linktype, frame):
+    """(IP offset, IP version, transport offset, protocol, payload offset) of a frame's
+    unfragmented UDP/TCP packet, or None."""
+    try:
+        ip = _ip_packet(linktype, frame[16:])
+    except ValueError:
+        return None
+    if ip is None or len(ip) < 40:
+        return None
+    at = len(frame) - len(ip)
+    if ip[0] >> 4 == 4:
+        if struct.unpack("!H", ip[6:8])[0] & 0x3FFF:
+            return None
+        l4, protocol = at + (ip[0] & 0x0F) * 4, ip[9]
+        version = 4
+    else:
+        l4, protocol, version = at + 40, ip[6], 6
+    if protocol == 17:
+        return at, version, l4, 17, l4 + 8
+    if protocol == 6:
+        return at, version, l4, 6, l4 + (frame[l4 + 12] >> 4) * 4
+    return None
+
+
+def _with_payload(record, spot, payload):
+    """The record with its UDP/TCP payload replaced (lengths put right, checksums left)."""
+    ip, version, l4, protocol, start = spot
+    frame = bytearray(record[:start] + payload)
+    ip_length = len(frame) - ip
+    if version == 4:
+        frame[ip + 2:ip + 4] = struct.pack("!H", ip_length)
+    else:
+        frame[ip + 4:ip + 6] = struct.pack("!H", ip_length - 40)
+    if protocol == 17:
+        frame[l4 + 4:l4 + 6] = struct.pack("!H", len(frame) - l4)
+    frame[8:16] = struct.pack("<II", len(frame) - 16, len(frame) - 16)
+    return bytes(frame)
+
+
+def mangled(data, port, rng):
+    """The capture with 1-3 of: bytes changed inside OpenVPN payloads, a UDP payload cut
+    short, a frame doubled, two frames swapped, a garbage datagram sent to the port."""
+    header, records = split_pcap(data)
+    records = list(records)
+    linktype = struct.unpack("<I", header[20:24])[0]
+    for _ in range(rng.randint(1, 3)):
+        spots = [(at, _locate(linktype, record)) for at, record in enumerate(records)]
+        spots = [(at, spot) for at, spot in spots if spot and len(records[at]) > spot[4]]
+        kind = rng.randrange(5)
+        if kind == 0 and spots:  # bytes changed inside an OpenVPN payload
+            at, spot = rng.choice(spots)
+            frame = bytearray(records[at])
+            for _ in range(rng.randint(1, 4)):
+                frame[rng.randrange(spot[4], len(frame))] ^= 1 << rng.randrange(8)
+            records[at] = bytes(frame)
+        elif kind == 1 and spots:  # a UDP payload cut short (a TCP one: its bytes end early)
+            at, spot = rng.choice(spots)
+            payload = records[at][spot[4]:]
+            records[at] = _with_payload(records[at], spot, payload[:rng.randrange(len(payload))])
+        elif kind == 2 and records:  # a frame doubled, now or later
+            at = rng.randrange(len(records))
+            records.insert(rng.randrange(at, len(records) + 1), records[at])
+        elif kind == 3 and len(records) > 1:  # two frames swapped
+            at = rng.randrange(len(records) - 1)
+            other = min(len(records) - 1, at + rng.randint(1, 3))
+            records[at], records[other] = records[other], records[at]
+        elif spots:  # garbage to (or from) the port, in a real frame's headers
+            at, spot = rng.choice([(at, spot) for at, spot in spots if spot[3] == 17] or spots)
+            garbage = bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 9, 14, 40, rng.randrange(1200)])))
+            if rng.random() < 0.5 and garbage:
+                garbage = bytes([rng.choice([0x38, 0x40, 0x20, 0x48, 0x50, 0x28])]) + garbage[1:]  # (an opcode)
+            records.insert(rng.randrange(len(records) + 1), _with_payload(records[at], spot, garbage))
+    return header + b"".join(records)
+
+
+def _fuzz_cases():
+    """(capture, options) pairs: each capture without keys, with its server's key, and
+    each key log capture with its key log, another session's, a cut one and garbage."""
+    cases = []
+    for name in FAILING + WORKING_UDP + ["tcp-tls-auth.pcap", "tcp-plain.pcap", "udp-float.pcap"]:
+        capture = entry(name)
+        if name.endswith(".pcapng"):
+            continue
+        cases.append((name, {}))
+        if server_keys(capture):
+            cases.append((name, server_keys(capture)))
+        if capture.get("keylog"):
+            cases.append((name, keylog_of(capture)))
+    return cases
+
+
+def _keylog_variants(tmp_path, rng):
+    """Key logs as users get them wrong: another session's, cut short, garbage, empty."""
+    logs = sorted(CAPTURES.glob("*.keys"))
+    text = logs[0].read_bytes()
+    variants = {"other": str(logs[1]), "cut": tmp_path / "cut.keys", "garbage": tmp_path / "garbage.keys",
+                "cut-line": tmp_path / "cut-line.keys"}
+    variants["cut"].write_bytes(text[:rng.randrange(len(text) // 2, len(text))])
+    variants["cut-line"].write_bytes(text[:text.index(b"\n") // 2])
+    variants["garbage"].write_bytes(bytes(rng.randrange(256) for _ in range(3000)))
+    return {name: str(path) for name, path in variants.items()}
+
+
+def test_mangled_captures_are_analysed_without_an_exception(tmp_path):
+    rng = random.Random(20261128)
+    cases = _fuzz_cases()
+    wrong_logs = _keylog_variants(tmp_path, rng)
+    raw = {name: (CAPTURES / name).read_bytes() for name, _options in cases}
+    seen, refused = set(), 0
+    for variant in range(400):
+        name, options = cases[variant % len(cases)]
+        options = dict(options)
+        if "keylog" in options and variant % 3 == 0:
+            options["keylog"] = wrong_logs[rng.choice(sorted(wrong_logs))]
+        data = mangled(raw[name], entry(name)["port"], rng)
+        try:
+            found, _error = analyse(data, entry(name)["port"], **options)
+        except KeyLogError as error:  # (a key log with no line of secrets: refused at open, in one line)
+            assert "\n" not in str(error) and options["keylog"] in str(error)
+            refused += 1
+            continue
+        check_shape(found)
+        seen |= {analysis["verdict"] for analysis in found}
+    # the variants reached far: failures, successes and cut sessions all came out
+    assert {"ok", "incomplete", "server-silent", "client-certificate-rejected"} <= seen, seen
+    assert len(seen) >= 8 and refused, (seen, refused)
+
+
+def test_garbage_on_the_port_is_never_a_confident_failure():
+    """Random datagrams to UDP 1194 among no OpenVPN: nothing there is a handshake, so
+    nothing is called a server's or client's failure."""
+    rng = random.Random(1194)
+    header, records = split_pcap((CAPTURES / "udp-plain.pcap").read_bytes())
+    spot = _locate(1, records[0])
+    for variant in range(40):
+        frames = []
+        for _ in range(rng.randint(1, 12)):
+            garbage = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+            frames.append(_with_payload(records[rng.randrange(2)], spot, garbage))  # (both directions)
+        found, _ = analyse(header + b"".join(frames), 1194)
+        check_shape(found)
+        assert {analysis["verdict"] for analysis in found} <= {"incomplete", "server-silent", "data-one-way", "ok"}, \
+            (variant, [(a["verdict"], a["evidence"]) for a in found])
+
+
+def test_mangled_captures_through_the_command_line(tmp_path):
+    """A few mangled files through the CLI, --json and text: JSON lines that parse, a
+    known verdict each, no traceback."""
+    rng = random.Random(7)
+    for variant, name in enumerate(["fail-untrusted-cert-tcp.pcap", "keylog-auth-token.pcap",
+                                    "fail-tls-auth-wrong-key.pcap", "udp-tls-crypt.pcap"]):
+        capture = entry(name)
+        path = tmp_path / f"mangled-{variant}.pcap"
+        path.write_bytes(mangled((CAPTURES / name).read_bytes(), capture["port"], rng))
+        extra = [f"--{key.replace('_', '-')}={value}" for key, value in {**server_keys(capture),
+                                                                         **keylog_of(capture)}.items()]
+        for as_json in (True, False):
+            result = cli(str(path), "-p", str(capture["port"]), *extra, *(["--json"] if as_json else []))
+            assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
+            assert len(result.stderr.splitlines()) <= 1, result.stderr
+            no_secrets(result.stdout + result.stderr)
+            if as_json:
+                for line in result.stdout.splitlines():
+                    assert json.loads(line)["verdict"] in verdicts.VERDICTS
+            else:
+                assert re.findall(r"verdict: (\S+)", result.stdout)
+                assert set(re.findall(r"verdict: (\S+)", result.stdout)) <= set(verdicts.VERDICTS)
+
+
+# --- 4. bad input to the command line ------------------------------------------------
+
+def cli(*arguments):
+    return subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", *arguments], capture_output=True, text=True,
+                          timeout=60)
+
+
+def one_error_line(result, code, *words):
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    # (as dissect: "Error:" for what the user gave, "ovpndiag: error:" for a capture that could not be read)
+    assert len(lines) == 1 and lines[0].startswith(("Error: ", "ovpndiag: error: ")), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_unreadable_captures_are_one_line_and_exit_1(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n" * 20)
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((CAPTURES / "fail-untrusted-cert.pcap").read_bytes()[:3000])
+    missing = tmp_path / "missing.pcap"
+    for path in (text, empty, tmp_path, missing):
+        one_error_line(cli(str(path)), 1, str(path))
+    # a capture cut inside a record: its sessions, then the one line
+    result = cli(str(cut))
+    one_error_line(result, 1, "frame 7", "truncated")
+    assert "verdict: incomplete" in result.stdout
+    # one bad file among good ones: the good ones are analysed all the same
+    result = cli(str(missing), str(CAPTURES / "fail-port-closed.pcap"))
+    one_error_line(result, 1, str(missing))
+    assert result.stdout.count("verdict: port-closed") == 4
+
+
+def test_bad_options_keys_and_key_logs_are_one_line_and_exit_2(tmp_path):
+    capture = str(CAPTURES / "fail-tls-auth-wrong-key.pcap")
+    short_key = tmp_path / "short.key"
+    short_key.write_text("-----BEGIN OpenVPN Static key V1-----\n0123abcd\n-----END OpenVPN Static key V1-----\n")
+    garbage = tmp_path / "garbage.keys"
+    garbage.write_bytes(bytes(random.Random(3).randrange(256) for _ in range(5000)))
+    huge = tmp_path / "huge.keys"
+    with open(huge, "wb") as file:  # (sparse: costs no disk)
+        file.truncate(65 * 1024 * 1024)
+    for arguments in (["--tls-auth", str(tmp_path / "missing.key")],
+                      ["--tls-auth", str(short_key)],
+                      ["--tls-crypt", str(CAPTURES / "fail-tls-auth-wrong-key.pcap")],
+                      ["--tls-crypt-v2", str(CAPTURES / "keys/ta.key")],
+                      ["--keylog", str(tmp_path)],
+                      ["--keylog", str(tmp_path / "missing.keys")],
+                      ["--keylog", str(garbage)],
+                      ["--keylog", str(huge)],
+                      ["--tls-auth", str(CAPTURES / "keys/ta.key"), "--auth", "SHA999"],
+                      ["--config", str(tmp_path / "missing.conf")]):
+        one_error_line(cli(capture, *arguments), 2)
+
+
+def test_option_values_out_of_range_exit_2_without_a_traceback():
+    for arguments in (["-j", "0"], ["-p", "0"], ["--key-direction", "2"], ["--wrapping", "tls-foo"]):
+        result = cli(str(CAPTURES / "fail-port-closed.pcap"), *arguments)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stdout == ""
+        # (click's usage error: a usage line, a hint, then the one line that says what is wrong)
+        assert result.stderr.splitlines()[-1].startswith("Error: Invalid value for '" + arguments[0]), result.stderr
+    one_error_line(cli(), 2, "no capture")
+
+
+def test_no_key_material_is_printed():
+    """The server's key against its clients (text and JSON), and a key log that opens
+    a session with the user's password and an auth-token inside: none of them shown."""
+    runs = []
+    for name in ("fail-tls-auth-wrong-key.pcap", "fail-tls-auth-wrong-direction.pcap", "udp-tls-crypt-v2.pcap",
+                 "fail-tls-crypt-wrong-key.pcap"):
+        keys = server_keys(entry(name))
+        options = [f"--{key.replace('_', '-')}={value}" for key, value in keys.items()]
+        runs += [cli(str(CAPTURES / name), *options), cli(str(CAPTURES / name), *options, "--json")]
+    token = ["-p", "3197", "--keylog", str(CAPTURES / "keylog-auth-token.keys")]
+    runs += [cli(str(CAPTURES / "keylog-auth-token.pcap"), *token),
+             cli(str(CAPTURES / "keylog-auth-token.pcap"), *token, "--json")]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+        no_secrets(result.stdout + result.stderr)
+    # (what was hidden was there to show: the key log opened the session's messages)
+    assert "PUSH_REPLY" in runs[-2].stdout or "key-method" in runs[-2].stdout, runs[-2].stdout
+
+
+# --- 5. workers ---------------------------------------------------------------------
+
+def test_workers_give_the_analyses_one_reader_gives(tmp_path):
+    """Many sessions in one file (the failure and working UDP captures of the same link
+    type one after the other, a second apart): -j 2 gives what -j 1 gives."""
+    records, header = [], None
+    offset = 0.0
+    for name in FAILING + WORKING_UDP:
+        data = (CAPTURES / name).read_bytes()
+        if entry(name)["port"] != 1194 or data[20:24] != struct.pack("<I", 1) or data[:4] != b"\xd4\xc3\xb2\xa1":
+            continue
+        file_header, frames = split_pcap(data)
+        header = header or file_header
+        start = None
+        for frame in frames:
+            seconds, micros = struct.unpack("<II", frame[:8])
+            when = seconds + micros / 1e6
+            start = when if start is None else start
+            shifted = 1_800_000_000 + offset + (when - start)
+            records.append(struct.pack("<II", int(shifted), int(shifted % 1 * 1e6)) + frame[8:])
+        offset += (when - start) + 1.0
+    path = tmp_path / "many.pcap"
+    path.write_bytes(header + b"".join(records))
+    one = list(analyze.open([str(path)], jobs=1).sessions())
+    two = list(analyze.open([str(path)], jobs=2).sessions())
+    assert len(one) > 20 and len({a["verdict"] for a in one}) > 5
+    assert two == one
+    assert cli(str(path), "-j", "2").stdout == cli(str(path), "-j", "1").stdout
