@@ -429,20 +429,26 @@ def test_mangled_captures_are_analysed_without_an_exception(tmp_path):
 
 
 def test_garbage_on_the_port_is_never_a_confident_failure():
-    """Random datagrams to UDP 1194 among no OpenVPN: nothing there is a handshake, so
-    nothing is called a server's or client's failure."""
+    """Random datagrams to UDP 1194 among no OpenVPN (most led by an opcode's byte): no
+    handshake is there, so nothing is called a certificate, TLS or key failure (data
+    packets cannot be told from random bytes without keys: ok and data-one-way may be)."""
     rng = random.Random(1194)
     header, records = split_pcap((CAPTURES / "udp-plain.pcap").read_bytes())
     spot = _locate(1, records[0])
-    for variant in range(40):
+    sessions = 0
+    for variant in range(60):
         frames = []
         for _ in range(rng.randint(1, 12)):
             garbage = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+            if rng.random() < 0.7:  # (a reset, control, ACK or data opcode, key id 0)
+                garbage = bytes([rng.choice([0x38, 0x40, 0x20, 0x28, 0x48, 0x50, 0x30])]) + garbage[1:]
             frames.append(_with_payload(records[rng.randrange(2)], spot, garbage))  # (both directions)
         found, _ = analyse(header + b"".join(frames), 1194)
         check_shape(found)
+        sessions += len(found)
         assert {analysis["verdict"] for analysis in found} <= {"incomplete", "server-silent", "data-one-way", "ok"}, \
             (variant, [(a["verdict"], a["evidence"]) for a in found])
+    assert sessions > 40
 
 
 def test_mangled_captures_through_the_command_line(tmp_path):
@@ -550,11 +556,38 @@ def test_no_key_material_is_printed():
     token = ["-p", "3197", "--keylog", str(CAPTURES / "keylog-auth-token.keys")]
     runs += [cli(str(CAPTURES / "keylog-auth-token.pcap"), *token),
              cli(str(CAPTURES / "keylog-auth-token.pcap"), *token, "--json")]
+    inside = b"".join(plain.data for plain in decrypted("keylog-auth-token.pcap").content)
+    token = re.search(rb"auth-token ([^,\x00]+)", inside).group(1).decode()
+    # (what must stay hidden was there to show: the password in the client's key-method 2
+    # message, the token in the PUSH_REPLY; and the key log did open them)
+    assert PASSWORD.encode() in inside and len(token) > 20
     for result in runs:
         assert result.returncode == 0, result.stderr
         no_secrets(result.stdout + result.stderr)
-    # (what was hidden was there to show: the key log opened the session's messages)
-    assert "PUSH_REPLY" in runs[-2].stdout or "key-method" in runs[-2].stdout, runs[-2].stdout
+        assert token not in result.stdout + result.stderr
+    assert "PUSH_REPLY" in runs[-2].stdout and "username given" in runs[-2].stdout, runs[-2].stdout
+
+
+def decrypted(name):
+    """The capture's key-0 TLS opened with its key log (analyze.tlsdecrypt), read from the
+    tests' own parse of the packets (plain wrapping: opcode/key id, session id, ACKs,
+    remote session id, packet-id, TLS)."""
+    from ovpndiag.analyze.keylog import KeyLog
+    from ovpndiag.analyze.tlsdecrypt import decrypt
+
+    chunks, seen = {"client": [], "server": []}, set()
+    for packet in openvpn_packets(entry(name)):
+        data = packet.data
+        if data[0] >> 3 != 4 or data[0] & 7:  # (P_CONTROL_V1 of key id 0 only)
+            continue
+        acks = data[9]
+        at = 10 + 4 * acks + (8 if acks else 0)
+        packet_id = int.from_bytes(data[at:at + 4], "big")
+        if (packet.sender, packet_id) not in seen:
+            seen.add((packet.sender, packet_id))
+            chunks[packet.sender].append((packet_id, packet.frame, data[at + 4:]))
+    client, server = ([(frame, tls) for _id, frame, tls in sorted(chunks[side])] for side in ("client", "server"))
+    return decrypt(client, server, KeyLog.read(CAPTURES / entry(name)["keylog"]))
 
 
 # --- 5. workers ---------------------------------------------------------------------
@@ -580,8 +613,20 @@ def test_workers_give_the_analyses_one_reader_gives(tmp_path):
         offset += (when - start) + 1.0
     path = tmp_path / "many.pcap"
     path.write_bytes(header + b"".join(records))
-    one = list(analyze.open([str(path)], jobs=1).sessions())
-    two = list(analyze.open([str(path)], jobs=2).sessions())
+    one = by_workers(path, 1)
     assert len(one) > 20 and len({a["verdict"] for a in one}) > 5
-    assert two == one
+    assert by_workers(path, 2) == one
     assert cli(str(path), "-j", "2").stdout == cli(str(path), "-j", "1").stdout
+    # cut at many places: the sessions the cut leaves open are settled alike too
+    for count in random.Random(2).sample(range(2, len(records)), 12):
+        path.write_bytes(header + b"".join(records[:count]))
+        assert by_workers(path, 2) == by_workers(path, 1), count
+
+
+def by_workers(path, jobs):
+    """analyze.open(jobs=...)'s analyses, checking that jobs > 1 did use workers."""
+    with analyze.open([str(path)], jobs=jobs) as run:
+        capture = next(iter(run))
+        found = list(capture_analyses(capture))
+        assert (capture.packed is not None) == (jobs > 1)
+        return found
