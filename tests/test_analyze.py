@@ -260,3 +260,38 @@ def test_a_finished_session_is_kept_in_a_few_hundred_bytes_and_given_back_whole(
     packed = [trace.FinishedAnalysis(analysis) for analysis in judged]
     assert [finished.to_dict() for finished in packed] == judged
     assert sum(len(finished.packed) for finished in packed) / len(packed) < 700
+
+
+# --- a busy server: 22 real clients, 42 sessions of mixed outcomes, and a copy cut mid-way ------
+
+def _by_session(found):
+    """Sessions by (client port, first frame): a session the cut left without its client
+    session id (data only) is still told apart."""
+    return {(analysis["client_port"], analysis["frames"][0]): analysis for analysis in found}
+
+
+@pytest.mark.parametrize("name", ["busy-mixed.pcap", "busy-mixed-cut.pcap"])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_every_session_of_a_busy_capture_gets_its_verdict(name, keyed):
+    """The manifest says, per session (recorded from which client with which fault), what
+    it must be called without the server's key and with it (tls-auth SHA256, direction 0)."""
+    capture = entry(name)
+    keys = {"tls_auth": str(CAPTURES / "keys" / "ta.key"), "auth": "SHA256", "key_direction": "0"} if keyed else {}
+    found = _by_session(analyses(name, **keys))
+    expected = {(session["client_port"], session["first_frame"]): session["verdict_with_keys" if keyed else "verdict"]
+                for session in capture["sessions"]}
+    assert set(found) == set(expected)
+    wrong = {sid: (found[sid]["client_port"], found[sid]["verdict"], verdict)
+             for sid, verdict in expected.items() if found[sid]["verdict"] != verdict}
+    assert not wrong, wrong
+
+
+def test_the_table_of_a_busy_capture_counts_what_the_manifest_says():
+    from collections import Counter
+
+    capture = entry("busy-mixed.pcap")
+    result = subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", "-p", str(capture["port"]),
+                             str(CAPTURES / "busy-mixed.pcap")], capture_output=True, text=True)
+    table = result.stdout[result.stdout.index("Verdicts over"):]
+    for verdict, count in Counter(session["verdict"] for session in capture["sessions"]).items():
+        assert re.search(rf"^ +{count} {re.escape(verdict)} +from 127\.0\.0\.1$", table, re.M), (verdict, table)

@@ -12,7 +12,9 @@ from ovpndiag.dissect import reader as reader_module
 from ovpndiag.dissect.reader import Options, Reader
 from ovpndiag.dissect.sessions import FinishedSession, Summaries
 
-NAMES = [c["file"] for c in ALL_CAPTURES if c.get("program") != "openvpn --secret"]  # (static key: no sessions)
+# (static key: no sessions; a TCP client against a closed port: SYNs and RSTs, no OpenVPN packet)
+NAMES = [c["file"] for c in ALL_CAPTURES if c.get("program") != "openvpn --secret"
+         and not (c.get("program") == "openvpn (client only)" and c["transport"] == "tcp")]
 
 
 def summaries(name, monkeypatch=None, idle=None):

@@ -618,6 +618,18 @@ class Reader:
             else:
                 session = flow.sessions[session_id] = self.options.session_class(flow, session_id, self)
                 self._floats_by((flow.server, flow.transport, session_id), flow)
+        if session is None and sender == "server" and client_id is not None:
+            # A server's control packet names the client's session: a session of its own
+            # unless the one seen from its middle has no id yet (a lone retransmission into
+            # a session the capture missed the start of is not the next session's).
+            current = flow.current
+            if current is not None and current.client_session_id is None:
+                del flow.sessions[None]
+                current.client_session_id = client_id
+                session = flow.sessions[client_id] = current
+            else:
+                session = flow.sessions[client_id] = self.options.session_class(flow, client_id, self)
+            self._floats_by((flow.server, flow.transport, client_id), flow)
         if session is None:
             session = flow.current
         if session is None:
