@@ -31,6 +31,9 @@ FAILURES = {
     "fail-untrusted-cert-tcp.pcap": ("client-certificate-rejected", None),
     "fail-client-cert-untrusted-tls12.pcap": ("client-certificate-rejected", None),
     "fail-expired-server-cert.pcap": ("server-certificate-rejected", None),
+    "fail-expired-server-cert-tls13.pcap": ("server-certificate-rejected", None),  # (inferred: TLS 1.3)
+    "fail-client-cert-untrusted-tcp-tls12.pcap": ("client-certificate-rejected", None),
+    "fail-port-closed-tcp.pcap": ("port-closed", None),
     "fail-tls-version-mismatch.pcap": ("client-hello-rejected", None),
     # AUTH_FAILED travels inside TLS: without a key log the reason cannot be read
     "fail-auth-failed.pcap": ("stopped-after-tls", None),

@@ -97,6 +97,8 @@ class SessionTrace(Session):
         self.events.append((event.frame, event.time, kind, text, sender))
         if self.first is None:
             self.first, self.first_frame = event.time, event.frame
+        if event.syn_frame is not None and event.syn_frame < self.first_frame:
+            self.first_frame = event.syn_frame  # (a refused or unanswered connection began with its SYN)
         if self.last is None or event.time > self.last:
             self.last = event.time
         if self.last_frame is None or event.frame > self.last_frame:
