@@ -324,3 +324,39 @@ def test_progress_and_events_mix_in_a_sharded_read():
     items = list(read_transport(CAPTURES / "fail-port-closed-tcp.pcap", Transport(shard=(0, 1), events=True)))
     assert {i.__class__ for i in items} >= {TransportEvent, Datagram}
     assert all(i.__class__ in (TransportEvent, Datagram, Progress) for i in items)
+
+
+def test_mangled_icmp_errors_give_an_event_or_a_skip_never_a_crash_or_another_count():
+    """Real ICMP errors (fail-port-closed's, and rebuilt as ICMPv6) with their ICMP part
+    changed and cut at random: an ICMP tuple with whole ports and addresses, or OTHER_PROTOCOL
+    as before events existed - never UNDECODABLE (that would move the frame to another count)."""
+    import random
+    import socket
+
+    from capture_files import real_records
+    from ovpndiag.capture.framedecode import ICMP, OTHER_PROTOCOL, decode_frame
+
+    rng = random.Random(12)
+    v4 = real_records("fail-port-closed.pcap")[1][2][14:]
+    quoted6 = ipv6(V6_CLIENT, V6_SERVER, 17, v4[28 + 20:])
+    behind_options = ipv6(V6_CLIENT, V6_SERVER, 60, b"\x11\0" + bytes(6) + v4[28 + 20:])
+    shapes = [(v4[20:], 1), (icmp6(1, 4, quoted6), 58), (icmp6(2, 0, behind_options), 58)]
+    outcomes = set()
+    for icmp, protocol in shapes:
+        for _ in range(1500):
+            body = bytearray(icmp)
+            for _ in range(rng.randint(0, 3)):
+                body[rng.randrange(min(len(body), 72))] = rng.randrange(256)
+            body = bytes(body[:rng.randint(0, len(body))] if rng.random() < 0.4 else body)
+            packet = ipv4(LOCAL, REMOTE, 1, body) if protocol == 1 else ipv6(V6_ROUTER, V6_CLIENT, 58, body)
+            result = decode_frame(1, ethernet(packet))
+            assert result == OTHER_PROTOCOL or result[0] == ICMP, (body.hex(), result)
+            if result != OTHER_PROTOCOL:
+                _, src, dst, sport, dport, transport, reporter, kind, code, mtu = result
+                for address in (src, dst, reporter):
+                    socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+                assert 0 <= sport < 65536 and 0 <= dport < 65536 and transport in ("udp", "tcp")
+                assert (kind, protocol) in ((3, 1), (1, 58), (2, 58)) and 0 <= code < 256
+                assert (mtu is not None) == (kind == 2 or (kind, code) == (3, 4))
+            outcomes.add(result if result == OTHER_PROTOCOL else ICMP)
+    assert outcomes == {ICMP, OTHER_PROTOCOL}
