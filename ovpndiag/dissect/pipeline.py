@@ -527,7 +527,8 @@ class LiveDissection:
         from .reader import Reader
 
         self.capture, self.writer, self.frames = capture, writer, frames
-        self.transport, self.reader = Transport(), Reader(options)
+        self.reader = Reader(options)
+        self.transport = Transport(events=self.reader.wants_transport_events)
         self.stats = None
         self._last = (0, 0.0)  # the last frame's number and time, for the transport's flush
 
