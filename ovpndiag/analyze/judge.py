@@ -427,9 +427,12 @@ def _unanswered(trace, marks, events, evidence):
 
 
 def _key_trial(trace):
-    """The key trials on the client's unanswered packets (None without the server's key)."""
+    """The key trials on the client's unanswered packets (None without the server's key, or
+    when the first is no reset: a capture that starts inside the session shows packets a
+    static key may not open - tls-crypt-v2's after the reset, 2.6's dynamic tls-crypt of a
+    renegotiation)."""
     context = trace.context
-    if context.keys is None or context.keys.empty or not trace.trial:
+    if context.keys is None or context.keys.empty or not trace.trial or trace.trial[0][0] >> 3 not in CLIENT_RESETS:
         return None
     from .keytrials import ServerKeys, trial
 
