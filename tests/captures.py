@@ -19,6 +19,11 @@ MANIFEST = [e for e in ALL_CAPTURES if e.get("group", "basic") == "basic"]
 REAL_WORLD = [e for e in ALL_CAPTURES if e.get("group") == "real-world"]
 
 
+def no_openvpn_packets(capture) -> bool:
+    """A TCP client against a closed port: SYNs and RSTs only, no OpenVPN packet to show."""
+    return capture.get("program") == "openvpn (client only)" and capture["transport"] == "tcp"
+
+
 def entry(name):
     return next(e for e in ALL_CAPTURES if e["file"] == name or e["file"] == name + ".pcap")
 

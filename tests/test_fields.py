@@ -11,7 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from captures import ALL_CAPTURES, CAPTURES, entry, key_path, tshark_options
+from captures import ALL_CAPTURES, CAPTURES, entry, key_path, no_openvpn_packets, tshark_options
 from ovpndiag.cli import main
 from ovpndiag.dissect.displayfilter import FIELDS
 
@@ -55,7 +55,7 @@ def test_every_field_of_every_packet_is_its_json_value(capture):
     result = run_dissect(path, *keys, *fields_args(PACKET_FIELDS))
     assert result.exit_code == 0
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert len(rows) == len(records) and (records or capture["wrapping"] == "static-key")
+    assert len(rows) == len(records) and (records or capture["wrapping"] == "static-key" or no_openvpn_packets(capture))
     for row, record in zip(rows, records):
         assert row == [as_tshark_prints(record.get(name)) for name in PACKET_FIELDS]
 

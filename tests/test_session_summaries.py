@@ -6,15 +6,14 @@ import sys
 
 import pytest
 
-from captures import ALL_CAPTURES, CAPTURES
+from captures import ALL_CAPTURES, CAPTURES, no_openvpn_packets
 from ovpndiag.capture.datagrams import read_transport
 from ovpndiag.dissect import reader as reader_module
 from ovpndiag.dissect.reader import Options, Reader
 from ovpndiag.dissect.sessions import FinishedSession, Summaries
 
-# (static key: no sessions; a TCP client against a closed port: SYNs and RSTs, no OpenVPN packet)
-NAMES = [c["file"] for c in ALL_CAPTURES if c.get("program") != "openvpn --secret"
-         and not (c.get("program") == "openvpn (client only)" and c["transport"] == "tcp")]
+NAMES = [c["file"] for c in ALL_CAPTURES if c.get("program") != "openvpn --secret"  # (static key: no sessions)
+         and not no_openvpn_packets(c)]
 
 
 def summaries(name, monkeypatch=None, idle=None):
