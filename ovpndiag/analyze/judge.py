@@ -40,6 +40,9 @@ from ..protocol import CLIENT_RESETS, SERVER_RESETS
 from .timeline import Timeline, flight_names as _names
 
 QUIET = 5.0  # seconds of capture after a session's last packet that show it has stopped
+# an OpenVPN client that gives up pauses before it tries again (connect-retry, 1 s by
+# default): a session begun sooner from its address is another client's
+RESTART_PAUSE = 0.5
 ONE_WAY = 10.0  # seconds of data one way that show it one-way when the capture misses the session's start
 SOFT_RESET = 3  # P_CONTROL_SOFT_RESET_V1: a renegotiation
 _CERTIFICATE_ALERTS = {"Bad Certificate", "Unsupported Certificate", "Certificate Revoked", "Certificate Expired",
@@ -211,11 +214,11 @@ def judge(trace) -> dict:
 def settle(analyses):
     """The analyses (a sequence, read twice) with each open-ended one decided: a session
     whose verdict holds only if it is over is over when its client (address) began a
-    later session with the same server after its own last packet - unless the address
-    hides several clients: two of its sessions' clients ever sent side by side (a busy
-    capture's NAT or loopback: the later session may be anyone's); else the capture may
-    have cut it: ``incomplete``. What each client sent spans its session here: a server
-    resending into a session its client has left does not stretch it."""
+    later session with the same server (a client reset, a restart pause after its own last
+    packet) - unless the address hides several clients: two of its sessions' clients ever
+    sent side by side (a busy capture's NAT or loopback: the later session may be anyone's);
+    else the capture may have cut it: ``incomplete``. What each client sent spans its
+    session here: a server resending into a session its client has left does not stretch it."""
     import bisect
 
     spans = {}  # (client address, server, port, transport) -> sorted [(client's first, its frame, client's last)]
@@ -227,7 +230,7 @@ def settle(analyses):
     for peers, later in spans.items():
         later.sort()
         reach = float("-inf")
-        for first, _frame, last in later:
+        for first, _frame, last, _began in later:
             if first <= reach:
                 shared.add(peers)
                 break
@@ -240,7 +243,9 @@ def settle(analyses):
         gap = analysis.pop("open_end")
         peers = _peers(analysis)
         later = spans.get(peers, [])
-        at = bisect.bisect_right(later, (span[2] if span else analysis["end"] or 0.0, float("inf")))
+        at = bisect.bisect_right(later, ((span[2] if span else analysis["end"] or 0.0) + RESTART_PAUSE, float("inf")))
+        while at < len(later) and not later[at][3]:  # (a session the capture joined late: not seen begun)
+            at += 1
         alone = peers not in shared
         if at < len(later) and alone:
             analysis["evidence"].append(f"frame {later[at][1]}: the client began a new session: it gave this one up")
@@ -257,8 +262,9 @@ def settle(analyses):
 
 
 def _client_span(trace, marks):
-    """(time, frame) of the client's first packet and the time of its last, or None: what
-    the client sent (with data, to the session's end: data packets are only counted)."""
+    """(time, frame) of the client's first packet, the time of its last and whether the
+    capture shows the session begin (a client reset), or None: what the client sent (with
+    data, to the session's end: data packets are only counted)."""
     data = trace.data
     first = marks.first[CLIENT]
     if data is not None and data[2] and (first is None or data[0] < first[0]):
@@ -266,7 +272,7 @@ def _client_span(trace, marks):
     if first is None:
         return None
     last = trace.last if data is not None and data[2] else marks.last[CLIENT][1]
-    return first[1], first[0], last
+    return first[1], first[0], last, bool(marks.client_resets)
 
 
 def _advised(analysis):
