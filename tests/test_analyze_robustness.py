@@ -316,6 +316,51 @@ def test_a_working_session_seen_from_its_middle_is_ok_while_data_flows_both_ways
     assert checked
 
 
+WORKING = sorted(e["file"] for e in ALL_CAPTURES if e.get("outcome") == "connected" and e["file"].endswith(".pcap")
+                 and e["wrapping"] != "static-key" and e["file"] != "udp-midsession-flood.pcap")
+
+
+@pytest.mark.parametrize("name", FAILING)
+def test_any_window_of_a_failure_capture_keeps_its_verdicts_or_says_incomplete(name):
+    """Started late and stopped early at once: every single frame (of a small capture)
+    and random stretches, with and without the server's key or key log. (A short window
+    of the busy capture, where every client comes from 127.0.0.1, can show one client's
+    session cut mid-handshake and another's beginning a second later and nothing side by
+    side: that is what one client's retry looks like, so there only the shape is checked.)"""
+    capture = entry(name)
+    header, records = split_pcap((CAPTURES / name).read_bytes())
+    rng = random.Random(f"windows {name}")
+    windows = [(at, at + 1) for at in range(len(records))] if len(records) <= 100 else []
+    for _ in range(30 if len(records) <= 100 else 60):
+        first = rng.randrange(len(records))
+        windows.append((first, min(len(records), first + rng.choice([2, 5, 10, 30, 100, len(records)]))))
+    for options in [{}] + [given for given in (server_keys(capture), keylog_of(capture)) if given]:
+        full = whole(name, **options)
+        for first, end in windows:
+            found, _ = analyse(header + b"".join(records[first:end]), capture["port"], **options)
+            check_shape(found)
+            for analysis in found if capture.get("group") != "busy" else ():
+                honest(analysis, same_session(analysis, full, first), (name, first + 1, end, options))
+
+
+@pytest.mark.parametrize("name", WORKING)
+def test_any_window_of_a_working_capture_is_ok_or_incomplete(name):
+    """tcpdump started late and stopped early around a session that worked: whatever
+    window of it is left - every single frame, and random stretches - shows no failure,
+    without keys, with the server's key, with the key log."""
+    capture = entry(name)
+    header, records = split_pcap((CAPTURES / name).read_bytes())
+    rng = random.Random(f"windows {name}")
+    windows = [(at, at + 1) for at in range(len(records))]
+    windows += [tuple(sorted(rng.sample(range(len(records) + 1), 2))) for _ in range(20)]
+    for options in [{}] + [given for given in (server_keys(capture), keylog_of(capture)) if given]:
+        for first, end in windows:
+            found, _ = analyse(header + b"".join(records[first:end]), capture["port"], **options)
+            check_shape(found)
+            assert {analysis["verdict"] for analysis in found} <= {"ok", "incomplete"}, \
+                (name, first + 1, end, options, [(a["verdict"], a["evidence"]) for a in found])
+
+
 # --- 3. fuzzed captures ---------------------------------------------------------------
 
 def _locate(linktype, frame):
