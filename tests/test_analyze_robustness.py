@@ -246,6 +246,25 @@ def test_the_servers_key_calls_no_cut_working_session_wrong():
     assert checked > 40
 
 
+def test_another_clients_session_is_no_sign_this_one_was_given_up():
+    """A session cut mid-handshake (fail-untrusted-cert's first, up to the client's flight),
+    then a session from the same address (udp-plain's, another client): begun within a
+    restart pause of the first one's last packet, or joined late (its reset not in the
+    capture), it says nothing of the first - incomplete; begun a second later, with its
+    reset, it is the client's retry - the first was given up, its verdict stands."""
+    header, failing = split_pcap((CAPTURES / "fail-untrusted-cert.pcap").read_bytes())
+    _, working = split_pcap((CAPTURES / "udp-plain.pcap").read_bytes())
+    first = failing[:7]
+    start = when(first[-1])
+    for later, expected in ((moved(working[:15], start + 0.2), "incomplete"),
+                            (moved(working[2:15], start + 1.5), "incomplete"),
+                            (moved(working[:15], start + 1.5), "client-certificate-rejected")):
+        found, _ = analyse(header + b"".join(first + later), 1194)
+        assert len(found) == 2 and found[0]["frames"] == [1, 7]
+        assert found[0]["verdict"] == expected, (expected, found[0]["evidence"])
+        assert found[-1]["verdict"] in ("ok", "incomplete")
+
+
 def test_proof_survives_the_cut_that_keeps_it():
     """The ICMP port unreachable (or the refusing RST) right after a reset or SYN proves
     port-closed; a key trial proves its verdict from the client's first packet; an earlier
@@ -678,21 +697,16 @@ def test_workers_give_the_analyses_one_reader_gives(tmp_path):
     """Many sessions in one file (the failure and working UDP captures of the same link
     type one after the other, a second apart): -j 2 gives what -j 1 gives."""
     records, header = [], None
-    offset = 0.0
+    offset = 1_800_000_000.0
     for name in FAILING + WORKING_UDP:
         data = (CAPTURES / name).read_bytes()
         if entry(name)["port"] != 1194 or data[20:24] != struct.pack("<I", 1) or data[:4] != b"\xd4\xc3\xb2\xa1":
             continue
         file_header, frames = split_pcap(data)
         header = header or file_header
-        start = None
-        for frame in frames:
-            seconds, micros = struct.unpack("<II", frame[:8])
-            when = seconds + micros / 1e6
-            start = when if start is None else start
-            shifted = 1_800_000_000 + offset + (when - start)
-            records.append(struct.pack("<II", int(shifted), int(shifted % 1 * 1e6)) + frame[8:])
-        offset += (when - start) + 1.0
+        frames = moved(frames, offset)
+        records += frames
+        offset = when(frames[-1]) + 1.0
     path = tmp_path / "many.pcap"
     path.write_bytes(header + b"".join(records))
     one = by_workers(path, 1)
@@ -703,6 +717,21 @@ def test_workers_give_the_analyses_one_reader_gives(tmp_path):
     for count in random.Random(2).sample(range(2, len(records)), 12):
         path.write_bytes(header + b"".join(records[:count]))
         assert by_workers(path, 2) == by_workers(path, 1), count
+
+
+def when(record) -> float:
+    seconds, micros = struct.unpack("<II", record[:8])
+    return seconds + micros / 1e6
+
+
+def moved(records, start):
+    """The (little-endian pcap) records with their times moved to begin at ``start``."""
+    first = when(records[0])
+    out = []
+    for record in records:
+        at = start + when(record) - first
+        out.append(struct.pack("<II", int(at), round(at % 1 * 1e6) % 1_000_000) + record[8:])
+    return out
 
 
 def by_workers(path, jobs):
