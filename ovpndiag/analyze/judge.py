@@ -208,7 +208,25 @@ def judge(trace) -> dict:
         analysis["open_end"] = None if end is None or trace.last is None else round(end - trace.last, 3)
     # (settle() tells one client's sessions from several clients' behind one address by what each client sent)
     analysis["client_span"] = _client_span(trace, marks)
+    _printable(analysis)
     return analysis
+
+
+def _printable(analysis):
+    """Evidence and timeline texts quote what peers sent (certificate names, messages read
+    inside TLS): a control character there (a newline, a terminal escape) is shown escaped,
+    never written to the user's terminal or splitting a line."""
+    evidence = analysis["evidence"]
+    for at, line in enumerate(evidence):
+        if not line.isprintable():
+            evidence[at] = _escaped(line)
+    for entry in analysis["timeline"]:
+        if not entry[3].isprintable():
+            entry[3] = _escaped(entry[3])
+
+
+def _escaped(text: str) -> str:
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def settle(analyses):
