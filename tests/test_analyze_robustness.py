@@ -92,8 +92,9 @@ def check_shape(found):
     for number, analysis in enumerate(found, start=1):
         assert analysis["verdict"] in verdicts.VERDICTS, analysis["verdict"]
         assert analysis["stage_reached"] in ("none",) + verdicts.STAGES, analysis["stage_reached"]
-        assert analysis["evidence"] and all(isinstance(line, str) and "\n" not in line
+        assert analysis["evidence"] and all(isinstance(line, str) and line.isprintable()
                                             for line in analysis["evidence"]), analysis["evidence"]
+        assert all(isinstance(entry[3], str) and entry[3].isprintable() for entry in analysis["timeline"])
         assert analysis["advice"] == list(verdicts.get(analysis["verdict"]).advice)
         shown = json.loads(session_json(analysis))
         assert shown["verdict"] == analysis["verdict"] and shown["evidence"] == analysis["evidence"]
@@ -531,6 +532,29 @@ def test_garbage_on_the_port_is_never_a_confident_failure():
         assert {analysis["verdict"] for analysis in found} <= {"incomplete", "server-silent", "data-one-way", "ok"}, \
             (variant, [(a["verdict"], a["evidence"]) for a in found])
     assert sessions > 40
+
+
+def test_control_characters_in_a_certificate_are_never_written_raw(tmp_path):
+    """A certificate is what a peer says it is: a subject with a newline and a fake
+    verdict, or a terminal escape, in fail-expired-server-cert's certificates (the same
+    length replaced: the DER stays whole). The evidence still names the certificate,
+    escaped; no line is forged, no escape reaches the terminal."""
+    data = (CAPTURES / "fail-expired-server-cert.pcap").read_bytes()
+    name, material = b"ovpndiag-test-server", b"ovpndiag test material"
+    forged = data
+    for real, fake in ((material, b"ovp\nverdict: ok\x1b[2J"), (name, b"ovp\x1b[1mowned\x07")):
+        forged = forged.replace(real, fake + real[len(fake):])
+    assert len(forged) == len(data) and forged != data
+    path = tmp_path / "forged.pcap"
+    path.write_bytes(forged)
+    found, _ = analyse(path.read_bytes(), 1194)
+    check_shape(found)
+    cited = [line for analysis in found for line in analysis["evidence"] if "expired on" in line]
+    assert cited and all("\\nverdict: ok\\x1b[2J" in line and "\\x1b[1mowned\\x07" in line for line in cited), cited
+    for arguments in ([], ["--json"]):
+        result = cli(str(path), *arguments)
+        assert result.returncode == 0 and "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert not any(line.startswith("verdict: ok") for line in result.stdout.splitlines())
 
 
 def test_mangled_captures_through_the_command_line(tmp_path):
