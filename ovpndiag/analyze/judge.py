@@ -352,6 +352,10 @@ def _verdict(trace, marks, facts, inner):
     if handshake_done:
         stage = "auth"
     _transport_evidence(events, evidence)
+    cut = _snapped(trace)
+    if cut:  # (TLS read from cut packets is garbage: who stopped after what cannot be told)
+        evidence.append(_cut_evidence(cut, "the handshake's TLS cannot be followed"))
+        return "incomplete", stage, evidence, False
     # 3. alerts in clear
     alert = _first_alert(marks, facts)
     if alert is not None and not handshake_done:
@@ -435,7 +439,13 @@ def _unanswered(trace, marks, events, evidence):
     elif marks.first[CLIENT] is not None:
         evidence.append(f"frame {marks.first[CLIENT][0]}: the client's packets; the server never answered")
     _transport_evidence(events, evidence)
-    trial = _key_trial(trace)
+    cut = _snapped(trace)
+    if cut:  # (a cut packet fails every HMAC; over TCP the server's packets cut may be unreadable, not absent)
+        evidence.append(_cut_evidence(cut, "the key trials need whole packets" + (
+            ", and the server's packets may be cut, not missing" if trace.flow.transport == "tcp" else "")))
+        if trace.flow.transport == "tcp":
+            return "incomplete", "none", evidence, False
+    trial = None if cut else _key_trial(trace)
     if trial is not None:
         evidence.append(trial.evidence)
         if trial.verdict is not None:
@@ -448,6 +458,19 @@ def _unanswered(trace, marks, events, evidence):
     if not resets:  # (the capture starts inside the session: the server may have answered before it)
         return "incomplete", "none", evidence, False
     return "server-silent", "none", evidence, True
+
+
+def _snapped(trace):
+    """"cut" when the capture's snap length cut packets of this session's flow, "gap" when
+    it missed bytes of its TCP connection (a capture started inside it, or dropped
+    packets), else None: what those packets carried cannot be read whole."""
+    return getattr(trace.flow, "damaged", None)
+
+
+def _cut_evidence(cut, what) -> str:
+    if cut == "cut":
+        return f"the capture's snap length cut packets of this flow short: {what} (capture whole packets: tcpdump -s 0)"
+    return f"the capture missed bytes of this TCP connection: {what}"
 
 
 def _key_trial(trace):

@@ -92,6 +92,7 @@ class Flow:
         self.peer_id = None  # of its data packets (--sessions: to find a client that floated)
         self.float_keys = []  # its entries in Reader.session_flows
         self.rendered = None  # a renderer's own per-flow keep (the listing's labels); the reader never reads it
+        self.damaged = None  # "cut" (a datagram cut by the snap length) or "gap" (TCP bytes never captured)
 
     def sender_of(self, address):
         return "client" if address == self.client else "server"
@@ -153,6 +154,8 @@ class Reader:
         direction = self.directions.get((src, sport, dst, dport, transport))
         flow, sender = direction or self._flow(datagram)
         flow.last = time
+        if _cut or gap:  # (rare: bytes the snap length cut or the capture lost - analyze then reads no contents)
+            flow.damaged = "cut" if _cut else flow.damaged or "gap"
         self.datagrams += 1
         if self.datagrams % EXPIRY_CHECK == 0:
             self._expire(time)
