@@ -212,7 +212,10 @@ def tls_payload(data: bytes, underlayer):
         try:
             record = TLS(data[offset:end], tls_session=session, _internal=1)
         except Exception:
-            record = TLS(data[offset:end], _internal=1)
+            try:
+                record = TLS(data[offset:end], _internal=1)
+            except Exception:  # (Scapy's TLS cannot read it at all: a HelloRetryRequest's key share)
+                record = Raw(data[offset:end])
         if first is None:
             first = record
         else:

@@ -8,4 +8,11 @@ keeps what a session did while it is read, ``judge`` names its verdict (from
 ``inner``) give them facts.
 """
 
-from .run import open  # noqa: F401  (ovpndiag.analyze.open)
+
+
+def open(paths, **options):
+    """``run.open``: an analysis of capture files (imported when called, so that importing
+    one of this package's modules does not load the dissection)."""
+    from .run import open as open_analysis
+
+    return open_analysis(paths, **options)
