@@ -878,10 +878,23 @@ def _certificate(der: bytes) -> dict:
     try:
         cert = x509.load_der_x509_certificate(der)
         not_before, not_after = _validity_text(cert)
-        return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+        return {"subject": name_text(cert.subject), "issuer": name_text(cert.issuer),
                 "not_before": not_before, "not_after": not_after}
     except Exception as exc:
         return {"problem": f"cannot parse certificate: {type(exc).__name__}: {exc}"[:200]}
+
+
+def name_text(name) -> str:
+    """An X.509 name as RFC 4514 text, control characters escaped (a peer's certificate
+    is the peer's text: a newline or a terminal escape in it must not reach the screen)."""
+    return printable(name.rfc4514_string())
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable written as its escape (``\\n``, ``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _validity_text(cert):
@@ -919,8 +932,8 @@ def _read_certificate(der: bytes) -> dict:
         not_before, not_after = _validity_text(cert)
         out.update(version=cert.version.name, serial=f"0x{cert.serial_number:x}",
                    signature_algorithm=f"{getattr(oid, '_name', 'unknown')} ({oid.dotted_string})",
-                   issuer=cert.issuer.rfc4514_string(), not_before=not_before,
-                   not_after=not_after, subject=cert.subject.rfc4514_string(),
+                   issuer=name_text(cert.issuer), not_before=not_before,
+                   not_after=not_after, subject=name_text(cert.subject),
                    public_key=_public_key(cert))
         out["extensions"] = _certificate_extensions(cert)
     except Exception as exc:  # a certificate the library cannot read is shown as such
