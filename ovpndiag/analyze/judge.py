@@ -35,7 +35,7 @@ has not failed is ``incomplete``, never guessed.
 """
 
 from .. import verdicts
-from ..dissect.tls import server_choice
+from ..dissect.tls import printable, server_choice
 from ..protocol import CLIENT_RESETS, SERVER_RESETS
 from .timeline import Timeline, flight_names as _names
 
@@ -219,14 +219,10 @@ def _printable(analysis):
     evidence = analysis["evidence"]
     for at, line in enumerate(evidence):
         if not line.isprintable():
-            evidence[at] = _escaped(line)
+            evidence[at] = printable(line)
     for entry in analysis["timeline"]:
         if not entry[3].isprintable():
-            entry[3] = _escaped(entry[3])
-
-
-def _escaped(text: str) -> str:
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+            entry[3] = printable(entry[3])
 
 
 def settle(analyses):
