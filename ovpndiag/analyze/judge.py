@@ -43,6 +43,7 @@ QUIET = 5.0  # seconds of capture after a session's last packet that show it has
 # an OpenVPN client that gives up pauses before it tries again (connect-retry, 1 s by
 # default): a session begun sooner from its address is another client's
 RESTART_PAUSE = 0.5
+DUPLICATE = 0.01  # seconds: a packet seen again sooner is the capture's copy (OpenVPN resends after 0.2 s or more)
 ONE_WAY = 10.0  # seconds of data one way that show it one-way when the capture misses the session's start
 SOFT_RESET = 3  # P_CONTROL_SOFT_RESET_V1: a renegotiation
 _CERTIFICATE_ALERTS = {"Bad Certificate", "Unsupported Certificate", "Certificate Revoked", "Certificate Expired",
@@ -90,6 +91,10 @@ class Landmarks:
 
     def add(self, frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid):
         side = CLIENT if sender == "client" else SERVER
+        previous = self.last[side]
+        if packet_id is not None and previous is not None and time - previous[1] < DUPLICATE \
+                and self.sent[side].get((key_id, packet_id)) == previous[0]:
+            return  # (its previous packet again at once: the capture saw it twice - a mirror port, -i any)
         self.packets[side] += 1
         if self.first[side] is None:
             self.first[side] = (frame, time)

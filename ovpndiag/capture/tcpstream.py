@@ -39,6 +39,7 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 # Notes (events): what a TCP signal says (also capture.datagrams.TransportEvent.kind).
 FIN_SENT, RST_SENT, REFUSED, UNANSWERED = "fin", "rst", "refused", "unanswered"
 SYN_SENT, ANSWERED = "syn", "answered"  # (no event of their own: they frame an attempt)
+SYN_COPY = 0.1  # seconds: a SYN again sooner is the capture's copy (mirror port, -i any), not a retry (1 s+)
 
 
 class _Stream:
@@ -142,7 +143,7 @@ class StreamReassembler:
                 if self.events and not flags & ACK:  # a client's connection attempt
                     st.syns = 1
                     out.append((key, SYN_SENT, 1))
-            elif st.syns:
+            elif st.syns and self._now - st.last_seen >= SYN_COPY:
                 st.syns += 1                                # its SYN again: still no answer
             seq = start                                     # data on a SYN follows it
         elif st is None:
