@@ -422,6 +422,29 @@ def test_a_small_snap_length_is_never_read_as_a_failure(name):
                 honest(analysis, was, (name, snap, options))
 
 
+@pytest.mark.parametrize("name", FAILING + WORKING)
+def test_a_capture_that_saw_every_packet_twice_reads_as_once(name):
+    """A mirror port or tcpdump -i any on a bridge writes each packet twice, microseconds
+    apart: a copy is no retransmission (a resent reset or SYN would end a session the
+    capture cut), so the whole capture and its cuts are judged as the original's."""
+    capture = entry(name)
+    header, records = split_pcap((CAPTURES / name).read_bytes())
+    doubled = [record for record in records for _copy in (1, 2)]
+    for options in [{}] + [given for given in (server_keys(capture), keylog_of(capture)) if given]:
+        full = whole(name, **options)
+        for count in list(cut_points(name, len(doubled), start=2, most=30)) + [len(doubled)]:
+            found, _ = analyse(header + b"".join(doubled[:count]), capture["port"], **options)
+            check_shape(found)
+            for analysis in found:
+                twins = [candidate for candidate in full if candidate["client_port"] == analysis["client_port"]
+                         and analysis["session_id"] in (None, candidate["session_id"])]
+                was = twins[0] if len(twins) == 1 else same_session(analysis, full)
+                if count == len(doubled):
+                    assert was is not None and analysis["verdict"] == was["verdict"], (name, analysis["evidence"])
+                else:
+                    honest(analysis, was, (name, "doubled", count, options))
+
+
 # --- 3. fuzzed captures ---------------------------------------------------------------
 
 def _locate(linktype, frame):
