@@ -78,9 +78,10 @@ class Landmarks:
         self.server_app = []  # frames of server TLS packets after the client's flight
         self.alerts = []  # (frame, sender, name)
         self.renegotiations = {}  # key id -> (frame, sender)
-        self.sent = ({}, {})  # per side: (key id, packet-id) -> first frame
-        self.acked = (set(), set())  # per side: (key id, packet-id) of its packets the other side acked
-        self.resent = [0, 0]
+        # of the first key (id 0: the handshake), per side:
+        self.sent = ({}, {})  # message packet-id -> the frame that first carried it
+        self.acked = (set(), set())  # message packet-ids of its packets the other side acknowledged
+        self.resent = [0, 0]  # (key id 0)
         self.first = [None, None]  # per side: (frame, time) of its first and last packet
         self.last = [None, None]
         self.packets = [0, 0]  # control packets
@@ -92,32 +93,37 @@ class Landmarks:
     def add(self, frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid):
         side = CLIENT if sender == "client" else SERVER
         previous = self.last[side]
+        if key_id:  # a renegotiation: that each side is there, and when and by whom it began
+            self.packets[side] += 1
+            if previous is None:
+                self.first[side] = (frame, time)
+            self.last[side] = (frame, time)
+            if key_id not in self.renegotiations and (opcode == SOFT_RESET or tls):
+                self.renegotiations[key_id] = (frame, sender)
+                self.times[frame] = time
+            return
+        sent = self.sent[side]
         if packet_id is not None and previous is not None and time - previous[1] < DUPLICATE \
-                and self.sent[side].get((key_id, packet_id)) == previous[0]:
+                and sent.get(packet_id) == previous[0]:
             return  # (its previous packet again at once: the capture saw it twice - a mirror port, -i any)
         self.packets[side] += 1
-        if self.first[side] is None:
+        if previous is None:
             self.first[side] = (frame, time)
         self.last[side] = (frame, time)
         if hmac_valid is False:
             self.hmac_failed += 1
         if acks:
-            acked = self.acked[1 - side]
-            for acked_id in acks:
-                acked.add((key_id, acked_id))
-        self.last_resent = False
+            self.acked[1 - side].update(acks)
         if packet_id is not None:
-            sent = self.sent[side]
-            if (key_id, packet_id) in sent:
+            if packet_id in sent:
                 self.resent[side] += 1
                 self.last_resent = True
-            elif len(sent) < MAX_TRACKED:
-                sent[(key_id, packet_id)] = frame
-        if key_id:
-            if key_id not in self.renegotiations and (opcode == SOFT_RESET or tls):
-                self.renegotiations[key_id] = (frame, sender)
-                self.times[frame] = time
-            return
+            else:
+                self.last_resent = False
+                if len(sent) < MAX_TRACKED:
+                    sent[packet_id] = frame
+        else:
+            self.last_resent = False
         if opcode in CLIENT_RESETS:
             if not self.client_resets:
                 self.reset_opcode = opcode
@@ -249,7 +255,7 @@ def settle(analyses):
     for peers, later in spans.items():
         later.sort()
         reach = float("-inf")
-        for first, _frame, last, _began in later:
+        for first, _frame, last, _began, _last_frame in later:
             if first <= reach:
                 shared.add(peers)
                 break
@@ -263,7 +269,9 @@ def settle(analyses):
         peers = _peers(analysis)
         later = spans.get(peers, [])
         at = bisect.bisect_right(later, ((span[2] if span else analysis["end"] or 0.0) + RESTART_PAUSE, float("inf")))
-        while at < len(later) and not later[at][3]:  # (a session the capture joined late: not seen begun)
+        own_last = span[4] if span else analysis["frames"][1]
+        # (not a session the capture joined late - not seen begun - nor one its frames put before: a clock step)
+        while at < len(later) and (not later[at][3] or later[at][1] <= own_last):
             at += 1
         alone = peers not in shared
         if at < len(later) and alone:
@@ -281,17 +289,17 @@ def settle(analyses):
 
 
 def _client_span(trace, marks):
-    """(time, frame) of the client's first packet, the time of its last and whether the
-    capture shows the session begin (a client reset), or None: what the client sent (with
-    data, to the session's end: data packets are only counted)."""
+    """(time, frame) of the client's first packet, the time of its last, whether the capture
+    shows the session begin (a client reset) and the frame of its last, or None: what the
+    client sent (with data, to the session's end: data packets are only counted)."""
     data = trace.data
     first = marks.first[CLIENT]
     if data is not None and data[2] and (first is None or data[0] < first[0]):
         first = (data[0], data[1])
     if first is None:
         return None
-    last = trace.last if data is not None and data[2] else marks.last[CLIENT][1]
-    return first[1], first[0], last, bool(marks.client_resets)
+    last = (trace.last, trace.last_frame) if data is not None and data[2] else marks.last[CLIENT][::-1]
+    return first[1], first[0], last[0], bool(marks.client_resets), last[1]
 
 
 def _advised(analysis):
