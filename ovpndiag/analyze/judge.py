@@ -343,6 +343,9 @@ def _verdict(trace, marks, facts, inner):
         side, frame, count = ("client", data[0], client_data) if client_data else ("server", data[3], server_data)
         evidence.append(f"frame {frame}: first of {count} data packets from the {side}; none from the "
                         f"{_OTHER[side]}")
+        if _snapped(trace) == "gap":  # (the other side's data may be in what the capture missed)
+            evidence.append(_cut_evidence("gap", "the other side's data may be in what it missed"))
+            return "incomplete", "data", evidence, False
         if started_inside and trace.last - data[1 if client_data else 4] < ONE_WAY:
             # (the other side's data may lie before the capture, and keepalive pings are seconds apart)
             evidence.append(f"seen for less than {ONE_WAY:.0f} s from the middle of the session: too short to call "
@@ -383,6 +386,12 @@ def _verdict(trace, marks, facts, inner):
         judged = _inner_verdict(inner, marks, evidence)
         if judged is not None:
             return judged
+    unseen = _unseen(marks)
+    if unseen is not None:  # (who stopped answering whom cannot be told from a capture that dropped packets)
+        side, packet_id = unseen
+        evidence.append(f"the capture missed the {side}'s packet-id {packet_id} (a later one, or its acknowledgement, "
+                        "is in it): packets the capture dropped may hold the rest of the handshake")
+        return "incomplete", stage, evidence, False
     # 4. the ClientHello unanswered
     if marks.client_hello is not None and marks.server_hello is None:
         evidence.append(f"frame {marks.client_hello}: the client's ClientHello; the server "
@@ -448,6 +457,10 @@ def _unanswered(trace, marks, events, evidence):
     elif marks.first[CLIENT] is not None:
         evidence.append(f"frame {marks.first[CLIENT][0]}: the client's packets; the server never answered")
     _transport_evidence(events, evidence)
+    if marks.acked[SERVER]:  # (the client acknowledged what the server sent: the capture missed it)
+        evidence.append(f"the client acknowledged the server's packet-id {min(marks.acked[SERVER])}, which the "
+                        "capture never showed: the server answered, the capture dropped it")
+        return "incomplete", "none", evidence, False
     cut = _snapped(trace)
     if cut:  # (a cut packet fails every HMAC; over TCP the server's packets cut may be unreadable, not absent)
         evidence.append(_cut_evidence(cut, "the key trials need whole packets" + (
@@ -467,6 +480,22 @@ def _unanswered(trace, marks, events, evidence):
     if not resets:  # (the capture starts inside the session: the server may have answered before it)
         return "incomplete", "none", evidence, False
     return "server-silent", "none", evidence, True
+
+
+def _unseen(marks):
+    """(side, packet-id) of a handshake packet the capture never showed though it shows a
+    later one of that side, or the other side acknowledging it - or None. (Ids before the
+    first one seen are before the capture began, not missed.)"""
+    for side, name in enumerate(SIDES):
+        sent = marks.sent[side]
+        if len(sent) >= MAX_TRACKED:
+            continue
+        missing = marks.acked[side] - sent.keys()
+        if sent:
+            missing |= set(range(min(sent), max(sent) + 1)) - sent.keys()
+        if missing:
+            return name, min(missing)
+    return None
 
 
 def _snapped(trace):

@@ -258,6 +258,8 @@ class StreamReassembler:
         """End a stream (already removed from the table): deliver what it holds, then end."""
         while st.heap:
             self._skip_gap(key, st, out)
+        if st.fin is not None and st.fin > st.pos:  # (bytes sent before the FIN that the capture never had)
+            st.gap += st.fin - st.pos
         if out and out[-1][1] == st.id and not st.gap:
             last = out[-1]
             out[-1] = (last[0], last[1], last[2], last[3], True)
