@@ -449,6 +449,10 @@ def _unanswered(trace, marks, events, evidence):
         if kind in ("unanswered", "unanswered-once") and not marks.first[CLIENT]:
             evidence.append(f"frame {frame}: {text}")
             return "no-connection", "none", evidence, kind == "unanswered-once"  # (resent SYNs: a proof)
+    if marks.acked[SERVER]:  # (the client acknowledged what the server sent: the capture missed it)
+        evidence.append(f"the client acknowledged the server's packet-id {min(marks.acked[SERVER])}, which the "
+                        "capture never showed: the server answered, the capture dropped it")
+        return "incomplete", "none", evidence, False
     resets = marks.client_resets
     if resets:
         evidence.append(f"frame {resets[0]}: the client's reset" + (f", sent {len(resets)} times (last in frame "
@@ -457,10 +461,6 @@ def _unanswered(trace, marks, events, evidence):
     elif marks.first[CLIENT] is not None:
         evidence.append(f"frame {marks.first[CLIENT][0]}: the client's packets; the server never answered")
     _transport_evidence(events, evidence)
-    if marks.acked[SERVER]:  # (the client acknowledged what the server sent: the capture missed it)
-        evidence.append(f"the client acknowledged the server's packet-id {min(marks.acked[SERVER])}, which the "
-                        "capture never showed: the server answered, the capture dropped it")
-        return "incomplete", "none", evidence, False
     cut = _snapped(trace)
     if cut:  # (a cut packet fails every HMAC; over TCP the server's packets cut may be unreadable, not absent)
         evidence.append(_cut_evidence(cut, "the key trials need whole packets" + (
