@@ -466,6 +466,27 @@ def test_a_clock_stepped_back_is_no_evidence(name):
             honest(analysis, same_session(analysis, full), (name, "backwards", options))
 
 
+@pytest.mark.parametrize("name, dropped, first_verdict", [
+    ("fail-untrusted-cert.pcap", 4, "incomplete"),         # the server's ServerHello packet (the client acked it)
+    ("fail-tls-version-mismatch.pcap", 2, "incomplete"),   # the server's reset (acked in the ClientHello)
+    ("keylog-tcp-tls13.pcap", 25, "incomplete"),           # a client data segment (the TCP stream skips bytes)
+    ("fail-untrusted-cert-tcp.pcap", 12, "incomplete"),    # the client's flight, just before the FINs
+    ("fail-expired-server-cert.pcap", 20, "server-certificate-rejected"),  # another session's packet: no matter
+])
+def test_a_frame_the_capture_dropped_is_no_silence(name, dropped, first_verdict):
+    """A capture that lost a frame (the kernel's 'packets dropped'): when the capture
+    itself shows the loss - a later packet-id, an acknowledgement of a packet it never
+    had, TCP bytes skipped - nobody is said to have stopped answering."""
+    header, records = split_pcap((CAPTURES / name).read_bytes())
+    if first_verdict == "incomplete":
+        assert whole(name)[0]["verdict"] != "incomplete"  # (the whole capture names a failure: the drop hides it)
+    found, _ = analyse(header + b"".join(records[:dropped - 1] + records[dropped:]), entry(name)["port"])
+    check_shape(found)
+    assert found[0]["verdict"] == first_verdict, found[0]["evidence"]
+    if first_verdict == "incomplete":
+        assert any("missed" in line or "dropped" in line for line in found[0]["evidence"]), found[0]["evidence"]
+
+
 # --- 3. fuzzed captures ---------------------------------------------------------------
 
 def _locate(linktype, frame):
