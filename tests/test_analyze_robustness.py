@@ -847,6 +847,10 @@ def test_workers_give_the_analyses_one_reader_gives(tmp_path):
     for count in random.Random(2).sample(range(2, len(records)), 12):
         path.write_bytes(header + b"".join(records[:count]))
         assert by_workers(path, 2) == by_workers(path, 1), count
+    # and cut inside a record: the same analyses of what precedes, the same one-line error
+    for count in random.Random(3).sample(range(2, len(records)), 3):
+        path.write_bytes(header + b"".join(records[:count]) + records[count][:len(records[count]) // 2])
+        assert by_workers(path, 2, with_error=True) == by_workers(path, 1, with_error=True), count
 
 
 def when(record) -> float:
@@ -864,10 +868,14 @@ def moved(records, start):
     return out
 
 
-def by_workers(path, jobs):
-    """analyze.open(jobs=...)'s analyses, checking that jobs > 1 did use workers."""
+def by_workers(path, jobs, with_error=False):
+    """analyze.open(jobs=...)'s analyses (and the read error), checking that jobs > 1 did
+    use workers."""
     with analyze.open([str(path)], jobs=jobs) as run:
         capture = next(iter(run))
         found = list(capture_analyses(capture))
         assert (capture.packed is not None) == (jobs > 1)
+        if with_error:
+            assert capture.error is not None and "truncated" in capture.error
+            return found, capture.error
         return found
