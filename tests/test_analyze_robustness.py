@@ -12,13 +12,11 @@ connection, a later session of the same client) survive any cut that keeps their
 
 import io
 import json
-import os
 import random
 import re
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -29,7 +27,7 @@ from ovpndiag.analyze.run import analyses as capture_analyses
 from ovpndiag.protocol import CLIENT_RESETS, DATA_OPCODES
 from ovpndiag.render.analysis import VerdictTable, session_json, session_text
 
-# The failure captures (and engineer E's busy capture, once it is in captures/).
+# The failure captures, the key log captures (most of them working) and the busy captures.
 FAILING = sorted(p.name for pattern in ("fail-*.pcap", "keylog-*.pcap", "busy-mixed*.pcap")
                  for p in CAPTURES.glob(pattern))
 # Captures of a session that worked, with data both ways, over UDP, from its start.
@@ -130,7 +128,7 @@ def no_secrets(text):
 
 
 def whole(name, **options):
-    """The analyses of the whole capture, by (client port, session id, first frame)."""
+    """The analyses of the whole capture (read to its end)."""
     found, error = analyse((CAPTURES / name).read_bytes(), entry(name)["port"], **options)
     assert error is None
     return found
@@ -180,6 +178,8 @@ def cut_points(name, end, start=1, most=60):
 
 @pytest.mark.parametrize("name", FAILING)
 def test_a_capture_cut_after_any_frame_keeps_a_verdict_or_says_incomplete(name):
+    """tcpdump stopped (-c, Ctrl-C) after any frame, with and without the server's key
+    or key log: no exception, known verdicts, and no session called another failure."""
     capture = entry(name)
     keyed = {**server_keys(capture), **keylog_of(capture)}
     cases = [{}] + ([keyed] if keyed else [])
@@ -196,6 +196,8 @@ def test_a_capture_cut_after_any_frame_keeps_a_verdict_or_says_incomplete(name):
 
 @pytest.mark.parametrize("name", FAILING)
 def test_a_capture_cut_inside_a_record_is_an_error_and_what_precedes_is_analysed(name):
+    """A file cut inside a record (a full disk, a copy interrupted): one line of error
+    naming the frame, and the analyses of the frames before it, as if cut there."""
     capture = entry(name)
     data = (CAPTURES / name).read_bytes()
     header, records = split_pcap(data)
@@ -300,6 +302,8 @@ def _session_packets(name):
 
 @pytest.mark.parametrize("name", FAILING + WORKING_UDP)
 def test_a_capture_started_mid_session_says_so(name):
+    """tcpdump started after any frame: no session called another failure, and one
+    whose client resets are all gone says the capture starts inside it."""
     capture = entry(name)
     full = whole(name)
     frames = len(split_pcap((CAPTURES / name).read_bytes())[1])
@@ -314,7 +318,7 @@ def test_a_capture_started_mid_session_says_so(name):
             if was is None or was["frames"][0] >= first:
                 continue
             # the client's resets that are left, of this session's key id 0
-            start, end = was["frames"]
+            end = was["frames"][1]
             resets = packets is not None and any(first <= frame <= end and opcode in CLIENT_RESETS and not key_id
                                                  for frame, _sender, opcode, key_id in packets)
             if packets is not None and not resets and analysis["packets"]["client"] + analysis["packets"]["server"]:
@@ -323,6 +327,7 @@ def test_a_capture_started_mid_session_says_so(name):
 
 @pytest.mark.parametrize("name", WORKING_UDP)
 def test_a_working_session_seen_from_its_middle_is_ok_while_data_flows_both_ways(name):
+    """Started after the handshake (or inside it): while data packets are left each way, ok."""
     capture = entry(name)
     data = [(frame, sender) for frame, sender, opcode, _key in _session_packets(name) if opcode in DATA_OPCODES]
     checked = 0
