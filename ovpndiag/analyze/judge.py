@@ -491,8 +491,11 @@ def _unseen(marks):
         if len(sent) >= MAX_TRACKED:
             continue
         missing = marks.acked[side] - sent.keys()
-        if sent:
-            missing |= set(range(min(sent), max(sent) + 1)) - sent.keys()
+        ids = sorted(sent)
+        for before, after in zip(ids, ids[1:]):
+            if after != before + 1:  # (never a range of ids: a damaged packet's may be 2**32 - 1)
+                missing.add(before + 1)
+                break
         if missing:
             return name, min(missing)
     return None
