@@ -668,6 +668,29 @@ def test_control_characters_in_a_certificate_are_never_written_raw(tmp_path):
         assert not any(line.startswith("verdict: ok") for line in result.stdout.splitlines())
 
 
+def test_a_wild_packet_id_costs_nothing(tmp_path):
+    """A damaged packet's message packet-id may be anything (2**32 - 1 here, in the
+    server's second flight packet of fail-untrusted-cert): telling a dropped packet from
+    it must not walk the ids between (run under a 1 GiB address-space limit)."""
+    import resource
+
+    header, records = split_pcap((CAPTURES / "fail-untrusted-cert.pcap").read_bytes())
+    spot = _locate(1, records[4])
+    packet = bytearray(records[4][spot[4]:])
+    assert packet[0] >> 3 == 4 and packet[9]  # (P_CONTROL_V1 of the server, with ACKs)
+    at = 10 + 4 * packet[9] + 8
+    packet[at:at + 4] = b"\xff\xff\xff\xff"
+    path = tmp_path / "wild.pcap"
+    path.write_bytes(header + b"".join(records[:4]) + _with_payload(records[4], spot, bytes(packet))
+                     + b"".join(records[5:]))
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # noqa: E731
+    result = subprocess.run([sys.executable, "-m", "ovpndiag", "analyze", "--json", str(path)], capture_output=True,
+                            text=True, timeout=60, preexec_fn=limit)
+    assert result.returncode == 0 and not result.stderr, result.stderr[-500:]
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first["verdict"] == "incomplete" and any("missed" in line for line in first["evidence"]), first
+
+
 def test_mangled_captures_through_the_command_line(tmp_path):
     """A few mangled files through the CLI, --json and text: JSON lines that parse, a
     known verdict each, no traceback."""
