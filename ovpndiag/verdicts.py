@@ -118,7 +118,7 @@ _ALL = [
             capture=False),
     # --- tls stage ---------------------------------------------------------------------------
     Verdict("client-hello-rejected", "tls",
-            "the server stopped after our ClientHello, or refused it: no common TLS version or cipher suite",
+            "the server stopped after the client's ClientHello, or refused it: no common TLS version or cipher suite",
             ("compare tls-version-min/tls-version-max and tls-cipher/tls-ciphersuites on both sides "
              "(the server's log: 'TLS error: Unsupported protocol', 'no shared cipher')",
              "an old client (TLS 1.2 or older) against a server with tls-version-min 1.3 fails so",
@@ -133,7 +133,7 @@ _ALL = [
              "remote-cert-tls server needs a certificate with the TLS Web Server Authentication EKU "
              "(easy-rsa build-server-full makes one)")),
     Verdict("client-certificate-rejected", "tls",
-            "the server refused our certificate (untrusted CA, revoked, expired, or none given)",
+            "the server refused the client's certificate (untrusted CA, revoked, expired, or none given)",
             ("use a client certificate signed by the server's CA (the server's log: 'certificate verify "
              "failed')",
              "the certificate may be revoked: check the server's crl-verify file",

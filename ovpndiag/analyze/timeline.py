@@ -69,7 +69,8 @@ class Timeline:
         for frame, sender, name in marks.alerts:
             self.add(frame, sender, f"TLS {name}")
         for event in inner:
-            self.add(event.frame, event.sender, f"{event.kind} (decrypted): {event.text}")
+            self.add(event.frame, event.sender, f"not decrypted: {event.text}" if event.kind == "undecryptable"
+                     else f"{event.kind} (decrypted): {event.text}")
         data = trace.data
         if data is not None:
             if data[2]:
