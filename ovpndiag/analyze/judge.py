@@ -1,10 +1,11 @@
 """Why a captured session ended where it did: a SessionTrace -> its analysis dict.
 
-One walk over the session's control packets finds the handshake's landmarks (resets,
-ClientHello, each side's TLS flight, alerts, the messages after the handshake, the
-first data packet each way), who sent what the other never acknowledged, and the
-retransmissions. Then the first rule below that fits names the verdict (a name of
-``ovpndiag.verdicts``), with evidence lines that cite frames.
+The session's landmarks (``landmarks``: resets, ClientHello, each side's TLS flight,
+alerts, the messages after the handshake, who sent what the other never acknowledged,
+retransmissions), its data and transport events say how far it got; the first rule
+below that fits names the verdict (a name of ``ovpndiag.verdicts``), with evidence
+lines that cite frames. ``settle`` then decides, across a capture's sessions, the
+verdicts that hold only if the session is over.
 
 The rules, most specific first (README, "ovpndiag analyze", says the same for users):
 
@@ -34,153 +35,16 @@ A session is *over* when the capture shows its end: a TCP FIN/RST, an ICMP error
 has not failed is ``incomplete``, never guessed.
 """
 
-from .. import verdicts
 from ..dissect.tls import printable, server_choice
-from ..protocol import CLIENT_RESETS, SERVER_RESETS
+from ..protocol import CLIENT_RESETS
+from .landmarks import CLIENT, MAX_TRACKED, SERVER, SIDES
+from .settle import client_span
 from .timeline import Timeline, flight_names as _names
 
 QUIET = 5.0  # seconds of capture after a session's last packet that show it has stopped
-# an OpenVPN client that gives up pauses before it tries again (connect-retry, 1 s by
-# default): a session begun sooner from its address is another client's
-RESTART_PAUSE = 0.5
-DUPLICATE = 0.01  # seconds: a packet seen again sooner is the capture's copy (OpenVPN resends after 0.2 s or more)
 ONE_WAY = 10.0  # seconds of data one way that show it one-way when the capture misses the session's start
-SOFT_RESET = 3  # P_CONTROL_SOFT_RESET_V1: a renegotiation
-_CERTIFICATE_ALERTS = {"Bad Certificate", "Unsupported Certificate", "Certificate Revoked", "Certificate Expired",
-                       "Certificate Unknown", "Unknown CA", "Access Denied", "Certificate Required"}
 _OTHER = {"client": "server", "server": "client"}
 _ENDS = {"port-unreachable", "unreachable", "fin", "rst", "refused", "unanswered"}  # transport events that end a session
-
-
-CLIENT, SERVER = 0, 1  # a side's index in Landmarks' per-side lists
-SIDES = ("client", "server")
-MAX_TRACKED = 4096  # packet-ids followed per side (a session past its handshake needs no more)
-
-
-class Landmarks:
-    """The landmarks of a session's control packets, kept as they are read (``add``, one
-    call per packet): frames (None when not seen); per side lists are indexed CLIENT/SERVER."""
-
-    __slots__ = ("client_resets", "server_resets", "reset_opcode", "client_hello", "server_hello",
-                 "server_flight", "client_flight", "server_names", "client_names", "server_after", "client_app",
-                 "server_app", "alerts", "renegotiations", "sent", "acked", "resent", "first", "last", "packets",
-                 "times", "hmac_failed", "last_resent", "tls13")
-
-    def __init__(self):
-        self.client_resets, self.server_resets = [], []
-        self.reset_opcode = None  # the client's first reset's opcode
-        self.client_hello = self.server_hello = None
-        self.server_flight = []  # frames of the server's first flight (from its Server Hello)
-        self.client_flight = []  # frames of the client's flight after it
-        self.server_names, self.client_names = [], []  # the TLS names of those flights
-        self.server_after = None  # first server TLS packet after the client's flight (TLS 1.2: its Finished)
-        self.client_app = []  # frames of client TLS packets after its flight (key-method 2, control messages)
-        self.server_app = []  # frames of server TLS packets after the client's flight
-        self.alerts = []  # (frame, sender, name)
-        self.renegotiations = {}  # key id -> (frame, sender)
-        # of the first key (id 0: the handshake), per side:
-        self.sent = ({}, {})  # message packet-id -> the frame that first carried it
-        self.acked = (set(), set())  # message packet-ids of its packets the other side acknowledged
-        self.resent = [0, 0]  # (key id 0)
-        self.first = [None, None]  # per side: (frame, time) of its first and last packet
-        self.last = [None, None]
-        self.packets = [0, 0]  # control packets
-        self.times = {}  # frame -> time, of the frames landmarks name
-        self.hmac_failed = 0
-        self.last_resent = False  # the session's last packet was a retransmission: its sender got no answer
-        self.tls13 = None  # True / False once the handshake shows it
-
-    def add(self, frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid):
-        side = CLIENT if sender == "client" else SERVER
-        previous = self.last[side]
-        if key_id:  # a renegotiation: that each side is there, and when and by whom it began
-            self.packets[side] += 1
-            if previous is None:
-                self.first[side] = (frame, time)
-            self.last[side] = (frame, time)
-            if key_id not in self.renegotiations and (opcode == SOFT_RESET or tls):
-                self.renegotiations[key_id] = (frame, sender)
-                self.times[frame] = time
-            return
-        sent = self.sent[side]
-        if packet_id is not None and previous is not None and time - previous[1] < DUPLICATE \
-                and sent.get(packet_id) == previous[0]:
-            return  # (its previous packet again at once: the capture saw it twice - a mirror port, -i any)
-        self.packets[side] += 1
-        if previous is None:
-            self.first[side] = (frame, time)
-        self.last[side] = (frame, time)
-        if hmac_valid is False:
-            self.hmac_failed += 1
-        if acks:
-            self.acked[1 - side].update(acks)
-        if packet_id is not None:
-            if packet_id in sent:
-                self.resent[side] += 1
-                self.last_resent = True
-            else:
-                self.last_resent = False
-                if len(sent) < MAX_TRACKED:
-                    sent[packet_id] = frame
-        else:
-            self.last_resent = False
-        if opcode in CLIENT_RESETS:
-            if not self.client_resets:
-                self.reset_opcode = opcode
-                self.times[frame] = time
-            self.client_resets.append(frame)
-        elif opcode in SERVER_RESETS:
-            if not self.server_resets:
-                self.times[frame] = time
-            self.server_resets.append(frame)
-        if tls:
-            _tls(self, frame, sender, tls, time)
-
-
-def _tls(marks, frame, sender, names, time):
-    for name in names:
-        if name.startswith("Alert"):
-            marks.alerts.append((frame, sender, name))
-            marks.times[frame] = time
-    if sender == "client":
-        if "Client Hello" in names and marks.client_hello is None:
-            marks.client_hello = frame
-            marks.times[frame] = time
-        elif marks.server_hello is not None:
-            if not marks.client_flight or (marks.server_after is None and not marks.client_app
-                                           and _flight_continues(names)):
-                if not marks.client_flight:
-                    marks.times[frame] = time
-                marks.client_flight.append(frame)
-                marks.client_names += names
-            else:
-                if len(marks.client_app) < 2:
-                    marks.times[frame] = time
-                marks.client_app.append(frame)
-        return
-    if "Server Hello" in names and marks.server_hello is None:
-        marks.server_hello = frame
-        marks.tls13 = None
-    if marks.server_hello is None:
-        return
-    if not marks.client_flight:
-        if not marks.server_flight:
-            marks.times[frame] = time
-        marks.server_flight.append(frame)
-        marks.server_names += names
-        if marks.tls13 is None:
-            marks.tls13 = "Certificate" not in marks.server_names and "Application Data" in marks.server_names
-    else:
-        if marks.server_after is None:
-            marks.server_after = frame
-        if len(marks.server_app) < 2:
-            marks.times[frame] = time
-        marks.server_app.append(frame)
-
-
-def _flight_continues(names):
-    """A client packet still part of its flight (a TLS 1.2 flight spanning packets)."""
-    return not all(name == "Application Data" for name in names)
 
 
 def judge(trace) -> dict:
@@ -218,7 +82,7 @@ def judge(trace) -> dict:
         # (settle() decides: the client's next session, if the capture has one, shows this one ended)
         analysis["open_end"] = None if end is None or trace.last is None else round(end - trace.last, 3)
     # (settle() tells one client's sessions from several clients' behind one address by what each client sent)
-    analysis["client_span"] = _client_span(trace, marks)
+    analysis["client_span"] = client_span(trace, marks)
     _printable(analysis)
     return analysis
 
@@ -234,82 +98,6 @@ def _printable(analysis):
     for entry in analysis["timeline"]:
         if not entry[3].isprintable():
             entry[3] = printable(entry[3])
-
-
-def settle(analyses):
-    """The analyses (a sequence, read twice) with each open-ended one decided: a session
-    whose verdict holds only if it is over is over when its client (address) began a
-    later session with the same server (a client reset, a restart pause after its own last
-    packet) - unless the address hides several clients: two of its sessions' clients ever
-    sent side by side (a busy capture's NAT or loopback: the later session may be anyone's);
-    else the capture may have cut it: ``incomplete``. What each client sent spans its
-    session here: a server resending into a session its client has left does not stretch it."""
-    import bisect
-
-    spans = {}  # (client address, server, port, transport) -> sorted [(client's first, its frame, client's last)]
-    for analysis in analyses:
-        span = analysis.get("client_span")
-        if span is not None:
-            spans.setdefault(_peers(analysis), []).append(tuple(span))
-    shared = set()  # the addresses (peers) whose clients sent side by side
-    for peers, later in spans.items():
-        later.sort()
-        reach = float("-inf")
-        for first, _frame, last, _began, _last_frame in later:
-            if first <= reach:
-                shared.add(peers)
-                break
-            reach = max(reach, last)
-    for analysis in analyses:  # (workers' summaries are unpacked afresh: not the dicts read above)
-        span = analysis.pop("client_span", None)
-        if "open_end" not in analysis:
-            yield _advised(analysis)
-            continue
-        gap = analysis.pop("open_end")
-        peers = _peers(analysis)
-        later = spans.get(peers, [])
-        at = bisect.bisect_right(later, ((span[2] if span else analysis["end"] or 0.0) + RESTART_PAUSE, float("inf")))
-        own_last = span[4] if span else analysis["frames"][1]
-        # (not a session the capture joined late - not seen begun - nor one its frames put before: a clock step)
-        while at < len(later) and (not later[at][3] or later[at][1] <= own_last):
-            at += 1
-        alone = peers not in shared
-        if at < len(later) and alone:
-            analysis["evidence"].append(f"frame {later[at][1]}: the client began a new session: it gave this one up")
-            yield _advised(analysis)
-            continue
-        verdict = analysis["verdict"]
-        analysis["evidence"].append(
-            (f"the capture ends {gap:.1f} s after the session's last packet" if gap is not None
-             else "the capture ends") + (" and shows no later session of this client" if alone else
-                                         ", and other sessions from its address ran alongside it")
-            + f": it may go on past the capture (had it ended there: {verdict})")
-        analysis["verdict"] = "incomplete"
-        yield _advised(analysis)
-
-
-def _client_span(trace, marks):
-    """(time, frame) of the client's first packet, the time of its last, whether the capture
-    shows the session begin (a client reset) and the frame of its last, or None: what the
-    client sent (with data, to the session's end: data packets are only counted)."""
-    data = trace.data
-    first = marks.first[CLIENT]
-    if data is not None and data[2] and (first is None or data[0] < first[0]):
-        first = (data[0], data[1])
-    if first is None:
-        return None
-    last = (trace.last, trace.last_frame) if data is not None and data[2] else marks.last[CLIENT][::-1]
-    return first[1], first[0], last[0], bool(marks.client_resets), last[1]
-
-
-def _advised(analysis):
-    """The verdict's advice put in (a finished session does not keep its copy)."""
-    analysis["advice"] = list(verdicts.get(analysis["verdict"]).advice)
-    return analysis
-
-
-def _peers(analysis):
-    return analysis["client"], analysis["server"], analysis["server_port"], analysis["transport"]
 
 
 def _over(trace, marks, end) -> bool:

@@ -67,9 +67,9 @@ def open(paths, *, ports: Sequence[int] = (), wrapping: Optional[str] = None, au
 
 def analyses(capture):
     """Read one ``CaptureFile`` of an analysis and give its sessions' analyses, settled
-    (judge.settle); then ``capture.error`` says whether it was read to its end."""
+    (settle.settle); then ``capture.error`` says whether it was read to its end."""
     from ..dissect.pipeline import COUNT
-    from .judge import settle
+    from .settle import settle
 
     for _packets in capture.batches(COUNT):
         pass

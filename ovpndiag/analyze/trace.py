@@ -1,7 +1,7 @@
 """What ``analyze`` keeps of a session while its flow is read: a ``SessionTrace``.
 
 A SessionTrace is the reader's Session (``dissect.sessions``) that keeps, instead of
---sessions' counts, the landmarks of its control packets as they come (``judge.Landmarks``):
+--sessions' counts, the landmarks of its control packets as they come (``landmarks.Landmarks``):
 how far the handshake got and who stopped answering or acknowledging whom - resets,
 hellos, flights, alerts, packet-ids sent, acknowledged and sent again. Data packets
 cost a counter: the first one each way and how many. Kept too, only when
@@ -17,7 +17,7 @@ import zlib
 
 from ..dissect.sessions import Session
 from .events import describe
-from .judge import Landmarks
+from .landmarks import Landmarks
 from ..protocol import DATA_OPCODES, Opcode
 
 TRIAL_PACKETS = 2  # unanswered client packets kept for the key trials
@@ -50,7 +50,7 @@ class SessionTrace(Session):
         self.reader = reader  # (its capture_end, once the capture is read)
         self.first_frame = self.last_frame = None
         context = self.context
-        self.marks = Landmarks()  # what the control packets showed (judge.Landmarks)
+        self.marks = Landmarks()  # what the control packets showed
         self.data = None  # [client first frame, time, count, server first frame, time, count] once there is data
         self.trial = None  # the client's first packets while the server has said nothing (raw bytes)
         self.chunks = {} if context.keylog is not None else None  # sender -> {packet-id: (frame, TLS bytes)}
