@@ -30,9 +30,10 @@ The rules, most specific first (README, "ovpndiag analyze", says the same for us
 8. Whatever shows no failure and may go on past the capture's end, or started
    before it without a failure in view: ``incomplete``.
 
-A session is *over* when the capture shows its end: a TCP FIN/RST, an ICMP error, or
-``QUIET`` seconds of capture without a packet of it. Short of that, a session that
-has not failed is ``incomplete``, never guessed.
+A session is *over* when the capture shows its end: a TCP FIN/RST, an ICMP error, a
+last packet that was a retransmission nobody answered, ``QUIET`` seconds of capture
+without a packet of it - or, decided by ``settle``, its client beginning a new session.
+Short of that, a session that has not failed is ``incomplete``, never guessed.
 """
 
 from ..dissect.tls import printable, server_choice
