@@ -18,6 +18,8 @@ Errors in what the user gave raise at ``open``, as ``dissect.open``'s do
 
 from typing import Optional, Sequence
 
+from ..dissect.pipeline import Dissection
+
 
 def open(paths, *, ports: Sequence[int] = (), wrapping: Optional[str] = None, auth: Optional[str] = None,
          tls_auth=None, tls_crypt=None, tls_crypt_v2=None, key_direction=None, config=None, keylog=None,
@@ -76,13 +78,9 @@ def analyses(capture):
     return settle(capture.summaries())
 
 
-def _dissection():
-    from ..dissect.pipeline import Dissection
+class Analysis(Dissection):
+    """A dissection whose sessions are analyses, settled file by file."""
 
-    return Dissection
-
-
-class Analysis(_dissection()):
     def sessions(self):
         for capture in self:
             yield from analyses(capture)

@@ -16,9 +16,9 @@ import marshal
 import zlib
 
 from ..dissect.sessions import Session
+from ..protocol import DATA_OPCODES, Opcode
 from .events import describe
 from .landmarks import Landmarks
-from ..protocol import DATA_OPCODES, Opcode
 
 TRIAL_PACKETS = 2  # unanswered client packets kept for the key trials
 _DATA = frozenset(DATA_OPCODES)
@@ -54,7 +54,7 @@ class SessionTrace(Session):
         self.data = None  # [client first frame, time, count, server first frame, time, count] once there is data
         self.trial = None  # the client's first packets while the server has said nothing (raw bytes)
         self.chunks = {} if context.keylog is not None else None  # sender -> {packet-id: (frame, TLS bytes)}
-        self.events = None  # transport events: (frame, time, kind, text)
+        self.events = None  # transport events: (frame, time, kind, text, sender)
         self.judged = None
 
     def count(self, record):
