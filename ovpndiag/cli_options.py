@@ -152,14 +152,20 @@ unreadable or malformed CA, certificate, key, passphrase or credentials file;
 74 the output could not be written."""
 
 
+# how captures are read, for dissect, sniff and analyze alike
+_CAPTURE_INPUT = (
+    click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+                 help="Also read this port as OpenVPN (1194 always is; other ports are recognised "
+                      "from their packets). Repeatable."),
+    click.option("--wrapping", type=click.Choice(["none", "tls-auth", "tls-crypt", "tls-crypt-v2"]),
+                 help="Override the wrapping inferred per flow."),
+)
+
+
 def dissect_options(command):
     """Options shared by dissect and sniff."""
     options = [
-        click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True,
-                     help="Also read this port as OpenVPN (1194 always is; other ports are recognised "
-                          "from their packets). Repeatable."),
-        click.option("--wrapping", type=click.Choice(["none", "tls-auth", "tls-crypt", "tls-crypt-v2"]),
-                     help="Override the wrapping inferred per flow."),
+        *_CAPTURE_INPUT,
         click.option("--auth", metavar="DIGEST", help="tls-auth digest (fixes the HMAC size)."),
         click.option("--tls-auth", "tls_auth", metavar="FILE", help="Verify tls-auth HMACs with this key."),
         click.option("--key-direction", type=click.Choice(["0", "1", "none"]),
@@ -194,11 +200,7 @@ def dissect_options(command):
 def analyze_options(command):
     """analyze's options: dissect's input and keys - the server's here - and a key log."""
     options = [
-        click.option("-p", "--port", "ports", type=click.IntRange(1, 65535), multiple=True,
-                     help="Also read this port as OpenVPN (1194 always is; other ports are recognised "
-                          "from their packets). Repeatable."),
-        click.option("--wrapping", type=click.Choice(["none", "tls-auth", "tls-crypt", "tls-crypt-v2"]),
-                     help="Override the wrapping inferred per flow."),
+        *_CAPTURE_INPUT,
         click.option("--auth", metavar="DIGEST", help="The server's tls-auth digest (--auth in its config)."),
         click.option("--tls-auth", "tls_auth", metavar="FILE", help="The server's tls-auth key."),
         click.option("--key-direction", type=click.Choice(["0", "1", "none"]),

@@ -610,21 +610,11 @@ class Reader:
         if not flow.sessions and flow.floated_to is None:
             self._float(flow, client_id, record.peer_id)
         session = flow.sessions.get(client_id) if client_id is not None else None
-        if session is None and sender == "client" and session_id is not None:
-            current = flow.current
-            if current is not None and current.client_session_id is None:
-                # Seen from its middle: what came before the client's session id was this session's.
-                del flow.sessions[None]
-                current.client_session_id = session_id
-                session = flow.sessions[session_id] = current
-                self._floats_by((flow.server, flow.transport, session_id), flow)
-            else:
-                session = flow.sessions[session_id] = self.options.session_class(flow, session_id, self)
-                self._floats_by((flow.server, flow.transport, session_id), flow)
-        if session is None and sender == "server" and client_id is not None:
-            # A server's control packet names the client's session: a session of its own
-            # unless the one seen from its middle has no id yet (a lone retransmission into
-            # a session the capture missed the start of is not the next session's).
+        if session is None and client_id is not None:
+            # A client's packet, or a server's naming the client's session, of a session not
+            # seen yet: the one seen from its middle, if it has no id yet (what came before the
+            # client's session id was this session's), else a new one (a server's lone
+            # retransmission into a session the capture missed the start of is its own).
             current = flow.current
             if current is not None and current.client_session_id is None:
                 del flow.sessions[None]
