@@ -71,10 +71,16 @@ def analyses(capture):
     """Read one ``CaptureFile`` of an analysis and give its sessions' analyses, settled
     (settle.settle); then ``capture.error`` says whether it was read to its end."""
     from ..dissect.pipeline import COUNT
+    from .fastcount import install
     from .settle import settle
 
-    for _packets in capture.batches(COUNT):
-        pass
+    trace = capture.run.options.session_class
+    trace.fast_path = staticmethod(install)  # (no one reads the Records: the readers may skip them)
+    try:
+        for _packets in capture.batches(COUNT):
+            pass
+    finally:
+        trace.fast_path = None
     return settle(capture.summaries())
 
 

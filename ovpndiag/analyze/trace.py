@@ -44,6 +44,7 @@ class SessionTrace(Session):
     __slots__ = ("reader", "first_frame", "last_frame", "marks", "data", "trial", "chunks", "events", "judged")
     context = Context()
     wants_transport_events = True  # the reader asks the capture for ICMP errors and TCP ends
+    fast_path = None  # what takes over the reader's output while analyze reads (run.analyses: fastcount.install)
 
     def __init__(self, flow, client_session_id, reader=None):
         super().__init__(flow, client_session_id)
@@ -59,32 +60,43 @@ class SessionTrace(Session):
 
     def count(self, record):
         """(Session.count's tables are --sessions'; an analysis needs none of them.)"""
+        if record.opcode_value in _DATA:
+            self.data_packet(record.frame, record.time, record.sender)
+        else:
+            self.control_packet(record.frame, record.time, record.sender, record.opcode_value, record.key_id,
+                                record.message_packet_id, record.acks, record.tls, record.hmac_valid, record.data,
+                                record.decrypted, record.payload_offset, record.payload_len)
+
+    def data_packet(self, frame, time, sender):
+        """A data packet (count's, and fastcount's without a Record): a counter."""
         if self.first_frame is None:
-            self.first_frame, self.first = record.frame, record.time
-        self.last_frame, self.last = record.frame, record.time
-        opcode = record.opcode_value
-        sender = record.sender
-        if opcode in _DATA:
-            data = self.data
-            if data is None:
-                data = self.data = [None, None, 0, None, None, 0]
-            at = 0 if sender == "client" else 3
-            if data[at] is None:
-                data[at], data[at + 1] = record.frame, record.time
-            data[at + 2] += 1
-            return
-        self.marks.add(record.frame, record.time, sender, opcode, record.key_id, record.message_packet_id,
-                       record.acks, record.tls, record.hmac_valid)
+            self.first_frame, self.first = frame, time
+        self.last_frame, self.last = frame, time
+        data = self.data
+        if data is None:
+            data = self.data = [None, None, 0, None, None, 0]
+        at = 0 if sender == "client" else 3
+        if data[at] is None:
+            data[at], data[at + 1] = frame, time
+        data[at + 2] += 1
+
+    def control_packet(self, frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid, raw,
+                       decrypted, payload_offset, payload_len):
+        """Any other packet (count's, and fastcount's without a Record): its landmarks,
+        and the bytes the key trials and a key log need (``raw``: the packet as sent)."""
+        if self.first_frame is None:
+            self.first_frame, self.first = frame, time
+        self.last_frame, self.last = frame, time
+        self.marks.add(frame, time, sender, opcode, key_id, packet_id, acks, tls, hmac_valid)
         if sender == "client":
             if self.server_session_id is None and (self.trial is None or len(self.trial) < TRIAL_PACKETS):
-                self.trial = (self.trial or ()) + (record.data,)
+                self.trial = (self.trial or ()) + (raw,)
         chunks = self.chunks
-        if chunks is not None and opcode in _CARRY_TLS and record.key_id == 0 and record.payload_len \
-                and record.message_packet_id is not None:  # (a reset's payload is TLVs: tls-crypt-v2's)
-            wire = record.decrypted or record.data
-            start = record.payload_offset
-            chunks.setdefault(sender, {}).setdefault(
-                record.message_packet_id, (record.frame, bytes(wire[start:start + record.payload_len])))
+        if chunks is not None and opcode in _CARRY_TLS and key_id == 0 and payload_len \
+                and packet_id is not None:  # (a reset's payload is TLVs: tls-crypt-v2's)
+            wire = decrypted or raw
+            chunks.setdefault(sender, {}).setdefault(packet_id, (frame, bytes(wire[payload_offset:payload_offset
+                                                                                   + payload_len])))
 
     def transport_event(self, event, sender):
         """A capture.datagrams.TransportEvent for this session's flow (``sender``: the side

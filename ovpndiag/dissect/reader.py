@@ -135,6 +135,9 @@ class Reader:
         self.key_verdicts = {kind: [0, 0] for kind in self.options.keys.kinds}
         self.sessions = self.options.sessions
         self.session_flows = {}  # (server endpoint, transport, client session id) -> flow (floats)
+        fast_path = getattr(self.options.session_class, "fast_path", None)
+        if fast_path is not None:  # (analyze's fastcount: it counts packets in their sessions without Records)
+            fast_path(self)
 
     @property
     def not_openvpn(self) -> int:
@@ -606,9 +609,15 @@ class Reader:
     def _count(self, flow, sender, record):
         """--sessions: add the packet to its session's summary."""
         session_id = record.session_id
-        client_id = session_id if sender == "client" else record.remote_session_id
+        self.session_of(flow, sender, session_id, session_id if sender == "client" else record.remote_session_id,
+                        record.peer_id).count(record)
+
+    def session_of(self, flow, sender, session_id, client_id, peer_id):
+        """The session a packet counts in, by its session id, the client's session id it
+        names (its own or, a server's, its remote session id) and peer-id (also for a
+        reader that counts packets without a Record: analyze's fastcount)."""
         if not flow.sessions and flow.floated_to is None:
-            self._float(flow, client_id, record.peer_id)
+            self._float(flow, client_id, peer_id)
         session = flow.sessions.get(client_id) if client_id is not None else None
         if session is None and client_id is not None:
             # A client's packet, or a server's naming the client's session, of a session not
@@ -630,11 +639,10 @@ class Reader:
         flow.current = session
         if sender == "server" and session_id is not None:
             session.server_session_id = session_id
-        peer_id = record.peer_id
         if peer_id is not None and flow.peer_id is None:
             flow.peer_id = peer_id
             self._floats_by((flow.server, flow.transport, "peer", peer_id), flow)
-        session.count(record)
+        return session
 
     def _floats_by(self, key, flow):
         """Remember which flow a client session id or peer-id is on, for _float."""
