@@ -8,6 +8,7 @@ analysis gets its verdict's advice.
 """
 
 import bisect
+import itertools
 
 from .. import verdicts
 from .landmarks import CLIENT
@@ -15,10 +16,11 @@ from .landmarks import CLIENT
 # an OpenVPN client that gives up pauses before it tries again (connect-retry, 1 s by
 # default): a session begun sooner from its address is another client's
 RESTART_PAUSE = 0.5
+HOLD = 2048  # analyses settle holds at most while it reads (some 4 kB each), else it reads them twice
 
 
 def settle(analyses):
-    """The analyses (a sequence, read twice) with each open-ended one decided: a session
+    """The analyses (a sequence, read once or twice) with each open-ended one decided: a session
     whose verdict holds only if it is over is over when its client (address) began a
     later session with the same server (a client reset, a restart pause after its own last
     packet) - unless the address hides several clients: two of its sessions' clients ever
@@ -26,10 +28,24 @@ def settle(analyses):
     else the capture may have cut it: ``incomplete``. What each client sent spans its
     session here: a server resending into a session its client has left does not stretch it."""
     spans = {}  # (client address, server, port, transport) -> sorted [(client's first, its frame, client's last)]
+    # Read once where it can be: what comes before the first open-ended analysis goes out
+    # as it is read (it needs no other session), what follows is held till every span is
+    # known - unless that is more than HOLD analyses: then they are read again (unpacked
+    # afresh: workers' summaries are not the dicts read here).
+    held, again, read = [], None, 0
     for analysis in analyses:
         span = analysis.get("client_span")
         if span is not None:
             spans.setdefault(_peers(analysis), []).append(tuple(span))
+        if again is None:
+            if not held and "open_end" not in analysis:
+                analysis.pop("client_span", None)
+                yield _advised(analysis)
+            elif len(held) < HOLD:
+                held.append(analysis)
+            else:
+                again, held = read - len(held), []  # (from the first one held)
+        read += 1
     shared = set()  # the addresses (peers) whose clients sent side by side
     for peers, later in spans.items():
         later.sort()
@@ -39,7 +55,7 @@ def settle(analyses):
                 shared.add(peers)
                 break
             reach = max(reach, last)
-    for analysis in analyses:  # (workers' summaries are unpacked afresh: not the dicts read above)
+    for analysis in held if again is None else itertools.islice(analyses, again, None):
         span = analysis.pop("client_span", None)
         if "open_end" not in analysis:
             yield _advised(analysis)
