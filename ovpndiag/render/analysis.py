@@ -7,38 +7,49 @@ from collections import Counter
 from .. import verdicts
 from .line import endpoint, utc
 
-SIDE_WIDTH = 7  # "client", "server", "network"
-
-
 def session_text(number: int, analysis: dict) -> str:
-    wrapping = analysis["wrapping"] or "unknown wrapping"
-    lines = [f"Session {number}: {endpoint(analysis['client'], analysis['client_port'])} -> "
-             f"{endpoint(analysis['server'], analysis['server_port'])} {analysis['transport'].upper()}, {wrapping}; "
-             f"client session {analysis['session_id'] or '?'}, server session {analysis['remote_session_id'] or '?'}"]
-    if analysis["start"] is not None:
-        lines.append(f"  from {utc(analysis['start'])} for {analysis['end'] - analysis['start']:.3f} s"
-                     + (f", {analysis['tls_version']}" if analysis.get("tls_version") else ""))
-    verdict = verdicts.get(analysis["verdict"])
-    lines.append(f"  verdict: {analysis['verdict']} (stage reached: {analysis['stage_reached']}) - {verdict.meaning}")
-    for line in analysis["evidence"]:
-        lines.append(f"    {line}")
-    for advice in analysis["advice"]:
-        lines.append(f"  try: {advice}")
-    if analysis["timeline"]:
+    """One session's analysis for people (a busy capture has thousands: %-formats, the
+    cheapest Python has, and a start time formatted once per second)."""
+    lines = ["Session %d: %s -> %s %s, %s; client session %s, server session %s" % (
+        number, endpoint(analysis["client"], analysis["client_port"]),
+        endpoint(analysis["server"], analysis["server_port"]), analysis["transport"].upper(),
+        analysis["wrapping"] or "unknown wrapping", analysis["session_id"] or "?", analysis["remote_session_id"] or "?")]
+    start = analysis["start"]
+    if start is not None:
+        tls = analysis.get("tls_version")
+        lines.append("  from %s for %.3f s%s" % (_utc(start), analysis["end"] - start, ", " + tls if tls else ""))
+    verdict = analysis["verdict"]
+    lines.append("  verdict: %s (stage reached: %s) - %s" % (verdict, analysis["stage_reached"],
+                                                             verdicts.get(verdict).meaning))
+    lines += ["    " + line for line in analysis["evidence"]]
+    lines += ["  try: " + advice for advice in analysis["advice"]]
+    timeline = analysis["timeline"]
+    if timeline:
         lines.append("  timeline:")
-        for frame, offset, side, text in analysis["timeline"]:
-            when = f"{offset:10.6f}" if offset is not None else " " * 10
-            lines.append(f"    {frame:>7} {when} {side:<{SIDE_WIDTH}} {text}")
-    counts = [f"retransmissions: client {analysis['retransmissions']['client']}, "
-              f"server {analysis['retransmissions']['server']}",
-              f"never acknowledged: client {analysis['unacknowledged']['client']}, "
-              f"server {analysis['unacknowledged']['server']}"]
+        lines += ["    %7d %10.6f %-7s %s" % (frame, offset, side, text) if offset is not None else
+                  "    %7d %10s %-7s %s" % (frame, "", side, text) for frame, offset, side, text in timeline]
+    resent, unacked = analysis["retransmissions"], analysis["unacknowledged"]
+    counts = "  retransmissions: client %d, server %d; never acknowledged: client %d, server %d" % (
+        resent["client"], resent["server"], unacked["client"], unacked["server"])
     if analysis["rtt"] is not None:
-        counts.append(f"round trip {analysis['rtt'] * 1000:.3f} ms")
+        counts += "; round trip %.3f ms" % (analysis["rtt"] * 1000)
     if analysis["renegotiations"]:
-        counts.append(f"renegotiations {analysis['renegotiations']}")
-    lines.append("  " + "; ".join(counts))
+        counts += "; renegotiations %d" % analysis["renegotiations"]
+    lines.append(counts)
     return "\n".join(lines)
+
+
+_STARTS = {}  # whole second -> its utc() text (sessions of a busy capture start many a second)
+
+
+def _utc(seconds) -> str:
+    whole = int(seconds // 1)
+    text = _STARTS.get(whole)
+    if text is None:
+        if len(_STARTS) > 4096:
+            _STARTS.clear()
+        text = _STARTS[whole] = utc(whole)
+    return text
 
 
 def session_json(analysis: dict, path=None) -> str:
