@@ -58,7 +58,8 @@ def judge(trace) -> dict:
     if facts.version:
         marks.tls13 = facts.version == "TLS 1.3"
     inner = _inner(trace, context)
-    timeline = Timeline(trace, marks, facts, inner)
+    unacknowledged = [len(marks.sent[side].keys() - marks.acked[side]) for side in (CLIENT, SERVER)]
+    timeline = Timeline(trace, marks, facts, inner, unacknowledged)
     end = trace.reader.capture_end if trace.reader is not None else None
     verdict, stage, evidence, needs_end = _verdict(trace, marks, facts, inner)
     wrapping = flow.inference.decided.kind if flow.inference and flow.inference.decided else None
@@ -72,7 +73,7 @@ def judge(trace) -> dict:
         "start": trace.first, "end": trace.last, "frames": [trace.first_frame, trace.last_frame],
         "stage_reached": stage, "verdict": verdict, "evidence": evidence, "advice": None,  # (settle() fills it)
         "retransmissions": dict(zip(SIDES, marks.resent)),
-        "unacknowledged": {name: len(set(marks.sent[side]) - marks.acked[side]) for side, name in enumerate(SIDES)},
+        "unacknowledged": dict(zip(SIDES, unacknowledged)),
         "rtt": timeline.rtt,
         "renegotiations": len(marks.renegotiations),
         "packets": {"client": marks.packets[CLIENT] + data[2], "server": marks.packets[SERVER] + data[5]},

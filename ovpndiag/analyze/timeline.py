@@ -9,26 +9,30 @@ unacknowledged packets and round-trip times folded into them. Texts are short: a
 capture has many thousands of timelines.
 """
 
+from operator import itemgetter
+
 from ..protocol import OPCODES
 
+_FRAME = itemgetter(0)
 _SIDES_OWN = ("fin", "rst", "refused", "unanswered", "unanswered-once")  # transport events shown on their side
 
 
 class Timeline:
-    def __init__(self, trace, marks, facts, inner):
+    def __init__(self, trace, marks, facts, inner, unacknowledged):
+        """``unacknowledged``: per side (CLIENT, SERVER), how many of its packets were never acknowledged."""
         self.start = trace.first
         self.times = marks.times  # (of the landmarks' frames)
         self.entries = []
         self.rtt = None
-        self._build(trace, marks, facts, inner)
-        self.entries.sort(key=lambda entry: entry[0])
+        self._build(trace, marks, facts, inner, unacknowledged)
+        self.entries.sort(key=_FRAME)
 
     def add(self, frame, sender, text, time=None):
         time = self.times.get(frame) if time is None else time
         offset = None if time is None or self.start is None else round(time - self.start, 6)
         self.entries.append([frame, offset, sender, text])
 
-    def _build(self, trace, marks, facts, inner):
+    def _build(self, trace, marks, facts, inner, unacknowledged):
         resets = marks.client_resets
         if resets:
             text = f"reset ({OPCODES.get(marks.reset_opcode, 'reset')})"
@@ -82,7 +86,7 @@ class Timeline:
         for frame, time, kind, text, side in trace.events or ():
             self.add(frame, side if kind in _SIDES_OWN else "network", text, time)
         for index, side in enumerate(("client", "server")):
-            unacked = len(set(marks.sent[index]) - marks.acked[index])
+            unacked = unacknowledged[index]
             if marks.resent[index] or unacked:
                 last = marks.last[index]
                 notes = []
@@ -94,12 +98,22 @@ class Timeline:
 
 
 def flight_names(names) -> str:
-    """TLS names in order, repeats counted: 'Server Hello, Application Data x3'."""
-    shown, count = [], {}
-    for name in names:
-        if name in count:
-            count[name] += 1
-        else:
-            count[name] = 1
-            shown.append(name)
-    return ", ".join(f"{name} x{count[name]}" if count[name] > 1 else name for name in shown)
+    """TLS names in order, repeats counted: 'Server Hello, Application Data x3' (the same
+    few flights come back session after session: each is worked out once)."""
+    key = tuple(names)
+    text = _FLIGHTS.get(key)
+    if text is None:
+        shown, count = [], {}
+        for name in names:
+            if name in count:
+                count[name] += 1
+            else:
+                count[name] = 1
+                shown.append(name)
+        text = ", ".join(f"{name} x{count[name]}" if count[name] > 1 else name for name in shown)
+        if len(_FLIGHTS) < 4096:
+            _FLIGHTS[key] = text
+    return text
+
+
+_FLIGHTS = {}
