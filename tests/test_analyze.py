@@ -262,7 +262,8 @@ def test_a_finished_session_is_kept_in_a_few_hundred_bytes_and_given_back_whole(
         trace.SessionTrace.to_dict = original
     packed = [trace.FinishedAnalysis(analysis) for analysis in judged]
     assert [finished.to_dict() for finished in packed] == judged
-    assert sum(len(finished.packed) for finished in packed) / len(packed) < 700
+    average = sum(len(finished.packed) for finished in packed) / len(packed)
+    assert average < 450, average  # (zlib alone: about 610)
 
 
 # --- a busy server: 22 real clients, 42 sessions of mixed outcomes, and a copy cut mid-way ------

@@ -143,17 +143,60 @@ class SessionTrace(Session):
 
 
 class FinishedAnalysis:
-    """A finished session's analysis, compressed: its texts (timeline, evidence) repeat
-    from session to session, so zlib takes about 900 bytes down to about 400 (a capture of
-    a busy server holds hundreds of thousands). ``to_dict()`` gives it back as it was."""
+    """A finished session's analysis, compressed (a capture of a busy server holds hundreds
+    of thousands): marshalled, then deflated with a preset dictionary of what analyses
+    have in common - key names, verdicts, the timeline's and evidence's usual words -
+    which takes about 900 bytes to about 300, faster than plain zlib. ``to_dict()`` gives
+    it back as it was."""
 
     __slots__ = ("keys", "packed")
     _KEYS = {}  # the analyses' key tuples (one or two), shared
+    _DEFLATE = None  # a compressor primed with _COMMON, copied for each analysis
 
     def __init__(self, analysis: dict):
         keys = tuple(analysis)
         self.keys = self._KEYS.setdefault(keys, keys)
-        self.packed = zlib.compress(marshal.dumps(tuple(analysis.values())), 1)
+        if FinishedAnalysis._DEFLATE is None:
+            FinishedAnalysis._DEFLATE = zlib.compressobj(1, zdict=_common())
+        deflate = self._DEFLATE.copy()
+        self.packed = deflate.compress(marshal.dumps(tuple(analysis.values()))) + deflate.flush()
 
     def to_dict(self) -> dict:
-        return dict(zip(self.keys, marshal.loads(zlib.decompress(self.packed))))
+        inflate = zlib.decompressobj(zdict=_common())
+        return dict(zip(self.keys, marshal.loads(inflate.decompress(self.packed))))
+
+
+def _common() -> bytes:
+    """The preset dictionary: an analysis's values as marshal writes them, with the words
+    analyses share (fixed here: what was packed with it must unpack with it)."""
+    global _COMMON
+    if _COMMON is None:
+        from .. import verdicts
+
+        typical = ("127.0.0.1", 40000, "127.0.0.1", 1194, "udp", "0123456789abcdef", "fedcba9876543210",
+                   "tls-auth", 1.0e9, 1.0e9, [1, 100], "data", "ok", ["frame 1: the client's reset; the server never "
+                   "answered", "frame 1: first data packet from the client; frame 2: first from the server (1 and 1 "
+                   "in all)", "the capture ends 1.0 s after the session's last packet and shows no later session of "
+                   "this client: it may go on past the capture (had it ended there: ", "frame 1: the client began a "
+                   "new session: it gave this one up", "TLS handshake complete; then 1 TLS packets from the client "
+                   "and 1 from the server (encrypted: key-method 2, PUSH_REQUEST/PUSH_REPLY or AUTH_FAILED), and no "
+                   "data packet"], None, {"client": 0, "server": 0}, {"client": 0, "server": 0}, 0.0001, 0,
+                   {"client": 1, "server": 1}, "TLS 1.3", [
+                       [1, 0.0, "client", "reset (P_CONTROL_HARD_RESET_CLIENT_V2)"], [2, 0.0001, "server", "reset (rtt "],
+                       [3, 0.0001, "client", "Client Hello"],
+                       [4, 0.0001, "server", "Server Hello, Change Cipher Spec, Application Data x5 (TLS 1.3, "
+                        "TLS_AES_256_GCM_SHA384) (to 5)"],
+                       [4, 0.0001, "server", "Server Hello, Certificate, Server Key Exchange, Certificate Request, "
+                        "Server Hello Done (TLS 1.2, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)"],
+                       [6, 0.0001, "client", "Change Cipher Spec, Application Data x3"],
+                       [7, 0.0001, "server", "TLS handshake complete"],
+                       [8, 0.0001, "client", "encrypted messages (1 packets)"],
+                       [9, 0.0001, "client", "data (1 packets)"], [10, 0.0001, "server", "data (1 packets)"],
+                       [11, 0.0001, "client", "last control packet: 1 resent, 1 never acknowledged"],
+                       [12, 0.0001, "server", "the server closed the TCP connection (FIN)"]],
+                   [0.0, 1, 0.0, True, 1], 0.0, sorted(verdicts.VERDICTS))
+        _COMMON = marshal.dumps(typical)
+    return _COMMON
+
+
+_COMMON = None
