@@ -73,7 +73,10 @@ class VerdictTable:
     def add(self, analysis: dict):
         verdict = analysis["verdict"]
         self.verdicts[verdict] += 1
-        self.clients.setdefault(verdict, Counter())[analysis["client"]] += 1
+        clients = self.clients.get(verdict)
+        if clients is None:
+            clients = self.clients[verdict] = Counter()
+        clients[analysis["client"]] += 1
 
     def text(self) -> str:
         total = sum(self.verdicts.values())
