@@ -5,7 +5,7 @@ import json
 from collections import Counter
 
 from .. import verdicts
-from .line import endpoint, utc
+from .line import endpoint, utc_text
 
 def session_text(number: int, analysis: dict) -> str:
     """One session's analysis for people (a busy capture has thousands: %-formats, the
@@ -17,7 +17,7 @@ def session_text(number: int, analysis: dict) -> str:
     start = analysis["start"]
     if start is not None:
         tls = analysis.get("tls_version")
-        lines.append("  from %s for %.3f s%s" % (_utc(start), analysis["end"] - start, ", " + tls if tls else ""))
+        lines.append("  from %s for %.3f s%s" % (utc_text(int(start // 1)), analysis["end"] - start, ", " + tls if tls else ""))
     verdict = analysis["verdict"]
     lines.append("  verdict: %s (stage reached: %s) - %s" % (verdict, analysis["stage_reached"],
                                                              verdicts.get(verdict).meaning))
@@ -37,19 +37,6 @@ def session_text(number: int, analysis: dict) -> str:
         counts += "; renegotiations %d" % analysis["renegotiations"]
     lines.append(counts)
     return "\n".join(lines)
-
-
-_STARTS = {}  # whole second -> its utc() text (sessions of a busy capture start many a second)
-
-
-def _utc(seconds) -> str:
-    whole = int(seconds // 1)
-    text = _STARTS.get(whole)
-    if text is None:
-        if len(_STARTS) > 4096:
-            _STARTS.clear()
-        text = _STARTS[whole] = utc(whole)
-    return text
 
 
 def session_json(analysis: dict, path=None) -> str:

@@ -13,7 +13,7 @@ import math
 import struct
 
 from ..capture.framedecode import LINKTYPES, NAMES, name_pair
-from .line import endpoint, utc
+from .line import endpoint, utc, utc_text
 
 ETHERTYPES = {0x0800: "IPv4", 0x86DD: "IPv6", 0x8100: "802.1Q Virtual LAN", 0x88A8: "802.1ad",
               0x9100: "802.1Q (QinQ)", 0x0806: "ARP"}
@@ -29,19 +29,6 @@ _IPV4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
 _IPV6 = struct.Struct("!IHBB16s16s").unpack_from
 _UDP = struct.Struct("!HHHH").unpack_from
 _TCP = struct.Struct("!HHIIHHHH").unpack_from
-
-_SECONDS = {}  # whole second -> "2026-11-25 13:57:53", made once per second of capture
-
-
-def utc_text(seconds) -> str:
-    """``2026-11-25 13:57:53 UTC`` for whole seconds (cached: a capture spans few)."""
-    text = _SECONDS.get(seconds)
-    if text is None:
-        if len(_SECONDS) > 4096:
-            _SECONDS.clear()
-        text = _SECONDS[seconds] = utc(seconds)
-    return text
-
 
 def _arrival(time):
     """(Arrival Time, Epoch Time) to the microsecond, from the exact time of a far

@@ -144,6 +144,20 @@ _GREGORIAN_CYCLE = 146097 * 86400  # 400 years: the calendar repeats exactly, le
 _YEARS = range(1900 - 2 ** 31, 1900 + 2 ** 31)
 
 
+def utc_text(seconds) -> str:
+    """``utc`` of a whole second, each made once (a capture spans few seconds; a busy one has
+    many packets and sessions in each)."""
+    text = _SECONDS.get(seconds)
+    if text is None:
+        if len(_SECONDS) > 4096:
+            _SECONDS.clear()
+        text = _SECONDS[seconds] = utc(seconds)
+    return text
+
+
+_SECONDS = {}  # whole second -> its utc() text
+
+
 def utc(seconds):
     """``2026-11-25 13:37:27 UTC`` (whole seconds, rounded down) for a time of any year, as
     tshark writes the year: ``0056``, ``-1142``, ``33715`` (the proleptic Gregorian calendar

@@ -15,6 +15,7 @@ read through ``field`` (plain dicts with ``_`` keys, or ``Record`` objects).
 from ..protocol import DIGEST_BY_SIZE, PLAIN, Opcode
 from ..wirelayout import control_layout
 from . import frametree, hexdump as hexdumps, tlstree
+from .line import utc_text
 
 def fields_of(record):
     """A getter ``get(name)`` for a dissect.record.Record (every field is set, None when absent)."""
@@ -125,7 +126,7 @@ def _control_lines(add, record, get, wire, wrapping, opcode):
         elif name in ("hmac", "tag"):
             add(f"    {label}: {value.hex()} (offset {offset}, {size} bytes)" + _verdict(record, get, wrapping))
         elif name == "net_time":
-            add(f"    Net Time: {value} ({frametree.utc_text(value)}) (offset {offset}, {size} bytes)")
+            add(f"    Net Time: {value} ({utc_text(value)}) (offset {offset}, {size} bytes)")
         else:
             add(f"    {label}: {value} (offset {offset}, {size} bytes)")
     position = layout.header
@@ -172,7 +173,7 @@ def _control_lines(add, record, get, wire, wrapping, opcode):
         if metadata:  # (opened with the tls-crypt-v2 server key)
             stamp = metadata.get("timestamp")
             add(f"        [Client key metadata: type {metadata.get('metadata_type')}"
-                + (f", made {frametree.utc_text(stamp)}" if stamp else "") + "]")
+                + (f", made {utc_text(stamp)}" if stamp else "") + "]")
     if not get("hmac") and not get("tag") and record.signed:
         add(_verdict(record, get, wrapping).strip())
 
